@@ -1,0 +1,788 @@
+//! The [`Log`] handle: the engine's public API, and the state its threads share.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::commit::Commit;
+use crate::epoch::EpochHistory;
+use crate::error::{Error, Result};
+use crate::format::{self, Geometry, BATCH_HEADER_LEN, RECORD_PREFIX_LEN};
+use crate::group_commit::Assembler;
+use crate::io::{self, WriterWake};
+use crate::options::Options;
+use crate::preparer::Preparer;
+use crate::reader::{Reader, RecordReader};
+use crate::recovery;
+use crate::segment::{self, Segment};
+use crate::timer::Timer;
+use crate::types::{Durability, Epoch, Lsn};
+use crate::watermark::{block_on, Watermark};
+use crate::writer;
+
+const META_FILE: &str = "walship.meta";
+const LOCK_FILE: &str = "LOCK";
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section in the engine leaves its data consistent before anything that
+    // can panic, so a poisoned mutex carries valid state.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Truncations so far, so that commits and readers created before one can tell
+/// whether it removed what they wait on.
+#[derive(Default)]
+pub(crate) struct Truncations {
+    pub(crate) events: Vec<(u64, Lsn)>,
+}
+
+/// State shared by the `Log` handle, its writer and preparer threads, commits and readers.
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) geometry: Geometry,
+    pub(crate) opts: Options,
+    pub(crate) append: Mutex<Assembler>,
+    pub(crate) space: Condvar,
+    pub(crate) space_waiters: AtomicUsize,
+    pub(crate) has_pending: AtomicBool,
+    pub(crate) segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    pub(crate) start: AtomicU64,
+    pub(crate) end: AtomicU64,
+    pub(crate) written: Watermark,
+    pub(crate) flushed: Watermark,
+    pub(crate) remote_written: Watermark,
+    pub(crate) remote_flushed: Watermark,
+    pub(crate) remote_applied: Watermark,
+    pub(crate) flush_requested: AtomicU64,
+    pub(crate) wake: Arc<WriterWake>,
+    pub(crate) failure: Mutex<Option<Error>>,
+    pub(crate) failed: AtomicBool,
+    pub(crate) closing: AtomicBool,
+    pub(crate) closed: AtomicBool,
+    pub(crate) fence: Mutex<Option<String>>,
+    pub(crate) fenced: AtomicBool,
+    pub(crate) truncations: Mutex<Truncations>,
+    pub(crate) trunc_gen: AtomicU64,
+    pub(crate) timer: Timer,
+    pub(crate) epochs: Mutex<EpochHistory>,
+    pub(crate) prep: Preparer,
+    pub(crate) checkpoint: AtomicU64,
+    pub(crate) backend_name: &'static str,
+}
+
+impl Shared {
+    pub(crate) fn end(&self) -> Lsn {
+        Lsn::new(self.end.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn start(&self) -> Lsn {
+        Lsn::new(self.start.load(Ordering::Acquire))
+    }
+
+    /// The error to return if the log can no longer be used, if any.
+    pub(crate) fn unusable(&self) -> Option<Error> {
+        if self.failed.load(Ordering::Acquire) {
+            return lock(&self.failure).clone();
+        }
+        if self.closing.load(Ordering::Acquire) {
+            return Some(Error::Closed { path: self.dir.clone() });
+        }
+        None
+    }
+
+    /// Stops the log after a failed write or flush: the state of the page cache is
+    /// unknown, so nothing more is acknowledged (PostgreSQL and raft-engine do the same).
+    pub(crate) fn poison(&self, op: &'static str, err: &std::io::Error) {
+        tracing::error!(dir = %self.dir.display(), op, error = %err, "log writer failed; the log refuses further work until reopened");
+        {
+            let mut f = lock(&self.failure);
+            if f.is_none() {
+                *f = Some(Error::Poisoned {
+                    path: self.dir.clone(),
+                    op,
+                    reason: err.to_string(),
+                });
+            }
+        }
+        self.failed.store(true, Ordering::Release);
+        self.wake_everyone();
+    }
+
+    pub(crate) fn wake_everyone(&self) {
+        for w in self.watermarks() {
+            w.wake_all();
+        }
+        drop(lock(&self.append));
+        self.space.notify_all();
+        self.prep.notify();
+        self.wake.notify();
+    }
+
+    fn watermarks(&self) -> [&Watermark; 5] {
+        [
+            &self.written,
+            &self.flushed,
+            &self.remote_written,
+            &self.remote_flushed,
+            &self.remote_applied,
+        ]
+    }
+
+    /// Asks the writer to flush through `lsn`.
+    pub(crate) fn request_flush(&self, lsn: Lsn) {
+        let old = self.flush_requested.fetch_max(lsn.get(), Ordering::AcqRel);
+        if old < lsn.get() {
+            self.wake.notify();
+        }
+    }
+
+    /// The lowest truncation point of truncations after generation `gen`, if any.
+    pub(crate) fn truncated_since(&self, gen: u64) -> Option<Lsn> {
+        if self.trunc_gen.load(Ordering::Acquire) == gen {
+            return None;
+        }
+        lock(&self.truncations)
+            .events
+            .iter()
+            .filter(|(g, _)| *g > gen)
+            .map(|(_, l)| *l)
+            .min()
+    }
+
+    pub(crate) fn segment(&self, base: Lsn) -> Option<Arc<Segment>> {
+        read(&self.segments).get(&base.get()).cloned()
+    }
+
+    /// Makes the segment at `base` available for appends (called under the append lock).
+    pub(crate) fn provision(&self, base: Lsn) -> Result<()> {
+        if read(&self.segments).contains_key(&base.get()) {
+            return Ok(());
+        }
+        let seg = self.prep.take(self, base)?;
+        write(&self.segments).insert(base.get(), Arc::new(seg));
+        Ok(())
+    }
+
+    /// Notifies appenders blocked on back-pressure, if any.
+    pub(crate) fn release_space(&self) {
+        if self.space_waiters.load(Ordering::Acquire) > 0 {
+            drop(lock(&self.append));
+            self.space.notify_all();
+        }
+    }
+}
+
+/// A write-ahead log in one directory: segmented, memory-mapped for reads, written by
+/// one log-writer thread with group commit.
+///
+/// # Threading
+/// `Log` is `Send + Sync`; share it (e.g. in an `Arc`) between appending threads.
+/// [`Commit`] futures and [`Reader`]s are `'static` and may outlive the borrow they
+/// came from; after [`close`](Log::close) they fail with [`Error::Closed`].
+///
+/// # Example
+/// ```
+/// use walship_engine::{Durability, Log, Options};
+/// let dir = tempfile::tempdir()?;
+/// let log = Log::open(dir.path(), Options { segment_capacity: 1 << 20, ..Options::default() })?;
+/// let lsn = log.append(b"hello")?;
+/// log.commit(lsn, Durability::Local).wait()?;
+/// let mut records = log.record_reader(log.start_lsn())?;
+/// let rec = records.try_next()?.expect("one record");
+/// assert_eq!((&rec.data[..], rec.lsn), (&b"hello"[..], lsn));
+/// log.close()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Log {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    _lock: File,
+}
+
+/// A consistent-enough snapshot of a log's positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermarks {
+    /// First retained position.
+    pub start: Lsn,
+    /// Just past the last appended byte.
+    pub end: Lsn,
+    /// Everything before is in the OS.
+    pub written: Lsn,
+    /// Everything before is on local disk.
+    pub flushed: Lsn,
+    /// The sync quorum has everything before in its OS.
+    pub remote_written: Lsn,
+    /// The sync quorum has flushed everything before.
+    pub remote_flushed: Lsn,
+    /// The sync quorum has applied everything before.
+    pub remote_applied: Lsn,
+    /// The embedder's checkpoint.
+    pub checkpoint: Lsn,
+}
+
+/// What opening the log found and did, for logs and tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Bytes of torn tail zeroed.
+    pub zeroed_tail_bytes: u64,
+    /// Where repair cut the log, if it did.
+    pub repaired_at: Option<Lsn>,
+    /// Whether the log was created by this open.
+    pub created: bool,
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating the directory and log if needed, recovering
+    /// after a crash otherwise.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] if the directory is in use; [`Error::Corruption`] for damage that
+    /// is not a torn tail (see [`RecoveryMode`](crate::RecoveryMode)); I/O errors.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Log> {
+        Log::open_with_report(dir, opts).map(|(l, _)| l)
+    }
+
+    /// As [`open`](Log::open), also reporting what recovery did.
+    ///
+    /// # Errors
+    /// As [`open`](Log::open).
+    pub fn open_with_report(dir: impl AsRef<Path>, opts: Options) -> Result<(Log, OpenReport)> {
+        let dir = dir.as_ref().to_path_buf();
+        opts.validate()?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create log directory", &dir, e))?;
+        let lock_file = lock_dir(&dir)?;
+        let meta_path = dir.join(META_FILE);
+        let (capacity, created) = match std::fs::read(&meta_path) {
+            Ok(b) => (
+                format::decode_meta(&b).map_err(|e| Error::corruption(&meta_path, 0, e.to_string()))?,
+                false,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if has_segments(&dir)? {
+                    return Err(Error::corruption(&meta_path, 0, "missing, but the directory holds segments"));
+                }
+                crate::fsutil::atomic_write(&dir, META_FILE, &format::encode_meta(opts.segment_capacity))?;
+                (opts.segment_capacity, true)
+            }
+            Err(e) => return Err(Error::io("read", &meta_path, e)),
+        };
+        opts.validate_for(capacity)?;
+        let geometry = Geometry::new(capacity);
+        let mut epochs = EpochHistory::load(&dir)?;
+        let rec = recovery::recover(&dir, geometry, opts.recovery, opts.verify_all_on_open, opts.create_at)?;
+        if epochs.truncate_after(rec.end) {
+            epochs.store(&dir)?;
+        }
+        let epoch = epochs.current().map_or(Epoch::ZERO, |(e, _)| e).max(rec.last_epoch);
+        // Recovered bytes may still be only in the page cache (the process died, the OS
+        // did not): flush them so `flushed` starts out true.
+        for seg in rec.segments.iter().rev().take(2) {
+            seg.file.sync_data().map_err(|e| Error::io("fsync recovered segment", &seg.path, e))?;
+        }
+        let tail_base = rec.segments.last().map_or(opts.create_at, |s| s.base);
+        let next_base = Lsn::new(tail_base.get() + capacity);
+        let mut ready = None;
+        for path in rec.spares {
+            if path == segment::segment_path(&dir, next_base) && ready.is_none() {
+                ready = Some(Segment::open(&path, next_base, geometry)?);
+            } else {
+                std::fs::remove_file(&path).map_err(|e| Error::io("remove spare segment", &path, e))?;
+            }
+        }
+        let backend = io::open(opts.backend).map_err(|e| Error::io("open I/O backend", &dir, e))?;
+        let backend_name = backend.name();
+        let end = rec.end;
+        let segments = rec
+            .segments
+            .into_iter()
+            .map(|s| (s.base.get(), Arc::new(s)))
+            .collect();
+        let shared = Arc::new(Shared {
+            geometry,
+            append: Mutex::new(Assembler::new(geometry, opts.max_batch_bytes, end, epoch)),
+            space: Condvar::new(),
+            space_waiters: AtomicUsize::new(0),
+            has_pending: AtomicBool::new(false),
+            segments: RwLock::new(segments),
+            start: AtomicU64::new(rec.start.get()),
+            end: AtomicU64::new(end.get()),
+            written: Watermark::new(end),
+            flushed: Watermark::new(end),
+            remote_written: Watermark::new(Lsn::ZERO),
+            remote_flushed: Watermark::new(Lsn::ZERO),
+            remote_applied: Watermark::new(Lsn::ZERO),
+            flush_requested: AtomicU64::new(end.get()),
+            wake: backend.wake(),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            fence: Mutex::new(None),
+            fenced: AtomicBool::new(false),
+            truncations: Mutex::new(Truncations::default()),
+            trunc_gen: AtomicU64::new(0),
+            timer: Timer::default(),
+            epochs: Mutex::new(epochs),
+            prep: Preparer::new(ready, next_base),
+            checkpoint: AtomicU64::new(0),
+            backend_name,
+            dir: dir.clone(),
+            opts,
+        });
+        let mut threads = Vec::new();
+        let s = Arc::clone(&shared);
+        threads.push(
+            std::thread::Builder::new()
+                .name("walship-writer".into())
+                .spawn(move || writer::run(s, backend))
+                .map_err(|e| Error::io("spawn log writer thread", &dir, e))?,
+        );
+        let s = Arc::clone(&shared);
+        threads.push(
+            std::thread::Builder::new()
+                .name("walship-preparer".into())
+                .spawn(move || crate::preparer::run(&s))
+                .map_err(|e| Error::io("spawn segment preparer thread", &dir, e))?,
+        );
+        tracing::info!(dir = %dir.display(), start = %rec.start, end = %end, epoch = %epoch, backend = backend_name, zeroed = rec.zeroed, "log opened");
+        let report = OpenReport {
+            zeroed_tail_bytes: rec.zeroed,
+            repaired_at: rec.repaired_at,
+            created,
+        };
+        Ok((
+            Log {
+                shared,
+                threads: Mutex::new(threads),
+                _lock: lock_file,
+            },
+            report,
+        ))
+    }
+
+    /// Appends one record and returns the LSN just past it (its commit token). Blocks
+    /// while more than `max_pending_bytes` wait for the writer.
+    ///
+    /// The record is queued, not yet durable: pass the LSN to [`commit`](Log::commit).
+    ///
+    /// # Errors
+    /// [`Error::RecordTooLarge`]; [`Error::NoSpace`] if a new segment could not be made
+    /// (nothing was appended; retry once space is freed); [`Error::Poisoned`] or
+    /// [`Error::Closed`].
+    pub fn append(&self, record: &[u8]) -> Result<Lsn> {
+        let mut out = Lsn::ZERO;
+        self.reserve(&[record], true, &mut |l| out = l)?;
+        Ok(out)
+    }
+
+    /// As [`append`](Log::append), but returns [`Error::WouldBlock`] instead of blocking.
+    ///
+    /// # Errors
+    /// As [`append`](Log::append), plus [`Error::WouldBlock`].
+    pub fn try_append(&self, record: &[u8]) -> Result<Lsn> {
+        let mut out = Lsn::ZERO;
+        self.reserve(&[record], false, &mut |l| out = l)?;
+        Ok(out)
+    }
+
+    /// Appends records contiguously and returns each one's LSN. Either all are appended
+    /// or none.
+    ///
+    /// # Errors
+    /// As [`append`](Log::append).
+    pub fn append_batch<R: AsRef<[u8]>>(&self, records: &[R]) -> Result<Vec<Lsn>> {
+        let refs: Vec<&[u8]> = records.iter().map(AsRef::as_ref).collect();
+        let mut out = Vec::with_capacity(refs.len());
+        self.reserve(&refs, true, &mut |l| out.push(l))?;
+        Ok(out)
+    }
+
+    fn check_sizes(&self, records: &[&[u8]]) -> Result<u64> {
+        let max = self.shared.opts.effective_max_record(self.shared.geometry.capacity());
+        let mut total = BATCH_HEADER_LEN as u64;
+        for r in records {
+            if r.len() > max {
+                return Err(Error::RecordTooLarge { len: r.len(), max });
+            }
+            total += (RECORD_PREFIX_LEN + r.len()) as u64;
+        }
+        Ok(total)
+    }
+
+    /// Waits (or refuses, if `!block`) until `bytes` more fit under the pending limit.
+    fn admit<'a>(&'a self, mut st: MutexGuard<'a, Assembler>, bytes: u64, block: bool) -> Result<MutexGuard<'a, Assembler>> {
+        let sh = &self.shared;
+        let limit = sh.opts.max_pending_bytes;
+        loop {
+            if let Some(e) = sh.unusable() {
+                return Err(e);
+            }
+            let pending = st.end().bytes_after(sh.written.get());
+            if pending == 0 || pending + bytes <= limit {
+                return Ok(st);
+            }
+            if !block {
+                return Err(Error::WouldBlock { pending, limit });
+            }
+            sh.space_waiters.fetch_add(1, Ordering::AcqRel);
+            sh.wake.notify();
+            st = sh
+                .space
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            sh.space_waiters.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn reserve(&self, records: &[&[u8]], block: bool, out: &mut dyn FnMut(Lsn)) -> Result<()> {
+        let bytes = self.check_sizes(records)?;
+        let sh = &*self.shared;
+        let mut st = self.admit(lock(&sh.append), bytes, block)?;
+        let before = st.end();
+        if records.len() > 1 {
+            // Make every segment the records could reach exist first, so that a failure
+            // (ENOSPC) leaves nothing appended. Each crossing wastes at most one record's
+            // worth of padding, hence the factor of two.
+            let g = sh.geometry;
+            let reach = before.get().saturating_add(2 * bytes + g.capacity());
+            let mut base = g.end_of(before);
+            while base.get() < reach {
+                sh.provision(base)?;
+                base = Lsn::new(base.get() + g.capacity());
+            }
+        }
+        let mut lsns = Vec::new();
+        let mut ensure = |b: Lsn| sh.provision(b);
+        for r in records {
+            match st.append(r, &mut ensure) {
+                Ok(l) => lsns.push(l),
+                Err(e) if lsns.is_empty() => return Err(e),
+                Err(e) => {
+                    // Unreachable in practice: the segments were provisioned above. Should it
+                    // happen, the appended part stays queued (nobody holds its LSNs) and the
+                    // caller learns that the call failed.
+                    sh.end.store(st.end().get(), Ordering::Release);
+                    sh.has_pending.store(true, Ordering::Release);
+                    drop(st);
+                    sh.wake.notify();
+                    tracing::warn!(from = %before, error = %e, "multi-record append failed part-way");
+                    return Err(e);
+                }
+            }
+        }
+        sh.end.store(st.end().get(), Ordering::Release);
+        sh.has_pending.store(true, Ordering::Release);
+        drop(st);
+        sh.wake.notify();
+        lsns.into_iter().for_each(out);
+        Ok(())
+    }
+
+    /// Appends batches received verbatim from a leader (a follower's path): `bytes` holds
+    /// one or more consecutive encoded batches, possibly including padding. Every batch is
+    /// checked (CRC, framing, LSN continuity from this log's end, segment placement,
+    /// non-decreasing epoch) before anything is queued; new epochs are recorded in the
+    /// epoch history. Returns the new end of the log. The bytes are written as given, so
+    /// the two logs stay byte-identical.
+    ///
+    /// # Errors
+    /// [`Error::BadBatch`] (nothing appended), [`Error::InvalidState`] if local records
+    /// are pending, and the errors of [`append`](Log::append).
+    pub fn append_encoded(&self, bytes: Bytes) -> Result<Lsn> {
+        let sh = &*self.shared;
+        let mut st = self.admit(lock(&sh.append), bytes.len() as u64, true)?;
+        let plan = st.plan_encoded(&bytes)?;
+        for base in &plan.provision {
+            sh.provision(*base)?;
+        }
+        if !plan.epochs.is_empty() {
+            let mut h = lock(&sh.epochs);
+            let mut next = h.clone();
+            for e in &plan.epochs {
+                next.push(e.epoch, e.start)?;
+            }
+            next.store(&sh.dir)?;
+            *h = next;
+        }
+        st.apply_encoded(plan);
+        let end = st.end();
+        sh.end.store(end.get(), Ordering::Release);
+        sh.has_pending.store(true, Ordering::Release);
+        drop(st);
+        sh.wake.notify();
+        Ok(end)
+    }
+
+    /// A future that resolves when the record ending at `lsn` reaches `level`.
+    ///
+    /// Runtime-agnostic: await it from any executor, or call [`Commit::wait`] /
+    /// [`Commit::wait_timeout`] from a plain thread. Set a deadline with
+    /// [`Commit::timeout`]; on expiry a remote level reports
+    /// [`Error::RemoteUnconfirmed`] once the record is durable locally.
+    pub fn commit(&self, lsn: Lsn, level: Durability) -> Commit {
+        Commit::new(Arc::clone(&self.shared), lsn, level)
+    }
+
+    /// Blocks until `lsn` reaches `level` or `timeout` passes.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::RemoteUnconfirmed`], [`Error::RemoteFenced`],
+    /// [`Error::Truncated`], [`Error::Poisoned`], [`Error::Closed`], [`Error::BeyondEnd`].
+    pub fn wait(&self, lsn: Lsn, level: Durability, timeout: Duration) -> Result<()> {
+        self.commit(lsn, level).wait_timeout(timeout)
+    }
+
+    /// A reader of whole batches (padding included) from the batch boundary `from`.
+    ///
+    /// # Errors
+    /// [`Error::NotRetained`], [`Error::BeyondEnd`], [`Error::NotBoundary`].
+    pub fn reader(&self, from: Lsn) -> Result<Reader> {
+        Reader::new(Arc::clone(&self.shared), from, false).map(|(r, _)| r)
+    }
+
+    /// A reader of records after the record boundary `from` (a commit token, or a batch
+    /// boundary such as [`start_lsn`](Log::start_lsn)).
+    ///
+    /// # Errors
+    /// As [`reader`](Log::reader).
+    pub fn record_reader(&self, from: Lsn) -> Result<RecordReader> {
+        let (r, skip) = Reader::new(Arc::clone(&self.shared), from, true)?;
+        Ok(RecordReader::new(r, skip))
+    }
+
+    /// Starts `epoch` at the current end of the log (a node becoming leader) and records
+    /// it durably in the epoch history. Later local batches carry it. Returns its start.
+    ///
+    /// # Errors
+    /// [`Error::EpochRegression`] if `epoch` is not greater than the current epoch.
+    pub fn begin_epoch(&self, epoch: Epoch) -> Result<Lsn> {
+        let sh = &*self.shared;
+        let mut st = lock(&sh.append);
+        if let Some(e) = sh.unusable() {
+            return Err(e);
+        }
+        let current = st.epoch().max(lock(&sh.epochs).current().map_or(Epoch::ZERO, |(e, _)| e));
+        if epoch <= current {
+            return Err(Error::EpochRegression { current, new: epoch });
+        }
+        let start = st.end();
+        {
+            let mut h = lock(&sh.epochs);
+            let mut next = h.clone();
+            next.push(epoch, start)?;
+            next.store(&sh.dir)?;
+            *h = next;
+        }
+        st.set_epoch(epoch);
+        if st.has_pending() {
+            sh.has_pending.store(true, Ordering::Release);
+            sh.wake.notify();
+        }
+        Ok(start)
+    }
+
+    /// The current epoch: the latest begun or received.
+    pub fn epoch(&self) -> Epoch {
+        lock(&self.shared.append).epoch()
+    }
+
+    /// A copy of the epoch history.
+    pub fn epoch_history(&self) -> EpochHistory {
+        lock(&self.shared.epochs).clone()
+    }
+
+    /// Removes everything after `lsn`, durably, as a follower must to undo a divergent
+    /// tail after failover. `lsn` must be a batch boundary between the start and the end.
+    /// Waits for pending appends to be written first. Commits and readers waiting beyond
+    /// `lsn` fail with [`Error::Truncated`]; the epoch history forgets epochs that started
+    /// after `lsn`.
+    ///
+    /// Crash-safe: the segment holding `lsn` is rewritten to a new file renamed over the
+    /// old one and later segments are removed newest first, so after a crash the log is
+    /// either as before or a valid prefix no shorter than `lsn`.
+    ///
+    /// # Errors
+    /// [`Error::NotRetained`], [`Error::BeyondEnd`], [`Error::NotBoundary`], I/O errors.
+    pub fn truncate_suffix(&self, lsn: Lsn) -> Result<()> {
+        crate::truncate::truncate_suffix(&self.shared, lsn)
+    }
+
+    /// Reports the embedder's checkpoint: segments entirely before it may be recycled.
+    pub fn set_checkpoint(&self, lsn: Lsn) {
+        self.shared.checkpoint.fetch_max(lsn.get(), Ordering::AcqRel);
+        self.shared.prep.request_retention();
+    }
+
+    /// Raises the remote-written watermark (called by the replication layer's quorum
+    /// tracker).
+    pub fn advance_remote_written(&self, lsn: Lsn) {
+        self.shared.remote_written.advance(lsn);
+    }
+
+    /// Raises the remote-flushed watermark.
+    pub fn advance_remote_flushed(&self, lsn: Lsn) {
+        self.shared.remote_flushed.advance(lsn);
+    }
+
+    /// Raises the remote-applied watermark.
+    pub fn advance_remote_applied(&self, lsn: Lsn) {
+        self.shared.remote_applied.advance(lsn);
+    }
+
+    /// Declares that this node can no longer confirm remote durability (it stepped down
+    /// or was fenced): commits waiting on remote levels fail at once with
+    /// [`Error::RemoteFenced`], and so do new ones until [`unfence_remote`](Log::unfence_remote).
+    pub fn fence_remote(&self, reason: impl Into<String>) {
+        *lock(&self.shared.fence) = Some(reason.into());
+        self.shared.fenced.store(true, Ordering::Release);
+        for w in [&self.shared.remote_written, &self.shared.remote_flushed, &self.shared.remote_applied] {
+            w.wake_all();
+        }
+    }
+
+    /// Lifts [`fence_remote`](Log::fence_remote).
+    pub fn unfence_remote(&self) {
+        self.shared.fenced.store(false, Ordering::Release);
+        *lock(&self.shared.fence) = None;
+    }
+
+    /// The positions of the log.
+    pub fn watermarks(&self) -> Watermarks {
+        let s = &self.shared;
+        Watermarks {
+            start: s.start(),
+            end: s.end(),
+            written: s.written.get(),
+            flushed: s.flushed.get(),
+            remote_written: s.remote_written.get(),
+            remote_flushed: s.remote_flushed.get(),
+            remote_applied: s.remote_applied.get(),
+            checkpoint: Lsn::new(s.checkpoint.load(Ordering::Acquire)),
+        }
+    }
+
+    /// First retained position.
+    pub fn start_lsn(&self) -> Lsn {
+        self.shared.start()
+    }
+
+    /// Just past the last appended byte.
+    pub fn end_lsn(&self) -> Lsn {
+        self.shared.end()
+    }
+
+    /// The segment capacity recorded in the log.
+    pub fn segment_capacity(&self) -> u64 {
+        self.shared.geometry.capacity()
+    }
+
+    /// The I/O backend in use ("io_uring" or "portable").
+    pub fn backend_name(&self) -> &'static str {
+        self.shared.backend_name
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Number of segment files in the log.
+    pub fn segment_count(&self) -> usize {
+        read(&self.shared.segments).len()
+    }
+
+    /// Writes and flushes everything appended, stops the threads and fails every waiter
+    /// still pending with [`Error::Closed`]. Idempotent; also done on drop.
+    ///
+    /// # Errors
+    /// The error that poisoned the log, if one did.
+    pub fn close(&self) -> Result<()> {
+        let sh = &*self.shared;
+        let end = sh.end();
+        if !sh.closed.load(Ordering::Acquire) && !sh.failed.load(Ordering::Acquire) {
+            // Let the writer drain: everything appended gets written and flushed.
+            sh.request_flush(end);
+            let _ = block_on(crate::commit::reach(&sh.flushed, end), Some(Instant::now() + Duration::from_secs(60)));
+        }
+        sh.closing.store(true, Ordering::Release);
+        sh.prep.shutdown();
+        sh.wake_everyone();
+        let threads: Vec<_> = lock(&self.threads).drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        sh.timer.shutdown();
+        sh.closed.store(true, Ordering::Release);
+        sh.wake_everyone();
+        if sh.failed.load(Ordering::Acquire) {
+            if let Some(e) = lock(&sh.failure).clone() {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.shared.dir)
+            .field("backend", &self.shared.backend_name)
+            .field("watermarks", &self.watermarks())
+            .finish()
+    }
+}
+
+fn has_segments(dir: &Path) -> Result<bool> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("list log directory", dir, e))?;
+    for e in rd {
+        let e = e.map_err(|e| Error::io("list log directory", dir, e))?;
+        if e.file_name().to_str().and_then(segment::parse_segment_name).is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io("open lock file", &path, e))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::Locked { path: dir.to_path_buf() });
+        }
+        return Err(Error::io("lock log directory", &path, e));
+    }
+    Ok(f)
+}

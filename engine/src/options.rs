@@ -1,0 +1,123 @@
+//! Options for opening a [`Log`](crate::Log).
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::format::{check_capacity, Geometry, BATCH_HEADER_LEN, RECORD_PREFIX_LEN};
+use crate::io::BackendKind;
+use crate::recovery::RecoveryMode;
+use crate::types::Lsn;
+
+/// How to open (or create) a log. `Options::default()` suits most embedders.
+///
+/// ```
+/// use std::time::Duration;
+/// use walship_engine::{BackendKind, Options};
+/// let opts = Options {
+///     segment_capacity: 16 << 20,
+///     async_flush_interval: Duration::from_millis(50),
+///     backend: BackendKind::Portable,
+///     ..Options::default()
+/// };
+/// assert!(opts.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Segment size, a power of two between 64 KiB and 1 GiB. Only used when the log is
+    /// created; an existing log keeps the capacity recorded in it. Default 64 MiB.
+    pub segment_capacity: u64,
+    /// Largest record accepted; larger ones are refused, never truncated. The limit in
+    /// force is the smaller of this and what fits in an empty segment. Default 8 MiB.
+    pub max_record_bytes: usize,
+    /// A batch stops growing at this size (a larger single record gets its own batch;
+    /// no batch crosses a segment end). Default 1 MiB.
+    pub max_batch_bytes: usize,
+    /// Bytes appended but not yet written before `append` blocks (or `try_append`
+    /// returns [`Error::WouldBlock`]). Default 64 MiB.
+    pub max_pending_bytes: u64,
+    /// With only `Async` commits outstanding, written data is flushed at least this often
+    /// (PostgreSQL's `wal_writer_delay`). Default 200 ms.
+    pub async_flush_interval: Duration,
+    /// The I/O backend. Default [`BackendKind::Auto`].
+    pub backend: BackendKind,
+    /// What to do with corruption found on open. Default [`RecoveryMode::Strict`].
+    pub recovery: RecoveryMode,
+    /// Check every batch of every segment on open, not just the last two segments.
+    pub verify_all_on_open: bool,
+    /// Retired segments kept for recycling. Default 2.
+    pub recycle_pool: usize,
+    /// Base LSN of the first segment when the log is created (a multiple of the segment
+    /// capacity): a follower created from a leader whose log no longer starts at zero.
+    pub create_at: Lsn,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            segment_capacity: 64 << 20,
+            max_record_bytes: 8 << 20,
+            max_batch_bytes: 1 << 20,
+            max_pending_bytes: 64 << 20,
+            async_flush_interval: Duration::from_millis(200),
+            backend: BackendKind::Auto,
+            recovery: RecoveryMode::Strict,
+            verify_all_on_open: false,
+            recycle_pool: 2,
+            create_at: Lsn::ZERO,
+        }
+    }
+}
+
+impl Options {
+    /// Checks the options against each other.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] naming the offending option.
+    pub fn validate(&self) -> Result<()> {
+        self.validate_for(self.segment_capacity)
+    }
+
+    /// The record size limit in force for segments of `capacity` bytes.
+    pub fn effective_max_record(&self, capacity: u64) -> usize {
+        let fits = Geometry::new(capacity).max_payload();
+        self.max_record_bytes.min(usize::try_from(fits).unwrap_or(usize::MAX))
+    }
+
+    pub(crate) fn validate_for(&self, capacity: u64) -> Result<()> {
+        check_capacity(capacity).map_err(|reason| Error::InvalidOptions {
+            name: "segment_capacity",
+            reason,
+        })?;
+        if self.max_record_bytes == 0 || self.max_record_bytes > u32::MAX as usize {
+            return Err(Error::InvalidOptions {
+                name: "max_record_bytes",
+                reason: format!("{} must be between 1 and {}", self.max_record_bytes, u32::MAX),
+            });
+        }
+        if self.max_batch_bytes < BATCH_HEADER_LEN + RECORD_PREFIX_LEN {
+            return Err(Error::InvalidOptions {
+                name: "max_batch_bytes",
+                reason: format!("{} is less than a batch header and an empty record (44)", self.max_batch_bytes),
+            });
+        }
+        if self.max_pending_bytes == 0 {
+            return Err(Error::InvalidOptions {
+                name: "max_pending_bytes",
+                reason: "must be positive".into(),
+            });
+        }
+        if self.create_at.get() % capacity != 0 {
+            return Err(Error::InvalidOptions {
+                name: "create_at",
+                reason: format!("{} is not a multiple of the segment capacity {capacity}", self.create_at),
+            });
+        }
+        if self.async_flush_interval.is_zero() {
+            return Err(Error::InvalidOptions {
+                name: "async_flush_interval",
+                reason: "must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}

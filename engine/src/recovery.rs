@@ -1,0 +1,358 @@
+//! Opening a log directory: finding where the log ends after a crash.
+//!
+//! Guarantees:
+//! - the log found is a gapless chain of valid batches (CRC, LSN, non-decreasing epoch)
+//!   from the first segment to the end;
+//! - the *torn tail* (bytes after the last valid batch of the last non-empty segment) is
+//!   zeroed and fsynced, so a later scan cannot mistake leftovers of a partial write for
+//!   data once new batches are appended next to them;
+//! - an invalid batch followed by a valid one, or a non-final segment that does not run
+//!   to its end, is not a torn write: open fails with [`Error::Corruption`] naming the
+//!   file and offset, unless [`RecoveryMode::TruncateCorrupt`] asks to cut the log there;
+//! - empty segments after the tail (prepared spares) are checked to hold no valid batch
+//!   and handed back for recycling.
+//!
+//! The writer fsyncs a segment before it writes into the next one, which is what makes
+//! "a non-final segment must be complete" a sound rule. Only the last two segments are
+//! scanned batch by batch unless `verify_all` asks for every one; earlier ones have their
+//! headers checked.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::{check_batch, Expect, FormatError, Geometry, SegmentHeader, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::segment::{self, parse_segment_name, Segment, TMP_SUFFIX};
+use crate::types::{Epoch, Lsn};
+
+/// What to do about corruption that is not a torn tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Refuse to open, naming the file and offset (the default).
+    #[default]
+    Strict,
+    /// Cut the log at the first invalid batch, discarding everything after it.
+    TruncateCorrupt,
+}
+
+/// The outcome of scanning one segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentScan {
+    /// Just past the last valid batch.
+    pub end: Lsn,
+    /// Whether valid batches (or padding) reach the end of the segment.
+    pub complete: bool,
+    /// Valid batches, padding excluded.
+    pub batches: u64,
+    /// Records in them.
+    pub records: u64,
+    /// Epoch of the first and last valid batch, if any.
+    pub epochs: Option<(Epoch, Epoch)>,
+    /// The first invalid spot and why, if the chain stopped before the end.
+    pub bad: Option<(Lsn, FormatError)>,
+}
+
+/// Scans the batches of `seg` from its first batch, requiring epochs not below
+/// `prev_epoch`, using only the segment's bytes.
+pub(crate) fn scan_bytes(bytes: &[u8], base: Lsn, geometry: Geometry, prev_epoch: Epoch) -> SegmentScan {
+    let seg_end = Lsn::new(base.get() + geometry.capacity());
+    let mut pos = geometry.first_batch(base);
+    let mut scan = SegmentScan {
+        end: pos,
+        complete: false,
+        batches: 0,
+        records: 0,
+        epochs: None,
+        bad: None,
+    };
+    let mut epoch = prev_epoch;
+    loop {
+        if pos == seg_end {
+            scan.complete = true;
+            return scan;
+        }
+        let off = (pos.get() - base.get()) as usize;
+        let rest = bytes.get(off..).unwrap_or(&[]);
+        let max_len = seg_end.get() - pos.get();
+        let checked = match check_batch(rest, Expect { lsn: Some(pos), max_len }) {
+            Ok(c) => c,
+            Err(e) => {
+                scan.bad = Some((pos, e));
+                return scan;
+            }
+        };
+        let h = checked.header;
+        if h.epoch < epoch {
+            scan.bad = Some((
+                pos,
+                FormatError::EpochRegression {
+                    previous: epoch,
+                    found: h.epoch,
+                },
+            ));
+            return scan;
+        }
+        let misfit = if h.padding { h.end() != seg_end } else { !geometry.fits(pos, h.end()) };
+        if misfit {
+            scan.bad = Some((
+                pos,
+                FormatError::SegmentBoundary {
+                    start: pos,
+                    end: h.end(),
+                    segment_end: seg_end,
+                },
+            ));
+            return scan;
+        }
+        epoch = h.epoch;
+        if !h.padding {
+            scan.batches += 1;
+            scan.records += u64::from(h.record_count);
+            scan.epochs = Some((scan.epochs.map_or(h.epoch, |(f, _)| f), h.epoch));
+        }
+        pos = h.end();
+        scan.end = pos;
+    }
+}
+
+/// The first position after `after` in the segment where a valid batch claims to be,
+/// i.e. whose header names that very position. Used to tell corruption (valid data after
+/// a bad spot) from a torn tail (nothing valid after it).
+pub(crate) fn find_valid_batch(bytes: &[u8], base: Lsn, geometry: Geometry, after: Lsn) -> Option<Lsn> {
+    let cap = geometry.capacity() as usize;
+    let first = (after.get() - base.get()) as usize + 1;
+    let last = cap.checked_sub(BATCH_HEADER_LEN)?;
+    let mut off = first.max(SEGMENT_HEADER_LEN);
+    while off <= last {
+        let lsn = base.get() + off as u64;
+        // Cheap filter before a CRC: the header's base LSN must name this position.
+        if bytes.get(off + 8..off + 16) == Some(&lsn.to_le_bytes()[..]) {
+            let ok = check_batch(
+                &bytes[off..],
+                Expect {
+                    lsn: Some(Lsn::new(lsn)),
+                    max_len: (cap - off) as u64,
+                },
+            );
+            if ok.is_ok() {
+                return Some(Lsn::new(lsn));
+            }
+        }
+        off += 1;
+    }
+    None
+}
+
+/// What [`recover`] found.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    /// The log's segments, contiguous, ascending; the last holds the end.
+    pub(crate) segments: Vec<Segment>,
+    /// Segment files beyond the tail holding no data: recyclable.
+    pub(crate) spares: Vec<PathBuf>,
+    pub(crate) start: Lsn,
+    pub(crate) end: Lsn,
+    pub(crate) last_epoch: Epoch,
+    /// Bytes of torn tail that were zeroed.
+    pub(crate) zeroed: u64,
+    /// Where the log was cut because of corruption, in repair mode.
+    pub(crate) repaired_at: Option<Lsn>,
+}
+
+fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
+    let mut segs = Vec::new();
+    let rd = fs::read_dir(dir).map_err(|e| Error::io("list log directory", dir, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("list log directory", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(TMP_SUFFIX) {
+            let p = entry.path();
+            fs::remove_file(&p).map_err(|e| Error::io("remove leftover temporary file", &p, e))?;
+        } else if let Some(base) = parse_segment_name(name) {
+            segs.push((base, entry.path()));
+        }
+    }
+    segs.sort();
+    Ok(segs)
+}
+
+/// Opens the segments of the log in `dir`, finds its end and zeroes the torn tail.
+/// Creates the first segment at `create_base` if there is none.
+pub(crate) fn recover(
+    dir: &Path,
+    geometry: Geometry,
+    mode: RecoveryMode,
+    verify_all: bool,
+    create_base: Lsn,
+) -> Result<Recovered> {
+    let files = list(dir)?;
+    if files.is_empty() {
+        let seg = segment::create(dir, create_base, geometry)?;
+        let start = geometry.first_batch(create_base);
+        return Ok(Recovered {
+            segments: vec![seg],
+            spares: Vec::new(),
+            start,
+            end: start,
+            last_epoch: Epoch::ZERO,
+            zeroed: 0,
+            repaired_at: None,
+        });
+    }
+    let mut segs = Vec::with_capacity(files.len());
+    for (i, (base, path)) in files.iter().enumerate() {
+        if i > 0 {
+            let prev = files[i - 1].0;
+            if base.get() != prev.get() + geometry.capacity() {
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    format!("segment gap: previous segment starts at {prev}, this one at {base}"),
+                ));
+            }
+        }
+        let seg = Segment::open(path, *base, geometry)?;
+        let hdr = seg
+            .map
+            .slice(0..SEGMENT_HEADER_LEN)
+            .ok_or_else(|| Error::corruption(path, 0, "segment shorter than its header"))?;
+        let h = SegmentHeader::decode(hdr).map_err(|e| Error::corruption(path, 0, format!("segment header: {e}")))?;
+        if h.base != *base || h.capacity != geometry.capacity() {
+            return Err(Error::corruption(
+                path,
+                0,
+                format!(
+                    "segment header says base {} capacity {}, expected base {} capacity {}",
+                    h.base,
+                    h.capacity,
+                    base,
+                    geometry.capacity()
+                ),
+            ));
+        }
+        segs.push(seg);
+    }
+
+    fn whole(s: &Segment) -> &[u8] {
+        s.map.slice(0..s.map.len()).unwrap_or(&[])
+    }
+    let has_first_batch = |s: &Segment| {
+        let first = geometry.first_batch(s.base);
+        check_batch(
+            &whole(s)[SEGMENT_HEADER_LEN..],
+            Expect {
+                lsn: Some(first),
+                max_len: geometry.capacity() - SEGMENT_HEADER_LEN as u64,
+            },
+        )
+        .is_ok()
+    };
+    let tail = segs.iter().rposition(|s| has_first_batch(s)).unwrap_or(0);
+
+    // Segments after the tail must hold nothing valid anywhere.
+    let mut spares = Vec::new();
+    let mut repaired_at = None;
+    for s in segs.drain(tail + 1..) {
+        if let Some(at) = find_valid_batch(whole(&s), s.base, geometry, s.base) {
+            let err = Error::corruption(
+                &s.path,
+                geometry.offset_of(at),
+                format!("valid batch at {at} in a segment after the end of the log (a hole precedes it)"),
+            );
+            match mode {
+                RecoveryMode::Strict => return Err(err),
+                RecoveryMode::TruncateCorrupt => {
+                    tracing::warn!(%err, "repair: discarding");
+                    repaired_at.get_or_insert(geometry.first_batch(s.base));
+                }
+            }
+        }
+        spares.push(s.path.clone());
+    }
+
+    let first_scanned = if verify_all { 0 } else { tail.saturating_sub(1) };
+    let mut prev_epoch = Epoch::ZERO;
+    let mut end = geometry.first_batch(segs[0].base);
+    let mut cut: Option<usize> = None;
+    for (i, s) in segs.iter().enumerate().skip(first_scanned) {
+        let scan = scan_bytes(whole(s), s.base, geometry, prev_epoch);
+        if let Some((_, last)) = scan.epochs {
+            prev_epoch = last;
+        }
+        end = scan.end;
+        if scan.complete {
+            continue;
+        }
+        let (bad_at, why) = scan
+            .bad
+            .clone()
+            .unwrap_or((scan.end, FormatError::Truncated { needed: 0, available: 0 }));
+        let later_valid = find_valid_batch(whole(s), s.base, geometry, bad_at);
+        let is_corruption = i < tail || later_valid.is_some();
+        if is_corruption {
+            let reason = match later_valid {
+                Some(v) => format!("invalid batch ({why}) followed by a valid batch at {v}"),
+                None => format!("invalid batch ({why}) in a segment that is not the last"),
+            };
+            let err = Error::corruption(&s.path, geometry.offset_of(bad_at), reason);
+            match mode {
+                RecoveryMode::Strict => return Err(err),
+                RecoveryMode::TruncateCorrupt => {
+                    tracing::warn!(%err, "repair: truncating the log here");
+                    repaired_at = Some(bad_at);
+                }
+            }
+        }
+        cut = Some(i);
+        break;
+    }
+    if let Some(i) = cut {
+        for s in segs.drain(i + 1..) {
+            fs::remove_file(&s.path).map_err(|e| Error::io("remove segment after repair point", &s.path, e))?;
+        }
+        crate::fsutil::fsync_dir(dir)?;
+    }
+
+    // Zero the torn tail of the last segment.
+    let mut zeroed = 0;
+    if let Some(last) = segs.last() {
+        let seg_end = Lsn::new(last.base.get() + geometry.capacity());
+        if end < seg_end {
+            zeroed = zero_nonzero(last, end, seg_end)?;
+        }
+    }
+    Ok(Recovered {
+        start: geometry.first_batch(segs[0].base),
+        segments: segs,
+        spares,
+        end,
+        last_epoch: prev_epoch,
+        zeroed,
+        repaired_at,
+    })
+}
+
+/// Zeroes every non-zero 64 KiB-aligned chunk of `[from, to)` in `seg` and fsyncs if
+/// anything was written. Returns the bytes written.
+fn zero_nonzero(seg: &Segment, from: Lsn, to: Lsn) -> Result<u64> {
+    const CHUNK: u64 = 64 * 1024;
+    let mut written = 0;
+    let mut at = from;
+    while at < to {
+        let next = Lsn::new(((at.get() / CHUNK) + 1) * CHUNK).min(to);
+        let dirty = seg.slice(at, next).is_some_and(|b| b.iter().any(|&x| x != 0));
+        if dirty {
+            let off = at.get() - seg.base.get();
+            crate::fsutil::write_zeros(&seg.file, &seg.path, off, next.get() - at.get())?;
+            written += next.get() - at.get();
+        }
+        at = next;
+    }
+    if written > 0 {
+        seg.file
+            .sync_data()
+            .map_err(|e| Error::io("fsync zeroed tail", &seg.path, e))?;
+    }
+    Ok(written)
+}

@@ -1,0 +1,246 @@
+//! Segment files: naming, creation by zero-filling, recycling, and the in-memory
+//! handle that pairs a file with its read-only mapping.
+//!
+//! A segment covers `capacity` bytes of LSN space starting at its base LSN, which is a
+//! multiple of the capacity and, as 16 hex digits, its file name (`0000000004000000.wal`).
+//! New segments are zero-filled to full size and fsynced before use, as PostgreSQL does:
+//! on ext4 a merely fallocate'd file has unwritten extents and pays a journal commit on
+//! every first write, so `fdatasync` would flush metadata too. Retired segments are
+//! recycled (renamed, header rewritten) because an already-written file is the fastest
+//! to write into again. Creation and recycling go through a `.tmp` name and end with a
+//! directory fsync, so a crash never leaves a half-made segment under a real name.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::format::{Geometry, SegmentHeader};
+use crate::fsutil::{fsync_dir, write_zeros};
+use crate::mmap::{bytes_of, SegmentMap};
+use crate::types::Lsn;
+
+/// File name suffix of segments.
+pub(crate) const SEGMENT_SUFFIX: &str = ".wal";
+/// Suffix of files being prepared; deleted on open.
+pub(crate) const TMP_SUFFIX: &str = ".tmp";
+
+/// The path of the segment starting at `base`.
+pub(crate) fn segment_path(dir: &Path, base: Lsn) -> PathBuf {
+    dir.join(format!("{:016x}{SEGMENT_SUFFIX}", base.get()))
+}
+
+/// The base LSN encoded in a segment file name, if it is one.
+pub(crate) fn parse_segment_name(name: &str) -> Option<Lsn> {
+    let hex = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok().map(Lsn::new)
+}
+
+/// An open segment: its file (for writes and fsync) and its mapping (for reads).
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) base: Lsn,
+    pub(crate) path: PathBuf,
+    pub(crate) file: Arc<File>,
+    pub(crate) map: Arc<SegmentMap>,
+}
+
+impl Segment {
+    /// Opens an existing segment file read-write and maps it.
+    pub(crate) fn open(path: &Path, base: Lsn, geometry: Geometry) -> Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("open segment", path, e))?;
+        Segment::from_file(file, path, base, geometry)
+    }
+
+    fn from_file(file: File, path: &Path, base: Lsn, geometry: Geometry) -> Result<Segment> {
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat segment", path, e))?
+            .len();
+        if len != geometry.capacity() {
+            return Err(Error::corruption(
+                path,
+                0,
+                format!("segment file is {len} bytes, the log's segments are {}", geometry.capacity()),
+            ));
+        }
+        let map = SegmentMap::map(&file, len as usize).map_err(|e| Error::io("mmap segment", path, e))?;
+        Ok(Segment {
+            base,
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            map: Arc::new(map),
+        })
+    }
+
+    /// The stable bytes `[start, end)` of this segment, by LSN.
+    pub(crate) fn slice(&self, start: Lsn, end: Lsn) -> Option<&[u8]> {
+        let s = start.get().checked_sub(self.base.get())? as usize;
+        let e = end.get().checked_sub(self.base.get())? as usize;
+        self.map.slice(s..e)
+    }
+
+    /// A zero-copy [`Bytes`] over `[start, end)`.
+    pub(crate) fn bytes(&self, start: Lsn, end: Lsn) -> Option<Bytes> {
+        let s = start.get().checked_sub(self.base.get())? as usize;
+        let e = end.get().checked_sub(self.base.get())? as usize;
+        bytes_of(&self.map, s..e)
+    }
+
+    /// Whether any reader or `Bytes` still references the mapping.
+    pub(crate) fn is_referenced(self: &Arc<Segment>) -> bool {
+        Arc::strong_count(&self.map) > 1 || Arc::strong_count(self) > 1
+    }
+}
+
+/// Creates a new segment at `base`: zero-filled to capacity, header written, fsynced,
+/// renamed into place, directory fsynced.
+pub(crate) fn create(dir: &Path, base: Lsn, geometry: Geometry) -> Result<Segment> {
+    let path = segment_path(dir, base);
+    let tmp = tmp_path(&path);
+    let result = (|| {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("create segment", &tmp, e))?;
+        write_header_and_zeros(&file, &tmp, base, geometry)?;
+        file.sync_all().map_err(|e| Error::io("fsync new segment", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| Error::io("rename new segment", &path, e))?;
+        fsync_dir(dir)?;
+        Segment::from_file(file, &path, base, geometry)
+    })();
+    if result.is_err() {
+        // Leave no half-written file behind; ENOSPC must not leak the space it used.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_header_and_zeros(file: &File, path: &Path, base: Lsn, geometry: Geometry) -> Result<()> {
+    let header = SegmentHeader {
+        base,
+        capacity: geometry.capacity(),
+    }
+    .encode();
+    file.write_all_at(&header, 0)
+        .map_err(|e| Error::io("write segment header", path, e))?;
+    let hl = header.len() as u64;
+    write_zeros(file, path, hl, geometry.capacity() - hl)
+}
+
+/// Turns the retired segment file `old` into the segment at `base`: its stale content
+/// stays (its batches carry LSNs below the log start, so recovery never takes them for
+/// data), only the header is rewritten.
+pub(crate) fn recycle(dir: &Path, old: &Path, base: Lsn, geometry: Geometry) -> Result<Segment> {
+    let path = segment_path(dir, base);
+    let tmp = tmp_path(&path);
+    fs::rename(old, &tmp).map_err(|e| Error::io("rename retired segment", old, e))?;
+    // The old name must be durably gone before its header changes.
+    fsync_dir(dir)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("open recycled segment", &tmp, e))?;
+    let header = SegmentHeader {
+        base,
+        capacity: geometry.capacity(),
+    }
+    .encode();
+    file.write_all_at(&header, 0)
+        .and_then(|_| file.sync_data())
+        .map_err(|e| Error::io("rewrite recycled segment header", &tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| Error::io("rename recycled segment", &path, e))?;
+    fsync_dir(dir)?;
+    Segment::from_file(file, &path, base, geometry)
+}
+
+/// Rewrites the segment at `seg` so that it keeps only `[base, keep_end)` and zeros
+/// after, via a new file renamed over the old one (existing mappings keep the old bytes).
+pub(crate) fn rewrite_prefix(dir: &Path, seg: &Segment, keep_end: Lsn, geometry: Geometry) -> Result<Segment> {
+    let tmp = tmp_path(&seg.path);
+    let keep = keep_end.get() - seg.base.get();
+    let result = (|| {
+        let prefix = seg
+            .map
+            .slice(0..keep as usize)
+            .ok_or_else(|| Error::corruption(&seg.path, keep, "truncation point beyond segment"))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("create truncated segment", &tmp, e))?;
+        file.write_all_at(prefix, 0)
+            .map_err(|e| Error::io("copy kept prefix", &tmp, e))?;
+        write_zeros(&file, &tmp, keep, geometry.capacity() - keep)?;
+        file.sync_all().map_err(|e| Error::io("fsync truncated segment", &tmp, e))?;
+        fs::rename(&tmp, &seg.path).map_err(|e| Error::io("rename truncated segment", &seg.path, e))?;
+        fsync_dir(dir)?;
+        Segment::from_file(file, &seg.path, seg.base, geometry)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(TMP_SUFFIX);
+    PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let p = segment_path(Path::new("/d"), Lsn::new(0x400_0000));
+        assert_eq!(p, Path::new("/d/0000000004000000.wal"));
+        assert_eq!(parse_segment_name("0000000004000000.wal"), Some(Lsn::new(0x400_0000)));
+        assert_eq!(parse_segment_name("0000000004000000.wal.tmp"), None);
+        assert_eq!(parse_segment_name("04000000.wal"), None);
+        assert_eq!(parse_segment_name("000000000400000g.wal"), None);
+    }
+
+    #[test]
+    fn create_recycle_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(1 << 16);
+        let s = create(dir.path(), Lsn::ZERO, g).unwrap();
+        assert_eq!(
+            SegmentHeader::decode(s.slice(Lsn::ZERO, Lsn::new(64)).unwrap()).unwrap().base,
+            Lsn::ZERO
+        );
+        assert!(s.slice(Lsn::new(64), Lsn::new(1 << 16)).unwrap().iter().all(|&b| b == 0));
+        s.file.write_all_at(b"data", 64).unwrap();
+        let r = rewrite_prefix(dir.path(), &s, Lsn::new(66), g).unwrap();
+        assert_eq!(r.slice(Lsn::new(64), Lsn::new(68)).unwrap(), b"da\0\0");
+        assert_eq!(s.slice(Lsn::new(64), Lsn::new(68)).unwrap(), b"data", "old mapping unchanged");
+        let path = r.path.clone();
+        drop((s, r));
+        let n = recycle(dir.path(), &path, Lsn::new(1 << 16), g).unwrap();
+        assert!(!path.exists());
+        assert_eq!(n.path, segment_path(dir.path(), Lsn::new(1 << 16)));
+        assert_eq!(
+            SegmentHeader::decode(n.slice(n.base, Lsn::new((1 << 16) + 64)).unwrap()).unwrap().base,
+            Lsn::new(1 << 16)
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! `truncate_suffix`: removing a divergent tail, crash-safely.
+//!
+//! Order of operations, each step leaving a valid log if the process dies after it:
+//! 1. wait until everything appended is written and flushed (the writer is then idle,
+//!    and stays so: the append lock is held from here on);
+//! 2. remove segments after the one holding the new end, newest first (a crash leaves a
+//!    shorter but valid log, never a hole);
+//! 3. rewrite the segment holding the new end into a new file that keeps the prefix and
+//!    zeros the rest, renamed over the old one (mapped readers keep the old bytes);
+//! 4. forget epochs that started after the new end, in the epoch history;
+//! 5. lower the watermarks and fail waiters beyond the new end.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::format::{BatchHeader, Geometry};
+use crate::log::{lock, write, Shared};
+use crate::segment;
+use crate::types::{Epoch, Lsn};
+use crate::watermark::block_on;
+
+pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
+    let g = sh.geometry;
+    let mut asm = loop {
+        let asm = lock(&sh.append);
+        if let Some(e) = sh.unusable() {
+            return Err(e);
+        }
+        let end = asm.end();
+        if !asm.has_pending() && sh.written.get() >= end && sh.flushed.get() >= end {
+            break asm;
+        }
+        drop(asm);
+        sh.request_flush(end);
+        if block_on(crate::commit::reach(&sh.flushed, end), Some(Instant::now() + Duration::from_secs(1))).is_none() && sh.failed.load(Ordering::Acquire) {
+            return Err(sh.unusable().unwrap_or(Error::Closed { path: sh.dir.clone() }));
+        }
+    };
+    let end = asm.end();
+    let start = sh.start();
+    if lsn < start {
+        return Err(Error::NotRetained { lsn, start });
+    }
+    if lsn > end {
+        return Err(Error::BeyondEnd { lsn, end });
+    }
+    // The segment that keeps the new end: an end exactly on a boundary belongs to the
+    // segment before it.
+    let keep_base = if g.offset_of(lsn) == 0 && lsn > start {
+        Lsn::new(lsn.get() - g.capacity())
+    } else {
+        g.base_of(lsn)
+    };
+    let keep = sh
+        .segment(keep_base)
+        .ok_or_else(|| Error::corruption(segment::segment_path(&sh.dir, keep_base), 0, "segment missing from the log"))?;
+    check_boundary(&keep, g, lsn, end.min(Lsn::new(keep_base.get() + g.capacity())))?;
+
+    if lsn < end {
+        let later: Vec<_> = {
+            let segs = crate::log::read(&sh.segments);
+            segs.range(keep_base.get() + 1..).map(|(_, s)| Arc::clone(s)).rev().collect()
+        };
+        for s in &later {
+            std::fs::remove_file(&s.path).map_err(|e| Error::io("remove truncated segment", &s.path, e))?;
+            crate::fsutil::fsync_dir(&sh.dir)?;
+            write(&sh.segments).remove(&s.base.get());
+        }
+        let rewritten = segment::rewrite_prefix(&sh.dir, &keep, lsn, g)?;
+        write(&sh.segments).insert(keep_base.get(), Arc::new(rewritten));
+    }
+    sh.prep.reset(Lsn::new(keep_base.get() + g.capacity()))?;
+
+    let epoch = {
+        let mut h = lock(&sh.epochs);
+        let mut next = h.clone();
+        if next.truncate_after(lsn) {
+            next.store(&sh.dir)?;
+            *h = next;
+        }
+        h.current().map_or(Epoch::ZERO, |(e, _)| e)
+    };
+    asm.reset(lsn, epoch);
+    sh.end.store(lsn.get(), Ordering::Release);
+    {
+        let mut t = lock(&sh.truncations);
+        let gen = sh.trunc_gen.load(Ordering::Acquire) + 1;
+        t.events.push((gen, lsn));
+        sh.trunc_gen.store(gen, Ordering::Release);
+    }
+    sh.flush_requested.fetch_min(lsn.get(), Ordering::AcqRel);
+    sh.written.lower_to(lsn);
+    sh.flushed.lower_to(lsn);
+    for w in [&sh.remote_written, &sh.remote_flushed, &sh.remote_applied] {
+        w.lower_to(lsn);
+    }
+    drop(asm);
+    tracing::info!(dir = %sh.dir.display(), from = %end, to = %lsn, "log truncated");
+    Ok(())
+}
+
+/// Checks that `lsn` is a batch boundary in `seg` (hopping batch headers from the first).
+fn check_boundary(seg: &segment::Segment, g: Geometry, lsn: Lsn, limit: Lsn) -> Result<()> {
+    let mut pos = g.first_batch(seg.base);
+    let mut prev = pos;
+    while pos < lsn && pos < limit {
+        let hdr = seg
+            .slice(pos, Lsn::new(pos.get() + crate::format::BATCH_HEADER_LEN as u64))
+            .ok_or_else(|| Error::corruption(&seg.path, g.offset_of(pos), "batch header beyond segment"))?;
+        let h = BatchHeader::decode(hdr, g.capacity())
+            .map_err(|e| Error::corruption(&seg.path, g.offset_of(pos), e.to_string()))?;
+        prev = pos;
+        pos = h.end();
+    }
+    if pos == lsn {
+        Ok(())
+    } else {
+        Err(Error::NotBoundary {
+            lsn,
+            expected: "batch",
+            before: prev,
+        })
+    }
+}

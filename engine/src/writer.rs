@@ -1,0 +1,252 @@
+//! The log-writer thread: group commit, the I/O half.
+//!
+//! Each turn of the loop: reap a completed flush and publish `flushed`; take everything
+//! appended since the last turn (one call seals the open batch, so concurrent appenders
+//! share one write); write it as one vectored write per segment and publish `written`;
+//! start a flush when a waiter needs `Local` or stronger, when the async flush interval
+//! has passed, or when closing. While a flush is in flight the next batch is gathered and
+//! written (pipelining); a flush covers everything written before it started.
+//!
+//! Before the first byte goes into a new segment, everything in the previous one is
+//! flushed, so a crash can only tear the last segment (recovery relies on this).
+//!
+//! Any write or flush error poisons the log: after a failed fsync the page cache state is
+//! unknown, and acknowledging anything later could lose data silently.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::format::{seal_header, BATCH_HEADER_LEN};
+use crate::group_commit::Chunk;
+use crate::io::Backend;
+use crate::log::{lock, Shared};
+use crate::segment::Segment;
+use crate::types::Lsn;
+
+static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+
+type OpResult<T> = Result<T, (&'static str, std::io::Error)>;
+
+struct Writer {
+    shared: Arc<Shared>,
+    backend: Box<dyn Backend>,
+    chunks: Vec<Chunk>,
+    spent: Vec<Vec<u8>>,
+    /// Segments written since the last flush started.
+    dirty: Vec<Arc<Segment>>,
+    /// Base of the segment last written.
+    current: Option<Lsn>,
+    /// What the flush in flight will make durable.
+    flush_target: Lsn,
+    last_flush: Instant,
+}
+
+pub(crate) fn run(shared: Arc<Shared>, backend: Box<dyn Backend>) {
+    shared.wake.bind_current_thread();
+    let mut w = Writer {
+        flush_target: shared.flushed.get(),
+        shared,
+        backend,
+        chunks: Vec::new(),
+        spent: Vec::new(),
+        dirty: Vec::new(),
+        current: None,
+        last_flush: Instant::now(),
+    };
+    loop {
+        match w.turn() {
+            Ok(true) => {}
+            Ok(false) => {
+                if w.finished() {
+                    break;
+                }
+                w.sleep();
+            }
+            Err((op, e)) => {
+                w.shared.poison(op, &e);
+                break;
+            }
+        }
+    }
+    // Dropping the backend waits for a flush still in flight.
+}
+
+impl Writer {
+    fn finished(&self) -> bool {
+        let sh = &self.shared;
+        (sh.closing.load(Ordering::Acquire) || sh.failed.load(Ordering::Acquire))
+            && !sh.has_pending.load(Ordering::Acquire)
+            && !self.backend.flush_in_flight()
+            && sh.flushed.get() >= sh.written.get()
+    }
+
+    fn sleep(&mut self) {
+        let sh = Arc::clone(&self.shared);
+        let in_flight = self.backend.flush_in_flight();
+        let interval = sh.opts.async_flush_interval;
+        let unflushed = sh.written.get() > sh.flushed.get();
+        let timeout = if unflushed && !in_flight {
+            Some(interval.saturating_sub(self.last_flush.elapsed()))
+        } else if in_flight {
+            None
+        } else {
+            Some(interval)
+        };
+        let has_work = || {
+            sh.has_pending.load(Ordering::Acquire)
+                || (!in_flight && sh.closing.load(Ordering::Acquire))
+                || (!in_flight && sh.flush_requested.load(Ordering::Acquire) > sh.flushed.get().get() && sh.written.get() > sh.flushed.get())
+        };
+        self.backend.wait(timeout, &has_work);
+    }
+
+    /// One turn; returns whether anything was done.
+    fn turn(&mut self) -> OpResult<bool> {
+        let mut did = self.reap_flush()?;
+        self.take();
+        if !self.chunks.is_empty() {
+            self.write_chunks()?;
+            self.shared.release_space();
+            did = true;
+        }
+        did |= self.maybe_flush()?;
+        Ok(did)
+    }
+
+    fn reap_flush(&mut self) -> OpResult<bool> {
+        match self.backend.poll_flush() {
+            Some(Ok(())) => {
+                self.shared.flushed.advance(self.flush_target);
+                self.last_flush = Instant::now();
+                Ok(true)
+            }
+            Some(Err(e)) => Err(("fdatasync", e)),
+            None => Ok(false),
+        }
+    }
+
+    fn take(&mut self) {
+        let sh = &self.shared;
+        if !sh.has_pending.load(Ordering::Acquire) && self.spent.is_empty() {
+            return;
+        }
+        let mut asm = lock(&sh.append);
+        for b in self.spent.drain(..) {
+            asm.recycle_buf(b);
+        }
+        asm.take(&mut self.chunks);
+        sh.has_pending.store(false, Ordering::Release);
+    }
+
+    fn maybe_flush(&mut self) -> OpResult<bool> {
+        if self.backend.flush_in_flight() {
+            return Ok(false);
+        }
+        let sh = &self.shared;
+        let written = sh.written.get();
+        let flushed = sh.flushed.get();
+        if written <= flushed {
+            return Ok(false);
+        }
+        let requested = Lsn::new(sh.flush_requested.load(Ordering::Acquire));
+        let due = requested > flushed
+            || self.last_flush.elapsed() >= sh.opts.async_flush_interval
+            || sh.closing.load(Ordering::Acquire);
+        if !due {
+            return Ok(false);
+        }
+        self.start_flush(written)?;
+        Ok(true)
+    }
+
+    fn start_flush(&mut self, target: Lsn) -> OpResult<()> {
+        let files = self.dirty.drain(..).map(|s| Arc::clone(&s.file)).collect();
+        self.flush_target = target;
+        self.backend.start_flush(files).map_err(|e| ("start fdatasync", e))
+    }
+
+    /// Flushes everything written so far and waits for it.
+    fn flush_now(&mut self) -> OpResult<()> {
+        while self.backend.flush_in_flight() {
+            if !self.reap_flush()? {
+                self.backend.wait(None, &|| false);
+            }
+        }
+        let written = self.shared.written.get();
+        if written > self.shared.flushed.get() {
+            self.start_flush(written)?;
+            while self.backend.flush_in_flight() {
+                if !self.reap_flush()? {
+                    self.backend.wait(None, &|| false);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_chunks(&mut self) -> OpResult<()> {
+        let geometry = self.shared.geometry;
+        let mut chunks = std::mem::take(&mut self.chunks);
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        for c in chunks.iter_mut() {
+            if let Chunk::Local { base, buf, count, epoch } = c {
+                let len = buf.len() as u32;
+                seal_header(buf, len, *base, *epoch, now_us, *count, false);
+            }
+        }
+        let mut i = 0;
+        while i < chunks.len() {
+            let base = geometry.base_of(chunks[i].base());
+            let mut j = i + 1;
+            while j < chunks.len() && geometry.base_of(chunks[j].base()) == base && chunks[j].base() == chunks[j - 1].end() {
+                j += 1;
+            }
+            if self.current.is_some_and(|c| c != base) && self.shared.written.get() > self.shared.flushed.get() {
+                self.flush_now()?;
+            }
+            self.current = Some(base);
+            let seg = self.shared.segment(base).ok_or_else(|| {
+                (
+                    "find segment",
+                    std::io::Error::other(format!("segment {base} was not provisioned before a write into it")),
+                )
+            })?;
+            let mut slices: Vec<&[u8]> = Vec::with_capacity(j - i);
+            for c in &chunks[i..j] {
+                match c {
+                    Chunk::Local { buf, .. } => slices.push(buf),
+                    Chunk::Encoded { bytes, .. } => slices.push(bytes),
+                    Chunk::Padding { base, end, header } => {
+                        slices.push(header);
+                        let mut zeros = (end.get() - base.get()) as usize - BATCH_HEADER_LEN;
+                        while zeros > 0 {
+                            let n = zeros.min(ZEROS.len());
+                            slices.push(&ZEROS[..n]);
+                            zeros -= n;
+                        }
+                    }
+                }
+            }
+            let offset = geometry.offset_of(chunks[i].base());
+            self.backend
+                .write_all_at(&seg.file, offset, &slices)
+                .map_err(|e| ("write segment", e))?;
+            let end = chunks[j - 1].end();
+            self.shared.written.advance(end);
+            if !self.dirty.iter().any(|d| Arc::ptr_eq(d, &seg)) {
+                self.dirty.push(seg);
+            }
+            i = j;
+        }
+        for c in chunks.drain(..) {
+            if let Chunk::Local { buf, .. } = c {
+                self.spent.push(buf);
+            }
+        }
+        self.chunks = chunks;
+        Ok(())
+    }
+}

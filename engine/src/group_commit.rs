@@ -171,6 +171,8 @@ impl Assembler {
             let end = Lsn::new(self.pos.get() + grown as u64);
             if grown > self.max_batch || !self.geometry.fits(self.pos, end) {
                 self.seal();
+                // The sealed batch may have filled its segment to the last byte.
+                self.cross_boundary_if_at_one(ensure)?;
             }
         }
         if self.open_count == 0 {
@@ -394,6 +396,25 @@ mod tests {
             let next = if w[0].end() == Lsn::new(CAP) { Lsn::new(CAP + 64) } else { w[0].end() };
             assert_eq!(next, w[1].base());
         }
+    }
+
+    #[test]
+    fn a_batch_filling_its_segment_exactly_moves_the_next_record_to_the_next_segment() {
+        let mut a = asm(1 << 20);
+        let mut provisioned = Vec::new();
+        let mut ensure = |b: Lsn| {
+            provisioned.push(b);
+            Ok(())
+        };
+        let exact = (CAP - 64 - 40 - 4) as usize;
+        assert_eq!(a.append(&vec![1u8; exact], &mut ensure).unwrap(), Lsn::new(CAP));
+        let l = a.append(b"next", &mut ensure).unwrap();
+        assert_eq!(provisioned, vec![Lsn::new(CAP)]);
+        assert_eq!(l, Lsn::new(CAP + 64 + 40 + 8));
+        let chunks = drain(&mut a);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[0].end(), Lsn::new(CAP));
+        assert_eq!(chunks[1].base(), Lsn::new(CAP + 64));
     }
 
     #[test]

@@ -292,8 +292,12 @@ impl Log {
         // Recovered bytes may still be only in the page cache (the process died, the OS
         // did not): flush them so `flushed` starts out true.
         for seg in rec.segments.iter().rev().take(2) {
-            seg.file.sync_data().map_err(|e| Error::io("fsync recovered segment", &seg.path, e))?;
+            seg.file()?
+                .sync_data()
+                .map_err(|e| Error::io("fsync recovered segment", &seg.path, e))?;
         }
+        let keep_open = rec.segments.len().saturating_sub(2);
+        rec.segments.iter().take(keep_open).for_each(Segment::release_file);
         let tail_base = rec.segments.last().map_or(opts.create_at, |s| s.base);
         let next_base = Lsn::new(tail_base.get() + capacity);
         let mut ready = None;

@@ -143,6 +143,14 @@ pub(crate) fn find_valid_batch(bytes: &[u8], base: Lsn, geometry: Geometry, afte
     None
 }
 
+/// Whether any bytes after `base`'s header look like a batch header naming its own
+/// position: leftovers of a torn write in this segment's current life. (A recycled
+/// segment's stale batches name positions of its previous life and never match.)
+fn claims_positions(bytes: &[u8], base: Lsn) -> bool {
+    let last = bytes.len().saturating_sub(BATCH_HEADER_LEN);
+    (SEGMENT_HEADER_LEN..=last).any(|off| bytes.get(off + 8..off + 16) == Some(&(base.get() + off as u64).to_le_bytes()[..]))
+}
+
 /// What [`recover`] found.
 #[derive(Debug)]
 pub(crate) struct Recovered {
@@ -201,6 +209,7 @@ pub(crate) fn recover(
         });
     }
     let mut segs = Vec::with_capacity(files.len());
+    let n_files = files.len();
     for (i, (base, path)) in files.iter().enumerate() {
         if i > 0 {
             let prev = files[i - 1].0;
@@ -231,6 +240,10 @@ pub(crate) fn recover(
                 ),
             ));
         }
+        // Only the last segments can be written; the others need no descriptor.
+        if i + 3 < n_files {
+            seg.release_file();
+        }
         segs.push(seg);
     }
 
@@ -253,12 +266,18 @@ pub(crate) fn recover(
     // Segments after the tail must hold nothing valid anywhere.
     let mut spares = Vec::new();
     let mut repaired_at = None;
+    let mut zeroed_spares = 0;
     for s in segs.drain(tail + 1..) {
         if let Some(at) = find_valid_batch(whole(&s), s.base, geometry, s.base) {
+            // Name the bad spot (where the chain breaks), not the valid batch after it.
+            let scan = scan_bytes(whole(&s), s.base, geometry, Epoch::ZERO);
+            let (bad_at, why) = scan
+                .bad
+                .unwrap_or((scan.end, FormatError::Truncated { needed: 0, available: 0 }));
             let err = Error::corruption(
                 &s.path,
-                geometry.offset_of(at),
-                format!("valid batch at {at} in a segment after the end of the log (a hole precedes it)"),
+                geometry.offset_of(bad_at),
+                format!("invalid batch ({why}) followed by a valid batch at {at}"),
             );
             match mode {
                 RecoveryMode::Strict => return Err(err),
@@ -267,6 +286,11 @@ pub(crate) fn recover(
                     repaired_at.get_or_insert(geometry.first_batch(s.base));
                 }
             }
+        }
+        if claims_positions(whole(&s), s.base) {
+            // A torn first batch: zero it like any torn tail.
+            let from = geometry.first_batch(s.base);
+            zeroed_spares += zero_nonzero(&s, from, Lsn::new(s.base.get() + geometry.capacity()))?;
         }
         spares.push(s.path.clone());
     }
@@ -307,7 +331,12 @@ pub(crate) fn recover(
         cut = Some(i);
         break;
     }
-    if let Some(i) = cut {
+    if let Some(mut i) = cut {
+        // Cut at the first batch of a segment: the log ends with the segment before it.
+        if i > 0 && end == geometry.first_batch(segs[i].base) {
+            end = segs[i].base;
+            i -= 1;
+        }
         for s in segs.drain(i + 1..) {
             fs::remove_file(&s.path).map_err(|e| Error::io("remove segment after repair point", &s.path, e))?;
         }
@@ -315,11 +344,11 @@ pub(crate) fn recover(
     }
 
     // Zero the torn tail of the last segment.
-    let mut zeroed = 0;
+    let mut zeroed = zeroed_spares;
     if let Some(last) = segs.last() {
         let seg_end = Lsn::new(last.base.get() + geometry.capacity());
         if end < seg_end {
-            zeroed = zero_nonzero(last, end, seg_end)?;
+            zeroed += zero_nonzero(last, end, seg_end)?;
         }
     }
     Ok(Recovered {
@@ -337,6 +366,7 @@ pub(crate) fn recover(
 /// anything was written. Returns the bytes written.
 fn zero_nonzero(seg: &Segment, from: Lsn, to: Lsn) -> Result<u64> {
     const CHUNK: u64 = 64 * 1024;
+    let file = seg.file()?;
     let mut written = 0;
     let mut at = from;
     while at < to {
@@ -344,15 +374,80 @@ fn zero_nonzero(seg: &Segment, from: Lsn, to: Lsn) -> Result<u64> {
         let dirty = seg.slice(at, next).is_some_and(|b| b.iter().any(|&x| x != 0));
         if dirty {
             let off = at.get() - seg.base.get();
-            crate::fsutil::write_zeros(&seg.file, &seg.path, off, next.get() - at.get())?;
+            crate::fsutil::write_zeros(&file, &seg.path, off, next.get() - at.get())?;
             written += next.get() - at.get();
         }
         at = next;
     }
     if written > 0 {
-        seg.file
-            .sync_data()
+        file.sync_data()
             .map_err(|e| Error::io("fsync zeroed tail", &seg.path, e))?;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{encode_batch, encode_padding};
+    use proptest::prelude::*;
+
+    const CAP: u64 = 1 << 16;
+
+    /// A segment image holding `sizes` as one-record batches; returns it and batch ends.
+    fn image(base: Lsn, sizes: &[usize]) -> (Vec<u8>, Vec<Lsn>) {
+        let g = Geometry::new(CAP);
+        let mut img = vec![0u8; CAP as usize];
+        img[..SEGMENT_HEADER_LEN].copy_from_slice(&SegmentHeader { base, capacity: CAP }.encode());
+        let mut pos = g.first_batch(base);
+        let mut ends = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let rec = vec![i as u8; n];
+            let end = Lsn::new(pos.get() + (BATCH_HEADER_LEN + 4 + n) as u64);
+            if !g.fits(pos, end) {
+                let seg_end = g.end_of(pos);
+                let off = (pos.get() - base.get()) as usize;
+                img[off..off + BATCH_HEADER_LEN].copy_from_slice(&encode_padding(pos, seg_end, Epoch::new(1)));
+                ends.push(seg_end);
+                break;
+            }
+            let b = encode_batch(pos, Epoch::new(1), 0, &[rec]);
+            let off = (pos.get() - base.get()) as usize;
+            img[off..off + b.len()].copy_from_slice(&b);
+            pos = end;
+            ends.push(end);
+        }
+        (img, ends)
+    }
+
+    proptest! {
+        #[test]
+        fn scan_stops_exactly_after_the_last_intact_batch(
+            sizes in prop::collection::vec(0usize..3000, 1..40),
+            tear in any::<prop::sample::Index>(),
+            garbage in prop::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let g = Geometry::new(CAP);
+            let base = Lsn::new(CAP);
+            let (mut img, ends) = image(base, &sizes);
+            let last = ends.last().copied().unwrap_or(g.first_batch(base));
+            // Tear anywhere in the written part: zero from there, then maybe garbage.
+            let written = (last.get() - base.get()) as usize;
+            let at = SEGMENT_HEADER_LEN + tear.index(written - SEGMENT_HEADER_LEN + 1);
+            img[at..].iter_mut().for_each(|b| *b = 0);
+            let n = garbage.len().min(img.len() - at);
+            img[at..at + n].copy_from_slice(&garbage[..n]);
+            let scan = scan_bytes(&img, base, g, Epoch::ZERO);
+            let intact = ends.iter().take_while(|e| e.get() - base.get() <= at as u64).last().copied();
+            prop_assert_eq!(scan.end, intact.unwrap_or(g.first_batch(base)));
+            prop_assert!(find_valid_batch(&img, base, g, scan.end).is_none() || scan.complete);
+        }
+
+        #[test]
+        fn scanning_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+            let g = Geometry::new(CAP);
+            let _ = scan_bytes(&bytes, Lsn::ZERO, g, Epoch::ZERO);
+            let _ = find_valid_batch(&bytes, Lsn::ZERO, g, Lsn::ZERO);
+        }
+    }
 }

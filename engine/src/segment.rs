@@ -13,7 +13,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -42,12 +42,16 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<Lsn> {
     u64::from_str_radix(hex, 16).ok().map(Lsn::new)
 }
 
-/// An open segment: its file (for writes and fsync) and its mapping (for reads).
+/// An open segment: its mapping (for reads) and, while it may be written, its file.
+///
+/// Only segments near the end of the log keep a file descriptor: a mapping outlives the
+/// descriptor it was made from, so a long log costs mappings, not descriptors. The file is
+/// reopened on demand.
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) base: Lsn,
     pub(crate) path: PathBuf,
-    pub(crate) file: Arc<File>,
+    file: Mutex<Option<Arc<File>>>,
     pub(crate) map: Arc<SegmentMap>,
 }
 
@@ -78,9 +82,31 @@ impl Segment {
         Ok(Segment {
             base,
             path: path.to_path_buf(),
-            file: Arc::new(file),
+            file: Mutex::new(Some(Arc::new(file))),
             map: Arc::new(map),
         })
+    }
+
+    /// The segment's file, reopened if it was released.
+    pub(crate) fn file(&self) -> Result<Arc<File>> {
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = f.as_ref() {
+            return Ok(Arc::clone(f));
+        }
+        let opened = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)
+                .map_err(|e| Error::io("reopen segment", &self.path, e))?,
+        );
+        *f = Some(Arc::clone(&opened));
+        Ok(opened)
+    }
+
+    /// Closes the file descriptor (the mapping stays).
+    pub(crate) fn release_file(&self) {
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The stable bytes `[start, end)` of this segment, by LSN.
@@ -229,7 +255,7 @@ mod tests {
             Lsn::ZERO
         );
         assert!(s.slice(Lsn::new(64), Lsn::new(1 << 16)).unwrap().iter().all(|&b| b == 0));
-        s.file.write_all_at(b"data", 64).unwrap();
+        s.file().unwrap().write_all_at(b"data", 64).unwrap();
         let r = rewrite_prefix(dir.path(), &s, Lsn::new(66), g).unwrap();
         assert_eq!(r.slice(Lsn::new(64), Lsn::new(68)).unwrap(), b"da\0\0");
         assert_eq!(s.slice(Lsn::new(64), Lsn::new(68)).unwrap(), b"data", "old mapping unchanged");

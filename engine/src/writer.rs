@@ -161,7 +161,10 @@ impl Writer {
     }
 
     fn start_flush(&mut self, target: Lsn) -> OpResult<()> {
-        let files = self.dirty.drain(..).map(|s| Arc::clone(&s.file)).collect();
+        let mut files = Vec::with_capacity(self.dirty.len());
+        for s in self.dirty.drain(..) {
+            files.push(s.file().map_err(|e| ("open segment for fdatasync", std::io::Error::other(e.to_string())))?);
+        }
         self.flush_target = target;
         self.backend.start_flush(files).map_err(|e| ("start fdatasync", e))
     }
@@ -204,8 +207,14 @@ impl Writer {
             while j < chunks.len() && geometry.base_of(chunks[j].base()) == base && chunks[j].base() == chunks[j - 1].end() {
                 j += 1;
             }
-            if self.current.is_some_and(|c| c != base) && self.shared.written.get() > self.shared.flushed.get() {
-                self.flush_now()?;
+            if let Some(prev) = self.current.filter(|c| *c != base) {
+                if self.shared.written.get() > self.shared.flushed.get() {
+                    self.flush_now()?;
+                }
+                // Done with it (a truncation that comes back reopens it on demand).
+                if let Some(s) = self.shared.segment(prev) {
+                    s.release_file();
+                }
             }
             self.current = Some(base);
             let seg = self.shared.segment(base).ok_or_else(|| {
@@ -231,8 +240,11 @@ impl Writer {
                 }
             }
             let offset = geometry.offset_of(chunks[i].base());
+            let file = seg
+                .file()
+                .map_err(|e| ("open segment for writing", std::io::Error::other(e.to_string())))?;
             self.backend
-                .write_all_at(&seg.file, offset, &slices)
+                .write_all_at(&file, offset, &slices)
                 .map_err(|e| ("write segment", e))?;
             let end = chunks[j - 1].end();
             self.shared.written.advance(end);

@@ -1,0 +1,89 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use walship_engine::{BackendKind, Log, Options};
+
+/// Every backend this machine supports: the whole suite runs against each.
+pub fn backends() -> Vec<BackendKind> {
+    let mut v = vec![BackendKind::Portable];
+    let probe = tempfile::tempdir().expect("tempdir");
+    match Log::open(probe.path(), small(BackendKind::IoUring)) {
+        Ok(l) => {
+            drop(l);
+            v.push(BackendKind::IoUring);
+        }
+        Err(e) => eprintln!("NOTE: io_uring unavailable, testing the portable backend only: {e}"),
+    }
+    v
+}
+
+/// Options with 64 KiB segments, so tests cross segment boundaries often.
+pub fn small(backend: BackendKind) -> Options {
+    Options {
+        segment_capacity: 64 * 1024,
+        backend,
+        async_flush_interval: Duration::from_millis(20),
+        ..Options::default()
+    }
+}
+
+/// A deterministic PRNG (splitmix64) so failing seeds replay.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// The payload of record `seq`: self-describing, of a length that varies with `seq`.
+pub fn payload(seq: u64, max_len: usize) -> Vec<u8> {
+    let head = format!("rec-{seq:08}:");
+    let len = head.len() + (seq.wrapping_mul(2_654_435_761) % max_len as u64) as usize;
+    let mut v = head.into_bytes();
+    while v.len() < len {
+        v.push(b'a' + (v.len() % 26) as u8);
+    }
+    v
+}
+
+struct CountingWaker(std::sync::atomic::AtomicUsize, std::thread::Thread);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.1.unpark();
+    }
+}
+
+/// A minimal executor: polls `fut` on this thread, parking until woken; fails the test
+/// if it has not finished after `limit`.
+pub fn run_async<F: std::future::Future>(fut: F, limit: Duration) -> F::Output {
+    let w = Arc::new(CountingWaker(Default::default(), std::thread::current()));
+    let waker = Waker::from(Arc::clone(&w));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        let now = std::time::Instant::now();
+        assert!(now < deadline, "future did not complete within {limit:?}");
+        std::thread::park_timeout(deadline - now);
+    }
+}

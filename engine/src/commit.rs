@@ -199,7 +199,9 @@ impl Commit {
                 }
             }
             if sh.closed.load(Ordering::Acquire) {
-                return Poll::Ready(Err(Error::Closed { path: sh.dir.clone() }));
+                return Poll::Ready(Err(Error::Closed {
+                    path: sh.dir.clone(),
+                }));
             }
             if now_past() {
                 return Poll::Ready(Err(if idx == 0 {

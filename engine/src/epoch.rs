@@ -59,12 +59,17 @@ impl EpochHistory {
     pub fn push(&mut self, epoch: Epoch, start: Lsn) -> Result<()> {
         if let Some((e, s)) = self.current() {
             if epoch <= e {
-                return Err(Error::EpochRegression { current: e, new: epoch });
+                return Err(Error::EpochRegression {
+                    current: e,
+                    new: epoch,
+                });
             }
             if start < s {
                 return Err(Error::InvalidState {
                     op: "record epoch start",
-                    reason: format!("epoch {epoch} would start at {start}, before epoch {e} at {s}"),
+                    reason: format!(
+                        "epoch {epoch} would start at {start}, before epoch {e} at {s}"
+                    ),
                 });
             }
         }
@@ -78,7 +83,11 @@ impl EpochHistory {
     /// follower's `last_epoch` (Kafka's OffsetsForLeaderEpoch).
     pub fn end_of(&self, epoch: Epoch, log_end: Lsn) -> Option<(Epoch, Lsn)> {
         let idx = self.entries.iter().rposition(|(e, _)| *e <= epoch)?;
-        let end = self.entries.get(idx + 1).map(|(_, s)| *s).unwrap_or(log_end);
+        let end = self
+            .entries
+            .get(idx + 1)
+            .map(|(_, s)| *s)
+            .unwrap_or(log_end);
         Some((self.entries[idx].0, end))
     }
 
@@ -112,13 +121,17 @@ impl EpochHistory {
         if crc32c::crc32c(body) != stored {
             return Err("CRC mismatch".into());
         }
-        let u32_at = |i: usize| u32::from_le_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
+        let u32_at =
+            |i: usize| u32::from_le_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
         if u32_at(8) != 1 {
             return Err(format!("unsupported version {}", u32_at(8)));
         }
         let n = u32_at(12) as usize;
         if n > MAX_ENTRIES || body.len() != 16 + 16 * n {
-            return Err(format!("{n} entries do not match a file of {} bytes", b.len()));
+            return Err(format!(
+                "{n} entries do not match a file of {} bytes",
+                b.len()
+            ));
         }
         let mut h = EpochHistory::default();
         for c in body[16..].chunks_exact(16) {
@@ -126,8 +139,11 @@ impl EpochHistory {
             let mut s = [0u8; 8];
             e.copy_from_slice(&c[..8]);
             s.copy_from_slice(&c[8..]);
-            h.push(Epoch::new(u64::from_le_bytes(e)), Lsn::new(u64::from_le_bytes(s)))
-                .map_err(|e| e.to_string())?;
+            h.push(
+                Epoch::new(u64::from_le_bytes(e)),
+                Lsn::new(u64::from_le_bytes(s)),
+            )
+            .map_err(|e| e.to_string())?;
         }
         Ok(h)
     }
@@ -156,7 +172,10 @@ mod tests {
     #[test]
     fn store_load_truncate() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(EpochHistory::load(d.path()).unwrap(), EpochHistory::default());
+        assert_eq!(
+            EpochHistory::load(d.path()).unwrap(),
+            EpochHistory::default()
+        );
         let mut h = EpochHistory::default();
         h.push(Epoch::new(1), Lsn::new(64)).unwrap();
         h.push(Epoch::new(2), Lsn::new(100)).unwrap();
@@ -167,7 +186,10 @@ mod tests {
         assert!(h.truncate_after(Lsn::new(99)));
         assert_eq!(h.entries(), &[(Epoch::new(1), Lsn::new(64))]);
         std::fs::write(d.path().join(EPOCH_FILE), b"garbage").unwrap();
-        assert!(matches!(EpochHistory::load(d.path()), Err(Error::Corruption { .. })));
+        assert!(matches!(
+            EpochHistory::load(d.path()),
+            Err(Error::Corruption { .. })
+        ));
     }
 
     proptest! {

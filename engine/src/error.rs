@@ -31,7 +31,9 @@ pub enum Error {
     },
     /// The file system is full. Nothing was appended; the log is consistent and accepts
     /// appends again once space is freed.
-    #[error("no space left on device: {op} {path}; nothing was appended, retry once space is freed")]
+    #[error(
+        "no space left on device: {op} {path}; nothing was appended, retry once space is freed"
+    )]
     NoSpace {
         /// What was being done.
         op: &'static str,
@@ -203,7 +205,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn corruption(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Error {
+    pub(crate) fn corruption(
+        path: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> Error {
         Error::Corruption {
             path: path.into(),
             offset,

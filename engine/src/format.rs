@@ -428,7 +428,12 @@ pub fn encode_padding(start: Lsn, segment_end: Lsn, epoch: Epoch) -> [u8; BATCH_
 
 /// Encodes one data batch of `records` starting at `base`: a convenience for tests,
 /// tools and fuzz seeds (the log writer builds batches in place).
-pub fn encode_batch<R: AsRef<[u8]>>(base: Lsn, epoch: Epoch, timestamp_us: u64, records: &[R]) -> Vec<u8> {
+pub fn encode_batch<R: AsRef<[u8]>>(
+    base: Lsn,
+    epoch: Epoch,
+    timestamp_us: u64,
+    records: &[R],
+) -> Vec<u8> {
     let body: usize = records
         .iter()
         .map(|r| RECORD_PREFIX_LEN + r.as_ref().len())
@@ -439,7 +444,15 @@ pub fn encode_batch<R: AsRef<[u8]>>(base: Lsn, epoch: Epoch, timestamp_us: u64, 
         push_record(&mut buf, r.as_ref());
     }
     let len = buf.len() as u32;
-    seal_header(&mut buf, len, base, epoch, timestamp_us, records.len() as u32, false);
+    seal_header(
+        &mut buf,
+        len,
+        base,
+        epoch,
+        timestamp_us,
+        records.len() as u32,
+        false,
+    );
     buf
 }
 
@@ -556,7 +569,11 @@ pub fn records<'a>(batch: &'a [u8], header: &BatchHeader) -> RecordIter<'a> {
         at: BATCH_HEADER_LEN,
         end: (header.len as usize).min(batch.len()),
         base: header.base,
-        left: if header.padding { 0 } else { header.record_count },
+        left: if header.padding {
+            0
+        } else {
+            header.record_count
+        },
     }
 }
 

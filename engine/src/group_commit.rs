@@ -51,7 +51,9 @@ pub(crate) enum Chunk {
 impl Chunk {
     pub(crate) fn base(&self) -> Lsn {
         match self {
-            Chunk::Local { base, .. } | Chunk::Encoded { base, .. } | Chunk::Padding { base, .. } => *base,
+            Chunk::Local { base, .. }
+            | Chunk::Encoded { base, .. }
+            | Chunk::Padding { base, .. } => *base,
         }
     }
 
@@ -149,7 +151,10 @@ impl Assembler {
 
     /// If `pos` sits exactly on a segment boundary (the previous segment ended with a
     /// full batch or padding), provision that segment and step over its header.
-    fn cross_boundary_if_at_one(&mut self, ensure: &mut dyn FnMut(Lsn) -> Result<()>) -> Result<()> {
+    fn cross_boundary_if_at_one(
+        &mut self,
+        ensure: &mut dyn FnMut(Lsn) -> Result<()>,
+    ) -> Result<()> {
         if self.open_count == 0 && self.geometry.offset_of(self.pos) == 0 {
             ensure(self.pos)?;
             self.pos = self.geometry.first_batch(self.pos);
@@ -163,7 +168,11 @@ impl Assembler {
     /// in it; if it fails, the assembler is left as it was (apart from the open batch
     /// possibly being sealed, which changes no LSN) and the error is returned.
     /// The caller has checked the record against the maximum record size.
-    pub(crate) fn append(&mut self, record: &[u8], ensure: &mut dyn FnMut(Lsn) -> Result<()>) -> Result<Lsn> {
+    pub(crate) fn append(
+        &mut self,
+        record: &[u8],
+        ensure: &mut dyn FnMut(Lsn) -> Result<()>,
+    ) -> Result<Lsn> {
         let need = RECORD_PREFIX_LEN + record.len();
         self.cross_boundary_if_at_one(ensure)?;
         if self.open_count > 0 {
@@ -207,7 +216,10 @@ impl Assembler {
         if self.open_count > 0 {
             return Err(Error::InvalidState {
                 op: "append encoded batches",
-                reason: format!("locally appended records up to {} are not yet sealed", self.end),
+                reason: format!(
+                    "locally appended records up to {} are not yet sealed",
+                    self.end
+                ),
             });
         }
         let mut plan = EncodedPlan::default();
@@ -221,7 +233,14 @@ impl Assembler {
                 pos = self.geometry.first_batch(pos);
             }
             let bad = |source: FormatError| Error::BadBatch { lsn: pos, source };
-            let checked = check_batch(&bytes[at..], Expect { lsn: Some(pos), max_len: cap }).map_err(bad)?;
+            let checked = check_batch(
+                &bytes[at..],
+                Expect {
+                    lsn: Some(pos),
+                    max_len: cap,
+                },
+            )
+            .map_err(bad)?;
             let h = checked.header;
             if h.epoch < epoch {
                 return Err(bad(FormatError::EpochRegression {
@@ -254,7 +273,11 @@ impl Assembler {
                 // Accept the header alone or the header with all its zeros (a batch header
                 // is never all zeros, so the two cannot be confused); write zeros either way.
                 let full = h.len as usize;
-                let given = if bytes.len() - at >= full && bytes[at + BATCH_HEADER_LEN..at + full].iter().all(|&b| b == 0) {
+                let given = if bytes.len() - at >= full
+                    && bytes[at + BATCH_HEADER_LEN..at + full]
+                        .iter()
+                        .all(|&b| b == 0)
+                {
                     full
                 } else {
                     BATCH_HEADER_LEN
@@ -355,7 +378,11 @@ mod tests {
         assert_eq!(chunks[0].base(), Lsn::new(64));
         assert_eq!(chunks[0].end(), l2);
         let l3 = a.append(b"c", &mut ok).unwrap();
-        assert_eq!(l3, Lsn::new(l2.get() + 40 + 5), "a new batch after the take");
+        assert_eq!(
+            l3,
+            Lsn::new(l2.get() + 40 + 5),
+            "a new batch after the take"
+        );
         assert!(!a.has_pending() || drain(&mut a).len() == 1);
     }
 
@@ -389,11 +416,18 @@ mod tests {
         let l = a.append(&big, &mut ensure).unwrap();
         assert_eq!(provisioned, vec![Lsn::new(CAP)]);
         let chunks = drain(&mut a);
-        let pad = chunks.iter().find(|c| matches!(c, Chunk::Padding { .. })).unwrap();
+        let pad = chunks
+            .iter()
+            .find(|c| matches!(c, Chunk::Padding { .. }))
+            .unwrap();
         assert_eq!(pad.end(), Lsn::new(CAP));
         assert_eq!(l, Lsn::new(CAP + 64 + 40 + 4 + 30_000));
         for w in chunks.windows(2) {
-            let next = if w[0].end() == Lsn::new(CAP) { Lsn::new(CAP + 64) } else { w[0].end() };
+            let next = if w[0].end() == Lsn::new(CAP) {
+                Lsn::new(CAP + 64)
+            } else {
+                w[0].end()
+            };
             assert_eq!(next, w[1].base());
         }
     }
@@ -407,7 +441,10 @@ mod tests {
             Ok(())
         };
         let exact = (CAP - 64 - 40 - 4) as usize;
-        assert_eq!(a.append(&vec![1u8; exact], &mut ensure).unwrap(), Lsn::new(CAP));
+        assert_eq!(
+            a.append(&vec![1u8; exact], &mut ensure).unwrap(),
+            Lsn::new(CAP)
+        );
         let l = a.append(b"next", &mut ensure).unwrap();
         assert_eq!(provisioned, vec![Lsn::new(CAP)]);
         assert_eq!(l, Lsn::new(CAP + 64 + 40 + 8));
@@ -423,8 +460,16 @@ mod tests {
         a.append(&vec![1u8; 60_000], &mut ok).unwrap();
         drain(&mut a);
         let end = a.end();
-        let mut fail = |_: Lsn| Err(Error::NoSpace { op: "test", path: "x".into() });
-        assert!(matches!(a.append(&vec![1u8; 10_000], &mut fail), Err(Error::NoSpace { .. })));
+        let mut fail = |_: Lsn| {
+            Err(Error::NoSpace {
+                op: "test",
+                path: "x".into(),
+            })
+        };
+        assert!(matches!(
+            a.append(&vec![1u8; 10_000], &mut fail),
+            Err(Error::NoSpace { .. })
+        ));
         assert_eq!(a.end(), end);
         assert!(!a.has_pending());
         let l = a.append(&vec![1u8; 10_000], &mut ok).unwrap();
@@ -442,7 +487,12 @@ mod tests {
                 a.take(&mut pending);
             }
             for c in &pending {
-                assert!(g.fits(c.base(), c.end()), "size {size}: chunk {:?}..{:?}", c.base(), c.end());
+                assert!(
+                    g.fits(c.base(), c.end()),
+                    "size {size}: chunk {:?}..{:?}",
+                    c.base(),
+                    c.end()
+                );
             }
         }
     }
@@ -451,29 +501,49 @@ mod tests {
     fn encoded_plan_checks_position_epoch_and_fit() {
         let a = asm(1 << 20);
         let b1 = encode_batch(Lsn::new(64), Epoch::new(2), 9, &[b"x".as_slice()]);
-        let b2 = encode_batch(Lsn::new(64 + b1.len() as u64), Epoch::new(2), 9, &[b"yy".as_slice()]);
+        let b2 = encode_batch(
+            Lsn::new(64 + b1.len() as u64),
+            Epoch::new(2),
+            9,
+            &[b"yy".as_slice()],
+        );
         let mut both = b1.clone();
         both.extend_from_slice(&b2);
         let plan = a.plan_encoded(&Bytes::from(both)).unwrap();
         assert_eq!(plan.chunks.len(), 2);
-        assert_eq!(plan.epochs, vec![EpochStart { epoch: Epoch::new(2), start: Lsn::new(64) }]);
+        assert_eq!(
+            plan.epochs,
+            vec![EpochStart {
+                epoch: Epoch::new(2),
+                start: Lsn::new(64)
+            }]
+        );
 
         let misplaced = encode_batch(Lsn::new(65), Epoch::new(2), 9, &[b"x".as_slice()]);
         assert!(matches!(
             a.plan_encoded(&Bytes::from(misplaced)),
-            Err(Error::BadBatch { source: FormatError::LsnMismatch { .. }, .. })
+            Err(Error::BadBatch {
+                source: FormatError::LsnMismatch { .. },
+                ..
+            })
         ));
         let old = encode_batch(Lsn::new(64), Epoch::new(0), 9, &[b"x".as_slice()]);
         assert!(matches!(
             a.plan_encoded(&Bytes::from(old)),
-            Err(Error::BadBatch { source: FormatError::EpochRegression { .. }, .. })
+            Err(Error::BadBatch {
+                source: FormatError::EpochRegression { .. },
+                ..
+            })
         ));
         // A batch leaving 10 bytes before the segment end is refused.
         let body = CAP as usize - 64 - 10 - 40 - 4;
         let misfit = encode_batch(Lsn::new(64), Epoch::new(1), 9, &[vec![0u8; body]]);
         assert!(matches!(
             a.plan_encoded(&Bytes::from(misfit)),
-            Err(Error::BadBatch { source: FormatError::SegmentBoundary { .. }, .. })
+            Err(Error::BadBatch {
+                source: FormatError::SegmentBoundary { .. },
+                ..
+            })
         ));
     }
 
@@ -481,7 +551,15 @@ mod tests {
     fn encoded_padding_then_next_segment() {
         let mut a = asm(1 << 20);
         let mut pad = [0u8; BATCH_HEADER_LEN];
-        seal_header(&mut pad, (CAP - 64) as u32, Lsn::new(64), Epoch::new(1), 0, 0, true);
+        seal_header(
+            &mut pad,
+            (CAP - 64) as u32,
+            Lsn::new(64),
+            Epoch::new(1),
+            0,
+            0,
+            true,
+        );
         let next = encode_batch(Lsn::new(CAP + 64), Epoch::new(1), 1, &[b"z".as_slice()]);
         let mut bytes = pad.to_vec();
         bytes.extend_from_slice(&next);
@@ -491,6 +569,9 @@ mod tests {
         a.apply_encoded(plan);
         assert_eq!(drain(&mut a).len(), 2);
         a.append(b"local", &mut ok).unwrap();
-        assert!(a.plan_encoded(&Bytes::new()).is_err(), "mixing local and verbatim appends");
+        assert!(
+            a.plan_encoded(&Bytes::new()).is_err(),
+            "mixing local and verbatim appends"
+        );
     }
 }

@@ -100,7 +100,9 @@ impl Shared {
             return lock(&self.failure).clone();
         }
         if self.closing.load(Ordering::Acquire) {
-            return Some(Error::Closed { path: self.dir.clone() });
+            return Some(Error::Closed {
+                path: self.dir.clone(),
+            });
         }
         None
     }
@@ -269,14 +271,23 @@ impl Log {
         let meta_path = dir.join(META_FILE);
         let (capacity, created) = match std::fs::read(&meta_path) {
             Ok(b) => (
-                format::decode_meta(&b).map_err(|e| Error::corruption(&meta_path, 0, e.to_string()))?,
+                format::decode_meta(&b)
+                    .map_err(|e| Error::corruption(&meta_path, 0, e.to_string()))?,
                 false,
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if has_segments(&dir)? {
-                    return Err(Error::corruption(&meta_path, 0, "missing, but the directory holds segments"));
+                    return Err(Error::corruption(
+                        &meta_path,
+                        0,
+                        "missing, but the directory holds segments",
+                    ));
                 }
-                crate::fsutil::atomic_write(&dir, META_FILE, &format::encode_meta(opts.segment_capacity))?;
+                crate::fsutil::atomic_write(
+                    &dir,
+                    META_FILE,
+                    &format::encode_meta(opts.segment_capacity),
+                )?;
                 (opts.segment_capacity, true)
             }
             Err(e) => return Err(Error::io("read", &meta_path, e)),
@@ -284,11 +295,20 @@ impl Log {
         opts.validate_for(capacity)?;
         let geometry = Geometry::new(capacity);
         let mut epochs = EpochHistory::load(&dir)?;
-        let rec = recovery::recover(&dir, geometry, opts.recovery, opts.verify_all_on_open, opts.create_at)?;
+        let rec = recovery::recover(
+            &dir,
+            geometry,
+            opts.recovery,
+            opts.verify_all_on_open,
+            opts.create_at,
+        )?;
         if epochs.truncate_after(rec.end) {
             epochs.store(&dir)?;
         }
-        let epoch = epochs.current().map_or(Epoch::ZERO, |(e, _)| e).max(rec.last_epoch);
+        let epoch = epochs
+            .current()
+            .map_or(Epoch::ZERO, |(e, _)| e)
+            .max(rec.last_epoch);
         // Recovered bytes may still be only in the page cache (the process died, the OS
         // did not): flush them so `flushed` starts out true.
         for seg in rec.segments.iter().rev().take(2) {
@@ -297,7 +317,10 @@ impl Log {
                 .map_err(|e| Error::io("fsync recovered segment", &seg.path, e))?;
         }
         let keep_open = rec.segments.len().saturating_sub(2);
-        rec.segments.iter().take(keep_open).for_each(Segment::release_file);
+        rec.segments
+            .iter()
+            .take(keep_open)
+            .for_each(Segment::release_file);
         let tail_base = rec.segments.last().map_or(opts.create_at, |s| s.base);
         let next_base = Lsn::new(tail_base.get() + capacity);
         let mut ready = None;
@@ -305,7 +328,8 @@ impl Log {
             if path == segment::segment_path(&dir, next_base) && ready.is_none() {
                 ready = Some(Segment::open(&path, next_base, geometry)?);
             } else {
-                std::fs::remove_file(&path).map_err(|e| Error::io("remove spare segment", &path, e))?;
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::io("remove spare segment", &path, e))?;
             }
         }
         let backend = io::open(opts.backend).map_err(|e| Error::io("open I/O backend", &dir, e))?;
@@ -417,7 +441,10 @@ impl Log {
     }
 
     fn check_sizes(&self, records: &[&[u8]]) -> Result<u64> {
-        let max = self.shared.opts.effective_max_record(self.shared.geometry.capacity());
+        let max = self
+            .shared
+            .opts
+            .effective_max_record(self.shared.geometry.capacity());
         let mut total = BATCH_HEADER_LEN as u64;
         for r in records {
             if r.len() > max {
@@ -429,7 +456,12 @@ impl Log {
     }
 
     /// Waits (or refuses, if `!block`) until `bytes` more fit under the pending limit.
-    fn admit<'a>(&'a self, mut st: MutexGuard<'a, Assembler>, bytes: u64, block: bool) -> Result<MutexGuard<'a, Assembler>> {
+    fn admit<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, Assembler>,
+        bytes: u64,
+        block: bool,
+    ) -> Result<MutexGuard<'a, Assembler>> {
         let sh = &self.shared;
         let limit = sh.opts.max_pending_bytes;
         loop {
@@ -581,9 +613,14 @@ impl Log {
         if let Some(e) = sh.unusable() {
             return Err(e);
         }
-        let current = st.epoch().max(lock(&sh.epochs).current().map_or(Epoch::ZERO, |(e, _)| e));
+        let current = st
+            .epoch()
+            .max(lock(&sh.epochs).current().map_or(Epoch::ZERO, |(e, _)| e));
         if epoch <= current {
-            return Err(Error::EpochRegression { current, new: epoch });
+            return Err(Error::EpochRegression {
+                current,
+                new: epoch,
+            });
         }
         let start = st.end();
         {
@@ -629,7 +666,9 @@ impl Log {
 
     /// Reports the embedder's checkpoint: segments entirely before it may be recycled.
     pub fn set_checkpoint(&self, lsn: Lsn) {
-        self.shared.checkpoint.fetch_max(lsn.get(), Ordering::AcqRel);
+        self.shared
+            .checkpoint
+            .fetch_max(lsn.get(), Ordering::AcqRel);
         self.shared.prep.request_retention();
     }
 
@@ -655,7 +694,11 @@ impl Log {
     pub fn fence_remote(&self, reason: impl Into<String>) {
         *lock(&self.shared.fence) = Some(reason.into());
         self.shared.fenced.store(true, Ordering::Release);
-        for w in [&self.shared.remote_written, &self.shared.remote_flushed, &self.shared.remote_applied] {
+        for w in [
+            &self.shared.remote_written,
+            &self.shared.remote_flushed,
+            &self.shared.remote_applied,
+        ] {
             w.wake_all();
         }
     }
@@ -722,7 +765,10 @@ impl Log {
         if !sh.closed.load(Ordering::Acquire) && !sh.failed.load(Ordering::Acquire) {
             // Let the writer drain: everything appended gets written and flushed.
             sh.request_flush(end);
-            let _ = block_on(crate::commit::reach(&sh.flushed, end), Some(Instant::now() + Duration::from_secs(60)));
+            let _ = block_on(
+                crate::commit::reach(&sh.flushed, end),
+                Some(Instant::now() + Duration::from_secs(60)),
+            );
         }
         sh.closing.store(true, Ordering::Release);
         sh.prep.shutdown();
@@ -763,7 +809,11 @@ fn has_segments(dir: &Path) -> Result<bool> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("list log directory", dir, e))?;
     for e in rd {
         let e = e.map_err(|e| Error::io("list log directory", dir, e))?;
-        if e.file_name().to_str().and_then(segment::parse_segment_name).is_some() {
+        if e.file_name()
+            .to_str()
+            .and_then(segment::parse_segment_name)
+            .is_some()
+        {
             return Ok(true);
         }
     }
@@ -784,7 +834,9 @@ fn lock_dir(dir: &Path) -> Result<File> {
     if r != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(Error::Locked { path: dir.to_path_buf() });
+            return Err(Error::Locked {
+                path: dir.to_path_buf(),
+            });
         }
         return Err(Error::io("lock log directory", &path, e));
     }

@@ -80,7 +80,8 @@ impl Options {
     /// The record size limit in force for segments of `capacity` bytes.
     pub fn effective_max_record(&self, capacity: u64) -> usize {
         let fits = Geometry::new(capacity).max_payload();
-        self.max_record_bytes.min(usize::try_from(fits).unwrap_or(usize::MAX))
+        self.max_record_bytes
+            .min(usize::try_from(fits).unwrap_or(usize::MAX))
     }
 
     pub(crate) fn validate_for(&self, capacity: u64) -> Result<()> {
@@ -91,13 +92,20 @@ impl Options {
         if self.max_record_bytes == 0 || self.max_record_bytes > u32::MAX as usize {
             return Err(Error::InvalidOptions {
                 name: "max_record_bytes",
-                reason: format!("{} must be between 1 and {}", self.max_record_bytes, u32::MAX),
+                reason: format!(
+                    "{} must be between 1 and {}",
+                    self.max_record_bytes,
+                    u32::MAX
+                ),
             });
         }
         if self.max_batch_bytes < BATCH_HEADER_LEN + RECORD_PREFIX_LEN {
             return Err(Error::InvalidOptions {
                 name: "max_batch_bytes",
-                reason: format!("{} is less than a batch header and an empty record (44)", self.max_batch_bytes),
+                reason: format!(
+                    "{} is less than a batch header and an empty record (44)",
+                    self.max_batch_bytes
+                ),
             });
         }
         if self.max_pending_bytes == 0 {
@@ -109,7 +117,10 @@ impl Options {
         if self.create_at.get() % capacity != 0 {
             return Err(Error::InvalidOptions {
                 name: "create_at",
-                reason: format!("{} is not a multiple of the segment capacity {capacity}", self.create_at),
+                reason: format!(
+                    "{} is not a multiple of the segment capacity {capacity}",
+                    self.create_at
+                ),
             });
         }
         if self.async_flush_interval.is_zero() {

@@ -74,7 +74,9 @@ impl Preparer {
         let mut st = lock(&self.state);
         loop {
             if st.shutdown {
-                return Err(Error::Closed { path: shared.dir.clone() });
+                return Err(Error::Closed {
+                    path: shared.dir.clone(),
+                });
             }
             match st.ready.take() {
                 Some(Ok(seg)) if seg.base == base => {
@@ -88,7 +90,8 @@ impl Preparer {
                     // truncation): it must not stay under a segment name.
                     let path = stale.path.clone();
                     drop(stale);
-                    std::fs::remove_file(&path).map_err(|e| Error::io("remove stale prepared segment", &path, e))?;
+                    std::fs::remove_file(&path)
+                        .map_err(|e| Error::io("remove stale prepared segment", &path, e))?;
                 }
                 Some(Err(e)) => {
                     st.want = None;
@@ -115,7 +118,8 @@ impl Preparer {
             let path = seg.path.clone();
             drop(seg);
             if path.exists() {
-                std::fs::remove_file(&path).map_err(|e| Error::io("remove prepared segment", &path, e))?;
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::io("remove prepared segment", &path, e))?;
             }
         }
         st.want = Some(next);
@@ -147,7 +151,9 @@ pub(crate) fn run(shared: &Arc<Shared>) {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "segment retirement failed; will retry at the next checkpoint"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "segment retirement failed; will retry at the next checkpoint")
+                }
             }
             continue;
         }
@@ -155,10 +161,12 @@ pub(crate) fn run(shared: &Arc<Shared>) {
             let recycled = st.pool.pop_front();
             drop(st);
             let result = match &recycled {
-                Some(old) => segment::recycle(&shared.dir, old, base, shared.geometry).or_else(|e| {
-                    tracing::warn!(error = %e, "recycling failed; creating a new segment");
-                    segment::create(&shared.dir, base, shared.geometry)
-                }),
+                Some(old) => {
+                    segment::recycle(&shared.dir, old, base, shared.geometry).or_else(|e| {
+                        tracing::warn!(error = %e, "recycling failed; creating a new segment");
+                        segment::create(&shared.dir, base, shared.geometry)
+                    })
+                }
                 None => segment::create(&shared.dir, base, shared.geometry),
             };
             if let Err(e) = &result {
@@ -190,7 +198,9 @@ fn retire(shared: &Shared) -> Result<Vec<PathBuf>> {
     {
         let mut segs = write(&shared.segments);
         while segs.len() > 1 {
-            let Some((&base, _)) = segs.first_key_value() else { break };
+            let Some((&base, _)) = segs.first_key_value() else {
+                break;
+            };
             if base + g.capacity() > floor.get() || g.base_of(written).get() == base {
                 break;
             }
@@ -199,7 +209,9 @@ fn retire(shared: &Shared) -> Result<Vec<PathBuf>> {
             }
         }
         if let Some((&first, _)) = segs.first_key_value() {
-            shared.start.store(g.first_batch(Lsn::new(first)).get(), Ordering::Release);
+            shared
+                .start
+                .store(g.first_batch(Lsn::new(first)).get(), Ordering::Release);
         }
     }
     if removed.is_empty() {
@@ -210,12 +222,17 @@ fn retire(shared: &Shared) -> Result<Vec<PathBuf>> {
         let path = seg.path.clone();
         if seg.is_referenced() {
             drop(seg);
-            std::fs::remove_file(&path).map_err(|e| Error::io("remove retired segment", &path, e))?;
+            std::fs::remove_file(&path)
+                .map_err(|e| Error::io("remove retired segment", &path, e))?;
         } else {
             drop(seg);
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("segment");
             let tmp = shared.dir.join(format!("recycle-{name}{TMP_SUFFIX}"));
-            std::fs::rename(&path, &tmp).map_err(|e| Error::io("rename retired segment", &path, e))?;
+            std::fs::rename(&path, &tmp)
+                .map_err(|e| Error::io("rename retired segment", &path, e))?;
             recyclable.push(tmp);
         }
     }

@@ -119,7 +119,10 @@ impl Reader {
         let written = r.shared.written.get();
         if written < from {
             r.shared.request_flush(from);
-            let _ = block_on(crate::commit::reach(&r.shared.written, from), Some(Instant::now() + Duration::from_secs(10)));
+            let _ = block_on(
+                crate::commit::reach(&r.shared.written, from),
+                Some(Instant::now() + Duration::from_secs(10)),
+            );
         }
         let base = g.base_of(from);
         r.pos = g.first_batch(base);
@@ -186,7 +189,11 @@ impl Reader {
                     if pos < start {
                         Error::NotRetained { lsn: pos, start }
                     } else {
-                        Error::corruption(crate::segment::segment_path(&sh.dir, base), 0, "segment missing below the written watermark")
+                        Error::corruption(
+                            crate::segment::segment_path(&sh.dir, base),
+                            0,
+                            "segment missing below the written watermark",
+                        )
                     }
                 })?;
                 self.seg = Some(Arc::clone(&s));
@@ -205,18 +212,31 @@ impl Reader {
                 max_len: seg_end.get() - pos.get(),
             },
         )
-        .map_err(|e| Error::corruption(&seg.path, g.offset_of(pos), format!("reading batch at {pos}: {e}")))?;
+        .map_err(|e| {
+            Error::corruption(
+                &seg.path,
+                g.offset_of(pos),
+                format!("reading batch at {pos}: {e}"),
+            )
+        })?;
         let h = checked.header;
         let end = h.end();
         if end > limit {
-            return Err(Error::corruption(&seg.path, g.offset_of(pos), format!("batch at {pos} runs past {limit}")));
+            return Err(Error::corruption(
+                &seg.path,
+                g.offset_of(pos),
+                format!("batch at {pos} runs past {limit}"),
+            ));
         }
-        let data = seg
-            .bytes(pos, end)
-            .ok_or_else(|| Error::corruption(&seg.path, g.offset_of(pos), "batch beyond mapping"))?;
+        let data = seg.bytes(pos, end).ok_or_else(|| {
+            Error::corruption(&seg.path, g.offset_of(pos), "batch beyond mapping")
+        })?;
         debug_assert!(data.len() >= BATCH_HEADER_LEN);
         self.pos = end;
-        Ok(Some(Batch { header: h, bytes: data }))
+        Ok(Some(Batch {
+            header: h,
+            bytes: data,
+        }))
     }
 
     fn check_open(&self) -> Result<()> {
@@ -305,7 +325,9 @@ impl Drop for Reader {
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("position", &self.pos).finish()
+        f.debug_struct("Reader")
+            .field("position", &self.pos)
+            .finish()
     }
 }
 

@@ -21,7 +21,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::format::{check_batch, Expect, FormatError, Geometry, SegmentHeader, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::format::{
+    check_batch, Expect, FormatError, Geometry, SegmentHeader, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
 use crate::segment::{self, parse_segment_name, Segment, TMP_SUFFIX};
 use crate::types::{Epoch, Lsn};
 
@@ -54,7 +56,12 @@ pub struct SegmentScan {
 
 /// Scans the batches of `seg` from its first batch, requiring epochs not below
 /// `prev_epoch`, using only the segment's bytes.
-pub(crate) fn scan_bytes(bytes: &[u8], base: Lsn, geometry: Geometry, prev_epoch: Epoch) -> SegmentScan {
+pub(crate) fn scan_bytes(
+    bytes: &[u8],
+    base: Lsn,
+    geometry: Geometry,
+    prev_epoch: Epoch,
+) -> SegmentScan {
     let seg_end = Lsn::new(base.get() + geometry.capacity());
     let mut pos = geometry.first_batch(base);
     let mut scan = SegmentScan {
@@ -74,7 +81,13 @@ pub(crate) fn scan_bytes(bytes: &[u8], base: Lsn, geometry: Geometry, prev_epoch
         let off = (pos.get() - base.get()) as usize;
         let rest = bytes.get(off..).unwrap_or(&[]);
         let max_len = seg_end.get() - pos.get();
-        let checked = match check_batch(rest, Expect { lsn: Some(pos), max_len }) {
+        let checked = match check_batch(
+            rest,
+            Expect {
+                lsn: Some(pos),
+                max_len,
+            },
+        ) {
             Ok(c) => c,
             Err(e) => {
                 scan.bad = Some((pos, e));
@@ -92,7 +105,11 @@ pub(crate) fn scan_bytes(bytes: &[u8], base: Lsn, geometry: Geometry, prev_epoch
             ));
             return scan;
         }
-        let misfit = if h.padding { h.end() != seg_end } else { !geometry.fits(pos, h.end()) };
+        let misfit = if h.padding {
+            h.end() != seg_end
+        } else {
+            !geometry.fits(pos, h.end())
+        };
         if misfit {
             scan.bad = Some((
                 pos,
@@ -118,7 +135,12 @@ pub(crate) fn scan_bytes(bytes: &[u8], base: Lsn, geometry: Geometry, prev_epoch
 /// The first position after `after` in the segment where a valid batch claims to be,
 /// i.e. whose header names that very position. Used to tell corruption (valid data after
 /// a bad spot) from a torn tail (nothing valid after it).
-pub(crate) fn find_valid_batch(bytes: &[u8], base: Lsn, geometry: Geometry, after: Lsn) -> Option<Lsn> {
+pub(crate) fn find_valid_batch(
+    bytes: &[u8],
+    base: Lsn,
+    geometry: Geometry,
+    after: Lsn,
+) -> Option<Lsn> {
     let cap = geometry.capacity() as usize;
     let first = (after.get() - base.get()) as usize + 1;
     let last = cap.checked_sub(BATCH_HEADER_LEN)?;
@@ -148,7 +170,9 @@ pub(crate) fn find_valid_batch(bytes: &[u8], base: Lsn, geometry: Geometry, afte
 /// segment's stale batches name positions of its previous life and never match.)
 fn claims_positions(bytes: &[u8], base: Lsn) -> bool {
     let last = bytes.len().saturating_sub(BATCH_HEADER_LEN);
-    (SEGMENT_HEADER_LEN..=last).any(|off| bytes.get(off + 8..off + 16) == Some(&(base.get() + off as u64).to_le_bytes()[..]))
+    (SEGMENT_HEADER_LEN..=last).any(|off| {
+        bytes.get(off + 8..off + 16) == Some(&(base.get() + off as u64).to_le_bytes()[..])
+    })
 }
 
 /// What [`recover`] found.
@@ -226,7 +250,8 @@ pub(crate) fn recover(
             .map
             .slice(0..SEGMENT_HEADER_LEN)
             .ok_or_else(|| Error::corruption(path, 0, "segment shorter than its header"))?;
-        let h = SegmentHeader::decode(hdr).map_err(|e| Error::corruption(path, 0, format!("segment header: {e}")))?;
+        let h = SegmentHeader::decode(hdr)
+            .map_err(|e| Error::corruption(path, 0, format!("segment header: {e}")))?;
         if h.base != *base || h.capacity != geometry.capacity() {
             return Err(Error::corruption(
                 path,
@@ -261,7 +286,7 @@ pub(crate) fn recover(
         )
         .is_ok()
     };
-    let tail = segs.iter().rposition(|s| has_first_batch(s)).unwrap_or(0);
+    let tail = segs.iter().rposition(has_first_batch).unwrap_or(0);
 
     // Segments after the tail must hold nothing valid anywhere.
     let mut spares = Vec::new();
@@ -271,9 +296,13 @@ pub(crate) fn recover(
         if let Some(at) = find_valid_batch(whole(&s), s.base, geometry, s.base) {
             // Name the bad spot (where the chain breaks), not the valid batch after it.
             let scan = scan_bytes(whole(&s), s.base, geometry, Epoch::ZERO);
-            let (bad_at, why) = scan
-                .bad
-                .unwrap_or((scan.end, FormatError::Truncated { needed: 0, available: 0 }));
+            let (bad_at, why) = scan.bad.unwrap_or((
+                scan.end,
+                FormatError::Truncated {
+                    needed: 0,
+                    available: 0,
+                },
+            ));
             let err = Error::corruption(
                 &s.path,
                 geometry.offset_of(bad_at),
@@ -295,7 +324,11 @@ pub(crate) fn recover(
         spares.push(s.path.clone());
     }
 
-    let first_scanned = if verify_all { 0 } else { tail.saturating_sub(1) };
+    let first_scanned = if verify_all {
+        0
+    } else {
+        tail.saturating_sub(1)
+    };
     let mut prev_epoch = Epoch::ZERO;
     let mut end = geometry.first_batch(segs[0].base);
     let mut cut: Option<usize> = None;
@@ -308,10 +341,13 @@ pub(crate) fn recover(
         if scan.complete {
             continue;
         }
-        let (bad_at, why) = scan
-            .bad
-            .clone()
-            .unwrap_or((scan.end, FormatError::Truncated { needed: 0, available: 0 }));
+        let (bad_at, why) = scan.bad.clone().unwrap_or((
+            scan.end,
+            FormatError::Truncated {
+                needed: 0,
+                available: 0,
+            },
+        ));
         let later_valid = find_valid_batch(whole(s), s.base, geometry, bad_at);
         let is_corruption = i < tail || later_valid.is_some();
         if is_corruption {
@@ -338,7 +374,8 @@ pub(crate) fn recover(
             i -= 1;
         }
         for s in segs.drain(i + 1..) {
-            fs::remove_file(&s.path).map_err(|e| Error::io("remove segment after repair point", &s.path, e))?;
+            fs::remove_file(&s.path)
+                .map_err(|e| Error::io("remove segment after repair point", &s.path, e))?;
         }
         crate::fsutil::fsync_dir(dir)?;
     }
@@ -371,7 +408,9 @@ fn zero_nonzero(seg: &Segment, from: Lsn, to: Lsn) -> Result<u64> {
     let mut at = from;
     while at < to {
         let next = Lsn::new(((at.get() / CHUNK) + 1) * CHUNK).min(to);
-        let dirty = seg.slice(at, next).is_some_and(|b| b.iter().any(|&x| x != 0));
+        let dirty = seg
+            .slice(at, next)
+            .is_some_and(|b| b.iter().any(|&x| x != 0));
         if dirty {
             let off = at.get() - seg.base.get();
             crate::fsutil::write_zeros(&file, &seg.path, off, next.get() - at.get())?;
@@ -398,7 +437,13 @@ mod tests {
     fn image(base: Lsn, sizes: &[usize]) -> (Vec<u8>, Vec<Lsn>) {
         let g = Geometry::new(CAP);
         let mut img = vec![0u8; CAP as usize];
-        img[..SEGMENT_HEADER_LEN].copy_from_slice(&SegmentHeader { base, capacity: CAP }.encode());
+        img[..SEGMENT_HEADER_LEN].copy_from_slice(
+            &SegmentHeader {
+                base,
+                capacity: CAP,
+            }
+            .encode(),
+        );
         let mut pos = g.first_batch(base);
         let mut ends = Vec::new();
         for (i, &n) in sizes.iter().enumerate() {
@@ -407,7 +452,11 @@ mod tests {
             if !g.fits(pos, end) {
                 let seg_end = g.end_of(pos);
                 let off = (pos.get() - base.get()) as usize;
-                img[off..off + BATCH_HEADER_LEN].copy_from_slice(&encode_padding(pos, seg_end, Epoch::new(1)));
+                img[off..off + BATCH_HEADER_LEN].copy_from_slice(&encode_padding(
+                    pos,
+                    seg_end,
+                    Epoch::new(1),
+                ));
                 ends.push(seg_end);
                 break;
             }

@@ -75,10 +75,14 @@ impl Segment {
             return Err(Error::corruption(
                 path,
                 0,
-                format!("segment file is {len} bytes, the log's segments are {}", geometry.capacity()),
+                format!(
+                    "segment file is {len} bytes, the log's segments are {}",
+                    geometry.capacity()
+                ),
             ));
         }
-        let map = SegmentMap::map(&file, len as usize).map_err(|e| Error::io("mmap segment", path, e))?;
+        let map =
+            SegmentMap::map(&file, len as usize).map_err(|e| Error::io("mmap segment", path, e))?;
         Ok(Segment {
             base,
             path: path.to_path_buf(),
@@ -143,7 +147,8 @@ pub(crate) fn create(dir: &Path, base: Lsn, geometry: Geometry) -> Result<Segmen
             .open(&tmp)
             .map_err(|e| Error::io("create segment", &tmp, e))?;
         write_header_and_zeros(&file, &tmp, base, geometry)?;
-        file.sync_all().map_err(|e| Error::io("fsync new segment", &tmp, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("fsync new segment", &tmp, e))?;
         fs::rename(&tmp, &path).map_err(|e| Error::io("rename new segment", &path, e))?;
         fsync_dir(dir)?;
         Segment::from_file(file, &path, base, geometry)
@@ -196,7 +201,12 @@ pub(crate) fn recycle(dir: &Path, old: &Path, base: Lsn, geometry: Geometry) -> 
 
 /// Rewrites the segment at `seg` so that it keeps only `[base, keep_end)` and zeros
 /// after, via a new file renamed over the old one (existing mappings keep the old bytes).
-pub(crate) fn rewrite_prefix(dir: &Path, seg: &Segment, keep_end: Lsn, geometry: Geometry) -> Result<Segment> {
+pub(crate) fn rewrite_prefix(
+    dir: &Path,
+    seg: &Segment,
+    keep_end: Lsn,
+    geometry: Geometry,
+) -> Result<Segment> {
     let tmp = tmp_path(&seg.path);
     let keep = keep_end.get() - seg.base.get();
     let result = (|| {
@@ -214,8 +224,10 @@ pub(crate) fn rewrite_prefix(dir: &Path, seg: &Segment, keep_end: Lsn, geometry:
         file.write_all_at(prefix, 0)
             .map_err(|e| Error::io("copy kept prefix", &tmp, e))?;
         write_zeros(&file, &tmp, keep, geometry.capacity() - keep)?;
-        file.sync_all().map_err(|e| Error::io("fsync truncated segment", &tmp, e))?;
-        fs::rename(&tmp, &seg.path).map_err(|e| Error::io("rename truncated segment", &seg.path, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("fsync truncated segment", &tmp, e))?;
+        fs::rename(&tmp, &seg.path)
+            .map_err(|e| Error::io("rename truncated segment", &seg.path, e))?;
         fsync_dir(dir)?;
         Segment::from_file(file, &seg.path, seg.base, geometry)
     })();
@@ -239,7 +251,10 @@ mod tests {
     fn names() {
         let p = segment_path(Path::new("/d"), Lsn::new(0x400_0000));
         assert_eq!(p, Path::new("/d/0000000004000000.wal"));
-        assert_eq!(parse_segment_name("0000000004000000.wal"), Some(Lsn::new(0x400_0000)));
+        assert_eq!(
+            parse_segment_name("0000000004000000.wal"),
+            Some(Lsn::new(0x400_0000))
+        );
         assert_eq!(parse_segment_name("0000000004000000.wal.tmp"), None);
         assert_eq!(parse_segment_name("04000000.wal"), None);
         assert_eq!(parse_segment_name("000000000400000g.wal"), None);
@@ -251,21 +266,33 @@ mod tests {
         let g = Geometry::new(1 << 16);
         let s = create(dir.path(), Lsn::ZERO, g).unwrap();
         assert_eq!(
-            SegmentHeader::decode(s.slice(Lsn::ZERO, Lsn::new(64)).unwrap()).unwrap().base,
+            SegmentHeader::decode(s.slice(Lsn::ZERO, Lsn::new(64)).unwrap())
+                .unwrap()
+                .base,
             Lsn::ZERO
         );
-        assert!(s.slice(Lsn::new(64), Lsn::new(1 << 16)).unwrap().iter().all(|&b| b == 0));
+        assert!(s
+            .slice(Lsn::new(64), Lsn::new(1 << 16))
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0));
         s.file().unwrap().write_all_at(b"data", 64).unwrap();
         let r = rewrite_prefix(dir.path(), &s, Lsn::new(66), g).unwrap();
         assert_eq!(r.slice(Lsn::new(64), Lsn::new(68)).unwrap(), b"da\0\0");
-        assert_eq!(s.slice(Lsn::new(64), Lsn::new(68)).unwrap(), b"data", "old mapping unchanged");
+        assert_eq!(
+            s.slice(Lsn::new(64), Lsn::new(68)).unwrap(),
+            b"data",
+            "old mapping unchanged"
+        );
         let path = r.path.clone();
         drop((s, r));
         let n = recycle(dir.path(), &path, Lsn::new(1 << 16), g).unwrap();
         assert!(!path.exists());
         assert_eq!(n.path, segment_path(dir.path(), Lsn::new(1 << 16)));
         assert_eq!(
-            SegmentHeader::decode(n.slice(n.base, Lsn::new((1 << 16) + 64)).unwrap()).unwrap().base,
+            SegmentHeader::decode(n.slice(n.base, Lsn::new((1 << 16) + 64)).unwrap())
+                .unwrap()
+                .base,
             Lsn::new(1 << 16)
         );
     }

@@ -89,7 +89,11 @@ fn run(inner: &Inner) {
             return;
         }
         let now = Instant::now();
-        let due: Vec<(Instant, u64)> = st.deadlines.range(..=(now, u64::MAX)).map(|(k, _)| *k).collect();
+        let due: Vec<(Instant, u64)> = st
+            .deadlines
+            .range(..=(now, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
         for k in due {
             if let Some(w) = st.deadlines.remove(&k) {
                 w.wake();
@@ -98,7 +102,11 @@ fn run(inner: &Inner) {
         st = match st.deadlines.keys().next().map(|(at, _)| *at) {
             Some(at) => {
                 let wait = at.saturating_duration_since(Instant::now());
-                inner.cv.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0
+                inner
+                    .cv
+                    .wait_timeout(st, wait)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
             }
             None => inner.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
         };

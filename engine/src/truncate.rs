@@ -34,8 +34,16 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
         }
         drop(asm);
         sh.request_flush(end);
-        if block_on(crate::commit::reach(&sh.flushed, end), Some(Instant::now() + Duration::from_secs(1))).is_none() && sh.failed.load(Ordering::Acquire) {
-            return Err(sh.unusable().unwrap_or(Error::Closed { path: sh.dir.clone() }));
+        if block_on(
+            crate::commit::reach(&sh.flushed, end),
+            Some(Instant::now() + Duration::from_secs(1)),
+        )
+        .is_none()
+            && sh.failed.load(Ordering::Acquire)
+        {
+            return Err(sh.unusable().unwrap_or(Error::Closed {
+                path: sh.dir.clone(),
+            }));
         }
     };
     let end = asm.end();
@@ -53,18 +61,31 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
     } else {
         g.base_of(lsn)
     };
-    let keep = sh
-        .segment(keep_base)
-        .ok_or_else(|| Error::corruption(segment::segment_path(&sh.dir, keep_base), 0, "segment missing from the log"))?;
-    check_boundary(&keep, g, lsn, end.min(Lsn::new(keep_base.get() + g.capacity())))?;
+    let keep = sh.segment(keep_base).ok_or_else(|| {
+        Error::corruption(
+            segment::segment_path(&sh.dir, keep_base),
+            0,
+            "segment missing from the log",
+        )
+    })?;
+    check_boundary(
+        &keep,
+        g,
+        lsn,
+        end.min(Lsn::new(keep_base.get() + g.capacity())),
+    )?;
 
     if lsn < end {
         let later: Vec<_> = {
             let segs = crate::log::read(&sh.segments);
-            segs.range(keep_base.get() + 1..).map(|(_, s)| Arc::clone(s)).rev().collect()
+            segs.range(keep_base.get() + 1..)
+                .map(|(_, s)| Arc::clone(s))
+                .rev()
+                .collect()
         };
         for s in &later {
-            std::fs::remove_file(&s.path).map_err(|e| Error::io("remove truncated segment", &s.path, e))?;
+            std::fs::remove_file(&s.path)
+                .map_err(|e| Error::io("remove truncated segment", &s.path, e))?;
             crate::fsutil::fsync_dir(&sh.dir)?;
             write(&sh.segments).remove(&s.base.get());
         }
@@ -107,8 +128,13 @@ fn check_boundary(seg: &segment::Segment, g: Geometry, lsn: Lsn, limit: Lsn) -> 
     let mut prev = pos;
     while pos < lsn && pos < limit {
         let hdr = seg
-            .slice(pos, Lsn::new(pos.get() + crate::format::BATCH_HEADER_LEN as u64))
-            .ok_or_else(|| Error::corruption(&seg.path, g.offset_of(pos), "batch header beyond segment"))?;
+            .slice(
+                pos,
+                Lsn::new(pos.get() + crate::format::BATCH_HEADER_LEN as u64),
+            )
+            .ok_or_else(|| {
+                Error::corruption(&seg.path, g.offset_of(pos), "batch header beyond segment")
+            })?;
         let h = BatchHeader::decode(hdr, g.capacity())
             .map_err(|e| Error::corruption(&seg.path, g.offset_of(pos), e.to_string()))?;
         prev = pos;

@@ -222,7 +222,10 @@ mod tests {
         for d in Durability::ALL {
             assert_eq!(d.as_str().parse::<Durability>(), Ok(d));
         }
-        assert_eq!("RemoteFlush".parse::<Durability>(), Ok(Durability::RemoteFlush));
+        assert_eq!(
+            "RemoteFlush".parse::<Durability>(),
+            Ok(Durability::RemoteFlush)
+        );
         assert!("sync".parse::<Durability>().is_err());
         assert!(!Durability::Local.is_remote());
         assert!(Durability::RemoteWrite.is_remote());

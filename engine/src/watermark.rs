@@ -182,7 +182,10 @@ mod tests {
         assert!(block_on(Reach(&w, Lsn::new(5), next_waiter_id()), None).is_some());
         let w2 = Arc::clone(&w);
         let t = std::thread::spawn(move || {
-            block_on(Reach(&w2, Lsn::new(100), next_waiter_id()), Some(Instant::now() + Duration::from_secs(10)))
+            block_on(
+                Reach(&w2, Lsn::new(100), next_waiter_id()),
+                Some(Instant::now() + Duration::from_secs(10)),
+            )
         });
         std::thread::sleep(Duration::from_millis(20));
         w.advance(Lsn::new(50));
@@ -199,7 +202,11 @@ mod tests {
     fn deadline_and_cancel() {
         let w = Watermark::new(Lsn::ZERO);
         let id = next_waiter_id();
-        assert!(block_on(Reach(&w, Lsn::new(1), id), Some(Instant::now() + Duration::from_millis(10))).is_none());
+        assert!(block_on(
+            Reach(&w, Lsn::new(1), id),
+            Some(Instant::now() + Duration::from_millis(10))
+        )
+        .is_none());
         w.cancel(id);
         assert!(lock(&w.waiters).is_empty());
     }

@@ -96,7 +96,9 @@ impl Writer {
         let has_work = || {
             sh.has_pending.load(Ordering::Acquire)
                 || (!in_flight && sh.closing.load(Ordering::Acquire))
-                || (!in_flight && sh.flush_requested.load(Ordering::Acquire) > sh.flushed.get().get() && sh.written.get() > sh.flushed.get())
+                || (!in_flight
+                    && sh.flush_requested.load(Ordering::Acquire) > sh.flushed.get().get()
+                    && sh.written.get() > sh.flushed.get())
         };
         self.backend.wait(timeout, &has_work);
     }
@@ -163,10 +165,17 @@ impl Writer {
     fn start_flush(&mut self, target: Lsn) -> OpResult<()> {
         let mut files = Vec::with_capacity(self.dirty.len());
         for s in self.dirty.drain(..) {
-            files.push(s.file().map_err(|e| ("open segment for fdatasync", std::io::Error::other(e.to_string())))?);
+            files.push(s.file().map_err(|e| {
+                (
+                    "open segment for fdatasync",
+                    std::io::Error::other(e.to_string()),
+                )
+            })?);
         }
         self.flush_target = target;
-        self.backend.start_flush(files).map_err(|e| ("start fdatasync", e))
+        self.backend
+            .start_flush(files)
+            .map_err(|e| ("start fdatasync", e))
     }
 
     /// Flushes everything written so far and waits for it.
@@ -195,7 +204,13 @@ impl Writer {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
         for c in chunks.iter_mut() {
-            if let Chunk::Local { base, buf, count, epoch } = c {
+            if let Chunk::Local {
+                base,
+                buf,
+                count,
+                epoch,
+            } = c
+            {
                 let len = buf.len() as u32;
                 seal_header(buf, len, *base, *epoch, now_us, *count, false);
             }
@@ -204,7 +219,10 @@ impl Writer {
         while i < chunks.len() {
             let base = geometry.base_of(chunks[i].base());
             let mut j = i + 1;
-            while j < chunks.len() && geometry.base_of(chunks[j].base()) == base && chunks[j].base() == chunks[j - 1].end() {
+            while j < chunks.len()
+                && geometry.base_of(chunks[j].base()) == base
+                && chunks[j].base() == chunks[j - 1].end()
+            {
                 j += 1;
             }
             if let Some(prev) = self.current.filter(|c| *c != base) {
@@ -220,7 +238,9 @@ impl Writer {
             let seg = self.shared.segment(base).ok_or_else(|| {
                 (
                     "find segment",
-                    std::io::Error::other(format!("segment {base} was not provisioned before a write into it")),
+                    std::io::Error::other(format!(
+                        "segment {base} was not provisioned before a write into it"
+                    )),
                 )
             })?;
             let mut slices: Vec<&[u8]> = Vec::with_capacity(j - i);
@@ -240,9 +260,12 @@ impl Writer {
                 }
             }
             let offset = geometry.offset_of(chunks[i].base());
-            let file = seg
-                .file()
-                .map_err(|e| ("open segment for writing", std::io::Error::other(e.to_string())))?;
+            let file = seg.file().map_err(|e| {
+                (
+                    "open segment for writing",
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
             self.backend
                 .write_all_at(&file, offset, &slices)
                 .map_err(|e| ("write segment", e))?;

@@ -36,7 +36,14 @@ fn round_trip_across_segments_and_reopen() {
             assert_eq!(read_all(&log), expect, "{b:?}: read back while open");
             log.close().unwrap();
         }
-        let log = Log::open(dir.path(), Options { verify_all_on_open: true, ..small(b) }).unwrap();
+        let log = Log::open(
+            dir.path(),
+            Options {
+                verify_all_on_open: true,
+                ..small(b)
+            },
+        )
+        .unwrap();
         assert_eq!(read_all(&log), expect, "{b:?}: read back after reopen");
         assert_eq!(log.end_lsn(), expect.last().unwrap().0);
         let more = log.append(b"after reopen").unwrap();
@@ -87,7 +94,10 @@ fn concurrent_appenders_share_batches_and_keep_order() {
             }
         }
         assert_eq!(records, 16 * 300);
-        assert!(batches < records, "{b:?}: group commit put several records in one batch ({batches} batches)");
+        assert!(
+            batches < records,
+            "{b:?}: group commit put several records in one batch ({batches} batches)"
+        );
     }
 }
 
@@ -109,30 +119,40 @@ fn remote_levels_wait_for_the_watermarks_another_component_advances() {
         // A test double for the quorum tracker advances write, then flush, then apply;
         // each level resolves exactly when its watermark passes the LSN.
         let done: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
-        let waiters: Vec<_> = [Durability::RemoteWrite, Durability::RemoteFlush, Durability::RemoteApply]
-            .into_iter()
-            .zip(done.iter().cloned())
-            .map(|(level, flag)| {
-                let log = Arc::clone(&log);
-                std::thread::spawn(move || {
-                    let r = log.wait(lsn, level, Duration::from_secs(10));
-                    flag.store(true, Ordering::SeqCst);
-                    r
-                })
+        let waiters: Vec<_> = [
+            Durability::RemoteWrite,
+            Durability::RemoteFlush,
+            Durability::RemoteApply,
+        ]
+        .into_iter()
+        .zip(done.iter().cloned())
+        .map(|(level, flag)| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                let r = log.wait(lsn, level, Duration::from_secs(10));
+                flag.store(true, Ordering::SeqCst);
+                r
             })
-            .collect();
+        })
+        .collect();
         let settle = || std::thread::sleep(Duration::from_millis(50));
         settle();
         assert!(done.iter().all(|d| !d.load(Ordering::SeqCst)));
         log.advance_remote_written(Lsn::new(lsn.get() - 1));
         settle();
-        assert!(!done[0].load(Ordering::SeqCst), "below the LSN does not count");
+        assert!(
+            !done[0].load(Ordering::SeqCst),
+            "below the LSN does not count"
+        );
         log.advance_remote_written(lsn);
         settle();
         assert!(done[0].load(Ordering::SeqCst) && !done[1].load(Ordering::SeqCst));
         log.advance_remote_applied(lsn);
         settle();
-        assert!(!done[2].load(Ordering::SeqCst), "apply waits for the quorum flush too");
+        assert!(
+            !done[2].load(Ordering::SeqCst),
+            "apply waits for the quorum flush too"
+        );
         log.advance_remote_flushed(lsn);
         for w in waiters {
             w.join().unwrap().unwrap();
@@ -140,14 +160,18 @@ fn remote_levels_wait_for_the_watermarks_another_component_advances() {
         // Fencing fails remote waiters at once; local durability is unaffected.
         let lsn2 = log.append(b"after fence").unwrap();
         let l2 = Arc::clone(&log);
-        let t = std::thread::spawn(move || l2.wait(lsn2, Durability::RemoteFlush, Duration::from_secs(10)));
+        let t = std::thread::spawn(move || {
+            l2.wait(lsn2, Durability::RemoteFlush, Duration::from_secs(10))
+        });
         settle();
         log.fence_remote("stepped down: saw epoch 9");
         assert!(matches!(t.join().unwrap(), Err(Error::RemoteFenced { .. })));
-        log.wait(lsn2, Durability::Local, Duration::from_secs(5)).unwrap();
+        log.wait(lsn2, Durability::Local, Duration::from_secs(5))
+            .unwrap();
         log.unfence_remote();
         log.advance_remote_flushed(lsn2);
-        log.wait(lsn2, Durability::RemoteFlush, Duration::from_secs(5)).unwrap();
+        log.wait(lsn2, Durability::RemoteFlush, Duration::from_secs(5))
+            .unwrap();
     }
 }
 
@@ -165,13 +189,18 @@ fn commit_is_a_runtime_agnostic_future_with_a_deadline() {
             l2.advance_remote_applied(lsn);
             l2.advance_remote_flushed(lsn);
         });
-        run_async(log.commit(lsn, Durability::RemoteApply), Duration::from_secs(10)).unwrap();
+        run_async(
+            log.commit(lsn, Durability::RemoteApply),
+            Duration::from_secs(10),
+        )
+        .unwrap();
         t.join().unwrap();
         // Woken by the engine's timer at the deadline: nobody else wakes this future.
         let lsn2 = log.append(b"y").unwrap();
         let start = Instant::now();
         let r = run_async(
-            log.commit(lsn2, Durability::RemoteWrite).timeout(Duration::from_millis(40)),
+            log.commit(lsn2, Durability::RemoteWrite)
+                .timeout(Duration::from_millis(40)),
             Duration::from_secs(10),
         );
         assert!(matches!(r, Err(Error::RemoteUnconfirmed { .. })), "{r:?}");
@@ -179,7 +208,10 @@ fn commit_is_a_runtime_agnostic_future_with_a_deadline() {
         // Async resolves at once; a token beyond the end is refused.
         run_async(log.commit(lsn2, Durability::Async), Duration::from_secs(1)).unwrap();
         let beyond = Lsn::new(log.end_lsn().get() + 100);
-        assert!(matches!(log.commit(beyond, Durability::Local).wait(), Err(Error::BeyondEnd { .. })));
+        assert!(matches!(
+            log.commit(beyond, Durability::Local).wait(),
+            Err(Error::BeyondEnd { .. })
+        ));
     }
 }
 
@@ -190,7 +222,10 @@ fn tailing_readers_wait_blocking_and_async() {
         let log = Arc::new(Log::open(dir.path(), small(b)).unwrap());
         let mut blocking = log.record_reader(log.end_lsn()).unwrap();
         let mut asynch = log.record_reader(log.end_lsn()).unwrap();
-        assert!(blocking.next_blocking(Some(Duration::from_millis(20))).unwrap().is_none());
+        assert!(blocking
+            .next_blocking(Some(Duration::from_millis(20)))
+            .unwrap()
+            .is_none());
         let writer = {
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
@@ -201,19 +236,30 @@ fn tailing_readers_wait_blocking_and_async() {
             })
         };
         for i in 0..200u32 {
-            let r = blocking.next_blocking(Some(Duration::from_secs(10))).unwrap().expect("record");
+            let r = blocking
+                .next_blocking(Some(Duration::from_secs(10)))
+                .unwrap()
+                .expect("record");
             assert_eq!(&r.data[..], &i.to_le_bytes());
             let r = run_async(asynch.next(), Duration::from_secs(10)).unwrap();
             assert_eq!(&r.data[..], &i.to_le_bytes());
-            assert!(r.lsn <= log.watermarks().written, "never beyond the written watermark");
+            assert!(
+                r.lsn <= log.watermarks().written,
+                "never beyond the written watermark"
+            );
         }
         writer.join().unwrap();
         // A reader from a commit token in the middle of a batch resumes after that record.
-        let toks = log.append_batch(&[b"one".as_slice(), b"two", b"three"]).unwrap();
+        let toks = log
+            .append_batch(&[b"one".as_slice(), b"two", b"three"])
+            .unwrap();
         log.commit(toks[2], Durability::Local).wait().unwrap();
         let mut r = log.record_reader(toks[0]).unwrap();
         assert_eq!(&r.try_next().unwrap().unwrap().data[..], b"two");
-        assert!(matches!(log.reader(toks[0]), Err(Error::NotBoundary { .. })));
+        assert!(matches!(
+            log.reader(toks[0]),
+            Err(Error::NotBoundary { .. })
+        ));
         // Closing wakes a waiting reader with an error.
         let mut waiting = log.reader(log.end_lsn()).unwrap();
         let l2 = Arc::clone(&log);
@@ -221,7 +267,10 @@ fn tailing_readers_wait_blocking_and_async() {
             std::thread::sleep(Duration::from_millis(30));
             l2.close().unwrap();
         });
-        assert!(matches!(waiting.next_blocking(None), Err(Error::Closed { .. })));
+        assert!(matches!(
+            waiting.next_blocking(None),
+            Err(Error::Closed { .. })
+        ));
         t.join().unwrap();
     }
 }
@@ -248,9 +297,15 @@ fn back_pressure_bounds_memory() {
                 Err(e) => panic!("{e}"),
             }
             let w = log.watermarks();
-            assert!(w.end.bytes_after(w.written) <= 8 * 1024 + 2100, "pending stays bounded");
+            assert!(
+                w.end.bytes_after(w.written) <= 8 * 1024 + 2100,
+                "pending stays bounded"
+            );
         }
-        assert!(would_block > 0, "{b:?}: appends outran the writer at least once");
+        assert!(
+            would_block > 0,
+            "{b:?}: appends outran the writer at least once"
+        );
         // The blocking variant never fails for lack of space; it waits.
         let blockers: Vec<_> = (0..4)
             .map(|_| {
@@ -278,13 +333,29 @@ fn oversized_record_is_refused_and_nothing_is_written() {
     };
     let log = Log::open(dir.path(), opts).unwrap();
     let end = log.end_lsn();
-    assert!(matches!(log.append(&[0u8; 1001]), Err(Error::RecordTooLarge { len: 1001, max: 1000 })));
-    assert!(matches!(log.append_batch(&[vec![0u8; 10], vec![0u8; 1001]]), Err(Error::RecordTooLarge { .. })));
+    assert!(matches!(
+        log.append(&[0u8; 1001]),
+        Err(Error::RecordTooLarge {
+            len: 1001,
+            max: 1000
+        })
+    ));
+    assert!(matches!(
+        log.append_batch(&[vec![0u8; 10], vec![0u8; 1001]]),
+        Err(Error::RecordTooLarge { .. })
+    ));
     assert_eq!(log.end_lsn(), end);
     log.append(&[0u8; 1000]).unwrap();
     // The limit in force never exceeds what fits in an empty segment.
-    let log2 = Log::open(tempfile::tempdir().unwrap().path(), small(walship_engine::BackendKind::Portable)).unwrap();
-    assert!(matches!(log2.append(&vec![0u8; 64 * 1024]), Err(Error::RecordTooLarge { .. })));
+    let log2 = Log::open(
+        tempfile::tempdir().unwrap().path(),
+        small(walship_engine::BackendKind::Portable),
+    )
+    .unwrap();
+    assert!(matches!(
+        log2.append(&vec![0u8; 64 * 1024]),
+        Err(Error::RecordTooLarge { .. })
+    ));
     let fits = 64 * 1024 - 64 - 40 - 4;
     log2.append(&vec![1u8; fits]).unwrap();
 }
@@ -299,19 +370,29 @@ fn truncate_suffix_removes_the_tail_durably() {
         for seq in 0..400 {
             toks.push((log.append(&payload(seq, 500)).unwrap(), seq));
             if seq % 50 == 0 {
-                log.commit(toks.last().unwrap().0, Durability::Local).wait().unwrap();
+                log.commit(toks.last().unwrap().0, Durability::Local)
+                    .wait()
+                    .unwrap();
             }
         }
         let epoch2_start = log.begin_epoch(Epoch::new(2)).unwrap();
         for seq in 400..800 {
             toks.push((log.append(&payload(seq, 500)).unwrap(), seq));
         }
-        log.commit(toks.last().unwrap().0, Durability::Local).wait().unwrap();
+        log.commit(toks.last().unwrap().0, Durability::Local)
+            .wait()
+            .unwrap();
         let segs_before = log.segment_count();
         // A remote commit waiting beyond the cut learns it was truncated away.
         let waiting_lsn = toks.last().unwrap().0;
         let l2 = Arc::clone(&log);
-        let waiter = std::thread::spawn(move || l2.wait(waiting_lsn, Durability::RemoteFlush, Duration::from_secs(20)));
+        let waiter = std::thread::spawn(move || {
+            l2.wait(
+                waiting_lsn,
+                Durability::RemoteFlush,
+                Duration::from_secs(20),
+            )
+        });
         std::thread::sleep(Duration::from_millis(30));
         // Cut inside epoch 1: at the end of the batch holding record 200 (a batch boundary,
         // since each commit above sealed a batch... find one via a batch reader).
@@ -326,31 +407,59 @@ fn truncate_suffix_removes_the_tail_durably() {
         assert!(cut < epoch2_start);
         let mid = toks.iter().find(|(l, _)| *l > cut).unwrap().0;
         assert!(
-            matches!(log.truncate_suffix(Lsn::new(cut.get() + 1)), Err(Error::NotBoundary { .. })),
+            matches!(
+                log.truncate_suffix(Lsn::new(cut.get() + 1)),
+                Err(Error::NotBoundary { .. })
+            ),
             "mid-batch positions are refused"
         );
         log.truncate_suffix(cut).unwrap();
-        assert!(matches!(waiter.join().unwrap(), Err(Error::Truncated { .. })));
+        assert!(matches!(
+            waiter.join().unwrap(),
+            Err(Error::Truncated { .. })
+        ));
         assert_eq!(log.end_lsn(), cut);
         assert!(log.segment_count() < segs_before);
-        assert_eq!(log.epoch_history().entries(), &[(Epoch::new(1), log.start_lsn())]);
+        assert_eq!(
+            log.epoch_history().entries(),
+            &[(Epoch::new(1), log.start_lsn())]
+        );
         let kept: Vec<_> = toks.iter().filter(|(l, _)| *l <= cut).collect();
         let got = read_all(&log);
         assert_eq!(got.len(), kept.len());
-        assert!(got.iter().zip(&kept).all(|(g, k)| g.0 == k.0 && g.1 == payload(k.1, 500)));
-        assert!(matches!(log.commit(mid, Durability::Local).wait(), Err(Error::BeyondEnd { .. })));
+        assert!(got
+            .iter()
+            .zip(&kept)
+            .all(|(g, k)| g.0 == k.0 && g.1 == payload(k.1, 500)));
+        assert!(matches!(
+            log.commit(mid, Durability::Local).wait(),
+            Err(Error::BeyondEnd { .. })
+        ));
         // Appends continue from the cut, in a new epoch, and survive a reopen.
         log.begin_epoch(Epoch::new(3)).unwrap();
         let after = log.append(b"new tail").unwrap();
         log.commit(after, Durability::Local).wait().unwrap();
         log.close().unwrap();
         drop(log);
-        let log = Log::open(dir.path(), Options { verify_all_on_open: true, ..small(b) }).unwrap();
+        let log = Log::open(
+            dir.path(),
+            Options {
+                verify_all_on_open: true,
+                ..small(b)
+            },
+        )
+        .unwrap();
         let got = read_all(&log);
         assert_eq!(got.len(), kept.len() + 1);
         assert_eq!(got.last().unwrap(), &(after, b"new tail".to_vec()));
-        assert_eq!(log.epoch_history().entries().last().unwrap(), &(Epoch::new(3), cut));
-        assert!(matches!(log.begin_epoch(Epoch::new(3)), Err(Error::EpochRegression { .. })));
+        assert_eq!(
+            log.epoch_history().entries().last().unwrap(),
+            &(Epoch::new(3), cut)
+        );
+        assert!(matches!(
+            log.begin_epoch(Epoch::new(3)),
+            Err(Error::EpochRegression { .. })
+        ));
     }
 }
 
@@ -358,7 +467,10 @@ fn truncate_suffix_removes_the_tail_durably() {
 fn checkpoint_recycles_old_segments() {
     for b in backends() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options { recycle_pool: 2, ..small(b) };
+        let opts = Options {
+            recycle_pool: 2,
+            ..small(b)
+        };
         let log = Log::open(dir.path(), opts).unwrap();
         let mut last = Lsn::ZERO;
         for seq in 0..2000 {
@@ -374,9 +486,16 @@ fn checkpoint_recycles_old_segments() {
         while log.segment_count() > 2 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(log.segment_count() <= 2, "retired from {segs} to {}", log.segment_count());
+        assert!(
+            log.segment_count() <= 2,
+            "retired from {segs} to {}",
+            log.segment_count()
+        );
         assert!(log.start_lsn() > old_start);
-        assert!(matches!(log.record_reader(old_start), Err(Error::NotRetained { .. })));
+        assert!(matches!(
+            log.record_reader(old_start),
+            Err(Error::NotRetained { .. })
+        ));
         // A record handed out before retirement stays valid (the file was unlinked, not
         // overwritten, because the reader still mapped it).
         assert!(first.data.starts_with(b"rec-00000000:"));
@@ -425,9 +544,13 @@ fn follower_copy_via_append_encoded_is_byte_identical() {
         follower.commit(end, Durability::Local).wait().unwrap();
         assert_eq!(follower.epoch_history(), leader.epoch_history());
         // A bad batch is refused and nothing is appended.
-        let mut bad = walship_engine::format::encode_batch(end, Epoch::new(4), 1, &[b"x".as_slice()]);
+        let mut bad =
+            walship_engine::format::encode_batch(end, Epoch::new(4), 1, &[b"x".as_slice()]);
         bad[44] ^= 1;
-        assert!(matches!(follower.append_encoded(bad.into()), Err(Error::BadBatch { .. })));
+        assert!(matches!(
+            follower.append_encoded(bad.into()),
+            Err(Error::BadBatch { .. })
+        ));
         assert_eq!(follower.end_lsn(), end);
         leader.close().unwrap();
         follower.close().unwrap();
@@ -447,10 +570,16 @@ fn follower_copy_via_append_encoded_is_byte_identical() {
                 continue; // a spare prepared beyond the end
             }
             let a = std::fs::read(leader_dir.path().join(&name)).unwrap();
-            assert!(follower_segs.contains(&name), "{b:?}: follower lacks {name}");
+            assert!(
+                follower_segs.contains(&name),
+                "{b:?}: follower lacks {name}"
+            );
             let f = std::fs::read(follower_dir.path().join(&name)).unwrap();
             let cut = ((end.get() - base) as usize).min(a.len());
-            assert!(a[..cut] == f[..cut], "{b:?}: segment {name} identical up to the end");
+            assert!(
+                a[..cut] == f[..cut],
+                "{b:?}: segment {name} identical up to the end"
+            );
         }
     }
 }
@@ -476,7 +605,10 @@ fn async_commits_are_flushed_within_the_interval() {
         log.commit(lsn, Durability::Async).wait().unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while log.watermarks().flushed < lsn {
-            assert!(Instant::now() < deadline, "{b:?}: async write never flushed");
+            assert!(
+                Instant::now() < deadline,
+                "{b:?}: async write never flushed"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }

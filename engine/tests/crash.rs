@@ -30,7 +30,9 @@ fn opts(b: BackendKind) -> Options {
 /// The child: continues the sequence from what the log holds and appends until killed.
 #[test]
 fn crash_child() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let b = if std::env::var(BACKEND_ENV).as_deref() == Ok("io_uring") {
         BackendKind::IoUring
     } else {
@@ -71,18 +73,31 @@ fn crash_child() {
 fn verify(dir: &Path, b: BackendKind, acked: &[(u64, Lsn)]) -> u64 {
     let log = Log::open(dir, opts(b)).expect("reopen after SIGKILL: the log must be valid");
     if std::env::var_os("WALSHIP_CRASH_VERBOSE").is_some() {
-        eprintln!("reopened: {:?}, {} segments", log.watermarks(), log.segment_count());
+        eprintln!(
+            "reopened: {:?}, {} segments",
+            log.watermarks(),
+            log.segment_count()
+        );
     }
     let mut r = log.record_reader(log.start_lsn()).unwrap();
     let mut found = Vec::new();
     while let Some(rec) = r.try_next().unwrap() {
         let seq = found.len() as u64;
-        assert_eq!(&rec.data[..], &payload(seq, MAX_LEN)[..], "record {seq} intact, in order");
+        assert_eq!(
+            &rec.data[..],
+            &payload(seq, MAX_LEN)[..],
+            "record {seq} intact, in order"
+        );
         found.push(rec.lsn);
     }
     for (seq, lsn) in acked {
         let got = found.get(*seq as usize);
-        assert_eq!(got, Some(lsn), "acknowledged record {seq} at {lsn} lost ({} records survive)", found.len());
+        assert_eq!(
+            got,
+            Some(lsn),
+            "acknowledged record {seq} at {lsn} lost ({} records survive)",
+            found.len()
+        );
     }
     log.close().unwrap();
     found.len() as u64
@@ -91,9 +106,15 @@ fn verify(dir: &Path, b: BackendKind, acked: &[(u64, Lsn)]) -> u64 {
 #[test]
 fn sigkill_never_loses_an_acknowledged_commit() {
     let exe = std::env::current_exe().unwrap();
-    let seed = std::env::var("WALSHIP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
+    let seed = std::env::var("WALSHIP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
     eprintln!("crash test seed {seed} (set WALSHIP_SEED to replay the kill timings)");
     let mut rng = Rng(seed);
     for b in backends() {
@@ -106,7 +127,14 @@ fn sigkill_never_loses_an_acknowledged_commit() {
             let mut child = Command::new(&exe)
                 .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
                 .env(CHILD_ENV, dir.path())
-                .env(BACKEND_ENV, if b == BackendKind::IoUring { "io_uring" } else { "portable" })
+                .env(
+                    BACKEND_ENV,
+                    if b == BackendKind::IoUring {
+                        "io_uring"
+                    } else {
+                        "portable"
+                    },
+                )
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -118,12 +146,21 @@ fn sigkill_never_loses_an_acknowledged_commit() {
                 line.clear();
                 if out.read_line(&mut line).unwrap() == 0 {
                     let mut err = String::new();
-                    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                    child
+                        .stderr
+                        .take()
+                        .unwrap()
+                        .read_to_string(&mut err)
+                        .unwrap();
                     panic!("child exited before starting: {err}");
                 }
                 // libtest prints "test crash_child ... " without a newline first.
                 if let Some(n) = line.trim().split("START ").nth(1) {
-                    assert_eq!(n.parse::<u64>().unwrap(), total, "child sees every record that survived");
+                    assert_eq!(
+                        n.parse::<u64>().unwrap(),
+                        total,
+                        "child sees every record that survived"
+                    );
                     break;
                 }
             }
@@ -138,13 +175,21 @@ fn sigkill_never_loses_an_acknowledged_commit() {
                 if it.next() != Some("ACK") {
                     continue;
                 }
-                let (Some(s), Some(lsn), None) = (it.next(), it.next(), it.next()) else { continue };
-                let (Ok(s), Ok(lsn)) = (s.parse::<u64>(), lsn.parse::<u64>()) else { continue };
+                let (Some(s), Some(lsn), None) = (it.next(), it.next(), it.next()) else {
+                    continue;
+                };
+                let (Ok(s), Ok(lsn)) = (s.parse::<u64>(), lsn.parse::<u64>()) else {
+                    continue;
+                };
                 acked.push((s, Lsn::new(lsn)));
             }
             total = verify(dir.path(), b, &acked);
         }
-        assert!(acked.len() > 100, "{b:?}: the child acknowledged {} commits", acked.len());
+        assert!(
+            acked.len() > 100,
+            "{b:?}: the child acknowledged {} commits",
+            acked.len()
+        );
         eprintln!(
             "{b:?}: {kills} kills, {} acknowledged commits, {total} records survive, {:?}",
             acked.len(),

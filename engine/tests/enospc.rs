@@ -25,7 +25,10 @@ fn mount_tmpfs(at: &Path, size: &str) -> Result<Mount, String> {
         .output()
         .map_err(|e| format!("cannot run mount: {e}"))?;
     if !out.status.success() {
-        return Err(format!("mount -t tmpfs failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "mount -t tmpfs failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(Mount(at.to_path_buf()))
 }
@@ -63,7 +66,10 @@ fn enospc_fails_the_append_and_recovers_when_space_returns() {
         assert!(err.to_string().contains("no space left"), "{err}");
         let end = log.end_lsn();
         // Still failing while the disk is full, and nothing was appended.
-        assert!(matches!(log.append(&payload(seq, 2000)), Err(Error::NoSpace { .. })));
+        assert!(matches!(
+            log.append(&payload(seq, 2000)),
+            Err(Error::NoSpace { .. })
+        ));
         assert_eq!(log.end_lsn(), end);
         // Everything acknowledged is readable and the log is usable for reads.
         let mut r = log.record_reader(log.start_lsn()).unwrap();

@@ -31,13 +31,20 @@ fn batches_of(log: &Log) -> Batches {
     let mut r = log.reader(log.start_lsn()).unwrap();
     let mut out = Vec::new();
     while let Some(b) = r.try_next().unwrap() {
-        out.push((b.base(), b.end(), b.records().map(|r| (r.lsn, r.data.to_vec())).collect()));
+        out.push((
+            b.base(),
+            b.end(),
+            b.records().map(|r| (r.lsn, r.data.to_vec())).collect(),
+        ));
     }
     out
 }
 
 fn records(log: &Log) -> Vec<(Lsn, Vec<u8>)> {
-    batches_of(log).into_iter().flat_map(|(_, _, r)| r).collect()
+    batches_of(log)
+        .into_iter()
+        .flat_map(|(_, _, r)| r)
+        .collect()
 }
 
 fn seg_file(dir: &Path, cap: u64, lsn: Lsn) -> (PathBuf, u64) {
@@ -58,7 +65,10 @@ const CAP: u64 = 64 * 1024;
 
 #[test]
 fn torn_and_garbage_tails_keep_exactly_the_valid_prefix() {
-    let seed = std::env::var("WALSHIP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5EED_0001);
+    let seed = std::env::var("WALSHIP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_0001);
     for b in backends() {
         let template = tempfile::tempdir().unwrap();
         let batches = build(template.path(), b, 400);
@@ -68,7 +78,10 @@ fn torn_and_garbage_tails_keep_exactly_the_valid_prefix() {
         let in_tail: Vec<usize> = (0..batches.len())
             .filter(|&i| batches[i].0 >= tail_base && !batches[i].2.is_empty())
             .collect();
-        assert!(in_tail.len() >= 3, "test needs several batches in the tail segment");
+        assert!(
+            in_tail.len() >= 3,
+            "test needs several batches in the tail segment"
+        );
         let mut rng = Rng(seed);
         for trial in 0..60 {
             let dir = tempfile::tempdir().unwrap();
@@ -98,14 +111,18 @@ fn torn_and_garbage_tails_keep_exactly_the_valid_prefix() {
                     let n = 1 + rng.below(3000) as usize;
                     let garbage = rng.bytes(n);
                     let room = (CAP - off - cut) as usize;
-                    f.write_all_at(&garbage[..garbage.len().min(room)], off + cut).unwrap();
+                    f.write_all_at(&garbage[..garbage.len().min(room)], off + cut)
+                        .unwrap();
                     victim
                 }
                 2 => {
                     let at = rng.below(vlen);
                     let bit = rng.below(8);
                     let mut byte = [0u8];
-                    std::fs::File::open(&path).unwrap().read_exact_at(&mut byte, off + at).unwrap();
+                    std::fs::File::open(&path)
+                        .unwrap()
+                        .read_exact_at(&mut byte, off + at)
+                        .unwrap();
                     byte[0] ^= 1 << bit;
                     f.write_all_at(&byte, off + at).unwrap();
                     victim
@@ -116,26 +133,57 @@ fn torn_and_garbage_tails_keep_exactly_the_valid_prefix() {
                     let n = 1 + rng.below(5000) as usize;
                     let garbage = rng.bytes(n);
                     let room = (CAP - eoff) as usize;
-                    g.write_all_at(&garbage[..garbage.len().min(room)], eoff).unwrap();
+                    g.write_all_at(&garbage[..garbage.len().min(room)], eoff)
+                        .unwrap();
                     batches.len()
                 }
             };
             drop(f);
-            let (log, report) = Log::open_with_report(dir.path(), Options { verify_all_on_open: true, ..small(b) })
-                .unwrap_or_else(|e| panic!("{b:?} trial {trial} mode {mode}: open failed: {e}"));
-            let expect: Vec<_> = batches[..keep_batches].iter().flat_map(|(_, _, r)| r.clone()).collect();
+            let (log, report) = Log::open_with_report(
+                dir.path(),
+                Options {
+                    verify_all_on_open: true,
+                    ..small(b)
+                },
+            )
+            .unwrap_or_else(|e| panic!("{b:?} trial {trial} mode {mode}: open failed: {e}"));
+            let expect: Vec<_> = batches[..keep_batches]
+                .iter()
+                .flat_map(|(_, _, r)| r.clone())
+                .collect();
             let got = records(&log);
-            assert_eq!(got.len(), expect.len(), "{b:?} trial {trial} mode {mode}: record count");
-            assert!(got == expect, "{b:?} trial {trial} mode {mode}: exactly the valid prefix");
-            let want_end = if keep_batches == 0 { log.start_lsn() } else { batches[keep_batches - 1].1 };
+            assert_eq!(
+                got.len(),
+                expect.len(),
+                "{b:?} trial {trial} mode {mode}: record count"
+            );
+            assert!(
+                got == expect,
+                "{b:?} trial {trial} mode {mode}: exactly the valid prefix"
+            );
+            let want_end = if keep_batches == 0 {
+                log.start_lsn()
+            } else {
+                batches[keep_batches - 1].1
+            };
             assert_eq!(log.end_lsn(), want_end);
-            assert!(report.zeroed_tail_bytes > 0 || mode == 0, "the torn tail was zeroed");
+            assert!(
+                report.zeroed_tail_bytes > 0 || mode == 0,
+                "the torn tail was zeroed"
+            );
             // The zeroed tail makes the next scan deterministic: append, reopen, same data.
             let lsn = log.append(b"after recovery").unwrap();
             log.commit(lsn, Durability::Local).wait().unwrap();
             log.close().unwrap();
             drop(log);
-            let log = Log::open(dir.path(), Options { verify_all_on_open: true, ..small(b) }).unwrap();
+            let log = Log::open(
+                dir.path(),
+                Options {
+                    verify_all_on_open: true,
+                    ..small(b)
+                },
+            )
+            .unwrap();
             let again = records(&log);
             assert_eq!(again.len(), expect.len() + 1);
             assert_eq!(again.last().unwrap(), &(lsn, b"after recovery".to_vec()));
@@ -161,7 +209,11 @@ fn corruption_before_the_tail_names_file_and_offset_unless_repair() {
     let (path, off) = seg_file(dir.path(), CAP, batches[victim].0);
     flip(&path, off + 50);
     match Log::open(dir.path(), small(b)) {
-        Err(Error::Corruption { path: p, offset, reason }) => {
+        Err(Error::Corruption {
+            path: p,
+            offset,
+            reason,
+        }) => {
             assert_eq!((p, offset), (path.clone(), off), "{reason}");
             assert!(reason.contains("followed by a valid batch"), "{reason}");
             assert!(reason.contains("CRC mismatch"), "{reason}");
@@ -177,8 +229,15 @@ fn corruption_before_the_tail_names_file_and_offset_unless_repair() {
     )
     .unwrap();
     assert_eq!(report.repaired_at, Some(batches[victim].0));
-    assert_eq!(log.end_lsn(), batches[victim - 1].1, "ends after the padding before the victim");
-    let expect: Vec<_> = batches[..victim].iter().flat_map(|(_, _, r)| r.clone()).collect();
+    assert_eq!(
+        log.end_lsn(),
+        batches[victim - 1].1,
+        "ends after the padding before the victim"
+    );
+    let expect: Vec<_> = batches[..victim]
+        .iter()
+        .flat_map(|(_, _, r)| r.clone())
+        .collect();
     assert!(records(&log) == expect);
     drop(log);
 
@@ -191,9 +250,14 @@ fn corruption_before_the_tail_names_file_and_offset_unless_repair() {
     copy_dir(template.path(), dir.path());
     let (path, off) = seg_file(dir.path(), CAP, batches[early].0);
     flip(&path, off + 41);
-    let strict = Options { verify_all_on_open: true, ..small(b) };
+    let strict = Options {
+        verify_all_on_open: true,
+        ..small(b)
+    };
     match Log::open(dir.path(), strict.clone()) {
-        Err(Error::Corruption { path: p, offset, .. }) => assert_eq!((p, offset), (path.clone(), off)),
+        Err(Error::Corruption {
+            path: p, offset, ..
+        }) => assert_eq!((p, offset), (path.clone(), off)),
         other => panic!("expected corruption, got {other:?}"),
     }
     let log = Log::open(
@@ -213,18 +277,28 @@ fn corruption_before_the_tail_names_file_and_offset_unless_repair() {
     let (first, _) = seg_file(dir.path(), CAP, Lsn::new(CAP));
     flip(&first, 20);
     match Log::open(dir.path(), small(b)) {
-        Err(Error::Corruption { path: p, offset: 0, reason }) => {
+        Err(Error::Corruption {
+            path: p,
+            offset: 0,
+            reason,
+        }) => {
             assert_eq!(p, first);
             assert!(reason.contains("segment header"), "{reason}");
         }
         other => panic!("expected header corruption, got {other:?}"),
     }
     std::fs::remove_file(&first).unwrap();
-    assert!(matches!(Log::open(dir.path(), small(b)), Err(Error::Corruption { reason, .. }) if reason.contains("gap")));
+    assert!(
+        matches!(Log::open(dir.path(), small(b)), Err(Error::Corruption { reason, .. }) if reason.contains("gap"))
+    );
 }
 
 fn flip(path: &Path, at: u64) {
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut byte = [0u8];
     f.read_exact_at(&mut byte, at).unwrap();
     byte[0] ^= 0x10;

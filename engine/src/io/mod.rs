@@ -43,7 +43,9 @@ impl std::str::FromStr for BackendKind {
             "auto" => Ok(BackendKind::Auto),
             "io_uring" | "iouring" | "uring" => Ok(BackendKind::IoUring),
             "portable" => Ok(BackendKind::Portable),
-            other => Err(format!("unknown I/O backend {other:?}: expected auto, io_uring or portable")),
+            other => Err(format!(
+                "unknown I/O backend {other:?}: expected auto, io_uring or portable"
+            )),
         }
     }
 }
@@ -238,7 +240,10 @@ mod tests {
             });
             let start = std::time::Instant::now();
             b.wait(Some(Duration::from_secs(10)), &|| false);
-            assert!(start.elapsed() < Duration::from_secs(5), "{kind:?} woke on notify");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{kind:?} woke on notify"
+            );
             t.join().unwrap();
         }
     }

@@ -95,7 +95,11 @@ impl Uring {
     }
 
     fn reap(&mut self) {
-        let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let cqes: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
         for (token, res) in cqes {
             match token {
                 TOKEN_WRITE => self.write_result = Some(res),
@@ -127,7 +131,9 @@ impl Uring {
     fn enter(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
         let r = match timeout {
             Some(t) => {
-                let ts = types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let ts = types::Timespec::new()
+                    .sec(t.as_secs())
+                    .nsec(t.subsec_nanos());
                 let args = types::SubmitArgs::new().timespec(&ts);
                 self.ring.submitter().submit_with_args(want, &args)
             }
@@ -135,7 +141,12 @@ impl Uring {
         };
         match r {
             Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ETIME) || e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e)
+                if e.raw_os_error() == Some(libc::ETIME)
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -171,7 +182,10 @@ impl Backend for Uring {
                 return Err(io::Error::from_raw_os_error(-res));
             }
             if res == 0 {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "io_uring writev wrote nothing"));
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "io_uring writev wrote nothing",
+                ));
             }
             offset += res as u64;
             advance_iovecs(&mut iov, res as usize);

@@ -43,6 +43,7 @@
 mod commit;
 mod epoch;
 mod error;
+mod failpoint;
 pub mod format;
 mod fsutil;
 mod group_commit;

@@ -503,16 +503,19 @@ impl Log {
                 base = Lsn::new(base.get() + g.capacity());
             }
         }
-        let mut lsns = Vec::new();
         let mut ensure = |b: Lsn| sh.provision(b);
+        let mut appended = 0;
         for r in records {
             match st.append(r, &mut ensure) {
-                Ok(l) => lsns.push(l),
-                Err(e) if lsns.is_empty() => return Err(e),
+                Ok(l) => {
+                    appended += 1;
+                    out(l);
+                }
+                Err(e) if appended == 0 => return Err(e),
                 Err(e) => {
                     // Unreachable in practice: the segments were provisioned above. Should it
-                    // happen, the appended part stays queued (nobody holds its LSNs) and the
-                    // caller learns that the call failed.
+                    // happen, the appended part stays queued (the caller gets an error, not
+                    // the LSNs) and is written like any other.
                     sh.end.store(st.end().get(), Ordering::Release);
                     sh.has_pending.store(true, Ordering::Release);
                     drop(st);
@@ -526,7 +529,6 @@ impl Log {
         sh.has_pending.store(true, Ordering::Release);
         drop(st);
         sh.wake.notify();
-        lsns.into_iter().for_each(out);
         Ok(())
     }
 

@@ -139,7 +139,11 @@ impl Wake for ThreadWaker {
 /// Drives a future to completion on the current thread, parking between polls. Returns
 /// `None` if `deadline` passes first (the future is dropped, which deregisters it).
 pub(crate) fn block_on<F: Future>(fut: F, deadline: Option<Instant>) -> Option<F::Output> {
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    thread_local! {
+        // One waker per thread: blocking commits are the hot path of many embedders.
+        static WAKER: Waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    }
+    let waker = WAKER.with(Waker::clone);
     let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);
     loop {

@@ -117,7 +117,11 @@ impl Writer {
     }
 
     fn reap_flush(&mut self) -> OpResult<bool> {
-        match self.backend.poll_flush() {
+        let polled = self
+            .backend
+            .poll_flush()
+            .map(|r| r.and_then(|()| crate::failpoint::hit("writer::flush", &self.shared.dir)));
+        match polled {
             Some(Ok(())) => {
                 self.shared.flushed.advance(self.flush_target);
                 self.last_flush = Instant::now();
@@ -266,8 +270,8 @@ impl Writer {
                     std::io::Error::other(e.to_string()),
                 )
             })?;
-            self.backend
-                .write_all_at(&file, offset, &slices)
+            crate::failpoint::hit("writer::write", &self.shared.dir)
+                .and_then(|()| self.backend.write_all_at(&file, offset, &slices))
                 .map_err(|e| ("write segment", e))?;
             let end = chunks[j - 1].end();
             self.shared.written.advance(end);
@@ -283,5 +287,54 @@ impl Writer {
         }
         self.chunks = chunks;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::failpoint;
+    use crate::{BackendKind, Durability, Error, Log, Options};
+
+    fn opts(backend: BackendKind) -> Options {
+        Options {
+            segment_capacity: 1 << 16,
+            backend,
+            ..Options::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_flush_or_write_poisons_the_log_until_reopened() {
+        for point in ["writer::flush", "writer::write"] {
+            for backend in [BackendKind::Portable, BackendKind::Auto] {
+                let dir = tempfile::tempdir().unwrap();
+                let log = Log::open(dir.path(), opts(backend)).unwrap();
+                let ok = log.append(b"before").unwrap();
+                log.commit(ok, Durability::Local).wait().unwrap();
+                failpoint::set(point, dir.path(), libc::EIO);
+                let lsn = log.append(b"doomed").unwrap();
+                let r = log.wait(lsn, Durability::Local, Duration::from_secs(10));
+                assert!(matches!(r, Err(Error::Poisoned { .. })), "{point}: {r:?}");
+                let msg = r.unwrap_err().to_string();
+                assert!(msg.contains("reopen"), "{msg}");
+                // Nothing is acknowledged or accepted afterwards.
+                assert!(matches!(log.append(b"more"), Err(Error::Poisoned { .. })));
+                assert!(matches!(
+                    log.commit(ok, Durability::Async).wait(),
+                    Err(Error::Poisoned { .. })
+                ));
+                assert!(log.close().is_err());
+                drop(log);
+                failpoint::clear(dir.path());
+                // Reopening recovers what is really on disk; the acknowledged record is there.
+                let log = Log::open(dir.path(), opts(backend)).unwrap();
+                let mut r = log.record_reader(log.start_lsn()).unwrap();
+                assert_eq!(&r.try_next().unwrap().unwrap().data[..], b"before");
+                let again = log.append(b"after").unwrap();
+                log.commit(again, Durability::Local).wait().unwrap();
+            }
+        }
     }
 }

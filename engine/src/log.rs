@@ -324,13 +324,18 @@ impl Log {
         let tail_base = rec.segments.last().map_or(opts.create_at, |s| s.base);
         let next_base = Lsn::new(tail_base.get() + capacity);
         let mut ready = None;
+        let mut removed = false;
         for path in rec.spares {
             if path == segment::segment_path(&dir, next_base) && ready.is_none() {
                 ready = Some(Segment::open(&path, next_base, geometry)?);
             } else {
                 std::fs::remove_file(&path)
                     .map_err(|e| Error::io("remove spare segment", &path, e))?;
+                removed = true;
             }
+        }
+        if removed {
+            crate::fsutil::fsync_dir(&dir)?;
         }
         let backend = io::open(opts.backend).map_err(|e| Error::io("open I/O backend", &dir, e))?;
         let backend_name = backend.name();

@@ -81,6 +81,22 @@ impl Batch {
 }
 
 /// Reads batches in LSN order; created by [`Log::reader`](crate::Log::reader).
+///
+/// At the end of the log it waits for the writer, so the same reader serves catch-up
+/// from disk and live tailing:
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use walship_engine::{Log, Options};
+/// let dir = tempfile::tempdir()?;
+/// let log = Arc::new(Log::open(dir.path(), Options { segment_capacity: 1 << 20, ..Options::default() })?);
+/// let mut tail = log.reader(log.end_lsn())?;
+/// let writer = { let log = Arc::clone(&log); std::thread::spawn(move || log.append(b"later")) };
+/// let batch = tail.next_blocking(Some(Duration::from_secs(10)))?.expect("written within 10 s");
+/// assert_eq!(&batch.records().next().unwrap().data[..], b"later");
+/// assert_eq!(batch.end(), writer.join().unwrap()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Reader {
     shared: Arc<Shared>,
     pos: Lsn,

@@ -1,0 +1,1210 @@
+//! `latency`: closed-loop commit latency and throughput of walship-engine, next to a
+//! baseline of the device under the log, in one run.
+//!
+//! ```text
+//! cargo run --release -p walship-bench --bin latency -- --quick
+//! cargo run --release -p walship-bench --bin latency -- --writers 1,64 --sizes 128 --levels local
+//! ```
+//!
+//! 1. Device baseline on the file system of `--dir`: 4 KiB `pwrite` + `fdatasync`
+//!    latency, and buffered sequential write bandwidth (see `walship_bench::device`).
+//! 2. The matrix: writers × durability × record size × backend. Each cell opens a fresh
+//!    log in a fresh directory; every writer thread loops { append; commit(level).wait }
+//!    and records each round trip in its own HDR histogram; after a warm-up, the cell is
+//!    measured for a fixed time. A checkpoint thread calls `set_checkpoint(flushed)`
+//!    every few milliseconds so retired segments are recycled, as an embedding database
+//!    would. Repetitions of a cell alternate backends (A B A B) so both see the same
+//!    machine conditions.
+//! 3. The device fsync latency again, to show drift over the run.
+//!
+//! Output: Markdown on stdout (progress on stderr), and in `--out` one `.hgrm` file per
+//! cell, the device baseline, `table.md` (the results table) and `report.md` (all of
+//! stdout).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use walship_bench::device::{self, Bandwidth, FsyncLatency};
+use walship_bench::sys::{BlockDevice, DiskCounters, MachineCpu, ThreadTimes, Usage};
+use walship_bench::{hgrm, us, utc_timestamp, MB};
+use walship_engine::{BackendKind, Durability, Log, Options};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
+
+/// Closed-loop commit latency/throughput matrix of walship-engine against a device
+/// baseline measured in the same run.
+#[derive(Parser, Debug)]
+#[command(name = "latency", version)]
+struct Args {
+    /// Short run (well under a minute): 0.6 s per cell, 16 MiB segments, smaller device tests.
+    #[arg(long)]
+    quick: bool,
+    /// Where to put the device test files and the logs: a new directory is made inside it
+    /// and removed at the end [default: the system temporary directory].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Output directory for .hgrm files, device.md, table.md and report.md
+    /// [default: <workspace>/target/latency/<UTC timestamp>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Measured time per cell and repetition, ms [default: 3000, 600 with --quick].
+    #[arg(long)]
+    duration_ms: Option<u64>,
+    /// Warm-up per cell and repetition before measuring, ms [default: 500, 200 with --quick].
+    #[arg(long)]
+    warmup_ms: Option<u64>,
+    /// Repetitions per cell, alternating backends [default: 2, 1 with --quick].
+    #[arg(long)]
+    reps: Option<usize>,
+    /// I/O backends, comma-separated (io_uring is skipped with a note if unavailable).
+    #[arg(long, value_delimiter = ',', default_value = "io_uring,portable")]
+    backends: Vec<BackendKind>,
+    /// Closed-loop writer thread counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    writers: Vec<usize>,
+    /// Record sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "128,4096")]
+    sizes: Vec<usize>,
+    /// Durability levels (async, local; remote levels need a replication layer).
+    #[arg(long, value_delimiter = ',', default_value = "async,local")]
+    levels: Vec<Durability>,
+    /// Segment capacity, MiB [default: 64, 16 with --quick].
+    #[arg(long)]
+    segment_mib: Option<u64>,
+    /// Engine option `async_flush_interval`, ms [default: the engine's default].
+    #[arg(long)]
+    async_flush_ms: Option<u64>,
+    /// Engine option `max_pending_bytes`, MiB [default: the engine's default].
+    #[arg(long)]
+    max_pending_mib: Option<u64>,
+    /// How often the checkpoint thread advances the checkpoint to `flushed`, ms.
+    #[arg(long, default_value_t = 10)]
+    checkpoint_ms: u64,
+}
+
+/// Settings after defaults.
+#[derive(Debug, Clone)]
+struct Config {
+    quick: bool,
+    duration: Duration,
+    warmup: Duration,
+    reps: usize,
+    segment_capacity: u64,
+    async_flush_interval: Option<Duration>,
+    max_pending_bytes: Option<u64>,
+    checkpoint_every: Duration,
+    fsync_iterations: usize,
+    bandwidth_bytes: u64,
+    bandwidth_reps: usize,
+}
+
+impl Config {
+    fn from(args: &Args) -> Config {
+        let q = args.quick;
+        Config {
+            quick: q,
+            duration: Duration::from_millis(args.duration_ms.unwrap_or(if q {
+                600
+            } else {
+                3_000
+            })),
+            warmup: Duration::from_millis(args.warmup_ms.unwrap_or(if q { 200 } else { 500 })),
+            reps: args.reps.unwrap_or(if q { 1 } else { 2 }).max(1),
+            segment_capacity: args.segment_mib.unwrap_or(if q { 16 } else { 64 }) << 20,
+            async_flush_interval: args
+                .async_flush_ms
+                .map(|ms| Duration::from_millis(ms.max(1))),
+            max_pending_bytes: args.max_pending_mib.map(|m| m.max(1) << 20),
+            checkpoint_every: Duration::from_millis(args.checkpoint_ms.max(1)),
+            fsync_iterations: if q { 1_000 } else { 5_000 },
+            bandwidth_bytes: if q { 64 << 20 } else { 256 << 20 },
+            bandwidth_reps: if q { 2 } else { 3 },
+        }
+    }
+}
+
+fn backend_label(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Auto => "auto",
+        BackendKind::IoUring => "io_uring",
+        BackendKind::Portable => "portable",
+    }
+}
+
+/// One cell of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cell {
+    backend: BackendKind,
+    level: Durability,
+    writers: usize,
+    size: usize,
+}
+
+impl Cell {
+    fn name(&self) -> String {
+        format!(
+            "{}-{}-{}w-{}B",
+            backend_label(self.backend),
+            self.level,
+            self.writers,
+            self.size
+        )
+    }
+}
+
+/// What one repetition of a cell measured.
+#[derive(Debug, Clone)]
+struct Rep {
+    commits: u64,
+    elapsed: Duration,
+    /// Log bytes written (`written` watermark advance), headers and padding included.
+    log_written: u64,
+    disk: Option<DiskCounters>,
+    usage: Option<Usage>,
+    machine: Option<MachineCpu>,
+    threads: ThreadGroups,
+    open_time: Duration,
+    close_time: Duration,
+}
+
+impl Rep {
+    fn commits_per_sec(&self) -> f64 {
+        self.commits as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// A cell's repetitions and merged latency histogram (ns).
+#[derive(Debug, Clone)]
+struct CellResult {
+    cell: Cell,
+    backend_name: &'static str,
+    reps: Vec<Rep>,
+    hist: Histogram<u64>,
+}
+
+impl CellResult {
+    fn elapsed(&self) -> f64 {
+        self.reps.iter().map(|r| r.elapsed.as_secs_f64()).sum()
+    }
+
+    fn commits(&self) -> u64 {
+        self.reps.iter().map(|r| r.commits).sum()
+    }
+
+    fn commits_per_sec(&self) -> f64 {
+        self.commits() as f64 / self.elapsed()
+    }
+
+    /// Appended payload, MB/s.
+    fn mb_s(&self) -> f64 {
+        self.commits() as f64 * self.cell.size as f64 / MB / self.elapsed()
+    }
+
+    fn p(&self, q: f64) -> u64 {
+        self.hist.value_at_quantile(q)
+    }
+
+    /// (max − min) / mean of per-repetition throughput, percent.
+    fn spread_pct(&self) -> Option<f64> {
+        if self.reps.len() < 2 {
+            return None;
+        }
+        let v: Vec<f64> = self.reps.iter().map(Rep::commits_per_sec).collect();
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        Some((hi - lo) / mean * 100.0)
+    }
+
+    fn sum_disk(&self) -> Option<DiskCounters> {
+        let mut t = DiskCounters::default();
+        for r in &self.reps {
+            let d = r.disk?;
+            t.writes += d.writes;
+            t.sectors_written += d.sectors_written;
+            t.write_ms += d.write_ms;
+            t.flushes += d.flushes;
+            t.flush_ms += d.flush_ms;
+        }
+        Some(t)
+    }
+
+    fn sum_usage(&self) -> Option<Usage> {
+        let mut t = Usage::default();
+        for r in &self.reps {
+            let u = r.usage?;
+            t.cpu += u.cpu;
+            t.voluntary_switches += u.voluntary_switches;
+            t.involuntary_switches += u.involuntary_switches;
+        }
+        Some(t)
+    }
+}
+
+/// Scheduler time of the threads that matter over a measured window, per group:
+/// (ns running, ns runnable but waiting for a CPU, number of threads).
+#[derive(Debug, Clone, Copy, Default)]
+struct ThreadGroups {
+    writer: (u64, u64, usize),
+    flusher: (u64, u64, usize),
+    preparer: (u64, u64, usize),
+    appenders: (u64, u64, usize),
+}
+
+impl ThreadGroups {
+    fn between(a: &ThreadTimes, b: &ThreadTimes) -> ThreadGroups {
+        ThreadGroups {
+            writer: b.since(a, "walship-writer"),
+            // The portable backend's flusher thread, or io_uring's kernel io-wq workers,
+            // which run the fsync (and writes that cannot complete without blocking).
+            flusher: {
+                let (f, u) = (b.since(a, "walship-flusher"), b.since(a, "iou-wrk"));
+                (f.0 + u.0, f.1 + u.1, f.2 + u.2)
+            },
+            // Thread names are cut to 15 bytes: "walship-prepare".
+            preparer: b.since(a, "walship-prep"),
+            appenders: b.since(a, "writer-"),
+        }
+    }
+
+    fn add(&mut self, o: &ThreadGroups) {
+        for (x, y) in [
+            (&mut self.writer, o.writer),
+            (&mut self.flusher, o.flusher),
+            (&mut self.preparer, o.preparer),
+            (&mut self.appenders, o.appenders),
+        ] {
+            x.0 += y.0;
+            x.1 += y.1;
+            x.2 = x.2.max(y.2);
+        }
+    }
+}
+
+fn delta<T>(a: Option<T>, b: Option<T>, f: impl Fn(&T, &T) -> T) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(f(&b, &a)),
+        _ => None,
+    }
+}
+
+const WARMUP: u8 = 0;
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+
+/// A writer thread: closed loop until the phase is `STOP`; records only operations that
+/// started while measuring.
+fn writer_loop(
+    log: &Log,
+    record: &[u8],
+    level: Durability,
+    phase: &AtomicU8,
+) -> Res<(Histogram<u64>, u64)> {
+    let mut hist = hgrm::latency_histogram();
+    let mut count = 0u64;
+    loop {
+        let p = phase.load(Ordering::Acquire);
+        if p == STOP {
+            return Ok((hist, count));
+        }
+        let t0 = Instant::now();
+        let lsn = log.append(record)?;
+        // A generous deadline so an engine that loses a wake-up fails the run instead of
+        // hanging it.
+        log.commit(lsn, level)
+            .timeout(Duration::from_secs(30))
+            .wait()?;
+        let dt = t0.elapsed();
+        if p == MEASURE {
+            hist.saturating_record(dt.as_nanos() as u64);
+            count += 1;
+        }
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(167).wrapping_add(13))
+        .collect()
+}
+
+/// The engine options of every cell's log.
+fn log_options(cfg: &Config, backend: BackendKind) -> Options {
+    let defaults = Options::default();
+    Options {
+        segment_capacity: cfg.segment_capacity,
+        backend,
+        async_flush_interval: cfg
+            .async_flush_interval
+            .unwrap_or(defaults.async_flush_interval),
+        max_pending_bytes: cfg.max_pending_bytes.unwrap_or(defaults.max_pending_bytes),
+        ..defaults
+    }
+}
+
+/// Runs one repetition of `cell` in a fresh log under `root`.
+fn run_rep(
+    cfg: &Config,
+    cell: Cell,
+    root: &Path,
+    rep: usize,
+    dev: Option<&BlockDevice>,
+) -> Res<(Rep, Histogram<u64>, &'static str)> {
+    let dir = root.join(format!("{}-r{rep}", cell.name()));
+    let opts = log_options(cfg, cell.backend);
+    let t_open = Instant::now();
+    let log = Log::open(&dir, opts).map_err(|e| format!("open log in {}: {e}", dir.display()))?;
+    let open_time = t_open.elapsed();
+    let backend_name = log.backend_name();
+    let record = pattern(cell.size);
+    let phase = AtomicU8::new(WARMUP);
+    let first_error: Mutex<Option<String>> = Mutex::new(None);
+
+    let measured = std::thread::scope(|s| -> Res<_> {
+        let (log, record, phase, first_error) = (&log, &record, &phase, &first_error);
+        s.spawn(move || {
+            while phase.load(Ordering::Acquire) != STOP {
+                std::thread::sleep(cfg.checkpoint_every);
+                log.set_checkpoint(log.watermarks().flushed);
+            }
+        });
+        let mut handles = Vec::with_capacity(cell.writers);
+        for i in 0..cell.writers {
+            let h = std::thread::Builder::new()
+                .name(format!("writer-{i}"))
+                .spawn_scoped(s, move || {
+                    let r = writer_loop(log, record, cell.level, phase);
+                    if let Err(e) = &r {
+                        let mut f = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                        f.get_or_insert_with(|| format!("writer {i}: {e}"));
+                        phase.store(STOP, Ordering::Release);
+                    }
+                    r
+                });
+            match h {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    phase.store(STOP, Ordering::Release);
+                    return Err(format!("spawn writer thread {i}: {e}").into());
+                }
+            }
+        }
+        let sleep_unless_stopped = |d: Duration| {
+            let until = Instant::now() + d;
+            while phase.load(Ordering::Acquire) != STOP {
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                std::thread::sleep((until - now).min(Duration::from_millis(20)));
+            }
+        };
+        sleep_unless_stopped(cfg.warmup);
+        let (w0, d0, u0) = (
+            log.watermarks(),
+            dev.and_then(BlockDevice::counters),
+            Usage::now(),
+        );
+        let (m0, t0) = (MachineCpu::now(), ThreadTimes::now());
+        let start = Instant::now();
+        // Only a running cell enters the measurement phase; a failed one stays stopped.
+        let _ = phase.compare_exchange(WARMUP, MEASURE, Ordering::AcqRel, Ordering::Acquire);
+        sleep_unless_stopped(cfg.duration);
+        phase.store(STOP, Ordering::Release);
+        let elapsed = start.elapsed();
+        let (w1, d1, u1) = (
+            log.watermarks(),
+            dev.and_then(BlockDevice::counters),
+            Usage::now(),
+        );
+        let (m1, t1) = (MachineCpu::now(), ThreadTimes::now());
+        let mut hist = hgrm::latency_histogram();
+        let mut commits = 0;
+        for h in handles {
+            match h.join() {
+                Ok(Ok((hh, n))) => {
+                    hist.add(&hh)
+                        .map_err(|e| format!("merge histograms: {e:?}"))?;
+                    commits += n;
+                }
+                Ok(Err(_)) => {} // reported through first_error
+                Err(_) => return Err("a writer thread panicked".into()),
+            }
+        }
+        if let Some(e) = first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e.into());
+        }
+        let rep = Rep {
+            commits,
+            elapsed,
+            log_written: w1.written.bytes_after(w0.written),
+            disk: delta(d0, d1, DiskCounters::since),
+            usage: delta(u0, u1, Usage::since),
+            machine: delta(m0, m1, MachineCpu::since),
+            threads: ThreadGroups::between(&t0, &t1),
+            open_time,
+            close_time: Duration::ZERO,
+        };
+        Ok((rep, hist))
+    });
+    let t_close = Instant::now();
+    let closed = log.close();
+    drop(log);
+    let close_time = t_close.elapsed();
+    let removed = std::fs::remove_dir_all(&dir);
+    let (mut rep_result, hist) =
+        measured.map_err(|e| format!("cell {} repetition {rep}: {e}", cell.name()))?;
+    closed.map_err(|e| format!("close log of cell {}: {e}", cell.name()))?;
+    removed.map_err(|e| format!("remove {}: {e}", dir.display()))?;
+    rep_result.close_time = close_time;
+    Ok((rep_result, hist, backend_name))
+}
+
+/// Whether a log opens with `kind` here; the error text if not.
+fn probe_backend(root: &Path, kind: BackendKind) -> Result<(), String> {
+    let dir = root.join(format!("probe-{}", backend_label(kind)));
+    let opts = Options {
+        segment_capacity: 64 << 10,
+        backend: kind,
+        ..Options::default()
+    };
+    let r = match Log::open(&dir, opts) {
+        Ok(log) => log.close().map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn fmt_us(ns: u64) -> String {
+    let v = us(ns);
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 1_000.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn fmt_rate(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn fmt_ratio(v: f64) -> String {
+    if v >= 10.0 {
+        format!("{v:.1}×")
+    } else {
+        format!("{v:.2}×")
+    }
+}
+
+/// The device figures the ratios are taken against.
+struct Baseline {
+    fsync: FsyncLatency,
+    bandwidth: Bandwidth,
+}
+
+impl Baseline {
+    fn p99(&self) -> u64 {
+        self.fsync.at(0.99)
+    }
+
+    /// The buffered sequential write bandwidth targets compare with: already-written file,
+    /// no final fdatasync.
+    fn bw(&self) -> f64 {
+        self.bandwidth.overwrite_mb_s(false)
+    }
+}
+
+fn fsync_row(label: &str, f: &FsyncLatency) -> String {
+    format!(
+        "| {label} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
+        f.hist.len(),
+        fmt_us(f.at(0.5)),
+        fmt_us(f.at(0.9)),
+        fmt_us(f.at(0.99)),
+        fmt_us(f.at(0.999)),
+        fmt_us(f.hist.max()),
+        f.ops_per_sec()
+    )
+}
+
+fn device_section(base: &Baseline) -> String {
+    let mut s = String::new();
+    let f = &base.fsync;
+    let b = &base.bandwidth;
+    let _ = writeln!(s, "## Device baseline (same file system, same run)\n");
+    let _ = writeln!(
+        s,
+        "4 KiB `pwrite` + `fdatasync`, one at a time, increasing offsets in a 64 MiB file written and fsynced first (200 warm-up ops unrecorded):\n"
+    );
+    s.push_str("| run | ops | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | ops/s |\n");
+    s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    s.push_str(&fsync_row("before the matrix", f));
+    let _ = writeln!(
+        s,
+        "\nBuffered sequential `write` of {} MiB in 1 MiB calls; median of {} passes after one warm-up pass, variants interleaved (MB = 10^6 B):\n",
+        b.bytes >> 20,
+        b.overwrite.len()
+    );
+    s.push_str("| variant | MB/s, writes only | MB/s, incl. final fdatasync | warm-up pass: writes only / incl. fdatasync |\n");
+    s.push_str("| --- | ---: | ---: | ---: |\n");
+    let _ = writeln!(
+        s,
+        "| already-written file (overwrite) | {:.0} | {:.0} | {:.0} / {:.0} |",
+        b.overwrite_mb_s(false),
+        b.overwrite_mb_s(true),
+        b.warmup_overwrite.mb_s(b.bytes, false),
+        b.warmup_overwrite.mb_s(b.bytes, true)
+    );
+    let _ = writeln!(
+        s,
+        "| new file | {:.0} | {:.0} | {:.0} / {:.0} |",
+        b.new_file_mb_s(false),
+        b.new_file_mb_s(true),
+        b.warmup_new.mb_s(b.bytes, false),
+        b.warmup_new.mb_s(b.bytes, true)
+    );
+    let _ = writeln!(
+        s,
+        "\nRatios below use the device p99 {} µs and the buffered bandwidth {:.0} MB/s (already-written file, writes only).\n",
+        fmt_us(base.p99()),
+        base.bw()
+    );
+    s
+}
+
+fn find(
+    results: &[CellResult],
+    backend: BackendKind,
+    level: Durability,
+    writers: usize,
+    size: usize,
+) -> Option<&CellResult> {
+    results.iter().find(|r| {
+        r.cell
+            == Cell {
+                backend,
+                level,
+                writers,
+                size,
+            }
+    })
+}
+
+fn results_table(results: &[CellResult], base: &Baseline) -> String {
+    let mut s = String::new();
+    s.push_str("| backend | durability | writers | record B | commits/s | MB/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | thr vs 1 writer | p99 / device p99 | MB/s / device bw | rep spread |\n");
+    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in results {
+        let c = r.cell;
+        let vs1 = find(results, c.backend, c.level, 1, c.size).map_or("–".to_string(), |one| {
+            fmt_ratio(r.commits_per_sec() / one.commits_per_sec())
+        });
+        let bw = if c.level == Durability::Async {
+            format!("{:.0}%", r.mb_s() / base.bw() * 100.0)
+        } else {
+            "–".to_string()
+        };
+        let spread = r
+            .spread_pct()
+            .map_or("–".to_string(), |p| format!("{p:.0}%"));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.backend_name,
+            c.level,
+            c.writers,
+            c.size,
+            fmt_rate(r.commits_per_sec()),
+            fmt_rate(r.mb_s()),
+            fmt_us(r.p(0.5)),
+            fmt_us(r.p(0.9)),
+            fmt_us(r.p(0.99)),
+            fmt_us(r.p(0.999)),
+            fmt_us(r.hist.max()),
+            vs1,
+            fmt_ratio(us(r.p(0.99)) / us(base.p99())),
+            bw,
+            spread
+        );
+    }
+    s
+}
+
+fn diagnostics_tables(
+    results: &[CellResult],
+    dev: Option<&BlockDevice>,
+    flushes_per_fdatasync: Option<f64>,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## Where the time goes (counters over the measured windows)\n\n\
+         I/O: device counters are from /proc/diskstats for `{}` (all I/O on that disk, other tenants' too). \
+         In the device fsync test one 4 KiB pwrite + fdatasync cost {} device flushes, so 'commits / fdatasync' = commits / (device flushes / that). \
+         'log written' is the advance of the `written` watermark (batch headers and padding included).\n",
+        dev.map_or("n/a", |d| d.name.as_str()),
+        flushes_per_fdatasync.map_or("n/a".to_string(), |f| format!("{f:.2}"))
+    );
+    s.push_str("| backend | durability | writers | record B | log written MB/s | device flushes/s | commits / fdatasync (est.) | device ms / flush | device write MB/s | device writes/s | commits ≥ 100 ms | open ms | close ms |\n");
+    s.push_str(
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in results {
+        let c = r.cell;
+        let t = r.elapsed();
+        let written: u64 = r.reps.iter().map(|x| x.log_written).sum();
+        let (fl, per_fl, ms_fl, dw, dws) = match r.sum_disk() {
+            Some(d) => (
+                format!("{:.0}", d.flushes as f64 / t),
+                match (d.flushes, flushes_per_fdatasync) {
+                    // Async commits do not wait for a flush.
+                    _ if c.level == Durability::Async => "–".into(),
+                    (n, Some(k)) if n > 0 && k > 0.0 => {
+                        format!("{:.1}", r.commits() as f64 / (n as f64 / k))
+                    }
+                    _ => "–".into(),
+                },
+                if d.flushes > 0 {
+                    format!("{:.2}", d.flush_ms as f64 / d.flushes as f64)
+                } else {
+                    "–".into()
+                },
+                format!("{:.0}", d.bytes_written() as f64 / MB / t),
+                format!("{:.0}", d.writes as f64 / t),
+            ),
+            None => (
+                "n/a".into(),
+                "n/a".into(),
+                "n/a".into(),
+                "n/a".into(),
+                "n/a".into(),
+            ),
+        };
+        let n = r.reps.len() as f64;
+        let open_ms = r
+            .reps
+            .iter()
+            .map(|x| x.open_time.as_secs_f64())
+            .sum::<f64>()
+            / n
+            * 1e3;
+        let close_ms = r
+            .reps
+            .iter()
+            .map(|x| x.close_time.as_secs_f64())
+            .sum::<f64>()
+            / n
+            * 1e3;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.1} | {fl} | {per_fl} | {ms_fl} | {dw} | {dws} | {} | {open_ms:.0} | {close_ms:.0} |",
+            r.backend_name,
+            c.level,
+            c.writers,
+            c.size,
+            written as f64 / MB / t,
+            r.hist.count_between(100_000_000, u64::MAX)
+        );
+    }
+    s.push_str(
+        "\nCPU: 'cores' = CPU time / wall time (this VM has 2 vCPUs); 'wait' = time runnable but \
+         waiting for a CPU (/proc/self/task/*/schedstat), as a share of wall time for single \
+         threads and in µs per commit for the appender threads. Machine busy/steal from /proc/stat; 'other processes' = machine busy × CPUs − this process (other tenants of this shared machine).\n\n",
+    );
+    s.push_str("| backend | durability | writers | record B | process cores | other processes cores | machine busy | steal | log-writer thread cores / wait | flusher / iou-wrk threads cores | preparer thread cores | appenders cores | appender wait µs / commit | voluntary csw / commit | involuntary csw/s |\n");
+    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for r in results {
+        let c = r.cell;
+        let t = r.elapsed();
+        let ns = t * 1e9;
+        let mut g = ThreadGroups::default();
+        for x in &r.reps {
+            g.add(&x.threads);
+        }
+        let cores = |v: (u64, u64, usize)| {
+            if v.2 == 0 {
+                "–".to_string()
+            } else {
+                format!("{:.2}", v.0 as f64 / ns)
+            }
+        };
+        let (cpu, vcsw, icsw) = match r.sum_usage() {
+            Some(u) => (
+                format!("{:.2}", u.cpu.as_secs_f64() / t),
+                format!(
+                    "{:.2}",
+                    u.voluntary_switches as f64 / r.commits().max(1) as f64
+                ),
+                format!("{:.0}", u.involuntary_switches as f64 / t),
+            ),
+            None => ("n/a".into(), "n/a".into(), "n/a".into()),
+        };
+        let mut m = MachineCpu::default();
+        let mut have_m = true;
+        for x in &r.reps {
+            match x.machine {
+                Some(v) => {
+                    m.total += v.total;
+                    m.idle += v.idle;
+                    m.steal += v.steal;
+                }
+                None => have_m = false,
+            }
+        }
+        let (busy, steal, others) = match (have_m, r.sum_usage()) {
+            (true, Some(u)) => (
+                format!("{:.0}%", m.busy_fraction() * 100.0),
+                format!("{:.1}%", m.steal_fraction() * 100.0),
+                format!(
+                    "{:.2}",
+                    (m.busy_fraction() * ncpu - u.cpu.as_secs_f64() / t).max(0.0)
+                ),
+            ),
+            _ => ("n/a".into(), "n/a".into(), "n/a".into()),
+        };
+        let writer = if g.writer.2 == 0 {
+            "–".to_string()
+        } else {
+            format!(
+                "{:.2} / {:.0}%",
+                g.writer.0 as f64 / ns,
+                g.writer.1 as f64 / ns * 100.0
+            )
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {cpu} | {others} | {busy} | {steal} | {writer} | {} | {} | {} | {:.1} | {vcsw} | {icsw} |",
+            r.backend_name,
+            c.level,
+            c.writers,
+            c.size,
+            cores(g.flusher),
+            cores(g.preparer),
+            cores(g.appenders),
+            g.appenders.1 as f64 / 1e3 / r.commits().max(1) as f64,
+        );
+    }
+    s
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "MISSED"
+    }
+}
+
+fn targets_section(results: &[CellResult], base: &Baseline, backends: &[BackendKind]) -> String {
+    let mut s = String::new();
+    s.push_str("## Targets\n\n");
+    let local = Durability::Local;
+    for &b in backends {
+        let label = backend_label(b);
+        let _ = writeln!(s, "### {label}\n");
+        // (1) group commit scaling.
+        match (
+            find(results, b, local, 64, 128),
+            find(results, b, local, 1, 128),
+        ) {
+            (Some(r64), Some(r1)) => {
+                let ratio = r64.commits_per_sec() / r1.commits_per_sec();
+                let ok = ratio >= 30.0;
+                let _ = write!(
+                    s,
+                    "1. Local, 64 writers × 128 B throughput ≥ 30× 1 writer: **{}** — {} commits/s vs {} commits/s = {}",
+                    verdict(ok),
+                    fmt_rate(r64.commits_per_sec()),
+                    fmt_rate(r1.commits_per_sec()),
+                    fmt_ratio(ratio)
+                );
+                if !ok {
+                    let _ = write!(
+                        s,
+                        " (short by {:.0}%: 30× would be {} commits/s)",
+                        (1.0 - ratio / 30.0) * 100.0,
+                        fmt_rate(30.0 * r1.commits_per_sec())
+                    );
+                }
+                s.push('\n');
+            }
+            _ => s.push_str("1. Local, 64 × 128 B vs 1 × 128 B: n/a (cells not in this run)\n"),
+        }
+        // (2) tail latency under load vs the bare device.
+        match find(results, b, local, 64, 128) {
+            Some(r64) => {
+                let p99 = us(r64.p(0.99));
+                let dev = us(base.p99());
+                let ok = p99 <= 3.0 * dev;
+                let _ = write!(
+                    s,
+                    "2. Local, 64 writers × 128 B p99 ≤ 3× device p99 (4 KiB write + fdatasync): **{}** — p99 {p99:.0} µs vs device p99 {dev:.0} µs = {}",
+                    verdict(ok),
+                    fmt_ratio(p99 / dev)
+                );
+                if !ok {
+                    let _ = write!(
+                        s,
+                        " (over by {:.0}%: the limit is {:.0} µs)",
+                        (p99 / (3.0 * dev) - 1.0) * 100.0,
+                        3.0 * dev
+                    );
+                }
+                s.push('\n');
+            }
+            None => s.push_str("2. Local, 64 × 128 B p99: n/a (cell not in this run)\n"),
+        }
+        // (3) async bandwidth vs the page cache.
+        let best = results
+            .iter()
+            .filter(|r| {
+                r.cell.backend == b && r.cell.level == Durability::Async && r.cell.size == 4096
+            })
+            .max_by(|x, y| x.mb_s().total_cmp(&y.mb_s()));
+        match best {
+            Some(r) => {
+                let bw = base.bw();
+                let frac = r.mb_s() / bw;
+                let ok = frac >= 0.8;
+                let _ = write!(
+                    s,
+                    "3. Async 4 KiB sustained ≥ 80% of device buffered sequential write bandwidth: **{}** — best {} writers: {:.0} MB/s = {:.0}% of {bw:.0} MB/s",
+                    verdict(ok),
+                    r.cell.writers,
+                    r.mb_s(),
+                    frac * 100.0
+                );
+                if !ok {
+                    let _ = write!(
+                        s,
+                        " (short by {:.0}%: 80% is {:.0} MB/s)",
+                        (1.0 - frac / 0.8) * 100.0,
+                        0.8 * bw
+                    );
+                }
+                let _ = writeln!(
+                    s,
+                    "; for context {:.0}% of the device's {:.0} MB/s including a final fdatasync, {:.0}% of {:.0} MB/s into a new file",
+                    r.mb_s() / base.bandwidth.overwrite_mb_s(true) * 100.0,
+                    base.bandwidth.overwrite_mb_s(true),
+                    r.mb_s() / base.bandwidth.new_file_mb_s(false) * 100.0,
+                    base.bandwidth.new_file_mb_s(false)
+                );
+            }
+            None => s.push_str("3. Async 4 KiB: n/a (no such cell in this run)\n"),
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn side_by_side(
+    results: &[CellResult],
+    levels: &[Durability],
+    sizes: &[usize],
+    writers: &[usize],
+) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "## io_uring vs portable (same cell, same run; ratio > 1 means io_uring is higher)\n\n",
+    );
+    s.push_str("| durability | writers | record B | io_uring commits/s | portable commits/s | throughput io_uring / portable | io_uring p99 µs | portable p99 µs | p99 io_uring / portable |\n");
+    s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let mut any = false;
+    for &l in levels {
+        for &z in sizes {
+            for &w in writers {
+                let (Some(u), Some(p)) = (
+                    find(results, BackendKind::IoUring, l, w, z),
+                    find(results, BackendKind::Portable, l, w, z),
+                ) else {
+                    continue;
+                };
+                any = true;
+                let _ = writeln!(
+                    s,
+                    "| {l} | {w} | {z} | {} | {} | {} | {} | {} | {} |",
+                    fmt_rate(u.commits_per_sec()),
+                    fmt_rate(p.commits_per_sec()),
+                    fmt_ratio(u.commits_per_sec() / p.commits_per_sec()),
+                    fmt_us(u.p(0.99)),
+                    fmt_us(p.p(0.99)),
+                    fmt_ratio(u.p(0.99) as f64 / p.p(0.99).max(1) as f64)
+                );
+            }
+        }
+    }
+    if !any {
+        s.push_str("| (needs both backends in the run) | | | | | | | | |\n");
+    }
+    s.push('\n');
+    s
+}
+
+fn default_out() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
+    target
+        .join("latency")
+        .join(utc_timestamp(SystemTime::now()))
+}
+
+fn write_out(path: &Path, text: &str) -> Res<()> {
+    std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()).into())
+}
+
+fn validate(args: &Args) -> Res<()> {
+    if args.backends.is_empty()
+        || args.writers.is_empty()
+        || args.sizes.is_empty()
+        || args.levels.is_empty()
+    {
+        return Err(
+            "--backends, --writers, --sizes and --levels must each name at least one value".into(),
+        );
+    }
+    if args.writers.contains(&0) {
+        return Err("--writers: a cell needs at least one writer".into());
+    }
+    if args.sizes.contains(&0) {
+        return Err("--sizes: record sizes must be at least 1 byte".into());
+    }
+    if let Some(l) = args.levels.iter().find(|l| l.is_remote()) {
+        // Remote levels resolve when a replication layer advances the remote watermarks;
+        // this harness has no replica yet, so such a cell would only time out.
+        return Err(format!("--levels: {l} waits on replicas, which this harness does not drive yet; use async and/or local").into());
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("latency: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Res<()> {
+    validate(args)?;
+    let cfg = Config::from(args);
+    let opts = log_options(&cfg, BackendKind::Portable);
+    opts.validate()
+        .map_err(|e| format!("engine options from the command line: {e}"))?;
+    let max_record = opts.effective_max_record(cfg.segment_capacity);
+    if let Some(z) = args.sizes.iter().find(|&&z| z > max_record) {
+        return Err(format!(
+            "--sizes: {z} B is larger than the largest record the log accepts ({max_record} B)"
+        )
+        .into());
+    }
+    let started = Instant::now();
+
+    let base_dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base_dir)
+        .map_err(|e| format!("create --dir {}: {e}", base_dir.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix("walship-latency-")
+        .tempdir_in(&base_dir)
+        .map_err(|e| format!("create a work directory in {}: {e}", base_dir.display()))?;
+    let root = work.path().to_path_buf();
+    let out = args.out.clone().unwrap_or_else(default_out);
+    std::fs::create_dir_all(&out).map_err(|e| format!("create --out {}: {e}", out.display()))?;
+    let dev = BlockDevice::of(&root);
+
+    let mut backends = Vec::new();
+    let mut notes = Vec::new();
+    for &b in &args.backends {
+        if backends.contains(&b) {
+            continue;
+        }
+        match probe_backend(&root, b) {
+            Ok(()) => backends.push(b),
+            Err(e) if b == BackendKind::IoUring => {
+                let note = format!(
+                    "io_uring skipped: Log::open with BackendKind::IoUring failed here: {e}"
+                );
+                eprintln!("NOTE: {note}");
+                notes.push(note);
+            }
+            Err(e) => {
+                return Err(
+                    format!("Log::open with backend {} failed: {e}", backend_label(b)).into(),
+                )
+            }
+        }
+    }
+    if backends.is_empty() {
+        return Err("no usable I/O backend".into());
+    }
+
+    eprintln!(
+        "device baseline in {} ({})…",
+        root.display(),
+        dev.as_ref().map_or("device n/a", |d| d.name.as_str())
+    );
+    let d0 = dev.as_ref().and_then(BlockDevice::counters);
+    let fsync = device::fsync_latency(&root, 64 << 20, 200, cfg.fsync_iterations)?;
+    let d1 = dev.as_ref().and_then(BlockDevice::counters);
+    // Device flushes per pwrite + fdatasync (the preallocation's own fsync adds ~1).
+    let flushes_per_fdatasync = delta(d0, d1, DiskCounters::since)
+        .filter(|d| d.flushes > 0)
+        .map(|d| d.flushes as f64 / (200 + cfg.fsync_iterations) as f64);
+    let bandwidth = device::buffered_bandwidth(&root, cfg.bandwidth_bytes, cfg.bandwidth_reps)?;
+    let base = Baseline { fsync, bandwidth };
+    hgrm::write_file(&out.join("device-fsync-4k.hgrm"), &base.fsync.hist)?;
+    eprintln!(
+        "device: 4 KiB write+fdatasync p50 {} µs p99 {} µs, {:.0} ops/s; buffered write {:.0} MB/s (overwrite), {:.0} MB/s (new file)",
+        fmt_us(base.fsync.at(0.5)),
+        fmt_us(base.p99()),
+        base.fsync.ops_per_sec(),
+        base.bw(),
+        base.bandwidth.new_file_mb_s(false)
+    );
+
+    // The matrix; repetitions alternate backends so each pair shares machine conditions.
+    let mut results: Vec<CellResult> = Vec::new();
+    let total = args.levels.len() * args.sizes.len() * args.writers.len() * backends.len();
+    let mut done = 0;
+    for &level in &args.levels {
+        for &size in &args.sizes {
+            for &writers in &args.writers {
+                let mut group: Vec<CellResult> = backends
+                    .iter()
+                    .map(|&backend| CellResult {
+                        cell: Cell {
+                            backend,
+                            level,
+                            writers,
+                            size,
+                        },
+                        backend_name: backend_label(backend),
+                        reps: Vec::new(),
+                        hist: hgrm::latency_histogram(),
+                    })
+                    .collect();
+                for rep in 0..cfg.reps {
+                    for r in group.iter_mut() {
+                        let (m, h, name) = run_rep(&cfg, r.cell, &root, rep, dev.as_ref())?;
+                        r.backend_name = name;
+                        r.hist
+                            .add(&h)
+                            .map_err(|e| format!("merge histograms: {e:?}"))?;
+                        eprintln!(
+                            "  {} rep {rep}: {:.0} commits/s, p99 {} µs",
+                            r.cell.name(),
+                            m.commits_per_sec(),
+                            fmt_us(h.value_at_quantile(0.99))
+                        );
+                        r.reps.push(m);
+                    }
+                }
+                for r in group {
+                    hgrm::write_file(&out.join(format!("{}.hgrm", r.cell.name())), &r.hist)?;
+                    done += 1;
+                    results.push(r);
+                }
+                eprintln!(
+                    "[{done}/{total} cells, {:.0} s]",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+
+    let post = device::fsync_latency(&root, 64 << 20, 200, cfg.fsync_iterations)?;
+    hgrm::write_file(&out.join("device-fsync-4k-after.hgrm"), &post.hist)?;
+
+    // Report.
+    let mut md = String::new();
+    let _ = writeln!(md, "# walship-engine commit latency\n");
+    let _ = writeln!(
+        md,
+        "Run {} UTC, {} mode: {} ms measured + {} ms warm-up per cell and repetition, {} repetition(s) alternating backends, segment capacity {} MiB, async_flush_interval {} ms, max_pending_bytes {} MiB, checkpoint every {} ms; logs and device tests in {} (block device {}). Latency = append + commit(level).wait() round trip of one closed-loop writer thread. Command: `{}`\n",
+        utc_timestamp(SystemTime::now()),
+        if cfg.quick { "quick" } else { "full" },
+        cfg.duration.as_millis(),
+        cfg.warmup.as_millis(),
+        cfg.reps,
+        cfg.segment_capacity >> 20,
+        cfg.async_flush_interval
+            .unwrap_or(Options::default().async_flush_interval)
+            .as_millis(),
+        cfg.max_pending_bytes
+            .unwrap_or(Options::default().max_pending_bytes)
+            >> 20,
+        cfg.checkpoint_every.as_millis(),
+        base_dir.display(),
+        dev.as_ref().map_or("n/a", |d| d.name.as_str()),
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    for n in &notes {
+        let _ = writeln!(md, "> NOTE: {n}\n");
+    }
+    let mut dev_md = device_section(&base);
+    if let Some(k) = flushes_per_fdatasync {
+        let _ = writeln!(
+            dev_md,
+            "Each 4 KiB pwrite + fdatasync above cost {k:.2} flush requests at the block device (/proc/diskstats).\n"
+        );
+    }
+    dev_md.push_str("The same fsync test after the matrix (drift over the run):\n\n");
+    dev_md.push_str("| run | ops | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | ops/s |\n");
+    dev_md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    dev_md.push_str(&fsync_row("before the matrix", &base.fsync));
+    dev_md.push_str(&fsync_row("after the matrix", &post));
+    dev_md.push('\n');
+    md.push_str(&dev_md);
+    let table = results_table(&results, &base);
+    let _ = writeln!(md, "## Results\n");
+    md.push_str(&table);
+    md.push('\n');
+    md.push_str(&targets_section(&results, &base, &backends));
+    md.push_str(&side_by_side(
+        &results,
+        &args.levels,
+        &args.sizes,
+        &args.writers,
+    ));
+    md.push_str(&diagnostics_tables(
+        &results,
+        dev.as_ref(),
+        flushes_per_fdatasync,
+    ));
+    let _ = writeln!(
+        md,
+        "\nTotal run time {:.0} s. Histograms (.hgrm, µs) and this report: {}",
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+
+    write_out(&out.join("device.md"), &dev_md)?;
+    write_out(&out.join("table.md"), &table)?;
+    write_out(&out.join("report.md"), &md)?;
+    print!("{md}");
+    drop(work);
+    Ok(())
+}

@@ -197,7 +197,10 @@ impl Assembler {
                 });
                 self.pos = self.geometry.first_batch(seg_end);
             }
-            let mut buf = self.free.pop().unwrap_or_default();
+            let mut buf = self
+                .free
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(self.max_batch.min(1 << 20)));
             buf.clear();
             buf.resize(BATCH_HEADER_LEN, 0);
             self.open = buf;
@@ -320,7 +323,7 @@ impl Assembler {
 
     /// Returns a written batch buffer for reuse.
     pub(crate) fn recycle_buf(&mut self, buf: Vec<u8>) {
-        if self.free.len() < 8 && buf.capacity() <= 4 * self.max_batch {
+        if self.free.len() < 64 && buf.capacity() <= 4 * self.max_batch {
             self.free.push(buf);
         }
     }

@@ -82,6 +82,9 @@ pub(crate) struct Shared {
     pub(crate) epochs: Mutex<EpochHistory>,
     pub(crate) prep: Preparer,
     pub(crate) checkpoint: AtomicU64,
+    /// Lowest position another component (the followers' retention slots) still needs;
+    /// `u64::MAX` when nothing is held.
+    pub(crate) retention_floor: AtomicU64,
     pub(crate) backend_name: &'static str,
 }
 
@@ -183,8 +186,10 @@ impl Shared {
     /// Notifies appenders blocked on back-pressure, if any.
     pub(crate) fn release_space(&self) {
         if self.space_waiters.load(Ordering::Acquire) > 0 {
+            // Taking the lock orders this wake-up after a waiter's check; one waiter is
+            // woken, and each admitted appender wakes the next while room remains.
             drop(lock(&self.append));
-            self.space.notify_all();
+            self.space.notify_one();
         }
     }
 }
@@ -235,6 +240,8 @@ pub struct Watermarks {
     pub remote_applied: Lsn,
     /// The embedder's checkpoint.
     pub checkpoint: Lsn,
+    /// The retention floor, if one is set.
+    pub retention_floor: Option<Lsn>,
 }
 
 /// What opening the log found and did, for logs and tools.
@@ -373,6 +380,7 @@ impl Log {
             epochs: Mutex::new(epochs),
             prep: Preparer::new(ready, next_base),
             checkpoint: AtomicU64::new(0),
+            retention_floor: AtomicU64::new(u64::MAX),
             backend_name,
             dir: dir.clone(),
             opts,
@@ -475,6 +483,14 @@ impl Log {
             }
             let pending = st.end().bytes_after(sh.written.get());
             if pending == 0 || pending + bytes <= limit {
+                // Pass the baton: wake one more blocked appender if there is room left,
+                // rather than the writer waking all of them at once.
+                if block
+                    && sh.space_waiters.load(Ordering::Acquire) > 0
+                    && pending + 2 * bytes <= limit
+                {
+                    sh.space.notify_one();
+                }
                 return Ok(st);
             }
             if !block {
@@ -679,6 +695,17 @@ impl Log {
         self.shared.prep.request_retention();
     }
 
+    /// Keeps every segment holding bytes at or after `floor`, whatever the checkpoint says:
+    /// the replication layer sets it to the lowest position its followers' slots still
+    /// need. `None` lifts the hold. Retirement honours `min(checkpoint, floor)`.
+    pub fn set_retention_floor(&self, floor: Option<Lsn>) {
+        let v = floor.map_or(u64::MAX, Lsn::get);
+        let old = self.shared.retention_floor.swap(v, Ordering::AcqRel);
+        if v > old {
+            self.shared.prep.request_retention();
+        }
+    }
+
     /// Raises the remote-written watermark (called by the replication layer's quorum
     /// tracker).
     pub fn advance_remote_written(&self, lsn: Lsn) {
@@ -728,6 +755,10 @@ impl Log {
             remote_flushed: s.remote_flushed.get(),
             remote_applied: s.remote_applied.get(),
             checkpoint: Lsn::new(s.checkpoint.load(Ordering::Acquire)),
+            retention_floor: match s.retention_floor.load(Ordering::Acquire) {
+                u64::MAX => None,
+                v => Some(Lsn::new(v)),
+            },
         }
     }
 

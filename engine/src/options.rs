@@ -38,6 +38,11 @@ pub struct Options {
     /// With only `Async` commits outstanding, written data is flushed at least this often
     /// (PostgreSQL's `wal_writer_delay`). Default 200 ms.
     pub async_flush_interval: Duration,
+    /// With only `Async` commits outstanding, a flush also starts once this many bytes are
+    /// written but not flushed (PostgreSQL's `wal_writer_flush_after`): flushing runs in
+    /// the background instead of piling up for the flush every segment switch needs.
+    /// Default 1 MiB.
+    pub async_flush_after_bytes: u64,
     /// The I/O backend. Default [`BackendKind::Auto`].
     pub backend: BackendKind,
     /// What to do with corruption found on open. Default [`RecoveryMode::Strict`].
@@ -59,6 +64,7 @@ impl Default for Options {
             max_batch_bytes: 1 << 20,
             max_pending_bytes: 64 << 20,
             async_flush_interval: Duration::from_millis(200),
+            async_flush_after_bytes: 1 << 20,
             backend: BackendKind::Auto,
             recovery: RecoveryMode::Strict,
             verify_all_on_open: false,

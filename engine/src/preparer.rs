@@ -192,8 +192,9 @@ pub(crate) fn run(shared: &Arc<Shared>) {
 fn retire(shared: &Shared) -> Result<Vec<PathBuf>> {
     let g = shared.geometry;
     let checkpoint = Lsn::new(shared.checkpoint.load(Ordering::Acquire));
+    let held = Lsn::new(shared.retention_floor.load(Ordering::Acquire));
     let written = shared.written.get();
-    let floor = checkpoint.min(written);
+    let floor = checkpoint.min(held).min(written);
     let mut removed = Vec::new();
     {
         let mut segs = write(&shared.segments);

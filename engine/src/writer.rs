@@ -112,7 +112,8 @@ impl Writer {
             self.shared.release_space();
             did = true;
         }
-        did |= self.maybe_flush()?;
+        let flushed = self.shared.flushed.get();
+        did |= self.maybe_flush(flushed)?;
         Ok(did)
     }
 
@@ -123,8 +124,12 @@ impl Writer {
             .map(|r| r.and_then(|()| crate::failpoint::hit("writer::flush", &self.shared.dir)));
         match polled {
             Some(Ok(())) => {
-                self.shared.flushed.advance(self.flush_target);
+                let done = self.flush_target;
                 self.last_flush = Instant::now();
+                // Start the next flush before waking anyone: waking is one system call per
+                // waiting committer, and it should overlap the disk flush, not delay it.
+                self.maybe_flush(done)?;
+                self.shared.flushed.advance(done);
                 Ok(true)
             }
             Some(Err(e)) => Err(("fdatasync", e)),
@@ -145,18 +150,19 @@ impl Writer {
         sh.has_pending.store(false, Ordering::Release);
     }
 
-    fn maybe_flush(&mut self) -> OpResult<bool> {
+    /// Starts a flush if one is due, given that everything before `flushed` is durable.
+    fn maybe_flush(&mut self, flushed: Lsn) -> OpResult<bool> {
         if self.backend.flush_in_flight() {
             return Ok(false);
         }
         let sh = &self.shared;
         let written = sh.written.get();
-        let flushed = sh.flushed.get();
         if written <= flushed {
             return Ok(false);
         }
         let requested = Lsn::new(sh.flush_requested.load(Ordering::Acquire));
         let due = requested > flushed
+            || written.bytes_after(flushed) >= sh.opts.async_flush_after_bytes
             || self.last_flush.elapsed() >= sh.opts.async_flush_interval
             || sh.closing.load(Ordering::Acquire);
         if !due {

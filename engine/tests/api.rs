@@ -481,7 +481,13 @@ fn checkpoint_recycles_old_segments() {
         let mut old_reader = log.record_reader(old_start).unwrap();
         let first = old_reader.try_next().unwrap().unwrap();
         let segs = log.segment_count();
+        // A retention floor (a follower's slot) holds segments the checkpoint would free.
+        log.set_retention_floor(Some(old_start));
         log.set_checkpoint(last);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(log.segment_count(), segs, "the floor holds every segment");
+        assert_eq!(log.watermarks().retention_floor, Some(old_start));
+        log.set_retention_floor(None);
         let deadline = Instant::now() + Duration::from_secs(10);
         while log.segment_count() > 2 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));

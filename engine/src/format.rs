@@ -349,7 +349,7 @@ impl BatchHeader {
     ///
     /// # Errors
     /// Truncation, bad magic, unknown flags, a length shorter than a header or longer
-    /// than `max_len`.
+    /// than `max_len` or than the LSN space left after the batch's base.
     pub fn decode(buf: &[u8], max_len: u64) -> Result<BatchHeader, FormatError> {
         need(buf, BATCH_HEADER_LEN)?;
         let magic = le_u16(buf, 38);
@@ -363,6 +363,9 @@ impl BatchHeader {
             return Err(FormatError::UnknownFlags { flags });
         }
         let len = le_u32(buf, 0);
+        let base = le_u64(buf, 8);
+        // The batch's LSN range must exist: `base + len` (every record's end) fits a u64.
+        let max_len = max_len.min(u64::MAX - base);
         if u64::from(len) < BATCH_HEADER_LEN as u64 || u64::from(len) > max_len {
             return Err(FormatError::BadLength {
                 len: u64::from(len),
@@ -373,7 +376,7 @@ impl BatchHeader {
         Ok(BatchHeader {
             len,
             crc: le_u32(buf, 4),
-            base: Lsn::new(le_u64(buf, 8)),
+            base: Lsn::new(base),
             epoch: Epoch::new(le_u64(buf, 16)),
             timestamp_us: le_u64(buf, 24),
             record_count: le_u32(buf, 32),
@@ -732,6 +735,34 @@ mod tests {
         assert!(g.fits(Lsn::new(65_600), Lsn::new(131_072)));
         assert!(!g.fits(Lsn::new(65_600), Lsn::new(131_072 - 1)));
         assert!(g.fits(Lsn::new(65_600), Lsn::new(131_072 - 40)));
+    }
+
+    /// Found by the `batch_decoder` fuzz target (fuzz/regressions/batch_decoder/
+    /// records-lsn-overflow): a batch with a valid CRC whose base LSN is so close to
+    /// `u64::MAX` that its records' end LSNs overflow was accepted, and `records`
+    /// panicked computing them.
+    #[test]
+    fn batch_whose_lsn_range_overflows_is_rejected() {
+        let crash: &[u8] = &[
+            0x3b, 0x00, 0x00, 0x00, 0xe8, 0xa2, 0x71, 0x49, 0xd2, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x7c, 0xb4, 0x05, 0x00,
+            0x00, 0x00, 0xfc, 0x78, 0xd0, 0x4a, 0x34, 0x06, 0x00, 0x00, 0x00, 0x54, 0x58, 0x93,
+            0xcd, 0x07, 0x90,
+        ];
+        assert!(matches!(
+            check_batch(crash, Expect::default()),
+            Err(FormatError::BadLength { .. })
+        ));
+        assert!(BatchHeader::decode(crash, u64::MAX).is_err());
+        // A batch ending exactly at the top of LSN space is still valid.
+        let recs = [&b"hello"[..], b"world!"];
+        let len = encode_batch(Lsn::ZERO, Epoch::new(3), 10, &recs).len() as u64;
+        let top = encode_batch(Lsn::new(u64::MAX - len), Epoch::new(3), 10, &recs);
+        let h = check_batch(&top, Expect::default()).unwrap().header;
+        let ends: Vec<Lsn> = records(&top, &h).map(|(lsn, _)| lsn).collect();
+        assert_eq!(ends.last(), Some(&Lsn::new(u64::MAX)));
+        assert_eq!(h.end(), Lsn::new(u64::MAX));
     }
 
     fn arb_records() -> impl Strategy<Value = Vec<Vec<u8>>> {

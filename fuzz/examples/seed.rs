@@ -1,0 +1,382 @@
+//! Writes the seed corpora: `cargo run --release --example seed` from `fuzz/`.
+//!
+//! - `corpus/batch_decoder/seed-*`: valid batches (several record counts and sizes),
+//!   padding headers, a segment header, and LSN-prefixed batches and segment bodies for
+//!   the expected-LSN and scan paths of the target;
+//! - `corpus/recovery/seed-*`: damage operations (see `walship_fuzz::parse_ops`) that
+//!   put valid, torn, misplaced and bit-flipped batches into the template log's tail,
+//!   previous, spare and new segments, and damage its epoch history and meta file.
+//!
+//! Deterministic: rerunning rewrites the same files.
+
+use std::fs;
+use std::path::Path;
+
+use walship_engine::format::{encode_batch, encode_padding, SegmentHeader, BATCH_HEADER_LEN};
+use walship_engine::{Epoch, Lsn};
+use walship_fuzz::{encode_ops, template_batches, Mode, Op, Rng, Target, CAP};
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    fs::write(dir.join(format!("seed-{name}")), bytes).expect("write seed");
+}
+
+fn recs(rng: &mut Rng, sizes: &[usize]) -> Vec<Vec<u8>> {
+    sizes.iter().map(|&n| rng.bytes(n)).collect()
+}
+
+fn prefixed(lsn: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut v = lsn.to_le_bytes().to_vec();
+    v.extend_from_slice(bytes);
+    v
+}
+
+fn batch_decoder(dir: &Path) {
+    let mut rng = Rng::new(7);
+    let e = Epoch::new(3);
+    let cases: &[(&str, &[usize])] = &[
+        ("empty", &[]),
+        ("one", &[5]),
+        ("one-empty-record", &[0]),
+        ("three", &[1, 0, 33]),
+        ("twenty-small", &[3; 20]),
+        ("large", &[2000]),
+        ("mixed", &[0, 7, 300, 1, 64]),
+    ];
+    for (i, (name, sizes)) in cases.iter().enumerate() {
+        let r = recs(&mut rng, sizes);
+        let base = 64 + 1000 * i as u64;
+        write(
+            dir,
+            name,
+            &encode_batch(Lsn::new(base), e, 1_700_000_000_000_000 + i as u64, &r),
+        );
+    }
+    // The top of LSN space: a batch whose records end past u64::MAX must be refused.
+    let r = recs(&mut rng, &[5, 6]);
+    write(
+        dir,
+        "lsn-near-max",
+        &encode_batch(Lsn::new(u64::MAX - 45), e, 10, &r),
+    );
+    write(
+        dir,
+        "padding",
+        &encode_padding(Lsn::new(1000), Lsn::new(CAP), e),
+    );
+    write(dir, "padding-zero-body", &{
+        let mut v = encode_padding(Lsn::new(CAP - 100), Lsn::new(CAP), e).to_vec();
+        v.resize(100, 0);
+        v
+    });
+    write(
+        dir,
+        "segment-header",
+        &SegmentHeader {
+            base: Lsn::new(3 * CAP),
+            capacity: CAP,
+        }
+        .encode(),
+    );
+    // LSN-prefixed: the target checks `data[8..]` against the LSN in `data[..8]`.
+    let r = recs(&mut rng, &[10, 20]);
+    write(
+        dir,
+        "lsn-batch",
+        &prefixed(4096, &encode_batch(Lsn::new(4096), e, 9, &r)),
+    );
+    write(
+        dir,
+        "lsn-padding",
+        &prefixed(
+            CAP - 40,
+            &encode_padding(Lsn::new(CAP - 40), Lsn::new(CAP), e),
+        ),
+    );
+    // A segment body: LSN ≡ 64 (mod 64 KiB) selects the scan path.
+    let first = 5 * CAP + 64;
+    let b1 = encode_batch(
+        Lsn::new(first),
+        Epoch::new(1),
+        1,
+        &recs(&mut rng, &[100, 3]),
+    );
+    let second = first + b1.len() as u64;
+    let b2 = encode_batch(Lsn::new(second), Epoch::new(2), 2, &recs(&mut rng, &[0]));
+    let third = second + b2.len() as u64;
+    let pad = encode_padding(Lsn::new(third), Lsn::new(6 * CAP), Epoch::new(2));
+    let mut body = b1.clone();
+    body.extend_from_slice(&b2);
+    body.extend_from_slice(&pad);
+    write(dir, "lsn-segment-body", &prefixed(first, &body));
+    let mut torn = b1;
+    torn.extend_from_slice(&b2[..b2.len() / 2]);
+    write(dir, "lsn-segment-torn", &prefixed(first, &torn));
+}
+
+fn recovery(dir: &Path) {
+    let batches = template_batches();
+    let (last_base, last) = batches.last().expect("template has batches").clone();
+    let end = last_base.get() + last.len() as u64;
+    let tail = end / CAP * CAP;
+    let spare = tail + CAP;
+    let new_seg = spare + CAP;
+    let epoch = Epoch::new(u64::from_le_bytes(
+        last[16..24].try_into().expect("8 bytes"),
+    ));
+    let tail_off = |lsn: u64| (lsn - tail) as u16;
+    let mut rng = Rng::new(11);
+    let op = |mode, target, offset: u16, payload: Vec<u8>| Op {
+        mode,
+        target,
+        offset,
+        payload,
+    };
+    let next = encode_batch(Lsn::new(end), epoch, 42, &recs(&mut rng, &[17, 0, 200]));
+    let after = encode_batch(
+        Lsn::new(end + next.len() as u64),
+        Epoch::new(epoch.get() + 1),
+        43,
+        &recs(&mut rng, &[5]),
+    );
+    let hole = end + 128;
+    let misplaced = encode_batch(Lsn::new(hole), epoch, 44, &recs(&mut rng, &[9]));
+    let old_epoch = encode_batch(
+        Lsn::new(end),
+        Epoch::new(epoch.get() - 1),
+        45,
+        &recs(&mut rng, &[9]),
+    );
+    let first_tail_batch = tail + 64;
+    // Makes the segment file exist (empty, valid header) without changing a byte.
+    let same_byte = |target| op(Mode::Overwrite, target, 0, b"W".to_vec());
+    let prev_batch = batches[3].0.get();
+
+    let mut seeds: Vec<(&str, Vec<Op>)> = vec![
+        ("clean", vec![op(Mode::Overwrite, Target::Tail, 0, vec![])]),
+        (
+            "next-batch",
+            vec![op(
+                Mode::Overwrite,
+                Target::Tail,
+                tail_off(end),
+                next.clone(),
+            )],
+        ),
+        (
+            "next-two-batches",
+            vec![op(
+                Mode::Overwrite,
+                Target::Tail,
+                tail_off(end),
+                [next.clone(), after].concat(),
+            )],
+        ),
+        (
+            "torn-next-batch",
+            vec![op(
+                Mode::Overwrite,
+                Target::Tail,
+                tail_off(end),
+                next[..next.len() / 2].to_vec(),
+            )],
+        ),
+        (
+            "valid-after-hole",
+            vec![op(
+                Mode::Overwrite,
+                Target::Tail,
+                tail_off(hole),
+                misplaced.clone(),
+            )],
+        ),
+        (
+            "epoch-regression",
+            vec![op(Mode::Overwrite, Target::Tail, tail_off(end), old_epoch)],
+        ),
+        (
+            "flip-last-batch",
+            vec![op(
+                Mode::FlipBits,
+                Target::Tail,
+                tail_off(last_base.get() + 20),
+                vec![0x10],
+            )],
+        ),
+        (
+            "flip-first-tail-batch",
+            vec![op(
+                Mode::FlipBits,
+                Target::Tail,
+                tail_off(first_tail_batch + 45),
+                vec![1],
+            )],
+        ),
+        (
+            "flip-tail-header",
+            vec![op(Mode::FlipBits, Target::Tail, 17, vec![4])],
+        ),
+        (
+            "flip-prev-batch",
+            vec![op(
+                Mode::FlipBits,
+                Target::Prev,
+                prev_batch as u16 + 41,
+                vec![0x80],
+            )],
+        ),
+        (
+            "garbage-prev-padding",
+            vec![op(Mode::AppendGarbage, Target::Prev, 50, rng.bytes(30))],
+        ),
+        (
+            "garbage-at-end",
+            vec![op(Mode::AppendGarbage, Target::Tail, 0, rng.bytes(64))],
+        ),
+        (
+            "garbage-grows-file",
+            vec![op(Mode::AppendGarbage, Target::Tail, 0x8000, rng.bytes(8))],
+        ),
+        (
+            "lost-tail",
+            vec![op(
+                Mode::TruncateAt,
+                Target::Tail,
+                tail_off(last_base.get() + 10),
+                vec![1],
+            )],
+        ),
+        (
+            "short-tail-file",
+            vec![op(Mode::TruncateAt, Target::Tail, tail_off(end), vec![2])],
+        ),
+        (
+            "spare-first-batch",
+            vec![op(
+                Mode::Overwrite,
+                Target::Spare,
+                64,
+                encode_batch(Lsn::new(spare + 64), epoch, 46, &recs(&mut rng, &[3])),
+            )],
+        ),
+        (
+            "spare-later-batch",
+            vec![op(
+                Mode::Overwrite,
+                Target::Spare,
+                1000,
+                encode_batch(Lsn::new(spare + 1000), epoch, 47, &recs(&mut rng, &[3])),
+            )],
+        ),
+        (
+            "new-segment-batch",
+            vec![
+                same_byte(Target::Spare),
+                op(
+                    Mode::Overwrite,
+                    Target::NewSegment,
+                    64,
+                    encode_batch(Lsn::new(new_seg + 64), epoch, 48, &recs(&mut rng, &[3])),
+                ),
+            ],
+        ),
+        (
+            "spare-empty",
+            vec![op(Mode::Overwrite, Target::Spare, 0, vec![])],
+        ),
+        (
+            "spare-and-new-segment",
+            vec![same_byte(Target::Spare), same_byte(Target::NewSegment)],
+        ),
+        (
+            "delete-spare-new-segment",
+            vec![
+                same_byte(Target::Spare),
+                same_byte(Target::NewSegment),
+                op(Mode::Overwrite, Target::DeleteSpare, 0, vec![]),
+            ],
+        ),
+        (
+            "tail-padded-to-end",
+            vec![op(
+                Mode::Overwrite,
+                Target::Tail,
+                tail_off(end),
+                encode_padding(Lsn::new(end), Lsn::new(tail + CAP), epoch).to_vec(),
+            )],
+        ),
+        (
+            "tail-padded-then-spare-batch",
+            vec![
+                op(
+                    Mode::Overwrite,
+                    Target::Tail,
+                    tail_off(end),
+                    encode_padding(Lsn::new(end), Lsn::new(tail + CAP), epoch).to_vec(),
+                ),
+                op(
+                    Mode::Overwrite,
+                    Target::Spare,
+                    64,
+                    encode_batch(Lsn::new(spare + 64), epoch, 49, &recs(&mut rng, &[30, 1])),
+                ),
+            ],
+        ),
+        (
+            "epochs-flip",
+            vec![op(Mode::FlipBits, Target::Epochs, 20, vec![2])],
+        ),
+        (
+            "epochs-garbage",
+            vec![op(
+                Mode::Overwrite,
+                Target::Epochs,
+                0,
+                b"WALSHEPO garbage".to_vec(),
+            )],
+        ),
+        (
+            "epochs-truncated",
+            vec![op(Mode::TruncateAt, Target::Epochs, 10, vec![0])],
+        ),
+        (
+            "meta-flip",
+            vec![op(Mode::FlipBits, Target::Meta, 17, vec![1])],
+        ),
+        (
+            "hole-and-next",
+            vec![
+                op(
+                    Mode::Overwrite,
+                    Target::Tail,
+                    tail_off(end),
+                    next[..BATCH_HEADER_LEN].to_vec(),
+                ),
+                op(Mode::Overwrite, Target::Tail, tail_off(hole), misplaced),
+            ],
+        ),
+    ];
+    for (name, ops) in seeds.drain(..) {
+        write(dir, name, &encode_ops(&ops));
+    }
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    for (target, f) in [
+        ("batch_decoder", batch_decoder as fn(&Path)),
+        ("recovery", recovery),
+    ] {
+        let dir = root.join(target);
+        fs::create_dir_all(&dir).expect("create corpus dir");
+        for entry in fs::read_dir(&dir).expect("list corpus") {
+            let p = entry.expect("list corpus").path();
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("seed-"))
+            {
+                fs::remove_file(&p).expect("remove old seed");
+            }
+        }
+        f(&dir);
+    }
+}

@@ -142,37 +142,57 @@ pub(crate) fn find_valid_batch(
     after: Lsn,
 ) -> Option<Lsn> {
     let cap = geometry.capacity() as usize;
-    let first = (after.get() - base.get()) as usize + 1;
-    let last = cap.checked_sub(BATCH_HEADER_LEN)?;
-    let mut off = first.max(SEGMENT_HEADER_LEN);
-    while off <= last {
-        let lsn = base.get() + off as u64;
-        // Cheap filter before a CRC: the header's base LSN must name this position.
-        if bytes.get(off + 8..off + 16) == Some(&lsn.to_le_bytes()[..]) {
-            let ok = check_batch(
+    let first = ((after.get() - base.get()) as usize + 1).max(SEGMENT_HEADER_LEN);
+    candidates(bytes, base, first)
+        .find(|&off| {
+            check_batch(
                 &bytes[off..],
                 Expect {
-                    lsn: Some(Lsn::new(lsn)),
+                    lsn: Some(Lsn::new(base.get() + off as u64)),
                     max_len: (cap - off) as u64,
                 },
-            );
-            if ok.is_ok() {
-                return Some(Lsn::new(lsn));
+            )
+            .is_ok()
+        })
+        .map(|off| Lsn::new(base.get() + off as u64))
+}
+
+/// Offsets from `first` on whose 8 bytes at `+8` name their own LSN, as a batch header's
+/// base field would: the cheap filter before a CRC check. All-zero stretches (most of an
+/// unused segment) are skipped a page at a time, since a zero field names no position.
+fn candidates(bytes: &[u8], base: Lsn, first: usize) -> impl Iterator<Item = usize> + '_ {
+    const PAGE: usize = 4096;
+    let last = bytes.len().saturating_sub(BATCH_HEADER_LEN);
+    let mut off = first;
+    std::iter::from_fn(move || {
+        while off <= last {
+            let field = off + 8;
+            // Skip a page of zeros: no LSN field lying wholly inside it can match (LSNs of
+            // batches are never zero: every segment starts with a header).
+            if field % PAGE == 0
+                && bytes
+                    .get(field..field + PAGE)
+                    .is_some_and(|p| p.iter().all(|&b| b == 0))
+            {
+                off += PAGE - 7;
+                continue;
+            }
+            let here = off;
+            off += 1;
+            if bytes.get(here + 8..here + 16) == Some(&(base.get() + here as u64).to_le_bytes()[..])
+            {
+                return Some(here);
             }
         }
-        off += 1;
-    }
-    None
+        None
+    })
 }
 
 /// Whether any bytes after `base`'s header look like a batch header naming its own
 /// position: leftovers of a torn write in this segment's current life. (A recycled
 /// segment's stale batches name positions of its previous life and never match.)
 fn claims_positions(bytes: &[u8], base: Lsn) -> bool {
-    let last = bytes.len().saturating_sub(BATCH_HEADER_LEN);
-    (SEGMENT_HEADER_LEN..=last).any(|off| {
-        bytes.get(off + 8..off + 16) == Some(&(base.get() + off as u64).to_le_bytes()[..])
-    })
+    candidates(bytes, base, SEGMENT_HEADER_LEN).next().is_some()
 }
 
 /// What [`recover`] found.
@@ -324,7 +344,8 @@ pub(crate) fn recover(
         spares.push(s.path.clone());
     }
 
-    let first_scanned = if verify_all {
+    // Repair scans everything: a cut must never assume an unscanned segment is complete.
+    let first_scanned = if verify_all || mode == RecoveryMode::TruncateCorrupt {
         0
     } else {
         tail.saturating_sub(1)
@@ -490,6 +511,32 @@ mod tests {
             let intact = ends.iter().take_while(|e| e.get() - base.get() <= at as u64).last().copied();
             prop_assert_eq!(scan.end, intact.unwrap_or(g.first_batch(base)));
             prop_assert!(find_valid_batch(&img, base, g, scan.end).is_none() || scan.complete);
+        }
+
+        #[test]
+        fn zero_skipping_finds_the_same_candidates_as_a_byte_by_byte_scan(
+            spots in prop::collection::vec((0usize..(3 * 4096), any::<bool>()), 0..12),
+            noise in prop::collection::vec((0usize..(3 * 4096), any::<u8>()), 0..6),
+            first in 0usize..5000,
+        ) {
+            let base = Lsn::new(1 << 20);
+            let mut bytes = vec![0u8; 3 * 4096 + 100];
+            for (off, real) in spots {
+                let lsn = base.get() + off as u64 + u64::from(!real);
+                let end = (off + 16).min(bytes.len());
+                if off + 8 < end {
+                    let field = lsn.to_le_bytes();
+                    bytes[off + 8..end].copy_from_slice(&field[..end - off - 8]);
+                }
+            }
+            for (off, v) in noise {
+                bytes[off] = v;
+            }
+            let naive: Vec<usize> = (first..=bytes.len() - BATCH_HEADER_LEN)
+                .filter(|&o| bytes[o + 8..o + 16] == (base.get() + o as u64).to_le_bytes())
+                .collect();
+            let fast: Vec<usize> = candidates(&bytes, base, first).collect();
+            prop_assert_eq!(fast, naive);
         }
 
         #[test]

@@ -12,13 +12,9 @@
 //! - recovery is idempotent: when it zeroed a torn tail or repaired, closing and
 //!   reopening (strictly) gives the same end.
 //!
-//! One engine issue in `TruncateCorrupt` repair is known (fuzz/README.md, input in
-//! fuzz/regressions/recovery/known-repair-ends-after-hole): when the cut falls at the
-//! start of a segment whose predecessor was not scanned, the repaired log claims that
-//! predecessor is complete and ends after a stretch of zeros. Until it is fixed, a log
-//! that recovery *repaired* is only required to hold every record before the damage and
-//! to reopen in repair mode; set `WALSHIP_FUZZ_CHECK_REPAIRED=1` to apply the full
-//! checks to repaired logs too.
+//! Repaired logs get the same full checks as any other (the repair bug kept in
+//! fuzz/regressions/recovery/known-repair-ends-after-hole is fixed: repair scans every
+//! segment). `WALSHIP_FUZZ_CHECK_REPAIRED=0` relaxes them, for bisecting old engines.
 //!
 //! The template log is built once per process (deterministically) on tmpfs when
 //! available and copied for every input.
@@ -76,7 +72,7 @@ struct Opened {
 /// Whether repaired logs get the full checks (see the module documentation).
 fn check_repaired() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("WALSHIP_FUZZ_CHECK_REPAIRED").is_some_and(|v| v != "0"))
+    *ON.get_or_init(|| std::env::var_os("WALSHIP_FUZZ_CHECK_REPAIRED").is_none_or(|v| v != "0"))
 }
 
 /// Opens `dir` in `mode`; on success reads every record and checks them. `None` for a

@@ -7,6 +7,10 @@
 //!   put valid, torn, misplaced and bit-flipped batches into the template log's tail,
 //!   previous, spare and new segments, and damage its epoch history and meta file.
 //!
+//! - `corpus/frame_decoder/seed-*`: one valid frame of each kind, and a Welcome followed
+//!   by two contiguous Ship frames, behind the target's 3-byte prefix (chunk size, flags,
+//!   expected LSN).
+//!
 //! Deterministic: rerunning rewrites the same files.
 
 use std::fs;
@@ -360,11 +364,91 @@ fn recovery(dir: &Path) {
     }
 }
 
+fn frame_decoder(dir: &Path) {
+    use bytes::{Bytes, BytesMut};
+    use walship_transport::wire::*;
+    let e = Epoch::new(2);
+    let ship = |base: u64, data: &[u8]| {
+        Frame::Ship(Ship {
+            epoch: e,
+            base: Lsn::new(base),
+            end: Lsn::new(base + data.len() as u64),
+            raw_len: data.len() as u32,
+            compression: Compression::None,
+            data: Bytes::copy_from_slice(data),
+        })
+    };
+    let frames: Vec<(&str, Vec<Frame>)> = vec![
+        (
+            "hello",
+            vec![Frame::Hello(Hello {
+                cluster_id: "prod".into(),
+                node_id: "b".into(),
+                last_epoch: e,
+                end_lsn: Lsn::new(4096),
+                segment_capacity: 1 << 26,
+            })],
+        ),
+        (
+            "welcome-then-ships",
+            vec![
+                Frame::Welcome(Welcome {
+                    epoch: e,
+                    truncate_to: Some(Lsn::new(64)),
+                    start_lsn: Lsn::new(64),
+                    leader_id: "a".into(),
+                }),
+                ship(64, &encode_batch(Lsn::new(64), e, 1, &[b"k=v".as_slice()])),
+                ship(111, b"more"),
+            ],
+        ),
+        (
+            "reject",
+            vec![Frame::Reject(Reject {
+                code: RejectCode::NotRetained,
+                epoch: e,
+                lsn: Lsn::new(1 << 26),
+                reason: "needs a snapshot".into(),
+            })],
+        ),
+        (
+            "ack",
+            vec![Frame::Ack(Ack {
+                epoch: e,
+                written: Lsn::new(300),
+                flushed: Lsn::new(200),
+                applied: Lsn::new(100),
+            })],
+        ),
+        (
+            "heartbeat",
+            vec![Frame::Heartbeat(Heartbeat {
+                epoch: e,
+                end_lsn: Lsn::new(9),
+                timestamp_us: 1,
+                reply_requested: true,
+            })],
+        ),
+    ];
+    for (name, fs_) in frames {
+        let mut out = BytesMut::new();
+        for f in &fs_ {
+            f.encode(&mut out).expect("encode seed frame");
+        }
+        for (prefix, tag) in [([255u8, 0, 0], "whole"), ([7u8, 1, 1], "chunked")] {
+            let mut v = prefix.to_vec();
+            v.extend_from_slice(&out);
+            write(dir, &format!("{name}-{tag}"), &v);
+        }
+    }
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     for (target, f) in [
         ("batch_decoder", batch_decoder as fn(&Path)),
         ("recovery", recovery),
+        ("frame_decoder", frame_decoder),
     ] {
         let dir = root.join(target);
         fs::create_dir_all(&dir).expect("create corpus dir");

@@ -139,13 +139,7 @@ pub(crate) fn create(dir: &Path, base: Lsn, geometry: Geometry) -> Result<Segmen
     let path = segment_path(dir, base);
     let tmp = tmp_path(&path);
     let result = (|| {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| Error::io("create segment", &tmp, e))?;
+        let file = create_tmp(&tmp, "create segment")?;
         write_header_and_zeros(&file, &tmp, base, geometry)?;
         file.sync_all()
             .map_err(|e| Error::io("fsync new segment", &tmp, e))?;
@@ -214,13 +208,7 @@ pub(crate) fn rewrite_prefix(
             .map
             .slice(0..keep as usize)
             .ok_or_else(|| Error::corruption(&seg.path, keep, "truncation point beyond segment"))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| Error::io("create truncated segment", &tmp, e))?;
+        let file = create_tmp(&tmp, "create truncated segment")?;
         file.write_all_at(prefix, 0)
             .map_err(|e| Error::io("copy kept prefix", &tmp, e))?;
         write_zeros(&file, &tmp, keep, geometry.capacity() - keep)?;
@@ -235,6 +223,17 @@ pub(crate) fn rewrite_prefix(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// A new, empty temporary file for a segment being made.
+fn create_tmp(tmp: &Path, op: &'static str) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)
+        .map_err(|e| Error::io(op, tmp, e))
 }
 
 fn tmp_path(path: &Path) -> PathBuf {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{backends, payload, run_async, small};
+use common::{backends, payload, run_async, small, verified};
 use walship_engine::{Durability, Epoch, Error, Log, Lsn, Options};
 
 fn read_all(log: &Log) -> Vec<(Lsn, Vec<u8>)> {
@@ -36,14 +36,7 @@ fn round_trip_across_segments_and_reopen() {
             assert_eq!(read_all(&log), expect, "{b:?}: read back while open");
             log.close().unwrap();
         }
-        let log = Log::open(
-            dir.path(),
-            Options {
-                verify_all_on_open: true,
-                ..small(b)
-            },
-        )
-        .unwrap();
+        let log = Log::open(dir.path(), verified(b)).unwrap();
         assert_eq!(read_all(&log), expect, "{b:?}: read back after reopen");
         assert_eq!(log.end_lsn(), expect.last().unwrap().0);
         let more = log.append(b"after reopen").unwrap();
@@ -441,14 +434,7 @@ fn truncate_suffix_removes_the_tail_durably() {
         log.commit(after, Durability::Local).wait().unwrap();
         log.close().unwrap();
         drop(log);
-        let log = Log::open(
-            dir.path(),
-            Options {
-                verify_all_on_open: true,
-                ..small(b)
-            },
-        )
-        .unwrap();
+        let log = Log::open(dir.path(), verified(b)).unwrap();
         let got = read_all(&log);
         assert_eq!(got.len(), kept.len() + 1);
         assert_eq!(got.last().unwrap(), &(after, b"new tail".to_vec()));

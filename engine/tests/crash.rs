@@ -13,19 +13,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{backends, payload, small, Rng};
-use walship_engine::{BackendKind, Durability, Log, Lsn, Options};
+use common::{backends, payload, verified, Rng};
+use walship_engine::{BackendKind, Durability, Log, Lsn};
 
 const CHILD_ENV: &str = "WALSHIP_CRASH_CHILD_DIR";
 const BACKEND_ENV: &str = "WALSHIP_CRASH_CHILD_BACKEND";
 const MAX_LEN: usize = 3000;
-
-fn opts(b: BackendKind) -> Options {
-    Options {
-        verify_all_on_open: true,
-        ..small(b)
-    }
-}
 
 /// The child: continues the sequence from what the log holds and appends until killed.
 #[test]
@@ -38,7 +31,7 @@ fn crash_child() {
     } else {
         BackendKind::Portable
     };
-    let log = std::sync::Arc::new(Log::open(&dir, opts(b)).expect("child opens the log"));
+    let log = std::sync::Arc::new(Log::open(&dir, verified(b)).expect("child opens the log"));
     let mut next = 0u64;
     let mut r = log.record_reader(log.start_lsn()).expect("reader");
     while r.try_next().expect("read").is_some() {
@@ -71,7 +64,7 @@ fn crash_child() {
 }
 
 fn verify(dir: &Path, b: BackendKind, acked: &[(u64, Lsn)]) -> u64 {
-    let log = Log::open(dir, opts(b)).expect("reopen after SIGKILL: the log must be valid");
+    let log = Log::open(dir, verified(b)).expect("reopen after SIGKILL: the log must be valid");
     if std::env::var_os("WALSHIP_CRASH_VERBOSE").is_some() {
         eprintln!(
             "reopened: {:?}, {} segments",

@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use common::{backends, payload, small, Rng};
+use common::{backends, payload, small, verified, Rng};
 use walship_engine::{BackendKind, Durability, Error, Log, Lsn, Options, RecoveryMode};
 
 /// A closed log with records spread over a few segments; returns each batch's
@@ -139,14 +139,8 @@ fn torn_and_garbage_tails_keep_exactly_the_valid_prefix() {
                 }
             };
             drop(f);
-            let (log, report) = Log::open_with_report(
-                dir.path(),
-                Options {
-                    verify_all_on_open: true,
-                    ..small(b)
-                },
-            )
-            .unwrap_or_else(|e| panic!("{b:?} trial {trial} mode {mode}: open failed: {e}"));
+            let (log, report) = Log::open_with_report(dir.path(), verified(b))
+                .unwrap_or_else(|e| panic!("{b:?} trial {trial} mode {mode}: open failed: {e}"));
             let expect: Vec<_> = batches[..keep_batches]
                 .iter()
                 .flat_map(|(_, _, r)| r.clone())
@@ -176,14 +170,7 @@ fn torn_and_garbage_tails_keep_exactly_the_valid_prefix() {
             log.commit(lsn, Durability::Local).wait().unwrap();
             log.close().unwrap();
             drop(log);
-            let log = Log::open(
-                dir.path(),
-                Options {
-                    verify_all_on_open: true,
-                    ..small(b)
-                },
-            )
-            .unwrap();
+            let log = Log::open(dir.path(), verified(b)).unwrap();
             let again = records(&log);
             assert_eq!(again.len(), expect.len() + 1);
             assert_eq!(again.last().unwrap(), &(lsn, b"after recovery".to_vec()));
@@ -250,10 +237,7 @@ fn corruption_before_the_tail_names_file_and_offset_unless_repair() {
     copy_dir(template.path(), dir.path());
     let (path, off) = seg_file(dir.path(), CAP, batches[early].0);
     flip(&path, off + 41);
-    let strict = Options {
-        verify_all_on_open: true,
-        ..small(b)
-    };
+    let strict = verified(b);
     match Log::open(dir.path(), strict.clone()) {
         Err(Error::Corruption {
             path: p, offset, ..

@@ -31,6 +31,14 @@ pub fn small(backend: BackendKind) -> Options {
     }
 }
 
+/// As [`small`], checking every batch of every segment on open.
+pub fn verified(backend: BackendKind) -> Options {
+    Options {
+        verify_all_on_open: true,
+        ..small(backend)
+    }
+}
+
 /// A deterministic PRNG (splitmix64) so failing seeds replay.
 pub struct Rng(pub u64);
 

@@ -55,6 +55,7 @@ mod preparer;
 mod reader;
 mod recovery;
 mod segment;
+mod stats;
 mod timer;
 mod truncate;
 mod types;
@@ -70,6 +71,7 @@ pub use log::{Log, OpenReport, Watermarks};
 pub use options::Options;
 pub use reader::{Batch, Reader, RecordReader};
 pub use recovery::{RecoveryMode, SegmentScan};
+pub use stats::Stats;
 pub use types::{Durability, Epoch, Lsn, ParseError};
 
 /// Internals for tools, benchmarks and fuzz targets; not a stable API.

@@ -86,6 +86,7 @@ pub(crate) struct Shared {
     /// `u64::MAX` when nothing is held.
     pub(crate) retention_floor: AtomicU64,
     pub(crate) backend_name: &'static str,
+    pub(crate) counters: crate::stats::Counters,
 }
 
 impl Shared {
@@ -382,6 +383,7 @@ impl Log {
             checkpoint: AtomicU64::new(0),
             retention_floor: AtomicU64::new(u64::MAX),
             backend_name,
+            counters: crate::stats::Counters::default(),
             dir: dir.clone(),
             opts,
         });
@@ -496,6 +498,7 @@ impl Log {
             if !block {
                 return Err(Error::WouldBlock { pending, limit });
             }
+            crate::stats::Counters::add(&sh.counters.back_pressure_waits, 1);
             sh.space_waiters.fetch_add(1, Ordering::AcqRel);
             sh.wake.notify();
             st = sh
@@ -550,6 +553,7 @@ impl Log {
         sh.has_pending.store(true, Ordering::Release);
         drop(st);
         sh.wake.notify();
+        crate::stats::Counters::add(&sh.counters.records_appended, appended);
         Ok(())
     }
 
@@ -741,6 +745,23 @@ impl Log {
     pub fn unfence_remote(&self) {
         self.shared.fenced.store(false, Ordering::Release);
         *lock(&self.shared.fence) = None;
+    }
+
+    /// Counters of what the log has done since it was opened.
+    ///
+    /// ```
+    /// # use walship_engine::{Durability, Log, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let log = Log::open(dir.path(), Options { segment_capacity: 1 << 20, ..Options::default() })?;
+    /// let lsn = log.append_batch(&[b"a".as_slice(), b"b"])?[1];
+    /// log.commit(lsn, Durability::Local).wait()?;
+    /// let s = log.stats();
+    /// assert_eq!(s.records_appended, 2);
+    /// assert!(s.flushes >= 1 && s.batches_written >= 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stats(&self) -> crate::Stats {
+        self.shared.counters.snapshot()
     }
 
     /// The positions of the log.

@@ -21,6 +21,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::log::{lock, write, Shared};
 use crate::segment::{self, Segment, TMP_SUFFIX};
+use crate::stats::Counters;
 use crate::types::Lsn;
 
 struct State {
@@ -160,14 +161,26 @@ pub(crate) fn run(shared: &Arc<Shared>) {
         if let (Some(base), None) = (st.want, st.ready.as_ref()) {
             let recycled = st.pool.pop_front();
             drop(st);
-            let result = match &recycled {
-                Some(old) => {
-                    segment::recycle(&shared.dir, old, base, shared.geometry).or_else(|e| {
-                        tracing::warn!(error = %e, "recycling failed; creating a new segment");
-                        segment::create(&shared.dir, base, shared.geometry)
-                    })
+            let c = &shared.counters;
+            let create = || {
+                let r = segment::create(&shared.dir, base, shared.geometry);
+                if r.is_ok() {
+                    Counters::add(&c.segments_created, 1);
                 }
-                None => segment::create(&shared.dir, base, shared.geometry),
+                r
+            };
+            let result = match &recycled {
+                Some(old) => match segment::recycle(&shared.dir, old, base, shared.geometry) {
+                    Ok(seg) => {
+                        Counters::add(&c.segments_recycled, 1);
+                        Ok(seg)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recycling failed; creating a new segment");
+                        create()
+                    }
+                },
+                None => create(),
             };
             if let Err(e) = &result {
                 tracing::warn!(base = %base, error = %e, "cannot prepare the next segment");

@@ -22,6 +22,7 @@ use crate::group_commit::Chunk;
 use crate::io::Backend;
 use crate::log::{lock, Shared};
 use crate::segment::Segment;
+use crate::stats::Counters;
 use crate::types::Lsn;
 
 static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
@@ -39,6 +40,7 @@ struct Writer {
     current: Option<Lsn>,
     /// What the flush in flight will make durable.
     flush_target: Lsn,
+    flush_started: Instant,
     last_flush: Instant,
 }
 
@@ -52,6 +54,7 @@ pub(crate) fn run(shared: Arc<Shared>, backend: Box<dyn Backend>) {
         spent: Vec::new(),
         dirty: Vec::new(),
         current: None,
+        flush_started: Instant::now(),
         last_flush: Instant::now(),
     };
     loop {
@@ -125,6 +128,12 @@ impl Writer {
         match polled {
             Some(Ok(())) => {
                 let done = self.flush_target;
+                let c = &self.shared.counters;
+                Counters::add(&c.flushes, 1);
+                Counters::add(
+                    &c.flush_micros,
+                    self.flush_started.elapsed().as_micros() as u64,
+                );
                 self.last_flush = Instant::now();
                 // Start the next flush before waking anyone: waking is one system call per
                 // waiting committer, and it should overlap the disk flush, not delay it.
@@ -183,6 +192,7 @@ impl Writer {
             })?);
         }
         self.flush_target = target;
+        self.flush_started = Instant::now();
         self.backend
             .start_flush(files)
             .map_err(|e| ("start fdatasync", e))
@@ -280,6 +290,14 @@ impl Writer {
                 .and_then(|()| self.backend.write_all_at(&file, offset, &slices))
                 .map_err(|e| ("write segment", e))?;
             let end = chunks[j - 1].end();
+            let c = &self.shared.counters;
+            Counters::add(&c.write_calls, 1);
+            Counters::add(&c.bytes_written, end.get() - chunks[i].base().get());
+            let batches = chunks[i..j]
+                .iter()
+                .filter(|c| !matches!(c, Chunk::Padding { .. }))
+                .count();
+            Counters::add(&c.batches_written, batches as u64);
             self.shared.written.advance(end);
             if !self.dirty.iter().any(|d| Arc::ptr_eq(d, &seg)) {
                 self.dirty.push(seg);

@@ -87,6 +87,15 @@ fn concurrent_appenders_share_batches_and_keep_order() {
             }
         }
         assert_eq!(records, 16 * 300);
+        let st = log.stats();
+        assert_eq!(st.records_appended, 16 * 300);
+        assert_eq!(st.batches_written, batches);
+        assert!(st.flushes > 0 && st.flushes < 16 * 300, "{b:?}: {st:?}");
+        // Written bytes are the LSN span less the segment headers the writer never writes.
+        let span = log.end_lsn().bytes_after(log.start_lsn());
+        assert!(
+            st.bytes_written <= span && st.bytes_written + 64 * log.segment_count() as u64 >= span
+        );
         assert!(
             batches < records,
             "{b:?}: group commit put several records in one batch ({batches} batches)"
@@ -299,6 +308,7 @@ fn back_pressure_bounds_memory() {
             would_block > 0,
             "{b:?}: appends outran the writer at least once"
         );
+        assert_eq!(log.stats().back_pressure_waits, 0, "try_append never waits");
         // The blocking variant never fails for lack of space; it waits.
         let blockers: Vec<_> = (0..4)
             .map(|_| {
@@ -493,6 +503,7 @@ fn checkpoint_recycles_old_segments() {
         assert!(first.data.starts_with(b"rec-00000000:"));
         drop(old_reader);
         // Writing on recycles retired files rather than growing the directory.
+        let created_before = log.stats().segments_created;
         for round in 0..5 {
             for seq in 0..500 {
                 last = log.append(&payload(seq, 400)).unwrap();
@@ -503,6 +514,9 @@ fn checkpoint_recycles_old_segments() {
             let files = std::fs::read_dir(dir.path()).unwrap().count();
             assert!(files < 12, "round {round}: {files} files");
         }
+        let st = log.stats();
+        assert!(st.segments_recycled > 0, "{b:?}: {st:?}");
+        assert!(st.segments_created - created_before <= 2, "{b:?}: {st:?}");
         log.close().unwrap();
         drop(log);
         let log = Log::open(dir.path(), small(b)).unwrap();

@@ -1,0 +1,493 @@
+//! The leader's side of a replication session with one follower.
+//!
+//! On `Hello` it checks cluster, segment capacity and epoch, then finds where the
+//! follower's log diverges from its own with the epoch histories (Kafka's KIP-101/279):
+//! the end of the follower's last epoch in the leader's history, capped by the follower's
+//! end. It answers `Welcome` (with a truncation point if the follower has a divergent
+//! suffix) or `Reject` (for example when that point is no longer retained and a snapshot is
+//! needed). While streaming, it frames log data the driver reads from the engine (catch-up
+//! and live tailing are the same path), keeps at most `max_unacked_bytes` in flight,
+//! turns acks into quorum progress, and sends heartbeats when idle.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use walship_engine::{Epoch, EpochHistory, Lsn};
+
+use super::follower::frame_name;
+use super::SessionError;
+use crate::quorum::Progress;
+use crate::wire::{
+    Compression, Decoder, Frame, Heartbeat, Hello, Reject, RejectCode, Ship, Welcome,
+};
+
+/// Settings of a leader session.
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    /// The cluster this leader serves.
+    pub cluster_id: String,
+    /// This leader's node id.
+    pub node_id: String,
+    /// The leader's segment capacity (followers must match).
+    pub segment_capacity: u64,
+    /// The leader's current epoch.
+    pub epoch: Epoch,
+    /// Largest frame accepted from the follower.
+    pub max_frame: u32,
+    /// Most bytes shipped but not yet acknowledged as written.
+    pub max_unacked_bytes: u64,
+    /// A heartbeat is sent when nothing else was sent for this long.
+    pub heartbeat_interval: Duration,
+    /// The session ends if the follower is silent this long.
+    pub idle_timeout: Duration,
+}
+
+/// The leader's log as the session needs to see it.
+#[derive(Debug, Clone)]
+pub struct LogView {
+    /// First retained position.
+    pub start: Lsn,
+    /// End of the log.
+    pub end: Lsn,
+    /// The epoch history.
+    pub history: EpochHistory,
+}
+
+/// What the driver must do for the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaderEvent {
+    /// Send these bytes to the follower.
+    Transmit(Bytes),
+    /// The follower was accepted: start reading the log at `start` for it.
+    Accepted {
+        /// The follower's node id.
+        follower: String,
+        /// Where its stream starts.
+        start: Lsn,
+    },
+    /// The follower reported progress: feed the quorum tracker.
+    Progress {
+        /// The follower's node id.
+        follower: String,
+        /// Its positions.
+        progress: Progress,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    AwaitHello,
+    Streaming { follower: String },
+    Closed,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::AwaitHello => "awaiting Hello",
+            State::Streaming { .. } => "streaming",
+            State::Closed => "closed",
+        }
+    }
+}
+
+/// A leader session; see the [module docs](self).
+#[derive(Debug)]
+pub struct LeaderSession {
+    cfg: LeaderConfig,
+    state: State,
+    decoder: Decoder,
+    inbox: BytesMut,
+    events: VecDeque<LeaderEvent>,
+    /// Next position to ship.
+    sent: Lsn,
+    acked: Progress,
+    last_heard: Instant,
+    last_sent: Instant,
+}
+
+/// Where a follower with `last_epoch` ending at `end` must continue from, and whether it
+/// must first truncate: the end of `last_epoch` in the leader's history, capped by the
+/// follower's end. A follower that never had an epoch continues from the start of the
+/// leader's first one.
+pub fn divergence_point(
+    history: &EpochHistory,
+    leader_end: Lsn,
+    last_epoch: Epoch,
+    end: Lsn,
+) -> (Lsn, Option<Lsn>) {
+    let epoch_end = match history.end_of(last_epoch, leader_end) {
+        Some((_, e)) => e,
+        None => history.entries().first().map_or(leader_end, |&(_, s)| s),
+    };
+    let point = end.min(epoch_end).min(leader_end);
+    (point, (point < end).then_some(point))
+}
+
+impl LeaderSession {
+    /// A session waiting for a follower's `Hello`.
+    pub fn new(cfg: LeaderConfig, now: Instant) -> LeaderSession {
+        LeaderSession {
+            decoder: Decoder::new(cfg.max_frame),
+            cfg,
+            state: State::AwaitHello,
+            inbox: BytesMut::new(),
+            events: VecDeque::new(),
+            sent: Lsn::ZERO,
+            acked: Progress::default(),
+            last_heard: now,
+            last_sent: now,
+        }
+    }
+
+    /// The follower's node id, once it said hello and was accepted.
+    pub fn follower(&self) -> Option<&str> {
+        match &self.state {
+            State::Streaming { follower } => Some(follower),
+            _ => None,
+        }
+    }
+
+    /// The next position to ship.
+    pub fn sent(&self) -> Lsn {
+        self.sent
+    }
+
+    /// The follower's last acknowledged positions.
+    pub fn acked(&self) -> Progress {
+        self.acked
+    }
+
+    fn transmit(&mut self, f: &Frame, now: Instant) {
+        let mut b = BytesMut::new();
+        if f.encode(&mut b).is_ok() {
+            self.last_sent = now;
+            self.events.push_back(LeaderEvent::Transmit(b.freeze()));
+        }
+    }
+
+    fn refuse(&mut self, code: RejectCode, lsn: Lsn, reason: String, now: Instant) -> SessionError {
+        let r = Frame::Reject(Reject {
+            code,
+            epoch: self.cfg.epoch,
+            lsn,
+            reason: reason.clone(),
+        });
+        self.transmit(&r, now);
+        self.state = State::Closed;
+        SessionError::Refused { code, reason }
+    }
+
+    /// Bytes received from the follower; `log` is the leader's log as it is now.
+    ///
+    /// # Errors
+    /// The session is over; drain `poll_event` (a `Reject` may be queued) and close.
+    /// [`SessionError::NewerEpoch`] means this leader must step down.
+    pub fn handle_bytes(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        log: &LogView,
+    ) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(SessionError::Unexpected {
+                frame: "any",
+                state: "closed",
+            });
+        }
+        self.last_heard = now;
+        self.inbox.extend_from_slice(data);
+        while let Some(frame) = self
+            .decoder
+            .decode(&mut self.inbox)
+            .inspect_err(|_| self.state = State::Closed)?
+        {
+            self.handle_frame(now, frame, log)?;
+        }
+        Ok(())
+    }
+
+    fn handle_hello(&mut self, now: Instant, h: Hello, log: &LogView) -> Result<(), SessionError> {
+        if h.cluster_id != self.cfg.cluster_id {
+            let why = format!(
+                "cluster {:?} is not this cluster {:?}",
+                h.cluster_id, self.cfg.cluster_id
+            );
+            return Err(self.refuse(RejectCode::Cluster, Lsn::ZERO, why, now));
+        }
+        if h.segment_capacity != self.cfg.segment_capacity {
+            let why = format!(
+                "segment capacity {} differs from the leader's {}",
+                h.segment_capacity, self.cfg.segment_capacity
+            );
+            return Err(self.refuse(RejectCode::SegmentCapacity, Lsn::ZERO, why, now));
+        }
+        if h.last_epoch > self.cfg.epoch {
+            let why = format!(
+                "follower has seen epoch {}, this leader is at {}",
+                h.last_epoch, self.cfg.epoch
+            );
+            let _ = self.refuse(RejectCode::NotLeader, Lsn::ZERO, why, now);
+            return Err(SessionError::NewerEpoch {
+                ours: self.cfg.epoch,
+                seen: h.last_epoch,
+            });
+        }
+        let (start, truncate_to) = divergence_point(&log.history, log.end, h.last_epoch, h.end_lsn);
+        if start < log.start {
+            let why = format!(
+                "follower needs the log from {start}, but it is retained only from {}: it needs a snapshot",
+                log.start
+            );
+            return Err(self.refuse(RejectCode::NotRetained, log.start, why, now));
+        }
+        let welcome = Frame::Welcome(Welcome {
+            epoch: self.cfg.epoch,
+            truncate_to,
+            start_lsn: start,
+            leader_id: self.cfg.node_id.clone(),
+        });
+        self.transmit(&welcome, now);
+        // Our own decoder starts expecting nothing of the follower's data (it sends none).
+        self.sent = start;
+        self.acked = Progress {
+            written: start,
+            flushed: start.min(h.end_lsn),
+            applied: Lsn::ZERO,
+        };
+        self.state = State::Streaming {
+            follower: h.node_id.clone(),
+        };
+        self.events.push_back(LeaderEvent::Accepted {
+            follower: h.node_id,
+            start,
+        });
+        Ok(())
+    }
+
+    fn handle_frame(
+        &mut self,
+        now: Instant,
+        frame: Frame,
+        log: &LogView,
+    ) -> Result<(), SessionError> {
+        match (&self.state, frame) {
+            (State::AwaitHello, Frame::Hello(h)) => self.handle_hello(now, h, log),
+            (State::Streaming { follower }, Frame::Ack(a)) => {
+                let follower = follower.clone();
+                if a.epoch > self.cfg.epoch {
+                    self.state = State::Closed;
+                    return Err(SessionError::NewerEpoch {
+                        ours: self.cfg.epoch,
+                        seen: a.epoch,
+                    });
+                }
+                if a.written > self.sent {
+                    let why = format!(
+                        "acknowledged {} but only {} was shipped",
+                        a.written, self.sent
+                    );
+                    return Err(self.refuse(RejectCode::NotLeader, a.written, why, now));
+                }
+                let p = Progress {
+                    written: self.acked.written.max(a.written),
+                    flushed: self.acked.flushed.max(a.flushed),
+                    applied: self.acked.applied.max(a.applied),
+                };
+                if p != self.acked {
+                    self.acked = p;
+                    self.events.push_back(LeaderEvent::Progress {
+                        follower,
+                        progress: p,
+                    });
+                }
+                Ok(())
+            }
+            (State::Streaming { .. }, Frame::Heartbeat(h)) => {
+                if h.epoch > self.cfg.epoch {
+                    self.state = State::Closed;
+                    return Err(SessionError::NewerEpoch {
+                        ours: self.cfg.epoch,
+                        seen: h.epoch,
+                    });
+                }
+                if h.reply_requested {
+                    self.heartbeat(now, log.end, 0, false);
+                }
+                Ok(())
+            }
+            (_, Frame::Reject(r)) => {
+                self.state = State::Closed;
+                if r.epoch > self.cfg.epoch {
+                    return Err(SessionError::NewerEpoch {
+                        ours: self.cfg.epoch,
+                        seen: r.epoch,
+                    });
+                }
+                Err(SessionError::Rejected {
+                    code: r.code,
+                    epoch: r.epoch,
+                    lsn: r.lsn,
+                    reason: r.reason,
+                })
+            }
+            (state, f) => {
+                let state = state.name();
+                self.state = State::Closed;
+                Err(SessionError::Unexpected {
+                    frame: frame_name(&f),
+                    state,
+                })
+            }
+        }
+    }
+
+    /// How much log the driver may ship now: the next position and a byte budget, or
+    /// `None` if not streaming or the unacknowledged window is full.
+    pub fn send_window(&self) -> Option<(Lsn, u64)> {
+        if !matches!(self.state, State::Streaming { .. }) {
+            return None;
+        }
+        let in_flight = self.sent.bytes_after(self.acked.written);
+        let room = self.cfg.max_unacked_bytes.saturating_sub(in_flight);
+        (room > 0).then_some((self.sent, room))
+    }
+
+    /// Ships `[base, end)`: `data` is the encoded batches (compressed as `compression`
+    /// says) that decode to `raw_len` bytes. `base` must be [`sent`](Self::sent).
+    ///
+    /// # Errors
+    /// [`SessionError::Unexpected`] if not streaming or `base` is not where the stream is.
+    pub fn ship(
+        &mut self,
+        now: Instant,
+        base: Lsn,
+        end: Lsn,
+        raw_len: u32,
+        compression: Compression,
+        data: Bytes,
+    ) -> Result<(), SessionError> {
+        if !matches!(self.state, State::Streaming { .. }) || base != self.sent || end < base {
+            return Err(SessionError::Unexpected {
+                frame: "Ship",
+                state: if base != self.sent {
+                    "not at the stream position"
+                } else {
+                    self.state.name()
+                },
+            });
+        }
+        let f = Frame::Ship(Ship {
+            epoch: self.cfg.epoch,
+            base,
+            end,
+            raw_len,
+            compression,
+            data,
+        });
+        self.transmit(&f, now);
+        self.sent = end;
+        Ok(())
+    }
+
+    fn heartbeat(&mut self, now: Instant, end: Lsn, timestamp_us: u64, reply: bool) {
+        let hb = Frame::Heartbeat(Heartbeat {
+            epoch: self.cfg.epoch,
+            end_lsn: end,
+            timestamp_us,
+            reply_requested: reply,
+        });
+        self.transmit(&hb, now);
+    }
+
+    /// A timer fired. `log_end` and `timestamp_us` go into a heartbeat if one is due.
+    ///
+    /// # Errors
+    /// [`SessionError::IdleTimeout`] if the follower has been silent too long.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        log_end: Lsn,
+        timestamp_us: u64,
+    ) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        if now.saturating_duration_since(self.last_heard) >= self.cfg.idle_timeout {
+            self.state = State::Closed;
+            return Err(SessionError::IdleTimeout);
+        }
+        if matches!(self.state, State::Streaming { .. })
+            && now.saturating_duration_since(self.last_sent) >= self.cfg.heartbeat_interval
+        {
+            self.heartbeat(now, log_end, timestamp_us, true);
+        }
+        Ok(())
+    }
+
+    /// The next thing for the driver to do, if any.
+    pub fn poll_event(&mut self) -> Option<LeaderEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed => None,
+            State::AwaitHello => Some(self.last_heard + self.cfg.idle_timeout),
+            State::Streaming { .. } => Some(
+                (self.last_heard + self.cfg.idle_timeout)
+                    .min(self.last_sent + self.cfg.heartbeat_interval),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(entries: &[(u64, u64)]) -> EpochHistory {
+        let mut h = EpochHistory::default();
+        for &(e, s) in entries {
+            h.push(Epoch::new(e), Lsn::new(s)).unwrap();
+        }
+        h
+    }
+
+    #[test]
+    fn divergence_follows_the_epoch_histories() {
+        // Leader: epoch 1 from 64, epoch 3 from 5000; its log ends at 9000.
+        let h = history(&[(1, 64), (3, 5000)]);
+        let end = Lsn::new(9000);
+        let l = Lsn::new;
+        // A follower in epoch 1 that got further than epoch 1 lasted: truncate to 5000.
+        assert_eq!(
+            divergence_point(&h, end, Epoch::new(1), l(7000)),
+            (l(5000), Some(l(5000)))
+        );
+        // A follower in epoch 1 that is behind: no truncation, continue from its end.
+        assert_eq!(
+            divergence_point(&h, end, Epoch::new(1), l(4000)),
+            (l(4000), None)
+        );
+        // A follower that led epoch 2, which this leader never saw: epoch 1's end.
+        assert_eq!(
+            divergence_point(&h, end, Epoch::new(2), l(6000)),
+            (l(5000), Some(l(5000)))
+        );
+        // A follower in the current epoch: continue from its end.
+        assert_eq!(
+            divergence_point(&h, end, Epoch::new(3), l(8000)),
+            (l(8000), None)
+        );
+        // A follower with an empty log.
+        assert_eq!(divergence_point(&h, end, Epoch::ZERO, l(64)), (l(64), None));
+        // A follower with data but no epoch: everything after the first epoch's start goes.
+        assert_eq!(
+            divergence_point(&h, end, Epoch::ZERO, l(300)),
+            (l(64), Some(l(64)))
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! Leader and follower session logic, without I/O.
+//!
+//! Each session is a plain state machine in the style of `quinn-proto`: inputs arrive as
+//! method calls carrying `now` (bytes received, local log progress, a timer firing), and
+//! outputs are pulled with `poll_*` (bytes to transmit, a truncation or an append for the
+//! local log, progress for the quorum tracker, the earliest timer). No sockets, threads or
+//! clocks inside, so the same code runs under real QUIC and under a simulated network.
+//!
+//! Call order for both: feed inputs, then drain `poll_output` until `None`, then arm one
+//! timer at `poll_timeout`. Time passed in must never go backwards.
+
+pub mod follower;
+pub mod leader;
+
+use walship_engine::{Epoch, Lsn};
+
+use crate::wire::{RejectCode, WireError};
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The peer sent bytes that do not decode or break the protocol's rules.
+    #[error("protocol violation: {0}")]
+    Wire(#[from] WireError),
+    /// The peer sent a frame that is valid but not expected in this state.
+    #[error("unexpected {frame} frame while {state}")]
+    Unexpected {
+        /// The frame's kind.
+        frame: &'static str,
+        /// The session's state.
+        state: &'static str,
+    },
+    /// The peer refused us.
+    #[error("rejected by peer ({code:?}, its epoch {epoch}, LSN {lsn}): {reason}")]
+    Rejected {
+        /// The refusal code.
+        code: RejectCode,
+        /// The peer's epoch.
+        epoch: Epoch,
+        /// The LSN the refusal mentions.
+        lsn: Lsn,
+        /// The peer's explanation.
+        reason: String,
+    },
+    /// We refused the peer (the reject frame has been queued for transmission).
+    #[error("refused peer ({code:?}): {reason}")]
+    Refused {
+        /// The refusal code.
+        code: RejectCode,
+        /// Why.
+        reason: String,
+    },
+    /// A newer epoch exists: this node must step down (leader) or follow it (follower).
+    #[error("epoch {seen} is newer than ours ({ours})")]
+    NewerEpoch {
+        /// Our epoch.
+        ours: Epoch,
+        /// The newer one.
+        seen: Epoch,
+    },
+    /// Nothing arrived from the peer for longer than the idle timeout.
+    #[error("peer silent for longer than the idle timeout")]
+    IdleTimeout,
+}

@@ -1,0 +1,416 @@
+//! Leader and follower sessions driven against each other over in-memory queues, with
+//! real engine logs on both sides and virtual time: the sans-I/O cores work end to end
+//! without a socket.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use walship_engine::{BackendKind, Durability, Epoch, Log, Lsn, Options};
+use walship_transport::quorum::Progress;
+use walship_transport::session::follower::{FollowerConfig, FollowerEvent, FollowerSession};
+use walship_transport::session::leader::{LeaderConfig, LeaderEvent, LeaderSession, LogView};
+use walship_transport::session::SessionError;
+use walship_transport::wire::{Compression, RejectCode};
+
+const CAP: u64 = 64 * 1024;
+
+fn opts() -> Options {
+    Options {
+        segment_capacity: CAP,
+        backend: BackendKind::Portable,
+        ..Options::default()
+    }
+}
+
+fn view(log: &Log) -> LogView {
+    LogView {
+        start: log.start_lsn(),
+        end: log.end_lsn(),
+        history: log.epoch_history(),
+    }
+}
+
+fn progress(log: &Log) -> Progress {
+    let w = log.watermarks();
+    Progress {
+        written: w.written,
+        flushed: w.flushed,
+        applied: w.flushed,
+    }
+}
+
+fn leader_cfg(epoch: u64) -> LeaderConfig {
+    LeaderConfig {
+        cluster_id: "c1".into(),
+        node_id: "leader".into(),
+        segment_capacity: CAP,
+        epoch: Epoch::new(epoch),
+        max_frame: 1 << 20,
+        max_unacked_bytes: 256 * 1024,
+        heartbeat_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_secs(5),
+    }
+}
+
+fn follower_cfg() -> FollowerConfig {
+    FollowerConfig {
+        cluster_id: "c1".into(),
+        node_id: "f1".into(),
+        segment_capacity: CAP,
+        max_frame: 1 << 20,
+        status_interval: Duration::from_millis(200),
+        idle_timeout: Duration::from_secs(5),
+    }
+}
+
+/// A leader and a follower session wired together through in-memory queues. The leader
+/// ships batches read from its log (uncompressed); the follower appends them with
+/// `append_encoded` and reports its watermarks.
+struct Pair<'a> {
+    leader_log: &'a Log,
+    follower_log: &'a Log,
+    leader: LeaderSession,
+    follower: FollowerSession,
+    reader: Option<walship_engine::Reader>,
+    now: Instant,
+    to_follower: BytesMut,
+    to_leader: BytesMut,
+    reported: Option<Progress>,
+    truncated: Option<Lsn>,
+}
+
+impl<'a> Pair<'a> {
+    fn new(leader_log: &'a Log, follower_log: &'a Log, leader_epoch: u64) -> Pair<'a> {
+        let now = Instant::now();
+        let epoch = follower_log
+            .epoch_history()
+            .current()
+            .map_or(Epoch::ZERO, |(e, _)| e);
+        Pair {
+            leader: LeaderSession::new(leader_cfg(leader_epoch), now),
+            follower: FollowerSession::new(
+                follower_cfg(),
+                epoch,
+                follower_log.end_lsn(),
+                progress(follower_log),
+                now,
+            ),
+            leader_log,
+            follower_log,
+            reader: None,
+            now,
+            to_follower: BytesMut::new(),
+            to_leader: BytesMut::new(),
+            reported: None,
+            truncated: None,
+        }
+    }
+
+    fn step(&mut self) -> Result<bool, SessionError> {
+        let mut moved = false;
+        self.now += Duration::from_millis(1);
+        while let Some(ev) = self.follower.poll_event(self.now) {
+            moved = true;
+            match ev {
+                FollowerEvent::Transmit(b) => self.to_leader.extend_from_slice(&b),
+                FollowerEvent::Truncate(l) => {
+                    self.follower_log.truncate_suffix(l).unwrap();
+                    self.truncated = Some(l);
+                }
+                FollowerEvent::Append(ship) => {
+                    assert_eq!(ship.compression, Compression::None);
+                    self.follower_log.append_encoded(ship.data).unwrap();
+                    let end = self.follower_log.end_lsn();
+                    self.follower_log
+                        .commit(end, Durability::Local)
+                        .wait()
+                        .unwrap();
+                    self.follower.handle_progress(progress(self.follower_log));
+                }
+                FollowerEvent::EpochSeen(_) | FollowerEvent::Streaming { .. } => {}
+            }
+        }
+        if !self.to_leader.is_empty() {
+            let bytes = self.to_leader.split();
+            self.leader
+                .handle_bytes(self.now, &bytes, &view(self.leader_log))?;
+            moved = true;
+        }
+        while let Some(ev) = self.leader.poll_event() {
+            moved = true;
+            match ev {
+                LeaderEvent::Transmit(b) => self.to_follower.extend_from_slice(&b),
+                LeaderEvent::Accepted { start, .. } => {
+                    self.reader = Some(self.leader_log.reader(start).unwrap())
+                }
+                LeaderEvent::Progress { progress, .. } => self.reported = Some(progress),
+            }
+        }
+        if let (Some(r), Some((pos, room))) = (self.reader.as_mut(), self.leader.send_window()) {
+            assert_eq!(r.position(), pos);
+            let mut data = BytesMut::new();
+            let mut end = pos;
+            while (data.len() as u64) < room.min(64 * 1024) {
+                match r.try_next().unwrap() {
+                    Some(b) => {
+                        data.extend_from_slice(b.bytes());
+                        end = b.end();
+                    }
+                    None => break,
+                }
+            }
+            if !data.is_empty() {
+                let raw = data.len() as u32;
+                self.leader
+                    .ship(self.now, pos, end, raw, Compression::None, data.freeze())?;
+                moved = true;
+                while let Some(ev) = self.leader.poll_event() {
+                    if let LeaderEvent::Transmit(b) = ev {
+                        self.to_follower.extend_from_slice(&b);
+                    }
+                }
+            }
+        }
+        if !self.to_follower.is_empty() {
+            let bytes = self.to_follower.split();
+            self.follower.handle_bytes(self.now, &bytes)?;
+            moved = true;
+        }
+        Ok(moved)
+    }
+
+    fn run(&mut self) -> Result<(), SessionError> {
+        for _ in 0..100_000 {
+            if !self.step()? {
+                return Ok(());
+            }
+        }
+        panic!("sessions did not settle (livelock)");
+    }
+}
+
+fn same_bytes(a: &Log, b: &Log) {
+    let mut ra = a.reader(a.start_lsn()).unwrap();
+    let mut rb = b.reader(b.start_lsn()).unwrap();
+    loop {
+        match (ra.try_next().unwrap(), rb.try_next().unwrap()) {
+            (Some(x), Some(y)) => assert_eq!(x.bytes(), y.bytes(), "batch at {}", x.base()),
+            (None, None) => return,
+            (x, y) => panic!(
+                "logs differ in length: {:?} vs {:?}",
+                x.map(|b| b.base()),
+                y.map(|b| b.base())
+            ),
+        }
+    }
+}
+
+#[test]
+fn a_follower_catches_up_and_acknowledges_everything() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Log::open(ld.path(), opts()).unwrap();
+    let follower = Log::open(fd.path(), opts()).unwrap();
+    leader.begin_epoch(Epoch::new(1)).unwrap();
+    let mut last = Lsn::ZERO;
+    for i in 0..3000u32 {
+        last = leader
+            .append(format!("record {i} {}", "x".repeat((i % 300) as usize)).as_bytes())
+            .unwrap();
+    }
+    leader.commit(last, Durability::Local).wait().unwrap();
+    assert!(leader.segment_count() > 3, "crosses segments");
+    let mut pair = Pair::new(&leader, &follower, 1);
+    pair.run().unwrap();
+    assert_eq!(follower.end_lsn(), leader.end_lsn());
+    same_bytes(&leader, &follower);
+    let p = pair.reported.expect("progress reported");
+    assert_eq!((p.written, p.flushed), (leader.end_lsn(), leader.end_lsn()));
+    assert_eq!(follower.epoch_history(), leader.epoch_history());
+    // Live tailing is the same path: more appends, more steps.
+    let more = leader.append(b"live").unwrap();
+    leader.commit(more, Durability::Local).wait().unwrap();
+    pair.run().unwrap();
+    assert_eq!(pair.reported.unwrap().flushed, more);
+}
+
+#[test]
+fn a_divergent_follower_is_truncated_then_streams() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Log::open(ld.path(), opts()).unwrap();
+    let follower = Log::open(fd.path(), opts()).unwrap();
+    leader.begin_epoch(Epoch::new(1)).unwrap();
+    for i in 0..500u32 {
+        leader.append(format!("common {i}").as_bytes()).unwrap();
+    }
+    leader
+        .commit(leader.end_lsn(), Durability::Local)
+        .wait()
+        .unwrap();
+    let mut pair = Pair::new(&leader, &follower, 1);
+    pair.run().unwrap();
+    let shared_end = follower.end_lsn();
+    drop(pair);
+    // The follower, as an old leader of epoch 2 cut off from the others, wrote a tail
+    // nobody else has.
+    follower.begin_epoch(Epoch::new(2)).unwrap();
+    for i in 0..200u32 {
+        follower
+            .append(format!("divergent {i}").as_bytes())
+            .unwrap();
+    }
+    follower
+        .commit(follower.end_lsn(), Durability::Local)
+        .wait()
+        .unwrap();
+    // Meanwhile the leader was elected for epoch 3 and wrote on.
+    leader.begin_epoch(Epoch::new(3)).unwrap();
+    for i in 0..300u32 {
+        leader.append(format!("new leader {i}").as_bytes()).unwrap();
+    }
+    leader
+        .commit(leader.end_lsn(), Durability::Local)
+        .wait()
+        .unwrap();
+    let mut pair = Pair::new(&leader, &follower, 3);
+    pair.run().unwrap();
+    assert_eq!(
+        pair.truncated,
+        Some(shared_end),
+        "cut back to where epoch 1 ended on the leader"
+    );
+    assert_eq!(follower.end_lsn(), leader.end_lsn());
+    same_bytes(&leader, &follower);
+    let mut r = follower.record_reader(follower.start_lsn()).unwrap();
+    while let Some(rec) = r.try_next().unwrap() {
+        assert!(
+            !rec.data.starts_with(b"divergent"),
+            "no divergent record survives"
+        );
+    }
+}
+
+#[test]
+fn refusals_stale_leaders_and_missing_log() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Log::open(ld.path(), opts()).unwrap();
+    let follower = Log::open(fd.path(), opts()).unwrap();
+    leader.begin_epoch(Epoch::new(1)).unwrap();
+    follower.begin_epoch(Epoch::new(5)).unwrap();
+    // A follower that has seen epoch 5 makes an epoch-1 leader step down.
+    let mut pair = Pair::new(&leader, &follower, 1);
+    let err = pair.run().unwrap_err();
+    assert_eq!(
+        err,
+        SessionError::NewerEpoch {
+            ours: Epoch::new(1),
+            seen: Epoch::new(5)
+        }
+    );
+
+    // A follower from another cluster is refused before any log byte moves.
+    let now = Instant::now();
+    let mut l = LeaderSession::new(leader_cfg(1), now);
+    let mut f = FollowerSession::new(
+        FollowerConfig {
+            cluster_id: "other".into(),
+            ..follower_cfg()
+        },
+        Epoch::ZERO,
+        Lsn::new(64),
+        Progress::default(),
+        now,
+    );
+    let Some(FollowerEvent::Transmit(hello)) = f.poll_event(now) else {
+        panic!("hello")
+    };
+    let err = l.handle_bytes(now, &hello, &view(&leader)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Refused {
+                code: RejectCode::Cluster,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(l.send_window().is_none());
+
+    // A follower needing log the leader no longer retains is told so explicitly.
+    let view_late = LogView {
+        start: Lsn::new(10 * CAP + 64),
+        ..view(&leader)
+    };
+    let mut l = LeaderSession::new(leader_cfg(1), now);
+    let mut f = FollowerSession::new(
+        follower_cfg(),
+        Epoch::new(1),
+        Lsn::new(64),
+        Progress::default(),
+        now,
+    );
+    let Some(FollowerEvent::Transmit(hello)) = f.poll_event(now) else {
+        panic!("hello")
+    };
+    let err = l.handle_bytes(now, &hello, &view_late).unwrap_err();
+    assert!(matches!(
+        err,
+        SessionError::Refused {
+            code: RejectCode::NotRetained,
+            ..
+        }
+    ));
+    let Some(LeaderEvent::Transmit(reject)) = l.poll_event() else {
+        panic!("reject queued")
+    };
+    let err = f.handle_bytes(now, &reject).unwrap_err();
+    assert!(
+        matches!(err, SessionError::Rejected { code: RejectCode::NotRetained, lsn, .. } if lsn == view_late.start)
+    );
+}
+
+#[test]
+fn the_unacknowledged_window_bounds_what_is_in_flight_and_heartbeats_keep_it_alive() {
+    let now = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), opts()).unwrap();
+    let mut l = LeaderSession::new(leader_cfg(1), now);
+    let mut f = FollowerSession::new(
+        follower_cfg(),
+        Epoch::ZERO,
+        log.end_lsn(),
+        Progress::default(),
+        now,
+    );
+    let Some(FollowerEvent::Transmit(hello)) = f.poll_event(now) else {
+        panic!("hello")
+    };
+    l.handle_bytes(now, &hello, &view(&log)).unwrap();
+    let (pos, room) = l.send_window().unwrap();
+    assert_eq!(room, 256 * 1024);
+    l.ship(
+        now,
+        pos,
+        Lsn::new(pos.get() + room),
+        0,
+        Compression::Zstd,
+        bytes::Bytes::from_static(b"z"),
+    )
+    .unwrap();
+    assert!(l.send_window().is_none(), "window full until acknowledged");
+    assert!(
+        l.ship(now, pos, pos, 0, Compression::None, bytes::Bytes::new())
+            .is_err(),
+        "not at the stream position"
+    );
+    while l.poll_event().is_some() {}
+    // Idle: a heartbeat asking for a reply goes out; silence past the idle timeout ends it.
+    let t = l.poll_timeout().unwrap();
+    assert!(t <= now + Duration::from_millis(100));
+    l.handle_timeout(t, log.end_lsn(), 1).unwrap();
+    assert!(matches!(l.poll_event(), Some(LeaderEvent::Transmit(_))));
+    assert_eq!(
+        l.handle_timeout(now + Duration::from_secs(6), log.end_lsn(), 2),
+        Err(SessionError::IdleTimeout)
+    );
+}

@@ -40,6 +40,19 @@ fn batches_of(log: &Log) -> Batches {
     out
 }
 
+/// A closed template log of 400 records, its batches, its end, and the indices of the
+/// data batches in its tail segment (the candidates for tearing).
+fn fixture(b: BackendKind) -> (tempfile::TempDir, Batches, Lsn, Vec<usize>) {
+    let template = tempfile::tempdir().unwrap();
+    let batches = build(template.path(), b, 400);
+    let end = batches.last().unwrap().1;
+    let tail_base = Lsn::new(end.get() & !(CAP - 1));
+    let in_tail = (0..batches.len())
+        .filter(|&i| batches[i].0 >= tail_base && !batches[i].2.is_empty())
+        .collect();
+    (template, batches, end, in_tail)
+}
+
 fn records(log: &Log) -> Vec<(Lsn, Vec<u8>)> {
     batches_of(log)
         .into_iter()
@@ -70,14 +83,7 @@ fn torn_and_garbage_tails_keep_exactly_the_valid_prefix() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5EED_0001);
     for b in backends() {
-        let template = tempfile::tempdir().unwrap();
-        let batches = build(template.path(), b, 400);
-        let end = batches.last().unwrap().1;
-        let tail_base = Lsn::new(end.get() & !(CAP - 1));
-        // Batches entirely in the tail segment are the candidates for tearing.
-        let in_tail: Vec<usize> = (0..batches.len())
-            .filter(|&i| batches[i].0 >= tail_base && !batches[i].2.is_empty())
-            .collect();
+        let (template, batches, end, in_tail) = fixture(b);
         assert!(
             in_tail.len() >= 3,
             "test needs several batches in the tail segment"
@@ -181,13 +187,8 @@ fn torn_and_garbage_tails_keep_exactly_the_valid_prefix() {
 #[test]
 fn corruption_before_the_tail_names_file_and_offset_unless_repair() {
     let b = BackendKind::Portable;
-    let template = tempfile::tempdir().unwrap();
-    let batches = build(template.path(), b, 400);
-    let end = batches.last().unwrap().1;
+    let (template, batches, end, in_tail) = fixture(b);
     let tail_base = Lsn::new(end.get() & !(CAP - 1));
-    let in_tail: Vec<usize> = (0..batches.len())
-        .filter(|&i| batches[i].0 >= tail_base && !batches[i].2.is_empty())
-        .collect();
 
     // 1. A flipped bit in a tail-segment batch that valid batches follow.
     let victim = in_tail[0];

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use walship_engine::{Epoch, Lsn};
 
-use super::SessionError;
+use super::{Inbound, SessionError};
 use crate::quorum::Progress;
-use crate::wire::{Ack, Decoder, Frame, Heartbeat, Hello, Reject, RejectCode, Ship};
+use crate::wire::{Ack, Frame, Heartbeat, Hello, Reject, RejectCode, Ship};
 
 /// Settings of a follower session.
 #[derive(Debug, Clone)]
@@ -79,8 +79,7 @@ impl State {
 pub struct FollowerSession {
     cfg: FollowerConfig,
     state: State,
-    decoder: Decoder,
-    inbox: BytesMut,
+    inbound: Inbound,
     events: VecDeque<FollowerEvent>,
     epoch: Epoch,
     end: Lsn,
@@ -102,10 +101,9 @@ impl FollowerSession {
         now: Instant,
     ) -> FollowerSession {
         let mut s = FollowerSession {
-            decoder: Decoder::new(cfg.max_frame),
+            inbound: Inbound::new(cfg.max_frame),
             cfg,
             state: State::AwaitWelcome,
-            inbox: BytesMut::new(),
             events: VecDeque::new(),
             epoch,
             end,
@@ -180,16 +178,13 @@ impl FollowerSession {
     /// The session is over; drain `poll_event` (a `Reject` may be queued) and close.
     pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<(), SessionError> {
         if self.state == State::Closed {
-            return Err(SessionError::Unexpected {
-                frame: "any",
-                state: "closed",
-            });
+            self.inbound.close();
         }
+        self.inbound.push(data)?;
         self.last_heard = now;
-        self.inbox.extend_from_slice(data);
         while let Some(frame) = self
-            .decoder
-            .decode(&mut self.inbox)
+            .inbound
+            .next()
             .inspect_err(|_| self.state = State::Closed)?
         {
             self.handle_frame(frame)?;

@@ -16,11 +16,9 @@ use bytes::{Bytes, BytesMut};
 use walship_engine::{Epoch, EpochHistory, Lsn};
 
 use super::follower::frame_name;
-use super::SessionError;
+use super::{Inbound, SessionError};
 use crate::quorum::Progress;
-use crate::wire::{
-    Compression, Decoder, Frame, Heartbeat, Hello, Reject, RejectCode, Ship, Welcome,
-};
+use crate::wire::{Compression, Frame, Heartbeat, Hello, Reject, RejectCode, Ship, Welcome};
 
 /// Settings of a leader session.
 #[derive(Debug, Clone)]
@@ -97,8 +95,7 @@ impl State {
 pub struct LeaderSession {
     cfg: LeaderConfig,
     state: State,
-    decoder: Decoder,
-    inbox: BytesMut,
+    inbound: Inbound,
     events: VecDeque<LeaderEvent>,
     /// Next position to ship.
     sent: Lsn,
@@ -129,10 +126,9 @@ impl LeaderSession {
     /// A session waiting for a follower's `Hello`.
     pub fn new(cfg: LeaderConfig, now: Instant) -> LeaderSession {
         LeaderSession {
-            decoder: Decoder::new(cfg.max_frame),
+            inbound: Inbound::new(cfg.max_frame),
             cfg,
             state: State::AwaitHello,
-            inbox: BytesMut::new(),
             events: VecDeque::new(),
             sent: Lsn::ZERO,
             acked: Progress::default(),
@@ -191,16 +187,13 @@ impl LeaderSession {
         log: &LogView,
     ) -> Result<(), SessionError> {
         if self.state == State::Closed {
-            return Err(SessionError::Unexpected {
-                frame: "any",
-                state: "closed",
-            });
+            self.inbound.close();
         }
+        self.inbound.push(data)?;
         self.last_heard = now;
-        self.inbox.extend_from_slice(data);
         while let Some(frame) = self
-            .decoder
-            .decode(&mut self.inbox)
+            .inbound
+            .next()
             .inspect_err(|_| self.state = State::Closed)?
         {
             self.handle_frame(now, frame, log)?;

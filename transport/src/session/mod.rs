@@ -12,9 +12,53 @@
 pub mod follower;
 pub mod leader;
 
+use bytes::BytesMut;
 use walship_engine::{Epoch, Lsn};
 
-use crate::wire::{RejectCode, WireError};
+use crate::wire::{Decoder, Frame, RejectCode, WireError};
+
+/// The receiving half both sessions share: bytes in, whole checked frames out.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    decoder: Decoder,
+    buf: BytesMut,
+    closed: bool,
+}
+
+impl Inbound {
+    pub(crate) fn new(max_frame: u32) -> Inbound {
+        Inbound {
+            decoder: Decoder::new(max_frame),
+            buf: BytesMut::new(),
+            closed: false,
+        }
+    }
+
+    /// Buffers `data`; refuses bytes after the session closed.
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<(), SessionError> {
+        if self.closed {
+            return Err(SessionError::Unexpected {
+                frame: "any",
+                state: "closed",
+            });
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The next whole frame; a decoding error closes the session for good.
+    pub(crate) fn next(&mut self) -> Result<Option<Frame>, SessionError> {
+        self.decoder.decode(&mut self.buf).map_err(|e| {
+            self.closed = true;
+            SessionError::from(e)
+        })
+    }
+
+    /// Refuses further input.
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+    }
+}
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

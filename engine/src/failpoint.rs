@@ -13,7 +13,7 @@ static ACTIVE: std::sync::Mutex<Vec<(&'static str, std::path::PathBuf, i32)>> =
 pub(crate) fn hit(name: &'static str, dir: &Path) -> io::Result<()> {
     #[cfg(test)]
     {
-        let active = ACTIVE.lock().unwrap_or_else(|p| p.into_inner());
+        let active = crate::sync::lock(&ACTIVE);
         if let Some((_, _, errno)) = active.iter().find(|(n, d, _)| *n == name && d == dir) {
             return Err(io::Error::from_raw_os_error(*errno));
         }
@@ -25,17 +25,11 @@ pub(crate) fn hit(name: &'static str, dir: &Path) -> io::Result<()> {
 /// Arms `name` for `dir`: every hit fails with `errno` until [`clear`].
 #[cfg(test)]
 pub(crate) fn set(name: &'static str, dir: &Path, errno: i32) {
-    ACTIVE
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((name, dir.to_path_buf(), errno));
+    crate::sync::lock(&ACTIVE).push((name, dir.to_path_buf(), errno));
 }
 
 /// Disarms every failpoint of `dir`.
 #[cfg(test)]
 pub(crate) fn clear(dir: &Path) {
-    ACTIVE
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|(_, d, _)| d != dir);
+    crate::sync::lock(&ACTIVE).retain(|(_, d, _)| d != dir);
 }

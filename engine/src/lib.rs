@@ -56,6 +56,7 @@ mod reader;
 mod recovery;
 mod segment;
 mod stats;
+mod sync;
 mod timer;
 mod truncate;
 mod types;

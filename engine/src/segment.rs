@@ -93,7 +93,7 @@ impl Segment {
 
     /// The segment's file, reopened if it was released.
     pub(crate) fn file(&self) -> Result<Arc<File>> {
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = crate::sync::lock(&self.file);
         if let Some(f) = f.as_ref() {
             return Ok(Arc::clone(f));
         }
@@ -110,7 +110,7 @@ impl Segment {
 
     /// Closes the file descriptor (the mapping stays).
     pub(crate) fn release_file(&self) {
-        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *crate::sync::lock(&self.file) = None;
     }
 
     /// The stable bytes `[start, end)` of this segment, by LSN.

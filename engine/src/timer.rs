@@ -3,7 +3,9 @@
 //! park with a timeout instead.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::sync::lock;
 use std::task::Waker;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -25,10 +27,6 @@ struct Inner {
 pub(crate) struct Timer {
     inner: Arc<Inner>,
     thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Timer {

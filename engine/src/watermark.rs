@@ -9,7 +9,9 @@
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::Instant;
@@ -32,12 +34,6 @@ pub(crate) struct Watermark {
 pub(crate) fn next_waiter_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding this lock cannot leave the waiter list inconsistent (every
-    // critical section is a push, retain or drain), so poisoning is ignored.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Watermark {

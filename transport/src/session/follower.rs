@@ -177,10 +177,7 @@ impl FollowerSession {
     /// # Errors
     /// The session is over; drain `poll_event` (a `Reject` may be queued) and close.
     pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            self.inbound.close();
-        }
-        self.inbound.push(data)?;
+        self.inbound.push(self.state == State::Closed, data)?;
         self.last_heard = now;
         while let Some(frame) = self
             .inbound

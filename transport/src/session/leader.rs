@@ -186,10 +186,7 @@ impl LeaderSession {
         data: &[u8],
         log: &LogView,
     ) -> Result<(), SessionError> {
-        if self.state == State::Closed {
-            self.inbound.close();
-        }
-        self.inbound.push(data)?;
+        self.inbound.push(self.state == State::Closed, data)?;
         self.last_heard = now;
         while let Some(frame) = self
             .inbound

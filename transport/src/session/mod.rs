@@ -22,7 +22,6 @@ use crate::wire::{Decoder, Frame, RejectCode, WireError};
 pub(crate) struct Inbound {
     decoder: Decoder,
     buf: BytesMut,
-    closed: bool,
 }
 
 impl Inbound {
@@ -30,13 +29,12 @@ impl Inbound {
         Inbound {
             decoder: Decoder::new(max_frame),
             buf: BytesMut::new(),
-            closed: false,
         }
     }
 
-    /// Buffers `data`; refuses bytes after the session closed.
-    pub(crate) fn push(&mut self, data: &[u8]) -> Result<(), SessionError> {
-        if self.closed {
+    /// Buffers `data`, unless the session (whose state says so) is already closed.
+    pub(crate) fn push(&mut self, session_closed: bool, data: &[u8]) -> Result<(), SessionError> {
+        if session_closed {
             return Err(SessionError::Unexpected {
                 frame: "any",
                 state: "closed",
@@ -46,17 +44,9 @@ impl Inbound {
         Ok(())
     }
 
-    /// The next whole frame; a decoding error closes the session for good.
+    /// The next whole frame. After an error the caller closes the session.
     pub(crate) fn next(&mut self) -> Result<Option<Frame>, SessionError> {
-        self.decoder.decode(&mut self.buf).map_err(|e| {
-            self.closed = true;
-            SessionError::from(e)
-        })
-    }
-
-    /// Refuses further input.
-    pub(crate) fn close(&mut self) {
-        self.closed = true;
+        Ok(self.decoder.decode(&mut self.buf)?)
     }
 }
 

@@ -1,20 +1,38 @@
 //! # walship-transport
 //!
-//! The replication protocol between a walship leader and its followers.
+//! The replication protocol between a walship leader and its followers, over QUIC with
+//! mutual TLS.
 //!
-//! What exists is the protocol's core, which the QUIC driver binds to quinn, tokio and the
-//! engine:
+//! - [`Leader`] and [`Follower`] (the [`driver`](crate::driver)): bind the protocol to
+//!   quinn, tokio and the engine. The leader streams its log to every follower and turns
+//!   their acknowledgements into the engine's remote watermarks; the follower appends
+//!   what it receives verbatim and applies it through the embedder's [`Apply`].
 //! - [`wire`]: the versioned frame format and a streaming decoder that refuses anything
 //!   malformed, oversized, discontinuous or from an older epoch;
 //! - [`session`]: the leader's and follower's session logic as sans-I/O state machines;
 //! - [`quorum`]: PostgreSQL's `synchronous_standby_names` arithmetic (FIRST/ANY k);
+//! - [`slots`]: retention slots, capped by `max_retained_bytes`;
+//! - [`compress`]: zstd for shipped data, skipped when it does not pay;
+//! - [`lag`]: write/flush/apply lag in time;
+//! - [`status`]: what `status()` reports;
 //! - [`tls`]: the cluster CA, node certificates and mutual-TLS quinn configurations.
 //!
-//! The first three do no I/O and are tested directly; `tls` is tested over real QUIC.
+//! Everything but the driver and `tls` does no network I/O and is tested directly.
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod compress;
+mod driver;
+pub mod lag;
 pub mod quorum;
 pub mod session;
+pub mod slots;
+pub mod status;
 pub mod tls;
 pub mod wire;
+
+pub use compress::CompressionOptions;
+pub use driver::{
+    Apply, ApplyError, Follower, FollowerOptions, Leader, LeaderOptions, Security, TransportError,
+};
+pub use quorum::SyncPolicy;

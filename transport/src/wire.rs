@@ -87,6 +87,8 @@ pub enum RejectCode {
     NotLeader,
     /// The follower's retention slot was dropped for exceeding `max_retained_bytes`.
     SlotLost,
+    /// The node id in `Hello` is not the one in the peer's certificate.
+    Identity,
 }
 
 impl RejectCode {
@@ -99,6 +101,7 @@ impl RejectCode {
             RejectCode::NotRetained => 5,
             RejectCode::NotLeader => 6,
             RejectCode::SlotLost => 7,
+            RejectCode::Identity => 8,
         }
     }
 
@@ -111,6 +114,7 @@ impl RejectCode {
             5 => RejectCode::NotRetained,
             6 => RejectCode::NotLeader,
             7 => RejectCode::SlotLost,
+            8 => RejectCode::Identity,
             _ => return None,
         })
     }
@@ -154,6 +158,43 @@ pub struct Ship {
     pub compression: Compression,
     /// The (possibly compressed) batches.
     pub data: Bytes,
+}
+
+/// Bytes of a [`Ship`] payload before its data.
+const SHIP_FIELDS_LEN: usize = 29;
+
+impl Ship {
+    fn put_fields(&self, out: &mut BytesMut) {
+        out.put_u64_le(self.epoch.get());
+        out.put_u64_le(self.base.get());
+        out.put_u64_le(self.end.get());
+        out.put_u32_le(self.raw_len);
+        out.put_u8(match self.compression {
+            Compression::None => 0,
+            Compression::Zstd => 1,
+        });
+    }
+
+    /// The frame header and fields of this `Ship`, without its data: sending this and
+    /// then `data` as a separate chunk puts the same bytes on the wire as
+    /// [`Frame::encode`], without copying the data.
+    ///
+    /// # Errors
+    /// [`WireError::FrameTooLarge`] for data over `u32::MAX` bytes.
+    pub fn encode_header(&self) -> Result<Bytes, WireError> {
+        let len = SHIP_FIELDS_LEN + self.data.len();
+        let len = u32::try_from(len).map_err(|_| WireError::FrameTooLarge {
+            len: len as u64,
+            max: u64::from(u32::MAX),
+        })?;
+        let mut out = BytesMut::with_capacity(FRAME_HEADER_LEN + SHIP_FIELDS_LEN);
+        out.put_u16_le(MAGIC);
+        out.put_u8(PROTOCOL_VERSION);
+        out.put_u8(4);
+        out.put_u32_le(len);
+        self.put_fields(&mut out);
+        Ok(out.freeze())
+    }
 }
 
 /// A follower's progress report, as `pg_stat_replication`'s write/flush/replay LSNs.
@@ -244,14 +285,7 @@ impl Frame {
                 put_str(out, &r.reason)?;
             }
             Frame::Ship(s) => {
-                out.put_u64_le(s.epoch.get());
-                out.put_u64_le(s.base.get());
-                out.put_u64_le(s.end.get());
-                out.put_u32_le(s.raw_len);
-                out.put_u8(match s.compression {
-                    Compression::None => 0,
-                    Compression::Zstd => 1,
-                });
+                s.put_fields(out);
                 out.put_slice(&s.data);
             }
             Frame::Ack(a) => {
@@ -720,7 +754,7 @@ mod tests {
                     leader_id: id,
                 })
             }),
-            (1u8..=7, any::<u64>(), any::<u64>(), ".{0,60}").prop_map(
+            (1u8..=8, any::<u64>(), any::<u64>(), ".{0,60}").prop_map(
                 |(c, e, l, r)| Frame::Reject(Reject {
                     code: RejectCode::from_u8(c).unwrap(),
                     epoch: Epoch::new(e),
@@ -765,6 +799,15 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn ship_header_then_data_is_the_encoded_frame(f in arb_frame()) {
+            if let Frame::Ship(ship) = &f {
+                let mut split = BytesMut::from(&ship.encode_header().unwrap()[..]);
+                split.extend_from_slice(&ship.data);
+                prop_assert_eq!(split, encode(&f));
+            }
+        }
+
         #[test]
         fn round_trip(f in arb_frame()) {
             let mut b = encode(&f);

@@ -27,6 +27,7 @@ fn view(log: &Log) -> LogView {
         start: log.start_lsn(),
         end: log.end_lsn(),
         history: log.epoch_history(),
+        lost_slots: Default::default(),
     }
 }
 

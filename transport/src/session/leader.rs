@@ -9,7 +9,8 @@
 //! and live tailing are the same path), keeps at most `max_unacked_bytes` in flight,
 //! turns acks into quorum progress, and sends heartbeats when idle.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -50,6 +51,8 @@ pub struct LogView {
     pub end: Lsn,
     /// The epoch history.
     pub history: EpochHistory,
+    /// Followers whose retention slot was lost, with the reason: refused on `Hello`.
+    pub lost_slots: Arc<BTreeMap<String, String>>,
 }
 
 /// What the driver must do for the leader.
@@ -102,6 +105,7 @@ pub struct LeaderSession {
     acked: Progress,
     last_heard: Instant,
     last_sent: Instant,
+    peer: Option<String>,
 }
 
 /// Where a follower with `last_epoch` ending at `end` must continue from, and whether it
@@ -134,7 +138,15 @@ impl LeaderSession {
             acked: Progress::default(),
             last_heard: now,
             last_sent: now,
+            peer: None,
         }
+    }
+
+    /// Requires the follower's `Hello` to carry `node_id`: the identity its certificate
+    /// proved, so one node cannot stream as (and move the slot of) another.
+    pub fn expect_peer(mut self, node_id: impl Into<String>) -> LeaderSession {
+        self.peer = Some(node_id.into());
+        self
     }
 
     /// The follower's node id, once it said hello and was accepted.
@@ -163,7 +175,15 @@ impl LeaderSession {
         }
     }
 
-    fn refuse(&mut self, code: RejectCode, lsn: Lsn, reason: String, now: Instant) -> SessionError {
+    /// Ends the session, queueing a `Reject` that tells the follower why (for example,
+    /// its slot was lost while it streamed). Drain `poll_event` to send it.
+    pub fn refuse(
+        &mut self,
+        code: RejectCode,
+        lsn: Lsn,
+        reason: String,
+        now: Instant,
+    ) -> SessionError {
         let r = Frame::Reject(Reject {
             code,
             epoch: self.cfg.epoch,
@@ -205,6 +225,17 @@ impl LeaderSession {
                 h.cluster_id, self.cfg.cluster_id
             );
             return Err(self.refuse(RejectCode::Cluster, Lsn::ZERO, why, now));
+        }
+        if let Some(peer) = self.peer.as_ref().filter(|p| **p != h.node_id) {
+            let why = format!(
+                "Hello names node {:?} but the certificate is node {peer:?}",
+                h.node_id
+            );
+            return Err(self.refuse(RejectCode::Identity, Lsn::ZERO, why, now));
+        }
+        if let Some(reason) = log.lost_slots.get(&h.node_id) {
+            let why = format!("the retention slot of {:?} was lost: {reason}", h.node_id);
+            return Err(self.refuse(RejectCode::SlotLost, log.start, why, now));
         }
         if h.segment_capacity != self.cfg.segment_capacity {
             let why = format!(
@@ -368,15 +399,21 @@ impl LeaderSession {
                 },
             });
         }
-        let f = Frame::Ship(Ship {
+        let ship = Ship {
             epoch: self.cfg.epoch,
             base,
             end,
             raw_len,
             compression,
             data,
-        });
-        self.transmit(&f, now);
+        };
+        // Header and data go out as two chunks, so the data is never copied.
+        let header = ship.encode_header()?;
+        self.events.push_back(LeaderEvent::Transmit(header));
+        if !ship.data.is_empty() {
+            self.events.push_back(LeaderEvent::Transmit(ship.data));
+        }
+        self.last_sent = now;
         self.sent = end;
         Ok(())
     }

@@ -1,0 +1,667 @@
+//! The follower's driver: a connection loop with back-off, and an apply thread.
+
+use std::future::pending;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use walship_engine::{Commit, Durability, Epoch, Log, Lsn, Record};
+
+use super::{Security, TransportError, CLOSE_ERROR, CLOSE_SHUTDOWN};
+use crate::compress::Decompressor;
+use crate::quorum::Progress;
+use crate::session::follower::{FollowerConfig, FollowerEvent, FollowerSession};
+use crate::status::FollowerStatus;
+
+/// An error from the embedder's [`Apply`] callback.
+pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The embedder's replay of the log: called in LSN order, once per record, only for
+/// records already flushed to the follower's disk.
+///
+/// A closure `FnMut(&Record)` is an `Apply`.
+pub trait Apply: Send + 'static {
+    /// Makes `record` visible in the embedder's state. An error stops applying (the
+    /// follower keeps receiving and flushing); the status reports it.
+    ///
+    /// # Errors
+    /// Whatever the embedder cannot apply.
+    fn apply(&mut self, record: &Record) -> Result<(), ApplyError>;
+
+    /// The log was truncated to `to`, below records already applied: they were a
+    /// divergent tail that the new leader never had (failover). The embedder must undo
+    /// them or rebuild its state; the default refuses, which stops applying.
+    ///
+    /// # Errors
+    /// If the embedder cannot undo.
+    fn truncated(&mut self, to: Lsn) -> Result<(), ApplyError> {
+        Err(format!("records after {to} were applied and then truncated; rebuild required").into())
+    }
+}
+
+impl<F: FnMut(&Record) + Send + 'static> Apply for F {
+    fn apply(&mut self, record: &Record) -> Result<(), ApplyError> {
+        self(record);
+        Ok(())
+    }
+}
+
+/// Settings of a [`Follower`].
+#[derive(Debug)]
+pub struct FollowerOptions {
+    /// The leader's address.
+    pub leader: SocketAddr,
+    /// The leader's node id (its certificate must name it).
+    pub leader_node_id: String,
+    /// Local address to bind; `None` binds the loopback or unspecified address of the
+    /// leader's family, port 0.
+    pub bind: Option<SocketAddr>,
+    /// A socket to use instead of binding.
+    pub socket: Option<std::net::UdpSocket>,
+    /// Largest frame accepted from the leader.
+    pub max_frame: u32,
+    /// An ack goes out at least this often, progress or not.
+    pub status_interval: Duration,
+    /// A leader silent this long is disconnected from.
+    pub idle_timeout: Duration,
+    /// Connecting gives up after this long (then backs off and retries).
+    pub connect_timeout: Duration,
+    /// First delay before reconnecting; doubled after each failure.
+    pub reconnect_min: Duration,
+    /// Longest delay before reconnecting.
+    pub reconnect_max: Duration,
+    /// Where the embedder's state ends: records after it are applied. `None` applies
+    /// the whole retained log.
+    pub apply_from: Option<Lsn>,
+}
+
+impl Default for FollowerOptions {
+    fn default() -> Self {
+        FollowerOptions {
+            leader: SocketAddr::from(([127, 0, 0, 1], 0)),
+            leader_node_id: String::new(),
+            bind: None,
+            socket: None,
+            max_frame: 24 << 20,
+            status_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_secs(5),
+            apply_from: None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    epoch: Epoch,
+    connected: bool,
+    leader_id: Option<String>,
+    leader_end: Lsn,
+    connects: u64,
+    last_error: Option<String>,
+    apply_error: Option<String>,
+    bytes_raw: u64,
+    bytes_wire: u64,
+    last_message: Option<Instant>,
+}
+
+struct Shared {
+    log: Arc<Log>,
+    node_id: String,
+    cfg: FollowerConfig,
+    state: Mutex<State>,
+    applied: watch::Sender<Lsn>,
+    stop_apply: AtomicBool,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn progress(&self) -> Progress {
+        let w = self.log.watermarks();
+        Progress {
+            written: w.written,
+            flushed: w.flushed,
+            applied: *self.applied.borrow(),
+        }
+    }
+}
+
+/// A follower replaying its leader's log; see the [module docs](super).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use walship_engine::{Log, Options, Record};
+/// use walship_transport::tls::ClusterCa;
+/// use walship_transport::{Follower, FollowerOptions, Security};
+/// let ca = ClusterCa::generate("prod")?;
+/// let log = Arc::new(Log::open("/var/lib/walship", Options::default())?);
+/// let follower = Follower::start(
+///     log,
+///     Security::mutual_tls(ca.issue_node("n2")?, ca.cert_pem()),
+///     FollowerOptions {
+///         leader: "10.0.0.1:7400".parse()?,
+///         leader_node_id: "n1".into(),
+///         ..FollowerOptions::default()
+///     },
+///     |r: &Record| println!("{} {:?}", r.lsn, r.data),
+/// )?;
+/// println!("applied up to {}", follower.status().applied);
+/// follower.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Follower {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    applier: Option<JoinHandle<()>>,
+}
+
+impl Follower {
+    /// Starts replicating into `log` from the leader in `opts`, applying records with
+    /// `apply`. Must be called inside a Tokio runtime. Returns at once; the connection is
+    /// made (and remade) in the background.
+    ///
+    /// # Errors
+    /// [`TransportError`] for TLS configuration, binding, or an `apply_from` outside the
+    /// log.
+    pub fn start(
+        log: Arc<Log>,
+        security: Security,
+        mut opts: FollowerOptions,
+        apply: impl Apply,
+    ) -> Result<Follower, TransportError> {
+        let client = security.client_config()?;
+        let bind = opts.bind.unwrap_or_else(|| match opts.leader {
+            SocketAddr::V4(a) if a.ip().is_loopback() => SocketAddr::from(([127, 0, 0, 1], 0)),
+            SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+            SocketAddr::V6(a) if a.ip().is_loopback() => {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))
+            }
+            SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+        });
+        let apply_from = opts.apply_from.unwrap_or_else(|| log.start_lsn());
+        let records = log.record_reader(apply_from)?;
+        let endpoint = super::endpoint(None, bind, opts.socket.take())?;
+        let (applied, _) = watch::channel(apply_from);
+        let epoch = log.epoch();
+        let shared = Arc::new(Shared {
+            cfg: FollowerConfig {
+                cluster_id: security.cluster_id().to_owned(),
+                node_id: security.node_id().to_owned(),
+                segment_capacity: log.segment_capacity(),
+                max_frame: opts.max_frame,
+                status_interval: opts.status_interval,
+                idle_timeout: opts.idle_timeout,
+            },
+            node_id: security.node_id().to_owned(),
+            log,
+            state: Mutex::new(State {
+                epoch,
+                ..State::default()
+            }),
+            applied,
+            stop_apply: AtomicBool::new(false),
+        });
+        let applier = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(format!("walship-apply-{}", shared.node_id))
+                .spawn(move || apply_loop(&shared, records, apply_from, apply))
+                .map_err(|source| TransportError::Io {
+                    op: "spawn the apply thread for",
+                    addr: bind,
+                    source,
+                })?
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(connect_loop(
+            Arc::clone(&shared),
+            endpoint,
+            client,
+            opts,
+            stop_rx,
+        ));
+        Ok(Follower {
+            shared,
+            stop,
+            task: Some(task),
+            applier: Some(applier),
+        })
+    }
+
+    /// The local log.
+    pub fn log(&self) -> &Arc<Log> {
+        &self.shared.log
+    }
+
+    /// Applied by the embedder up to here.
+    pub fn applied(&self) -> Lsn {
+        *self.shared.applied.borrow()
+    }
+
+    /// Replication as this follower sees it.
+    pub fn status(&self) -> FollowerStatus {
+        let s = self.shared.state();
+        FollowerStatus {
+            node_id: self.shared.node_id.clone(),
+            epoch: s.epoch,
+            watermarks: self.shared.log.watermarks(),
+            applied: self.applied(),
+            connected: s.connected,
+            leader_id: s.leader_id.clone(),
+            leader_end: s.leader_end,
+            connects: s.connects,
+            last_error: s.last_error.clone(),
+            apply_error: s.apply_error.clone(),
+            bytes_raw: s.bytes_raw,
+            bytes_wire: s.bytes_wire,
+            since_last_message: s.last_message.map(|t| t.elapsed()),
+        }
+    }
+
+    /// Waits until the embedder has applied `lsn`, or `timeout` passes.
+    ///
+    /// # Errors
+    /// [`walship_engine::Error::Timeout`] naming the LSN.
+    pub async fn wait_for_applied(
+        &self,
+        lsn: Lsn,
+        timeout: Duration,
+    ) -> Result<(), walship_engine::Error> {
+        let mut rx = self.shared.applied.subscribe();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|a| *a >= lsn))
+            .await
+            .map(|r| r.is_ok());
+        match reached {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(walship_engine::Error::Closed {
+                path: self.shared.log.dir().to_path_buf(),
+            }),
+            Err(_) => Err(walship_engine::Error::Timeout {
+                lsn,
+                level: Durability::RemoteApply,
+            }),
+        }
+    }
+
+    /// Closes the connection, stops the apply thread, and returns once both are done.
+    /// The log stays open (it belongs to the caller).
+    pub async fn shutdown(mut self) {
+        self.stop_all().await;
+    }
+
+    async fn stop_all(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self.shared.stop_apply.store(true, Ordering::Release);
+        if let Some(a) = self.applier.take() {
+            let _ = tokio::task::spawn_blocking(move || a.join()).await;
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.shared.stop_apply.store(true, Ordering::Release);
+    }
+}
+
+/// Applies flushed records in order until stopped; survives truncation.
+fn apply_loop(
+    shared: &Shared,
+    mut records: walship_engine::RecordReader,
+    from: Lsn,
+    mut apply: impl Apply,
+) {
+    let log = &shared.log;
+    let mut applied = from;
+    let mut flushed = log.watermarks().flushed;
+    let mut since_publish = 0u32;
+    let poll = Duration::from_millis(50);
+    let fail = |e: String| {
+        tracing::error!(error = e.as_str(), "apply stopped");
+        shared.state().apply_error = Some(e);
+    };
+    while !shared.stop_apply.load(Ordering::Acquire) {
+        let next = match records.try_next() {
+            Ok(Some(r)) => Ok(Some(r)),
+            Ok(None) => {
+                // Idle: make what was applied visible before sleeping.
+                shared.applied.send_replace(applied);
+                since_publish = 0;
+                records.next_blocking(Some(poll))
+            }
+            Err(e) => Err(e),
+        };
+        let rec = match next {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(walship_engine::Error::Closed { .. }) => return,
+            Err(walship_engine::Error::Truncated { .. }) => {
+                match reopen(shared, &mut apply, &mut applied) {
+                    Ok(r) => records = r,
+                    Err(e) => return fail(e),
+                }
+                continue;
+            }
+            Err(e) => return fail(format!("reading the local log: {e}")),
+        };
+        // Only what is on the follower's disk is applied: a crash never leaves the
+        // embedder ahead of its own log.
+        while rec.lsn > flushed {
+            match log.commit(rec.lsn, Durability::Local).wait_timeout(poll) {
+                Ok(()) => flushed = log.watermarks().flushed.max(rec.lsn),
+                Err(walship_engine::Error::Timeout { .. }) => {
+                    if shared.stop_apply.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                Err(walship_engine::Error::Closed { .. }) => return,
+                Err(walship_engine::Error::Truncated { .. }) => break,
+                Err(e) => return fail(format!("waiting for the local flush: {e}")),
+            }
+        }
+        if rec.lsn > flushed {
+            // Truncated under us: the reader reports it on the next read.
+            match reopen(shared, &mut apply, &mut applied) {
+                Ok(r) => records = r,
+                Err(e) => return fail(e),
+            }
+            continue;
+        }
+        if let Err(e) = apply.apply(&rec) {
+            return fail(format!("the apply callback failed at {}: {e}", rec.lsn));
+        }
+        applied = rec.lsn;
+        since_publish += 1;
+        if since_publish >= 1024 {
+            shared.applied.send_replace(applied);
+            since_publish = 0;
+        }
+    }
+    shared.applied.send_replace(applied);
+}
+
+/// A reader positioned after a truncation: at `applied` if it survived, else at the new
+/// end, after the embedder undid what it lost.
+fn reopen(
+    shared: &Shared,
+    apply: &mut impl Apply,
+    applied: &mut Lsn,
+) -> Result<walship_engine::RecordReader, String> {
+    let end = shared.log.end_lsn();
+    if *applied > end {
+        apply
+            .truncated(end)
+            .map_err(|e| format!("applied records after {end} were truncated: {e}"))?;
+        *applied = end;
+        shared.applied.send_replace(end);
+    }
+    shared
+        .log
+        .record_reader(*applied)
+        .map_err(|e| format!("reopening the local log at {applied}: {e}"))
+}
+
+async fn connect_loop(
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    opts: FollowerOptions,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = opts.reconnect_min;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let started = Instant::now();
+        let result = session(&shared, &endpoint, &client, &opts, &mut stop).await;
+        {
+            let mut s = shared.state();
+            s.connected = false;
+            if let Err(e) = &result {
+                s.last_error = Some(e.to_string());
+            }
+        }
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(leader = %opts.leader, error = %e, "replication session ended; reconnecting")
+            }
+        }
+        // A session that streamed for a while resets the back-off.
+        if started.elapsed() > opts.reconnect_max {
+            backoff = opts.reconnect_min;
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(opts.reconnect_max);
+    }
+    endpoint.close(
+        quinn::VarInt::from_u32(CLOSE_SHUTDOWN),
+        b"follower shutting down",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+async fn maybe(c: Option<&mut Commit>) -> walship_engine::Result<()> {
+    match c {
+        Some(c) => c.await,
+        None => pending().await,
+    }
+}
+
+/// One session: connect, stream until an error or `stop`.
+async fn session(
+    shared: &Shared,
+    endpoint: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    opts: &FollowerOptions,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), TransportError> {
+    let peer = opts.leader;
+    let conn_err = |e: quinn::ConnectionError| TransportError::Connection {
+        peer,
+        reason: e.to_string(),
+    };
+    let connecting = endpoint
+        .connect_with(client.clone(), peer, &opts.leader_node_id)
+        .map_err(|e| TransportError::Connection {
+            peer,
+            reason: e.to_string(),
+        })?;
+    let conn = tokio::select! {
+        _ = stop.wait_for(|s| *s) => return Ok(()),
+        c = tokio::time::timeout(opts.connect_timeout, connecting) => match c {
+            Ok(c) => c.map_err(conn_err)?,
+            Err(_) => return Err(TransportError::Timeout { what: "connecting", peer, after: opts.connect_timeout }),
+        },
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
+    shared.state().connects += 1;
+    let log = &shared.log;
+    let epoch = shared.state().epoch.max(log.epoch());
+    let mut session = FollowerSession::new(
+        shared.cfg.clone(),
+        epoch,
+        log.end_lsn(),
+        shared.progress(),
+        Instant::now(),
+    );
+    let mut applied = shared.applied.subscribe();
+    let mut run = Stream {
+        shared,
+        peer,
+        decompressor: Decompressor::new()
+            .map_err(|source| TransportError::Codec { peer, source })?,
+        flush: None,
+        received: log.end_lsn(),
+    };
+    let result = run
+        .go(&mut session, &mut send, &mut recv, &mut applied, stop)
+        .await;
+    // A refusal we queued (for example a stale leader) goes out before the close.
+    while let Some(ev) = session.poll_event(Instant::now()) {
+        if let FollowerEvent::Transmit(b) = ev {
+            let _ = send.write_chunk(b).await;
+        }
+    }
+    let _ = send.finish();
+    let code = if result.is_ok() {
+        CLOSE_SHUTDOWN
+    } else {
+        CLOSE_ERROR
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+    conn.close(quinn::VarInt::from_u32(code), b"follower session ended");
+    result
+}
+
+struct Stream<'a> {
+    shared: &'a Shared,
+    peer: SocketAddr,
+    decompressor: Decompressor,
+    /// The flush being waited for, to acknowledge it.
+    flush: Option<Commit>,
+    /// The end of what was appended.
+    received: Lsn,
+}
+
+impl Stream<'_> {
+    async fn go(
+        &mut self,
+        session: &mut FollowerSession,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        applied: &mut watch::Receiver<Lsn>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), TransportError> {
+        let peer = self.peer;
+        let session_err = |source| TransportError::Session { peer, source };
+        loop {
+            self.drain(session, send).await?;
+            let deadline = session
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+                r = maybe(self.flush.as_mut()) => {
+                    self.flush = None;
+                    match r {
+                        Ok(()) | Err(walship_engine::Error::Truncated { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    session.handle_progress(self.shared.progress());
+                    self.await_flush();
+                }
+                chunk = recv.read_chunk(1 << 20, true) => match chunk {
+                    Ok(Some(c)) => {
+                        self.shared.state().last_message = Some(Instant::now());
+                        session.handle_bytes(Instant::now(), &c.bytes).map_err(session_err)?;
+                    }
+                    Ok(None) => return Err(TransportError::Connection { peer, reason: "leader closed its stream".into() }),
+                    Err(e) => return Err(TransportError::Connection { peer, reason: e.to_string() }),
+                },
+                r = applied.changed() => {
+                    if r.is_ok() {
+                        session.handle_progress(self.shared.progress());
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    session.handle_timeout(Instant::now()).map_err(session_err)?;
+                    session.handle_progress(self.shared.progress());
+                }
+            }
+        }
+    }
+
+    /// Waits for the flush of everything received, unless a wait is in progress: the
+    /// target of a pending wait is not moved, so acks flow even under constant load.
+    fn await_flush(&mut self) {
+        if self.flush.is_none() && self.received > self.shared.log.watermarks().flushed {
+            self.flush = Some(self.shared.log.commit(self.received, Durability::Local));
+        }
+    }
+
+    async fn drain(
+        &mut self,
+        session: &mut FollowerSession,
+        send: &mut quinn::SendStream,
+    ) -> Result<(), TransportError> {
+        let peer = self.peer;
+        let log = &self.shared.log;
+        while let Some(ev) = session.poll_event(Instant::now()) {
+            match ev {
+                FollowerEvent::Transmit(b) => {
+                    send.write_chunk(b)
+                        .await
+                        .map_err(|e| TransportError::Connection {
+                            peer,
+                            reason: e.to_string(),
+                        })?
+                }
+                FollowerEvent::Truncate(to) => {
+                    tracing::warn!(%to, "truncating the divergent suffix of the local log");
+                    self.flush = None;
+                    let l = Arc::clone(log);
+                    tokio::task::spawn_blocking(move || l.truncate_suffix(to))
+                        .await
+                        .map_err(|e| {
+                            TransportError::InvalidOptions(format!("truncation task: {e}"))
+                        })??;
+                    self.received = to;
+                }
+                FollowerEvent::Append(ship) => {
+                    let wire = ship.data.len();
+                    let raw: Bytes = self
+                        .decompressor
+                        .decode(ship.compression, ship.raw_len, ship.data)
+                        .map_err(|source| TransportError::Codec { peer, source })?;
+                    let n = raw.len();
+                    log.append_encoded(raw)?;
+                    self.received = ship.end;
+                    {
+                        let mut s = self.shared.state();
+                        s.bytes_raw += n as u64;
+                        s.bytes_wire += wire as u64;
+                        s.leader_end = s.leader_end.max(ship.end);
+                    }
+                    self.await_flush();
+                }
+                FollowerEvent::EpochSeen(e) => {
+                    let mut s = self.shared.state();
+                    s.epoch = s.epoch.max(e);
+                }
+                FollowerEvent::Streaming {
+                    leader_id,
+                    epoch,
+                    start,
+                } => {
+                    tracing::info!(leader = leader_id.as_str(), %epoch, %start, "streaming from the leader");
+                    let mut s = self.shared.state();
+                    s.connected = true;
+                    s.leader_id = Some(leader_id);
+                    s.last_error = None;
+                }
+            }
+        }
+        Ok(())
+    }
+}

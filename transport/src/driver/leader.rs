@@ -1,0 +1,807 @@
+//! The leader's driver: a QUIC listener and one sender task per follower.
+
+use std::collections::BTreeMap;
+use std::future::pending;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use walship_engine::{Batch, Commit, Durability, Epoch, Log, Lsn, Reader};
+
+use super::{Security, TransportError, CLOSE_ERROR, CLOSE_SHUTDOWN};
+use crate::compress::{CompressionOptions, Compressor};
+use crate::lag::LagTracker;
+use crate::quorum::{Progress, QuorumTracker, SyncPolicy};
+use crate::session::leader::{LeaderConfig, LeaderEvent, LeaderSession, LogView};
+use crate::session::SessionError;
+use crate::slots::Slots;
+use crate::status::{FollowerInfo, LeaderStatus, StreamState};
+use crate::tls::peer_identity;
+use crate::wire::{Compression, RejectCode};
+
+/// Settings of a [`Leader`].
+#[derive(Debug)]
+pub struct LeaderOptions {
+    /// Where to listen (loopback by default).
+    pub listen: SocketAddr,
+    /// A socket to use instead of binding `listen` (for example one bound inside another
+    /// network namespace).
+    pub socket: Option<std::net::UdpSocket>,
+    /// The epoch to lead; `None` starts the epoch after the log's latest. Either way it is
+    /// begun in the log (a restarted leader is a new leadership).
+    pub epoch: Option<Epoch>,
+    /// Which followers commits at remote levels wait for. The default, `ANY 1 (*)`,
+    /// waits for any one streaming follower.
+    pub sync: SyncPolicy,
+    /// zstd settings for shipped data.
+    pub compression: CompressionOptions,
+    /// Raw log bytes per `Ship` frame, at most (a single larger batch goes alone).
+    pub frame_bytes: usize,
+    /// Largest frame accepted from a follower, and the follower's limit this leader
+    /// assumes (it must exceed the log's largest batch).
+    pub max_frame: u32,
+    /// Most bytes shipped to one follower and not yet acknowledged as written.
+    pub max_unacked_bytes: u64,
+    /// A follower's slot more than this far behind the end of the log is lost: its
+    /// segments are released and it is refused until the slot is dropped.
+    pub max_retained_bytes: u64,
+    /// A heartbeat goes to an idle follower this often (it answers with an ack).
+    pub heartbeat_interval: Duration,
+    /// A follower silent this long is disconnected.
+    pub idle_timeout: Duration,
+    /// Commits at remote levels made through [`Leader::commit`] fail with
+    /// `RemoteUnconfirmed` after this long (they are durable locally by then).
+    pub remote_commit_timeout: Duration,
+}
+
+impl Default for LeaderOptions {
+    fn default() -> Self {
+        LeaderOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            socket: None,
+            epoch: None,
+            sync: SyncPolicy::Any {
+                k: 1,
+                of: vec!["*".into()],
+            },
+            compression: CompressionOptions::default(),
+            frame_bytes: 256 << 10,
+            max_frame: 24 << 20,
+            max_unacked_bytes: 32 << 20,
+            max_retained_bytes: 8 << 30,
+            heartbeat_interval: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(10),
+            remote_commit_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a session is ended by the leader's side.
+enum End {
+    /// The same follower connected again; this older session goes.
+    Superseded,
+    /// The follower's slot was lost.
+    SlotLost(String),
+}
+
+/// Per-follower bookkeeping behind [`FollowerInfo`].
+#[derive(Debug, Default)]
+struct Entry {
+    addr: Option<SocketAddr>,
+    session: u64,
+    state: Option<StreamState>,
+    sent: Lsn,
+    acked: Progress,
+    lag: LagTracker,
+    bytes_raw: u64,
+    bytes_wire: u64,
+    frames: u64,
+    last_error: Option<String>,
+    kick: Option<String>,
+}
+
+#[derive(Debug)]
+struct Repl {
+    quorum: QuorumTracker,
+    slots: Slots,
+    followers: BTreeMap<String, Entry>,
+    lost: Arc<BTreeMap<String, String>>,
+    next_session: u64,
+}
+
+struct Shared {
+    log: Arc<Log>,
+    cfg: LeaderConfig,
+    verify_peers: bool,
+    compression: CompressionOptions,
+    frame_bytes: usize,
+    max_retained_bytes: u64,
+    remote_commit_timeout: Duration,
+    repl: Mutex<Repl>,
+}
+
+impl Shared {
+    fn repl(&self) -> MutexGuard<'_, Repl> {
+        self.repl.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn view(&self) -> LogView {
+        let lost = Arc::clone(&self.repl().lost);
+        LogView {
+            start: self.log.start_lsn(),
+            end: self.log.end_lsn(),
+            history: self.log.epoch_history(),
+            lost_slots: lost,
+        }
+    }
+
+    /// Pushes the quorum's positions into the engine's remote watermarks.
+    fn publish_quorum(&self, r: &Repl) {
+        let q = r.quorum.quorum();
+        self.log.advance_remote_written(q.written);
+        self.log.advance_remote_flushed(q.flushed);
+        self.log.advance_remote_applied(q.applied);
+    }
+
+    fn accepted(&self, node: &str, addr: SocketAddr, start: Lsn) -> u64 {
+        let mut r = self.repl();
+        r.next_session += 1;
+        let id = r.next_session;
+        r.slots.accept(node, start);
+        let e = r.followers.entry(node.to_string()).or_default();
+        *e = Entry {
+            addr: Some(addr),
+            session: id,
+            state: Some(StreamState::Catchup),
+            sent: start,
+            acked: Progress {
+                written: start,
+                flushed: start,
+                applied: Lsn::ZERO,
+            },
+            bytes_raw: e.bytes_raw,
+            bytes_wire: e.bytes_wire,
+            frames: e.frames,
+            ..Entry::default()
+        };
+        // Not streaming yet: PostgreSQL counts a standby for sync only once caught up.
+        r.quorum.disconnected(node);
+        id
+    }
+
+    fn progress(&self, node: &str, session: u64, p: Progress, now: Instant) {
+        let mut r = self.repl();
+        let Some(e) = r.followers.get_mut(node).filter(|e| e.session == session) else {
+            return;
+        };
+        e.acked = p;
+        e.lag.acked(p, now);
+        let streaming = e.state == Some(StreamState::Streaming);
+        r.slots.advance(node, p.flushed);
+        if streaming {
+            r.quorum.update(node, true, p);
+            self.publish_quorum(&r);
+        }
+    }
+
+    fn shipped(&self, node: &str, session: u64, end: Lsn, raw: usize, wire: usize, now: Instant) {
+        let mut r = self.repl();
+        if let Some(e) = r.followers.get_mut(node).filter(|e| e.session == session) {
+            e.sent = end;
+            e.lag.shipped(end, now);
+            e.bytes_raw += raw as u64;
+            e.bytes_wire += wire as u64;
+            e.frames += 1;
+        }
+    }
+
+    fn caught_up(&self, node: &str, session: u64) {
+        let mut r = self.repl();
+        let Some(e) = r.followers.get_mut(node).filter(|e| e.session == session) else {
+            return;
+        };
+        e.state = Some(StreamState::Streaming);
+        let p = e.acked;
+        r.quorum.update(node, true, p);
+        self.publish_quorum(&r);
+        tracing::info!(follower = node, "follower caught up; streaming");
+    }
+
+    /// Why this session must end, if it must.
+    fn must_end(&self, node: &str, session: u64) -> Option<End> {
+        let r = self.repl();
+        match r.followers.get(node) {
+            Some(e) if e.session == session => e.kick.clone().map(End::SlotLost),
+            _ => Some(End::Superseded),
+        }
+    }
+
+    fn ended(&self, node: &str, session: u64, error: Option<String>) {
+        let mut r = self.repl();
+        let Some(e) = r.followers.get_mut(node).filter(|e| e.session == session) else {
+            return;
+        };
+        e.state = Some(StreamState::Disconnected);
+        e.addr = None;
+        e.kick = None;
+        e.last_error = error;
+        r.quorum.disconnected(node);
+    }
+
+    /// Slot upkeep: enforce the cap, move the retention floor, save what changed.
+    fn maintain(&self) {
+        let mut r = self.repl();
+        let lost = r
+            .slots
+            .enforce_cap(self.log.end_lsn(), self.max_retained_bytes);
+        for node in &lost {
+            tracing::warn!(
+                follower = node.as_str(),
+                max_retained_bytes = self.max_retained_bytes,
+                "retention slot lost: follower too far behind"
+            );
+            if let Some(e) = r.followers.get_mut(node) {
+                e.kick = Some(format!(
+                    "retention slot lost: more than max_retained_bytes = {} behind",
+                    self.max_retained_bytes
+                ));
+            }
+        }
+        if !lost.is_empty() {
+            r.lost = Arc::new(r.slots.lost(self.max_retained_bytes));
+        }
+        self.log.set_retention_floor(r.slots.floor());
+        if let Err(e) = r.slots.save() {
+            tracing::error!(error = %e, "could not save retention slots; retrying");
+        }
+    }
+}
+
+/// A leader streaming its log to followers; see the [module docs](super).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use walship_engine::{Durability, Log, Options};
+/// use walship_transport::tls::ClusterCa;
+/// use walship_transport::{Leader, LeaderOptions, Security};
+/// let ca = ClusterCa::generate("prod")?;
+/// let log = Arc::new(Log::open("/var/lib/walship", Options::default())?);
+/// let leader = Leader::start(
+///     Arc::clone(&log),
+///     Security::mutual_tls(ca.issue_node("n1")?, ca.cert_pem()),
+///     LeaderOptions::default(),
+/// )?;
+/// let lsn = log.append(b"x")?;
+/// leader.commit(lsn, Durability::RemoteFlush).await?; // on a follower's disk too
+/// leader.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Leader {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Leader {
+    /// Begins a new epoch in `log` and starts listening. Must be called inside a Tokio
+    /// runtime.
+    ///
+    /// # Errors
+    /// [`TransportError`] for an invalid policy or options, TLS configuration, binding,
+    /// the slot file, or the log refusing the epoch.
+    pub fn start(
+        log: Arc<Log>,
+        security: Security,
+        opts: LeaderOptions,
+    ) -> Result<Leader, TransportError> {
+        let quorum = QuorumTracker::new(opts.sync.clone())?;
+        if opts.frame_bytes == 0 || opts.max_unacked_bytes == 0 {
+            return Err(TransportError::InvalidOptions(
+                "frame_bytes and max_unacked_bytes must be positive".into(),
+            ));
+        }
+        if opts.frame_bytes as u64 >= u64::from(opts.max_frame) {
+            return Err(TransportError::InvalidOptions(format!(
+                "frame_bytes {} must be below max_frame {}",
+                opts.frame_bytes, opts.max_frame
+            )));
+        }
+        let slots = Slots::load(log.dir(), log.segment_capacity())?;
+        let server = security.server_config()?;
+        let endpoint = super::endpoint(Some(server), opts.listen, opts.socket)?;
+        let epoch = match opts.epoch {
+            Some(e) => e,
+            None => Epoch::new(log.epoch().get() + 1),
+        };
+        log.begin_epoch(epoch)?;
+        log.unfence_remote();
+        let lost = Arc::new(slots.lost(opts.max_retained_bytes));
+        let shared = Arc::new(Shared {
+            cfg: LeaderConfig {
+                cluster_id: security.cluster_id().to_owned(),
+                node_id: security.node_id().to_owned(),
+                segment_capacity: log.segment_capacity(),
+                epoch,
+                max_frame: opts.max_frame,
+                max_unacked_bytes: opts.max_unacked_bytes,
+                heartbeat_interval: opts.heartbeat_interval,
+                idle_timeout: opts.idle_timeout,
+            },
+            log,
+            verify_peers: security.verifies_peers(),
+            compression: opts.compression,
+            frame_bytes: opts.frame_bytes,
+            max_retained_bytes: opts.max_retained_bytes,
+            remote_commit_timeout: opts.remote_commit_timeout,
+            repl: Mutex::new(Repl {
+                quorum,
+                slots,
+                followers: BTreeMap::new(),
+                lost,
+                next_session: 0,
+            }),
+        });
+        shared.maintain();
+        let (stop, stop_rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            Arc::clone(&shared),
+            stop_rx.clone(),
+        ));
+        let upkeep = tokio::spawn(upkeep_loop(Arc::clone(&shared), stop_rx));
+        tracing::info!(
+            node = shared.cfg.node_id.as_str(),
+            %epoch,
+            addr = ?endpoint.local_addr().ok(),
+            "leader started"
+        );
+        Ok(Leader {
+            shared,
+            endpoint,
+            stop,
+            tasks: Mutex::new(vec![accept, upkeep]),
+        })
+    }
+
+    /// The address followers connect to.
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The log being led.
+    pub fn log(&self) -> &Arc<Log> {
+        &self.shared.log
+    }
+
+    /// The epoch being led.
+    pub fn epoch(&self) -> Epoch {
+        self.shared.cfg.epoch
+    }
+
+    /// A commit of `lsn` at `level`; remote levels time out after
+    /// [`LeaderOptions::remote_commit_timeout`] with `RemoteUnconfirmed` (durable
+    /// locally, not confirmed by the quorum).
+    pub fn commit(&self, lsn: Lsn, level: Durability) -> Commit {
+        let c = self.shared.log.commit(lsn, level);
+        if level.is_remote() {
+            c.timeout(self.shared.remote_commit_timeout)
+        } else {
+            c
+        }
+    }
+
+    /// Drops `node`'s retention slot (for example after it was lost and the follower
+    /// was rebuilt); returns whether it had one.
+    ///
+    /// # Errors
+    /// The slot file could not be saved.
+    pub fn drop_slot(&self, node: &str) -> Result<bool, TransportError> {
+        let mut r = self.shared.repl();
+        let had = r.slots.drop_slot(node);
+        r.lost = Arc::new(r.slots.lost(self.shared.max_retained_bytes));
+        self.shared.log.set_retention_floor(r.slots.floor());
+        r.slots.save()?;
+        Ok(had)
+    }
+
+    /// Replication as `pg_stat_replication` shows it.
+    pub fn status(&self) -> LeaderStatus {
+        let log = &self.shared.log;
+        let watermarks = log.watermarks();
+        let end = watermarks.end;
+        let r = self.shared.repl();
+        let mut names: Vec<&str> = r.followers.keys().map(String::as_str).collect();
+        for (n, _) in r.slots.iter() {
+            if !r.followers.contains_key(n) {
+                names.push(n);
+            }
+        }
+        let followers = names
+            .into_iter()
+            .map(|n| {
+                let e = r.followers.get(n);
+                let slot = r.slots.get(n);
+                let acked = e.map(|e| e.acked).unwrap_or_default();
+                let write = acked.written.max(slot.map_or(Lsn::ZERO, |s| s.restart));
+                FollowerInfo {
+                    node_id: n.to_string(),
+                    addr: e.and_then(|e| e.addr),
+                    state: e.and_then(|e| e.state).unwrap_or(StreamState::Disconnected),
+                    sync_state: r.quorum.sync_state(n),
+                    sent: e.map_or(write, |e| e.sent),
+                    write,
+                    flush: acked.flushed.max(slot.map_or(Lsn::ZERO, |s| s.restart)),
+                    apply: acked.applied,
+                    write_lag_bytes: end.bytes_after(write),
+                    flush_lag_bytes: end.bytes_after(acked.flushed),
+                    apply_lag_bytes: end.bytes_after(acked.applied),
+                    lag: e.map(|e| e.lag.lags()).unwrap_or_default(),
+                    bytes_raw: e.map_or(0, |e| e.bytes_raw),
+                    bytes_wire: e.map_or(0, |e| e.bytes_wire),
+                    frames: e.map_or(0, |e| e.frames),
+                    slot_restart: slot.map(|s| s.restart),
+                    slot_lost: slot.is_some_and(|s| s.lost_at.is_some()),
+                    last_error: e.and_then(|e| e.last_error.clone()),
+                }
+            })
+            .collect();
+        LeaderStatus {
+            node_id: self.shared.cfg.node_id.clone(),
+            epoch: self.shared.cfg.epoch,
+            watermarks,
+            sync_policy: r.quorum.policy().to_string(),
+            followers,
+        }
+    }
+
+    /// Stops accepting, ends every session (closing connections cleanly), saves the slots,
+    /// and fails commits still waiting on remote levels: nothing will confirm them now.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.endpoint.close(
+            quinn::VarInt::from_u32(CLOSE_SHUTDOWN),
+            b"leader shutting down",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.shared.maintain();
+        self.shared
+            .log
+            .fence_remote("the replication leader was shut down");
+        tracing::info!(node = self.shared.cfg.node_id.as_str(), "leader stopped");
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn upkeep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => shared.maintain(),
+        }
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sessions = JoinSet::new();
+    let session_stop = stop.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let shared = Arc::clone(&shared);
+                let stop = session_stop.clone();
+                sessions.spawn(async move {
+                    let peer = incoming.remote_address();
+                    if let Err(e) = serve(incoming, &shared, stop).await {
+                        tracing::warn!(%peer, error = %e, "follower session ended");
+                    }
+                });
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    while sessions.join_next().await.is_some() {}
+}
+
+/// The next batch from `reader`, or never if there is none.
+async fn next_batch(reader: Option<&mut Reader>) -> walship_engine::Result<Batch> {
+    match reader {
+        Some(r) => r.next().await,
+        None => pending().await,
+    }
+}
+
+fn conn_err(peer: SocketAddr) -> impl Fn(quinn::ConnectionError) -> TransportError {
+    move |e| TransportError::Connection {
+        peer,
+        reason: e.to_string(),
+    }
+}
+
+async fn write(
+    send: &mut quinn::SendStream,
+    b: Bytes,
+    peer: SocketAddr,
+) -> Result<(), TransportError> {
+    send.write_chunk(b)
+        .await
+        .map_err(|e| TransportError::Connection {
+            peer,
+            reason: e.to_string(),
+        })
+}
+
+/// One follower's session, from the handshake to the end.
+async fn serve(
+    incoming: quinn::Incoming,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), TransportError> {
+    let peer = incoming.remote_address();
+    let idle = shared.cfg.idle_timeout;
+    let conn = incoming.await.map_err(conn_err(peer))?;
+    let cert_node = if shared.verify_peers {
+        Some(peer_identity(&conn)?.node_id)
+    } else {
+        None
+    };
+    let (mut send, mut recv) = match tokio::time::timeout(idle, conn.accept_bi()).await {
+        Ok(r) => r.map_err(conn_err(peer))?,
+        Err(_) => {
+            return Err(TransportError::Timeout {
+                what: "waiting for the replication stream",
+                peer,
+                after: idle,
+            })
+        }
+    };
+    let mut session = LeaderSession::new(shared.cfg.clone(), Instant::now());
+    if let Some(n) = cert_node {
+        session = session.expect_peer(n);
+    }
+    let mut run = Run {
+        shared,
+        peer,
+        node: None,
+        id: 0,
+        reader: None,
+        pending: None,
+        compressor: Compressor::new(shared.compression).map_err(|e| {
+            TransportError::InvalidOptions(format!("compression {:?}: {e}", shared.compression))
+        })?,
+        streaming: false,
+    };
+    let result = run.go(&mut session, &mut send, &mut recv, &mut stop).await;
+    // Whatever ended the session, the follower hears why: a queued Reject goes out first.
+    let mut goodbye = false;
+    while let Some(ev) = session.poll_event() {
+        if let LeaderEvent::Transmit(b) = ev {
+            goodbye = true;
+            let _ = send.write_chunk(b).await;
+        }
+    }
+    let clean = matches!(result, Ok(()));
+    if goodbye {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    }
+    let (code, why): (u32, &[u8]) = if clean {
+        (CLOSE_SHUTDOWN, b"leader shutting down")
+    } else {
+        (CLOSE_ERROR, b"session ended")
+    };
+    conn.close(quinn::VarInt::from_u32(code), why);
+    if let Some(node) = &run.node {
+        shared.ended(node, run.id, result.as_ref().err().map(ToString::to_string));
+    }
+    result
+}
+
+struct Run<'a> {
+    shared: &'a Shared,
+    peer: SocketAddr,
+    node: Option<String>,
+    id: u64,
+    reader: Option<Reader>,
+    pending: Option<Batch>,
+    compressor: Compressor,
+    streaming: bool,
+}
+
+impl Run<'_> {
+    fn session_err(&self, source: SessionError) -> TransportError {
+        TransportError::Session {
+            peer: self.peer,
+            source,
+        }
+    }
+
+    async fn go(
+        &mut self,
+        session: &mut LeaderSession,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), TransportError> {
+        let log = Arc::clone(&self.shared.log);
+        loop {
+            self.drain(session, send).await?;
+            if let Some(node) = &self.node {
+                match self.shared.must_end(node, self.id) {
+                    None => {}
+                    Some(End::Superseded) => {
+                        return Err(TransportError::Connection {
+                            peer: self.peer,
+                            reason: format!("superseded by a newer session of {node}"),
+                        })
+                    }
+                    Some(End::SlotLost(why)) => {
+                        let err = session.refuse(
+                            RejectCode::SlotLost,
+                            log.start_lsn(),
+                            why,
+                            Instant::now(),
+                        );
+                        return Err(self.session_err(err));
+                    }
+                }
+            }
+            if self.ship(session)? {
+                continue;
+            }
+            let window_open =
+                self.reader.is_some() && self.pending.is_none() && session.send_window().is_some();
+            let deadline = session
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+                chunk = recv.read_chunk(1 << 16, true) => match chunk {
+                    Ok(Some(c)) => session
+                        .handle_bytes(Instant::now(), &c.bytes, &self.shared.view())
+                        .map_err(|e| self.session_err(e))?,
+                    Ok(None) => {
+                        return Err(TransportError::Connection {
+                            peer: self.peer,
+                            reason: "follower closed its stream".into(),
+                        })
+                    }
+                    Err(e) => {
+                        return Err(TransportError::Connection {
+                            peer: self.peer,
+                            reason: e.to_string(),
+                        })
+                    }
+                },
+                b = next_batch(self.reader.as_mut().filter(|_| window_open)) => {
+                    self.pending = Some(b?);
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => session
+                    .handle_timeout(Instant::now(), log.end_lsn(), super::now_us())
+                    .map_err(|e| self.session_err(e))?,
+            }
+        }
+    }
+
+    /// Acts on the session's events: sends, opens the reader, records progress.
+    async fn drain(
+        &mut self,
+        session: &mut LeaderSession,
+        send: &mut quinn::SendStream,
+    ) -> Result<(), TransportError> {
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                LeaderEvent::Transmit(b) => write(send, b, self.peer).await?,
+                LeaderEvent::Accepted { follower, start } => {
+                    self.reader = Some(self.shared.log.reader(start)?);
+                    self.id = self.shared.accepted(&follower, self.peer, start);
+                    tracing::info!(follower = follower.as_str(), %start, peer = %self.peer, "follower accepted");
+                    self.node = Some(follower);
+                }
+                LeaderEvent::Progress { follower, progress } => {
+                    self.shared
+                        .progress(&follower, self.id, progress, Instant::now())
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames as much log as the window allows into one `Ship`; returns whether it did.
+    fn ship(&mut self, session: &mut LeaderSession) -> Result<bool, TransportError> {
+        let (Some(reader), Some((pos, room))) = (self.reader.as_mut(), session.send_window())
+        else {
+            return Ok(false);
+        };
+        let budget = room.min(self.shared.frame_bytes as u64) as usize;
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut total = 0usize;
+        let mut end = pos;
+        let mut caught_up = false;
+        loop {
+            let b = match self.pending.take() {
+                Some(b) => b,
+                None => match reader.try_next()? {
+                    Some(b) => b,
+                    None => {
+                        caught_up = true;
+                        break;
+                    }
+                },
+            };
+            let len = b.bytes().len();
+            if !parts.is_empty() && total + len > budget {
+                self.pending = Some(b);
+                break;
+            }
+            total += len;
+            end = b.end();
+            parts.push(b.bytes().clone());
+            if total >= budget {
+                break;
+            }
+        }
+        if caught_up && !self.streaming {
+            if let Some(node) = &self.node {
+                self.streaming = true;
+                self.shared.caught_up(node, self.id);
+            }
+        }
+        if parts.is_empty() {
+            return Ok(false);
+        }
+        let raw = if parts.len() == 1 {
+            parts.swap_remove(0)
+        } else {
+            let mut b = BytesMut::with_capacity(total);
+            for p in &parts {
+                b.extend_from_slice(p);
+            }
+            b.freeze()
+        };
+        let raw_len = u32::try_from(total).map_err(|_| {
+            TransportError::InvalidOptions(format!("a frame of {total} bytes is over 4 GiB"))
+        })?;
+        let (how, data) = self.compressor.encode(raw);
+        let wire = data.len();
+        let now = Instant::now();
+        session
+            .ship(now, pos, end, raw_len, how, data)
+            .map_err(|e| self.session_err(e))?;
+        if let Some(node) = &self.node {
+            self.shared.shipped(node, self.id, end, total, wire, now);
+        }
+        debug_assert!(how == Compression::None || wire < total);
+        Ok(true)
+    }
+}

@@ -1,0 +1,192 @@
+//! The driver: binds the sans-I/O sessions to quinn, tokio and the engine.
+//!
+//! - [`Leader`] listens for followers; one task per follower reads the engine log with a
+//!   tailing reader (catch-up from disk and live streaming are the same loop), compresses
+//!   runs of batches, ships them within the session's unacknowledged window, and turns
+//!   acknowledgements into quorum watermarks, retention-slot positions and lag.
+//! - [`Follower`] connects to its leader, appends what it receives verbatim, acknowledges
+//!   what it wrote, flushed and applied, runs the embedder's [`Apply`] callback on a thread
+//!   of its own in LSN order, and reconnects with back-off after any fault.
+//!
+//! Both need to be started inside a Tokio runtime (multi-threaded recommended: the
+//! follower's appends and the leader's compression are CPU work done on its threads).
+
+mod follower;
+mod leader;
+
+pub use follower::{Apply, ApplyError, Follower, FollowerOptions};
+pub use leader::{Leader, LeaderOptions};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::compress::CodecError;
+use crate::quorum::PolicyError;
+use crate::session::SessionError;
+use crate::slots::SlotError;
+use crate::tls::{self, NodeIdentity, TlsError};
+
+/// Application close code: orderly shutdown.
+pub(crate) const CLOSE_SHUTDOWN: u32 = 0;
+/// Application close code: the session ended on an error or a refusal.
+pub(crate) const CLOSE_ERROR: u32 = 1;
+
+/// How nodes authenticate each other.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// Mutual TLS: this node's certificate and the cluster CA that every peer's must
+    /// chain to (see [`tls`]).
+    MutualTls {
+        /// This node's certificate and key.
+        identity: NodeIdentity,
+        /// The cluster CA certificate, PEM.
+        ca_pem: String,
+    },
+    /// **DANGEROUS — tests only.** The leader accepts any client and the follower any
+    /// server certificate: anyone who can reach the port can read or feed the log.
+    InsecureForTestsOnly {
+        /// This node's certificate (the leader still presents one; ids come from it).
+        identity: NodeIdentity,
+    },
+}
+
+impl Security {
+    /// Mutual TLS with `identity` against the CA in `ca_pem`.
+    pub fn mutual_tls(identity: NodeIdentity, ca_pem: &str) -> Security {
+        Security::MutualTls {
+            identity,
+            ca_pem: ca_pem.to_owned(),
+        }
+    }
+
+    fn identity(&self) -> &NodeIdentity {
+        match self {
+            Security::MutualTls { identity, .. } | Security::InsecureForTestsOnly { identity } => {
+                identity
+            }
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        self.identity().node_id()
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> &str {
+        self.identity().cluster_id()
+    }
+
+    fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
+        match self {
+            Security::MutualTls { identity, ca_pem } => {
+                tls::server_config(identity, ca_pem, identity.cluster_id())
+            }
+            Security::InsecureForTestsOnly { identity } => {
+                tls::insecure_server_config_for_tests_only(identity)
+            }
+        }
+    }
+
+    fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
+        match self {
+            Security::MutualTls { identity, ca_pem } => {
+                tls::client_config(identity, ca_pem, identity.cluster_id())
+            }
+            Security::InsecureForTestsOnly { .. } => tls::insecure_client_config_for_tests_only(),
+        }
+    }
+
+    fn verifies_peers(&self) -> bool {
+        matches!(self, Security::MutualTls { .. })
+    }
+}
+
+/// Why the driver could not start or a session ended.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// Certificates or TLS configuration.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// A socket operation.
+    #[error("{op} {addr}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The address involved.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The local log refused an operation.
+    #[error("local log: {0}")]
+    Engine(#[from] walship_engine::Error),
+    /// The replication protocol ended the session.
+    #[error("session with {peer}: {source}")]
+    Session {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// Why.
+        source: SessionError,
+    },
+    /// Compressed data from the peer was invalid.
+    #[error("data from {peer}: {source}")]
+    Codec {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// Why.
+        source: CodecError,
+    },
+    /// The QUIC connection failed or was closed.
+    #[error("connection with {peer}: {reason}")]
+    Connection {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// quinn's explanation.
+        reason: String,
+    },
+    /// Nothing happened for too long.
+    #[error("{what} with {peer} timed out after {after:?}")]
+    Timeout {
+        /// What was awaited.
+        what: &'static str,
+        /// The peer's address.
+        peer: SocketAddr,
+        /// How long was waited.
+        after: Duration,
+    },
+    /// The retention slot store.
+    #[error("retention slots: {0}")]
+    Slots(#[from] SlotError),
+    /// The sync policy.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The options are inconsistent.
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+}
+
+/// Microseconds since the Unix epoch, for heartbeats.
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// An endpoint on `socket` if given, else bound to `addr`.
+pub(crate) fn endpoint(
+    server: Option<quinn::ServerConfig>,
+    addr: SocketAddr,
+    socket: Option<std::net::UdpSocket>,
+) -> Result<quinn::Endpoint, TransportError> {
+    let io = |op| move |source| TransportError::Io { op, addr, source };
+    let socket = match socket {
+        Some(s) => s,
+        None => std::net::UdpSocket::bind(addr).map_err(io("bind"))?,
+    };
+    let runtime = Arc::new(quinn::TokioRuntime);
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+        .map_err(io("start QUIC endpoint on"))
+}

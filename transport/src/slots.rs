@@ -1,0 +1,374 @@
+//! Retention slots: what each follower still needs from the leader's log.
+//!
+//! A slot is created when a follower is first accepted and follows its flushed position
+//! (PostgreSQL's physical slot `restart_lsn`). The leader keeps every segment at or after
+//! the lowest live slot, so a follower that was away comes back to find its log still
+//! there. A dead follower cannot fill the disk: once a slot is more than
+//! `max_retained_bytes` behind the end of the log it is marked lost, stops holding
+//! segments, and its follower is refused with `SlotLost` on every later connect, never
+//! streamed a gap. Dropping the slot (an operator decision) lets it start afresh.
+//!
+//! Slots survive restarts in `replication.slots` in the log directory, written to a new
+//! file, fsynced and renamed over the old one. The file is saved when a slot is created,
+//! lost or dropped, and when a slot's position enters a new segment: retention works in
+//! segments, so a saved position a little behind the real one only keeps what would be
+//! kept anyway.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use walship_engine::Lsn;
+
+/// File name of the slot store inside the log directory.
+pub const SLOTS_FILE: &str = "replication.slots";
+const HEADER: &str = "walship-slots 1";
+
+/// Why the slot store could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// A file system operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file does not parse or its checksum does not match.
+    #[error("slot file {path} line {line}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One follower's slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The oldest position the follower may still need (its flushed LSN).
+    pub restart: Lsn,
+    /// If lost: the end of the leader's log when it was.
+    pub lost_at: Option<Lsn>,
+}
+
+impl Slot {
+    /// Why a lost slot was lost, for the follower's `Reject`.
+    pub fn lost_reason(&self, max_retained_bytes: u64) -> Option<String> {
+        self.lost_at.map(|end| {
+            format!(
+                "it needed the log from {} but the leader's end was {end}, more than \
+                 max_retained_bytes = {max_retained_bytes} behind; drop the slot and rebuild the follower",
+                self.restart
+            )
+        })
+    }
+}
+
+/// The leader's slots; see the [module docs](self).
+#[derive(Debug)]
+pub struct Slots {
+    path: PathBuf,
+    slots: BTreeMap<String, Slot>,
+    segment_capacity: u64,
+    dirty: bool,
+}
+
+impl Slots {
+    /// Loads the slots kept in `dir`, or none if there is no slot file yet.
+    ///
+    /// # Errors
+    /// [`SlotError`] if the file cannot be read or is damaged.
+    pub fn load(dir: &Path, segment_capacity: u64) -> Result<Slots, SlotError> {
+        let path = dir.join(SLOTS_FILE);
+        let mut s = Slots {
+            path,
+            slots: BTreeMap::new(),
+            segment_capacity: segment_capacity.max(1),
+            dirty: false,
+        };
+        let text = match fs::read_to_string(&s.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(s),
+            Err(source) => {
+                return Err(SlotError::Io {
+                    op: "read",
+                    path: s.path,
+                    source,
+                })
+            }
+        };
+        s.slots = parse(&s.path, &text)?;
+        Ok(s)
+    }
+
+    /// The slot of `node`.
+    pub fn get(&self, node: &str) -> Option<&Slot> {
+        self.slots.get(node)
+    }
+
+    /// Every slot.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Slot)> {
+        self.slots.iter().map(|(n, s)| (n.as_str(), s))
+    }
+
+    /// Creates `node`'s slot at `start` if it has none (a lost slot stays lost).
+    pub fn accept(&mut self, node: &str, start: Lsn) {
+        if !self.slots.contains_key(node) {
+            self.slots.insert(
+                node.to_string(),
+                Slot {
+                    restart: start,
+                    lost_at: None,
+                },
+            );
+            self.dirty = true;
+        }
+    }
+
+    /// `node` has flushed up to `flushed`.
+    pub fn advance(&mut self, node: &str, flushed: Lsn) {
+        let cap = self.segment_capacity;
+        if let Some(s) = self.slots.get_mut(node) {
+            if s.lost_at.is_none() && flushed > s.restart {
+                if flushed.get() / cap != s.restart.get() / cap {
+                    self.dirty = true;
+                }
+                s.restart = flushed;
+            }
+        }
+    }
+
+    /// Marks every live slot more than `max_bytes` behind `end` as lost; returns the
+    /// nodes that just lost theirs.
+    pub fn enforce_cap(&mut self, end: Lsn, max_bytes: u64) -> Vec<String> {
+        let mut lost = Vec::new();
+        for (node, s) in &mut self.slots {
+            if s.lost_at.is_none() && end.bytes_after(s.restart) > max_bytes {
+                s.lost_at = Some(end);
+                lost.push(node.clone());
+            }
+        }
+        if !lost.is_empty() {
+            self.dirty = true;
+        }
+        lost
+    }
+
+    /// Removes `node`'s slot; returns whether it had one.
+    pub fn drop_slot(&mut self, node: &str) -> bool {
+        let had = self.slots.remove(node).is_some();
+        self.dirty |= had;
+        had
+    }
+
+    /// The lowest position a live slot needs: the log's retention floor.
+    pub fn floor(&self) -> Option<Lsn> {
+        self.slots
+            .values()
+            .filter(|s| s.lost_at.is_none())
+            .map(|s| s.restart)
+            .min()
+    }
+
+    /// Lost slots and why, for refusing their followers.
+    pub fn lost(&self, max_retained_bytes: u64) -> BTreeMap<String, String> {
+        self.slots
+            .iter()
+            .filter_map(|(n, s)| s.lost_reason(max_retained_bytes).map(|r| (n.clone(), r)))
+            .collect()
+    }
+
+    /// Whether a change must be saved.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Writes the slots durably if anything changed that must survive a restart.
+    ///
+    /// # Errors
+    /// [`SlotError::Io`]; the slots stay dirty and the next save retries.
+    pub fn save(&mut self) -> Result<(), SlotError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let text = render(&self.slots);
+        let tmp = self.path.with_extension("slots.new");
+        let io = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SlotError::Io { op, path, source }
+        };
+        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+        f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, &self.path).map_err(io("rename", &self.path))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("fsync directory", dir))?;
+        }
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+fn render(slots: &BTreeMap<String, Slot>) -> String {
+    let mut body = format!("{HEADER}\n");
+    for (node, s) in slots {
+        let lost = s.lost_at.map_or("-".to_string(), |l| l.get().to_string());
+        let _ = writeln!(body, "slot {} {} {lost}", hex(node), s.restart.get());
+    }
+    let crc = crc32c::crc32c(body.as_bytes());
+    let _ = writeln!(body, "crc32c {crc:08x}");
+    body
+}
+
+fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, Slot>, SlotError> {
+    let corrupt = |line: usize, reason: String| SlotError::Corrupt {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    };
+    let Some(crc_at) = text.trim_end_matches('\n').rfind('\n').map(|i| i + 1) else {
+        return Err(corrupt(1, "no checksum line".into()));
+    };
+    let (body, crc_line) = text.split_at(crc_at);
+    let lines = body.lines().count() + 1;
+    let want = crc_line
+        .trim_end()
+        .strip_prefix("crc32c ")
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or_else(|| corrupt(lines, "expected `crc32c <hex>`".into()))?;
+    let got = crc32c::crc32c(body.as_bytes());
+    if got != want {
+        return Err(corrupt(
+            lines,
+            format!("checksum {got:08x} does not match {want:08x}"),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (i, line) in body.lines().enumerate() {
+        if i == 0 {
+            if line != HEADER {
+                return Err(corrupt(1, format!("expected {HEADER:?}")));
+            }
+            continue;
+        }
+        let f: Vec<&str> = line.split(' ').collect();
+        let parsed =
+            match f.as_slice() {
+                ["slot", node, restart, lost] => unhex(node).zip(restart.parse().ok()).and_then(
+                    |(node, restart): (String, u64)| {
+                        let lost_at = match *lost {
+                            "-" => None,
+                            l => Some(Lsn::new(l.parse().ok()?)),
+                        };
+                        Some((
+                            node,
+                            Slot {
+                                restart: Lsn::new(restart),
+                                lost_at,
+                            },
+                        ))
+                    },
+                ),
+                _ => None,
+            };
+        let (node, slot) = parsed.ok_or_else(|| {
+            corrupt(
+                i + 1,
+                format!("expected `slot <hex node> <lsn> <lost>`, found {line:?}"),
+            )
+        })?;
+        out.insert(node, slot);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAP: u64 = 1 << 20;
+
+    #[test]
+    fn slots_hold_the_floor_until_lost_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Slots::load(dir.path(), CAP).unwrap();
+        assert_eq!(s.floor(), None);
+        s.accept("a b", Lsn::new(100));
+        s.accept("c", Lsn::new(5000));
+        assert_eq!(s.floor(), Some(Lsn::new(100)));
+        s.save().unwrap();
+        assert!(!s.is_dirty());
+        // Within a segment: no save needed; into the next segment: saved.
+        s.advance("a b", Lsn::new(200));
+        assert!(!s.is_dirty());
+        s.advance("a b", Lsn::new(CAP + 64));
+        assert!(s.is_dirty());
+        // "c" is far behind a log that moved on: lost, no longer holding anything.
+        assert_eq!(
+            s.enforce_cap(Lsn::new(3 * CAP), 2 * CAP),
+            vec!["c".to_string()]
+        );
+        assert_eq!(s.floor(), Some(Lsn::new(CAP + 64)));
+        assert!(s.lost(2 * CAP)["c"].contains("max_retained_bytes"));
+        // A lost slot is not revived by acks or accepts.
+        s.accept("c", Lsn::new(3 * CAP));
+        s.advance("c", Lsn::new(3 * CAP));
+        assert!(s.get("c").unwrap().lost_at.is_some());
+        s.save().unwrap();
+
+        let again = Slots::load(dir.path(), CAP).unwrap();
+        assert_eq!(again.slots, s.slots);
+        assert!(s.drop_slot("c"));
+        assert!(!s.drop_slot("c"));
+    }
+
+    #[test]
+    fn a_damaged_slot_file_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Slots::load(dir.path(), CAP).unwrap();
+        s.accept("n1", Lsn::new(64));
+        s.save().unwrap();
+        let path = dir.path().join(SLOTS_FILE);
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replace(" 64 ", " 65 ")).unwrap();
+        let err = Slots::load(dir.path(), CAP).unwrap_err().to_string();
+        assert!(
+            err.contains("checksum") && err.contains(SLOTS_FILE),
+            "{err}"
+        );
+        fs::write(&path, "garbage").unwrap();
+        assert!(Slots::load(dir.path(), CAP).is_err());
+        fs::write(&path, "").unwrap();
+        assert!(Slots::load(dir.path(), CAP).is_err());
+    }
+}

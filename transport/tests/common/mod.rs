@@ -1,0 +1,139 @@
+//! A small cluster on loopback for the driver tests: a CA, a leader, followers with
+//! recording apply callbacks, all with temporary directories and ports from port 0.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use walship_engine::{BackendKind, Log, Lsn, Options, Record};
+use walship_transport::tls::ClusterCa;
+use walship_transport::{Follower, FollowerOptions, Leader, LeaderOptions, Security, SyncPolicy};
+
+pub const CLUSTER: &str = "test-cluster";
+
+pub fn opts(capacity: u64) -> Options {
+    Options {
+        segment_capacity: capacity,
+        backend: BackendKind::Portable,
+        ..Options::default()
+    }
+}
+
+pub fn open(dir: &Path, capacity: u64) -> Arc<Log> {
+    Arc::new(Log::open(dir, opts(capacity)).expect("open log"))
+}
+
+/// What a follower's apply callback saw, in call order.
+pub type Applied = Arc<Mutex<Vec<(Lsn, Vec<u8>)>>>;
+
+pub fn recorder() -> (Applied, impl FnMut(&Record) + Send + 'static) {
+    let seen: Applied = Arc::default();
+    let s = Arc::clone(&seen);
+    (seen, move |r: &Record| {
+        s.lock().unwrap().push((r.lsn, r.data.to_vec()));
+    })
+}
+
+pub struct Cluster {
+    pub ca: ClusterCa,
+    pub dir: tempfile::TempDir,
+    pub capacity: u64,
+}
+
+impl Cluster {
+    pub fn new(capacity: u64) -> Cluster {
+        Cluster {
+            ca: ClusterCa::generate(CLUSTER).expect("CA"),
+            dir: tempfile::tempdir().expect("tempdir"),
+            capacity,
+        }
+    }
+
+    pub fn security(&self, node: &str) -> Security {
+        Security::mutual_tls(self.ca.issue_node(node).expect("cert"), self.ca.cert_pem())
+    }
+
+    pub fn log(&self, node: &str) -> Arc<Log> {
+        open(&self.dir.path().join(node), self.capacity)
+    }
+
+    pub fn leader(&self, log: Arc<Log>, sync: SyncPolicy) -> Leader {
+        self.leader_with(
+            log,
+            LeaderOptions {
+                sync,
+                ..LeaderOptions::default()
+            },
+        )
+    }
+
+    pub fn leader_with(&self, log: Arc<Log>, opts: LeaderOptions) -> Leader {
+        Leader::start(log, self.security("leader"), opts).expect("start leader")
+    }
+
+    pub fn follower(&self, node: &str, log: Arc<Log>, leader: &Leader) -> (Follower, Applied) {
+        let (seen, apply) = recorder();
+        let f = Follower::start(log, self.security(node), self.follower_opts(leader), apply)
+            .expect("start follower");
+        (f, seen)
+    }
+
+    pub fn follower_opts(&self, leader: &Leader) -> FollowerOptions {
+        FollowerOptions {
+            leader: leader.local_addr().expect("leader address"),
+            leader_node_id: "leader".into(),
+            reconnect_min: Duration::from_millis(20),
+            reconnect_max: Duration::from_millis(200),
+            ..FollowerOptions::default()
+        }
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Asserts that two logs end at the same place and hold the same batches, byte for byte,
+/// over the range both retain.
+pub fn same_bytes(a: &Log, b: &Log) {
+    assert_eq!(a.end_lsn(), b.end_lsn(), "end");
+    let from = a.start_lsn().max(b.start_lsn());
+    let mut ra = a.reader(from).unwrap();
+    let mut rb = b.reader(from).unwrap();
+    let mut n = 0u64;
+    loop {
+        match (ra.try_next().unwrap(), rb.try_next().unwrap()) {
+            (Some(x), Some(y)) => {
+                assert_eq!(x.bytes(), y.bytes(), "batch at {}", x.base());
+                n += 1;
+            }
+            (None, None) => break,
+            (x, y) => panic!(
+                "logs differ in length: {:?} vs {:?}",
+                x.map(|b| b.base()),
+                y.map(|b| b.base())
+            ),
+        }
+    }
+    assert!(n > 0, "no batches compared");
+}
+
+/// Every record of `log`, in order.
+pub fn records(log: &Log) -> Vec<(Lsn, Vec<u8>)> {
+    let mut r = log.record_reader(log.start_lsn()).unwrap();
+    let mut out = Vec::new();
+    while let Some(rec) = r.try_next().unwrap() {
+        out.push((rec.lsn, rec.data.to_vec()));
+    }
+    out
+}

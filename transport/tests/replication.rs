@@ -1,0 +1,223 @@
+//! A leader and followers over real QUIC on loopback, in one process: streaming,
+//! catch-up from disk, retention slots.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, records, same_bytes, Cluster};
+use walship_engine::Durability;
+use walship_transport::status::StreamState;
+use walship_transport::{LeaderOptions, SyncPolicy};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn any_one() -> SyncPolicy {
+    SyncPolicy::Any {
+        k: 1,
+        of: vec!["*".into()],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_followers_replay_100k_remote_flush_commits_byte_for_byte() {
+    const WRITERS: usize = 64;
+    const RECORDS: usize = 100_000;
+    let c = Cluster::new(1 << 20);
+    let leader = Arc::new(c.leader(
+        c.log("leader"),
+        SyncPolicy::Any {
+            k: 2,
+            of: vec!["f1".into(), "f2".into()],
+        },
+    ));
+    let (f1, seen1) = c.follower("f1", c.log("f1"), &leader);
+    let (f2, seen2) = c.follower("f2", c.log("f2"), &leader);
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let leader = Arc::clone(&leader);
+        writers.push(tokio::spawn(async move {
+            for i in (w..RECORDS).step_by(WRITERS) {
+                let lsn = leader
+                    .log()
+                    .append(format!("record {i:06} from writer {w}").as_bytes())?;
+                leader.commit(lsn, Durability::RemoteFlush).await?;
+                // RemoteFlush means both followers (k = 2) have it on disk.
+                let wm = leader.log().watermarks();
+                assert!(wm.remote_flushed >= lsn && wm.flushed >= lsn);
+            }
+            Ok::<_, walship_engine::Error>(())
+        }));
+    }
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
+    let end = leader.log().end_lsn();
+    for f in [&f1, &f2] {
+        eventually("followers to apply everything", WAIT, || f.applied() >= end).await;
+    }
+
+    let expected = records(leader.log());
+    assert_eq!(expected.len(), RECORDS);
+    for (f, seen) in [(&f1, &seen1), (&f2, &seen2)] {
+        same_bytes(leader.log(), f.log());
+        assert_eq!(f.log().epoch_history(), leader.log().epoch_history());
+        // Every record applied once, in LSN order.
+        assert_eq!(*seen.lock().unwrap(), expected);
+    }
+    let st = leader.status();
+    assert_eq!(st.followers.len(), 2);
+    for fi in &st.followers {
+        assert_eq!(fi.state, StreamState::Streaming);
+        assert_eq!(fi.flush, end);
+        assert_eq!(fi.sync_state.as_str(), "quorum");
+        assert!(fi.lag.flush.is_some());
+    }
+    f1.shutdown().await;
+    f2.shutdown().await;
+    Arc::into_inner(leader).unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_follower_catches_up_50mib_from_disk_and_a_lost_one_is_refused(
+) -> Result<(), walship_engine::Error> {
+    const CAP: u64 = 4 << 20;
+    let c = Cluster::new(CAP);
+    let leader = c.leader_with(
+        c.log("leader"),
+        LeaderOptions {
+            sync: any_one(),
+            max_retained_bytes: 80 << 20,
+            ..LeaderOptions::default()
+        },
+    );
+    let (f1, _) = c.follower("f1", c.log("f1"), &leader);
+    let (f2, _) = c.follower("f2", c.log("f2"), &leader);
+    let lsn = leader.log().append(b"first")?;
+    leader.commit(lsn, Durability::RemoteFlush).await?;
+    for f in [&f1, &f2] {
+        eventually("both followers", WAIT, || f.applied() >= lsn).await;
+    }
+    // f1 stops; 50 MiB are written (f2 keeps up).
+    f1.shutdown().await;
+    let row = vec![b'x'; 4000];
+    let mut last = lsn;
+    while leader.log().end_lsn().bytes_after(lsn) < 50 << 20 {
+        let batch: Vec<&[u8]> = (0..16).map(|_| row.as_slice()).collect();
+        last = *leader.log().append_batch(&batch)?.last().unwrap();
+    }
+    leader.commit(last, Durability::RemoteFlush).await?;
+    // The embedder checkpoints everything, but f1's slot holds the log it needs.
+    leader.log().set_checkpoint(last);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(leader.log().start_lsn() <= lsn);
+    let (f1, seen1) = c.follower("f1", c.log("f1"), &leader);
+    eventually("f1 to catch up", WAIT, || f1.applied() >= last).await;
+    same_bytes(leader.log(), f1.log());
+    assert_eq!(seen1.lock().unwrap().last().map(|r| r.0), Some(last));
+
+    // f2 stops; 90 MiB more: beyond max_retained_bytes, its slot is lost.
+    f2.shutdown().await;
+    let f2_end = leader
+        .status()
+        .followers
+        .iter()
+        .find(|f| f.node_id == "f2")
+        .unwrap()
+        .flush;
+    while leader.log().end_lsn().bytes_after(f2_end) < 90 << 20 {
+        let batch: Vec<&[u8]> = (0..16).map(|_| row.as_slice()).collect();
+        last = *leader.log().append_batch(&batch)?.last().unwrap();
+    }
+    leader.commit(last, Durability::RemoteFlush).await?;
+    leader.log().set_checkpoint(last);
+    eventually("f2's slot to be lost", WAIT, || {
+        leader
+            .status()
+            .followers
+            .iter()
+            .any(|f| f.node_id == "f2" && f.slot_lost)
+    })
+    .await;
+    // Its segments go (f1 keeps up, so the floor moves on).
+    eventually("the leader to recycle what only f2 needed", WAIT, || {
+        leader.log().start_lsn() > f2_end
+    })
+    .await;
+    let (f2, seen2) = c.follower("f2", c.log("f2"), &leader);
+    eventually("f2 to be refused", WAIT, || {
+        f2.status()
+            .last_error
+            .is_some_and(|e| e.contains("SlotLost") && e.contains("max_retained_bytes"))
+    })
+    .await;
+    // Never streamed a gap: its log still ends where it stopped.
+    assert_eq!(f2.log().end_lsn(), f2_end);
+    assert!(seen2.lock().unwrap().iter().all(|r| r.0 <= f2_end));
+    f2.shutdown().await;
+    f1.shutdown().await;
+    leader.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_positions_lag_and_states() -> Result<(), walship_engine::Error> {
+    let c = Cluster::new(1 << 20);
+    let leader = c.leader(
+        c.log("leader"),
+        SyncPolicy::First {
+            k: 1,
+            of: vec!["f1".into(), "f2".into()],
+        },
+    );
+    let (f1, _) = c.follower("f1", c.log("f1"), &leader);
+    let (f2, _) = c.follower("f2", c.log("f2"), &leader);
+    let lsn = leader.log().append(b"x")?;
+    leader.commit(lsn, Durability::RemoteApply).await?;
+    eventually("both streaming and applied", WAIT, || {
+        let st = leader.status();
+        st.followers.len() == 2
+            && st
+                .followers
+                .iter()
+                .all(|f| f.state == StreamState::Streaming && f.apply >= lsn)
+    })
+    .await;
+    let st = leader.status();
+    assert_eq!(st.sync_policy, "FIRST 1 (f1, f2)");
+    let by = |n: &str| {
+        st.followers
+            .iter()
+            .find(|f| f.node_id == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by("f1").sync_state.as_str(), "sync");
+    assert_eq!(by("f2").sync_state.as_str(), "potential");
+    for f in [by("f1"), by("f2")] {
+        assert_eq!((f.sent, f.write, f.flush, f.apply), (lsn, lsn, lsn, lsn));
+        assert_eq!(f.write_lag_bytes + f.flush_lag_bytes + f.apply_lag_bytes, 0);
+        assert!(f.lag.write.is_some() && f.lag.flush.is_some());
+        assert!(f.addr.is_some() && f.slot_restart == Some(lsn));
+    }
+    assert!(st.watermarks.remote_applied >= lsn);
+    let fs = f1.status();
+    assert!(fs.connected);
+    assert_eq!(fs.leader_id.as_deref(), Some("leader"));
+    assert_eq!(fs.epoch, leader.epoch());
+    assert_eq!(fs.applied, lsn);
+    f1.shutdown().await;
+    eventually("f1 disconnected", WAIT, || {
+        leader
+            .status()
+            .followers
+            .iter()
+            .any(|f| f.node_id == "f1" && f.state == StreamState::Disconnected)
+    })
+    .await;
+    f2.shutdown().await;
+    leader.shutdown().await;
+    Ok(())
+}

@@ -16,7 +16,11 @@
 
 pub mod device;
 pub mod hgrm;
+pub mod netns;
+pub mod rawquic;
 pub mod sys;
+pub mod waldata;
+pub mod zstd_speed;
 
 /// Bytes per megabyte in every MB/s figure printed here (10^6, as `dd` and `fio` do).
 pub const MB: f64 = 1_000_000.0;

@@ -291,6 +291,7 @@ fn run() -> Res<()> {
     let started = Instant::now();
     let out = args.out.clone().unwrap_or_else(default_out);
     std::fs::create_dir_all(&out).map_err(|e| format!("create --out {}: {e}", out.display()))?;
+    let out = out.canonicalize().unwrap_or(out);
     let base_dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base_dir)
         .map_err(|e| format!("create --dir {}: {e}", base_dir.display()))?;
@@ -881,12 +882,35 @@ fn render(ctx: &Ctx, res: &Results, took: Duration) -> String {
             let _ = writeln!(s, "| {what} | {} | {v} | {goal} | {verdict} |", mode.name());
         }
     }
-    if !res.notes.is_empty() || res.repl_error.is_some() {
+    let others = res
+        .raw_loop
+        .iter()
+        .chain(&res.raw_link)
+        .map(|r| r.1.others)
+        .chain(
+            res.repl
+                .iter()
+                .flat_map(|(_, v)| v.iter().map(|r| r.cpu.others)),
+        )
+        .fold(0.0, f64::max);
+    let mut notes = res.notes.clone();
+    if others > 0.25 {
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        notes.insert(
+            0,
+            format!(
+                "**other processes used up to {others:.1} of the machine's {ncpu} CPUs during \
+                 some runs** (see the CPUs notes): those runs are depressed; re-run on a \
+                 quieter machine or with more --reps"
+            ),
+        );
+    }
+    if !notes.is_empty() || res.repl_error.is_some() {
         let _ = writeln!(s, "\nNotes:");
         if let Some(e) = &res.repl_error {
             let _ = writeln!(s, "- replication stopped at an error: {e}");
         }
-        for n in &res.notes {
+        for n in &notes {
             let _ = writeln!(s, "- {n}");
         }
     }

@@ -17,6 +17,12 @@
 //!    machine conditions.
 //! 3. The device fsync latency again, to show drift over the run.
 //!
+//! Remote levels (`remote-write`, `remote-flush`, `remote-apply`) run the same closed loop
+//! against a leader with 1 and 2 followers (`--followers`) in this process, over loopback
+//! QUIC with mutual TLS (walship-transport), each follower with its own log on the same
+//! file system; the sync policy is `ANY k (*)` with `--quorum-k` (default 1). Remote cells
+//! use the first backend only: the backend comparison is in the local cells.
+//!
 //! Output: Markdown on stdout (progress on stderr), and in `--out` one `.hgrm` file per
 //! cell, the device baseline, `table.md` (the results table) and `report.md` (all of
 //! stdout).
@@ -29,10 +35,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
+use std::sync::Arc;
 use walship_bench::device::{self, Bandwidth, FsyncLatency};
 use walship_bench::sys::{BlockDevice, DiskCounters, MachineCpu, ThreadTimes, Usage};
 use walship_bench::{hgrm, us, utc_timestamp, MB};
 use walship_engine::{BackendKind, Durability, Log, Options};
+use walship_transport::tls::ClusterCa;
+use walship_transport::{Follower, FollowerOptions, Leader, LeaderOptions, Security, SyncPolicy};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -71,9 +80,19 @@ struct Args {
     /// Record sizes in bytes.
     #[arg(long, value_delimiter = ',', default_value = "128,4096")]
     sizes: Vec<usize>,
-    /// Durability levels (async, local; remote levels need a replication layer).
-    #[arg(long, value_delimiter = ',', default_value = "async,local")]
+    /// Durability levels; remote ones run with a leader and followers over loopback QUIC.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "async,local,remote-write,remote-flush,remote-apply"
+    )]
     levels: Vec<Durability>,
+    /// Follower counts for the remote levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    followers: Vec<usize>,
+    /// Remote commits wait for ANY k of the followers (cells with fewer are skipped).
+    #[arg(long, default_value_t = 1)]
+    quorum_k: usize,
     /// Segment capacity, MiB [default: 64, 16 with --quick].
     #[arg(long)]
     segment_mib: Option<u64>,
@@ -99,6 +118,7 @@ struct Config {
     async_flush_interval: Option<Duration>,
     max_pending_bytes: Option<u64>,
     checkpoint_every: Duration,
+    quorum_k: usize,
     fsync_iterations: usize,
     bandwidth_bytes: u64,
     bandwidth_reps: usize,
@@ -122,6 +142,7 @@ impl Config {
                 .map(|ms| Duration::from_millis(ms.max(1))),
             max_pending_bytes: args.max_pending_mib.map(|m| m.max(1) << 20),
             checkpoint_every: Duration::from_millis(args.checkpoint_ms.max(1)),
+            quorum_k: args.quorum_k,
             fsync_iterations: if q { 1_000 } else { 5_000 },
             bandwidth_bytes: if q { 64 << 20 } else { 256 << 20 },
             bandwidth_reps: if q { 2 } else { 3 },
@@ -142,6 +163,8 @@ fn backend_label(kind: BackendKind) -> &'static str {
 struct Cell {
     backend: BackendKind,
     level: Durability,
+    /// Followers streaming from the log (0 for local levels).
+    followers: usize,
     writers: usize,
     size: usize,
 }
@@ -149,9 +172,10 @@ struct Cell {
 impl Cell {
     fn name(&self) -> String {
         format!(
-            "{}-{}-{}w-{}B",
+            "{}-{}-{}f-{}w-{}B",
             backend_label(self.backend),
             self.level,
+            self.followers,
             self.writers,
             self.size
         )
@@ -349,6 +373,125 @@ fn log_options(cfg: &Config, backend: BackendKind) -> Options {
     }
 }
 
+/// A leader on a cell's log and its followers, over loopback QUIC with mutual TLS, for
+/// the remote levels. Each follower has its own log next to the leader's.
+struct Replicas {
+    rt: tokio::runtime::Runtime,
+    leader: Option<Leader>,
+    followers: Vec<Follower>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Replicas {
+    fn start(
+        cfg: &Config,
+        cell: Cell,
+        dir: &Path,
+        log: &Arc<Log>,
+        ca: &ClusterCa,
+    ) -> Res<Replicas> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("walship-net")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("start the tokio runtime: {e}"))?;
+        let _guard = rt.enter();
+        let node = |n: &str| -> Res<Security> {
+            Ok(Security::mutual_tls(ca.issue_node(n)?, ca.cert_pem()))
+        };
+        let leader = Leader::start(
+            Arc::clone(log),
+            node("leader")?,
+            LeaderOptions {
+                sync: SyncPolicy::Any {
+                    k: cfg.quorum_k,
+                    of: vec!["*".into()],
+                },
+                remote_commit_timeout: Duration::from_secs(30),
+                ..LeaderOptions::default()
+            },
+        )?;
+        let addr = leader.local_addr()?;
+        let mut r = Replicas {
+            leader: Some(leader),
+            followers: Vec::new(),
+            dirs: Vec::new(),
+            rt,
+        };
+        for i in 0..cell.followers {
+            let fdir = dir.with_file_name(format!(
+                "{}-f{i}",
+                dir.file_name()
+                    .map_or("log".into(), |n| n.to_string_lossy())
+            ));
+            r.dirs.push(fdir.clone());
+            let flog = Log::open(&fdir, log_options(cfg, cell.backend))
+                .map_err(|e| format!("open follower log in {}: {e}", fdir.display()))?;
+            let f = Follower::start(
+                Arc::new(flog),
+                node(&format!("f{i}"))?,
+                FollowerOptions {
+                    leader: addr,
+                    leader_node_id: "leader".into(),
+                    ..FollowerOptions::default()
+                },
+                |_: &walship_engine::Record| {},
+            )?;
+            r.followers.push(f);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while r.streaming() < cell.followers {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "only {} of {} followers streaming after 30 s",
+                    r.streaming(),
+                    cell.followers
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(r)
+    }
+
+    fn streaming(&self) -> usize {
+        self.leader.as_ref().map_or(0, |l| {
+            l.status()
+                .followers
+                .iter()
+                .filter(|f| f.state == walship_transport::status::StreamState::Streaming)
+                .count()
+        })
+    }
+
+    fn logs(&self) -> Vec<Arc<Log>> {
+        self.followers.iter().map(|f| Arc::clone(f.log())).collect()
+    }
+
+    /// Stops the sessions, closes the followers' logs and removes their directories.
+    fn stop(mut self) -> Res<()> {
+        let followers = std::mem::take(&mut self.followers);
+        let logs: Vec<Arc<Log>> = followers.iter().map(|f| Arc::clone(f.log())).collect();
+        let leader = self.leader.take();
+        self.rt.block_on(async move {
+            for f in followers {
+                f.shutdown().await;
+            }
+            if let Some(l) = leader {
+                l.shutdown().await;
+            }
+        });
+        for l in logs {
+            l.close()?;
+        }
+        for d in &self.dirs {
+            std::fs::remove_dir_all(d).map_err(|e| format!("remove {}: {e}", d.display()))?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs one repetition of `cell` in a fresh log under `root`.
 fn run_rep(
     cfg: &Config,
@@ -356,23 +499,35 @@ fn run_rep(
     root: &Path,
     rep: usize,
     dev: Option<&BlockDevice>,
+    ca: &ClusterCa,
 ) -> Res<(Rep, Histogram<u64>, &'static str)> {
     let dir = root.join(format!("{}-r{rep}", cell.name()));
     let opts = log_options(cfg, cell.backend);
     let t_open = Instant::now();
-    let log = Log::open(&dir, opts).map_err(|e| format!("open log in {}: {e}", dir.display()))?;
+    let log =
+        Arc::new(Log::open(&dir, opts).map_err(|e| format!("open log in {}: {e}", dir.display()))?);
     let open_time = t_open.elapsed();
     let backend_name = log.backend_name();
+    let replicas = if cell.level.is_remote() {
+        Some(Replicas::start(cfg, cell, &dir, &log, ca)?)
+    } else {
+        None
+    };
+    let follower_logs = replicas.as_ref().map(Replicas::logs).unwrap_or_default();
     let record = pattern(cell.size);
     let phase = AtomicU8::new(WARMUP);
     let first_error: Mutex<Option<String>> = Mutex::new(None);
 
     let measured = std::thread::scope(|s| -> Res<_> {
-        let (log, record, phase, first_error) = (&log, &record, &phase, &first_error);
+        let (log, record, phase, first_error) = (&*log, &record, &phase, &first_error);
+        let follower_logs = &follower_logs;
         s.spawn(move || {
             while phase.load(Ordering::Acquire) != STOP {
                 std::thread::sleep(cfg.checkpoint_every);
                 log.set_checkpoint(log.watermarks().flushed);
+                for f in follower_logs {
+                    f.set_checkpoint(f.watermarks().flushed);
+                }
             }
         });
         let mut handles = Vec::with_capacity(cell.writers);
@@ -454,6 +609,7 @@ fn run_rep(
         };
         Ok((rep, hist))
     });
+    let stopped = replicas.map_or(Ok(()), Replicas::stop);
     let t_close = Instant::now();
     let closed = log.close();
     drop(log);
@@ -461,6 +617,7 @@ fn run_rep(
     let removed = std::fs::remove_dir_all(&dir);
     let (mut rep_result, hist) =
         measured.map_err(|e| format!("cell {} repetition {rep}: {e}", cell.name()))?;
+    stopped.map_err(|e| format!("stop the replicas of cell {}: {e}", cell.name()))?;
     closed.map_err(|e| format!("close log of cell {}: {e}", cell.name()))?;
     removed.map_err(|e| format!("remove {}: {e}", dir.display()))?;
     rep_result.close_time = close_time;
@@ -593,11 +750,23 @@ fn find(
     writers: usize,
     size: usize,
 ) -> Option<&CellResult> {
+    find_f(results, backend, level, 0, writers, size)
+}
+
+fn find_f(
+    results: &[CellResult],
+    backend: BackendKind,
+    level: Durability,
+    followers: usize,
+    writers: usize,
+    size: usize,
+) -> Option<&CellResult> {
     results.iter().find(|r| {
         r.cell
             == Cell {
                 backend,
                 level,
+                followers,
                 writers,
                 size,
             }
@@ -606,13 +775,18 @@ fn find(
 
 fn results_table(results: &[CellResult], base: &Baseline) -> String {
     let mut s = String::new();
-    s.push_str("| backend | durability | writers | record B | commits/s | MB/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | thr vs 1 writer | p99 / device p99 | MB/s / device bw | rep spread |\n");
-    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    s.push_str("| backend | durability | followers | writers | record B | commits/s | MB/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | thr vs 1 writer | p99 / device p99 | p99 / Local p99 | MB/s / device bw | rep spread |\n");
+    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for r in results {
         let c = r.cell;
-        let vs1 = find(results, c.backend, c.level, 1, c.size).map_or("–".to_string(), |one| {
-            fmt_ratio(r.commits_per_sec() / one.commits_per_sec())
-        });
+        let vs1 = find_f(results, c.backend, c.level, c.followers, 1, c.size)
+            .map_or("–".to_string(), |one| {
+                fmt_ratio(r.commits_per_sec() / one.commits_per_sec())
+            });
+        let vs_local = match find(results, c.backend, Durability::Local, c.writers, c.size) {
+            Some(l) if c.level.is_remote() => fmt_ratio(r.p(0.99) as f64 / l.p(0.99).max(1) as f64),
+            _ => "–".to_string(),
+        };
         let bw = if c.level == Durability::Async {
             format!("{:.0}%", r.mb_s() / base.bw() * 100.0)
         } else {
@@ -623,9 +797,10 @@ fn results_table(results: &[CellResult], base: &Baseline) -> String {
             .map_or("–".to_string(), |p| format!("{p:.0}%"));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.backend_name,
             c.level,
+            c.followers,
             c.writers,
             c.size,
             fmt_rate(r.commits_per_sec()),
@@ -637,6 +812,7 @@ fn results_table(results: &[CellResult], base: &Baseline) -> String {
             fmt_us(r.hist.max()),
             vs1,
             fmt_ratio(us(r.p(0.99)) / us(base.p99())),
+            vs_local,
             bw,
             spread
         );
@@ -713,7 +889,7 @@ fn diagnostics_tables(
             s,
             "| {} | {} | {} | {} | {:.1} | {fl} | {per_fl} | {ms_fl} | {dw} | {dws} | {} | {open_ms:.0} | {close_ms:.0} |",
             r.backend_name,
-            c.level,
+            level_label(&c),
             c.writers,
             c.size,
             written as f64 / MB / t,
@@ -790,7 +966,7 @@ fn diagnostics_tables(
             s,
             "| {} | {} | {} | {} | {cpu} | {others} | {busy} | {steal} | {writer} | {} | {} | {} | {:.1} | {vcsw} | {icsw} |",
             r.backend_name,
-            c.level,
+            level_label(&c),
             c.writers,
             c.size,
             cores(g.flusher),
@@ -800,6 +976,15 @@ fn diagnostics_tables(
         );
     }
     s
+}
+
+/// The level, with the follower count for remote levels.
+fn level_label(c: &Cell) -> String {
+    if c.level.is_remote() {
+        format!("{} ({}f)", c.level, c.followers)
+    } else {
+        c.level.to_string()
+    }
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -908,6 +1093,22 @@ fn targets_section(results: &[CellResult], base: &Baseline, backends: &[BackendK
             }
             None => s.push_str("3. Async 4 KiB: n/a (no such cell in this run)\n"),
         }
+        // (4) remote flush vs local flush, same run.
+        if let (Some(rf), Some(l)) = (
+            find_f(results, b, Durability::RemoteFlush, 1, 64, 128),
+            find(results, b, local, 64, 128),
+        ) {
+            let ratio = rf.p(0.99) as f64 / l.p(0.99).max(1) as f64;
+            let ok = ratio <= 3.0;
+            let _ = writeln!(
+                s,
+                "4. RemoteFlush, 1 follower, 64 writers × 128 B p99 ≤ 3× Local p99 of the same run: **{}** — p99 {} µs vs {} µs = {}",
+                verdict(ok),
+                fmt_us(rf.p(0.99)),
+                fmt_us(l.p(0.99)),
+                fmt_ratio(ratio)
+            );
+        }
         s.push('\n');
     }
     s
@@ -989,10 +1190,17 @@ fn validate(args: &Args) -> Res<()> {
     if args.sizes.contains(&0) {
         return Err("--sizes: record sizes must be at least 1 byte".into());
     }
-    if let Some(l) = args.levels.iter().find(|l| l.is_remote()) {
-        // Remote levels resolve when a replication layer advances the remote watermarks;
-        // this harness has no replica yet, so such a cell would only time out.
-        return Err(format!("--levels: {l} waits on replicas, which this harness does not drive yet; use async and/or local").into());
+    if args.levels.iter().any(|l| l.is_remote()) {
+        if args.quorum_k == 0 {
+            return Err("--quorum-k must be at least 1".into());
+        }
+        if !args.followers.iter().any(|&f| f >= args.quorum_k) {
+            return Err(format!(
+                "--followers: remote levels need a follower count of at least --quorum-k = {}",
+                args.quorum_k
+            )
+            .into());
+        }
     }
     Ok(())
 }
@@ -1087,50 +1295,73 @@ fn run(args: &Args) -> Res<()> {
 
     // The matrix; repetitions alternate backends so each pair shares machine conditions.
     let mut results: Vec<CellResult> = Vec::new();
-    let total = args.levels.len() * args.sizes.len() * args.writers.len() * backends.len();
+    // Remote levels: each follower count (at least k), on the first backend only.
+    let variants = |level: Durability| -> Vec<(usize, Vec<BackendKind>)> {
+        if level.is_remote() {
+            args.followers
+                .iter()
+                .filter(|&&f| f >= cfg.quorum_k)
+                .map(|&f| (f, backends[..1].to_vec()))
+                .collect()
+        } else {
+            vec![(0, backends.clone())]
+        }
+    };
+    let total: usize = args
+        .levels
+        .iter()
+        .map(|&l| variants(l).iter().map(|v| v.1.len()).sum::<usize>())
+        .sum::<usize>()
+        * args.sizes.len()
+        * args.writers.len();
     let mut done = 0;
+    let ca = ClusterCa::generate("latency-bench")?;
     for &level in &args.levels {
-        for &size in &args.sizes {
-            for &writers in &args.writers {
-                let mut group: Vec<CellResult> = backends
-                    .iter()
-                    .map(|&backend| CellResult {
-                        cell: Cell {
-                            backend,
-                            level,
-                            writers,
-                            size,
-                        },
-                        backend_name: backend_label(backend),
-                        reps: Vec::new(),
-                        hist: hgrm::latency_histogram(),
-                    })
-                    .collect();
-                for rep in 0..cfg.reps {
-                    for r in group.iter_mut() {
-                        let (m, h, name) = run_rep(&cfg, r.cell, &root, rep, dev.as_ref())?;
-                        r.backend_name = name;
-                        r.hist
-                            .add(&h)
-                            .map_err(|e| format!("merge histograms: {e:?}"))?;
-                        eprintln!(
-                            "  {} rep {rep}: {:.0} commits/s, p99 {} µs",
-                            r.cell.name(),
-                            m.commits_per_sec(),
-                            fmt_us(h.value_at_quantile(0.99))
-                        );
-                        r.reps.push(m);
+        for (followers, cell_backends) in variants(level) {
+            for &size in &args.sizes {
+                for &writers in &args.writers {
+                    let mut group: Vec<CellResult> = cell_backends
+                        .iter()
+                        .map(|&backend| CellResult {
+                            cell: Cell {
+                                backend,
+                                level,
+                                followers,
+                                writers,
+                                size,
+                            },
+                            backend_name: backend_label(backend),
+                            reps: Vec::new(),
+                            hist: hgrm::latency_histogram(),
+                        })
+                        .collect();
+                    for rep in 0..cfg.reps {
+                        for r in group.iter_mut() {
+                            let (m, h, name) =
+                                run_rep(&cfg, r.cell, &root, rep, dev.as_ref(), &ca)?;
+                            r.backend_name = name;
+                            r.hist
+                                .add(&h)
+                                .map_err(|e| format!("merge histograms: {e:?}"))?;
+                            eprintln!(
+                                "  {} rep {rep}: {:.0} commits/s, p99 {} µs",
+                                r.cell.name(),
+                                m.commits_per_sec(),
+                                fmt_us(h.value_at_quantile(0.99))
+                            );
+                            r.reps.push(m);
+                        }
                     }
+                    for r in group {
+                        hgrm::write_file(&out.join(format!("{}.hgrm", r.cell.name())), &r.hist)?;
+                        done += 1;
+                        results.push(r);
+                    }
+                    eprintln!(
+                        "[{done}/{total} cells, {:.0} s]",
+                        started.elapsed().as_secs_f64()
+                    );
                 }
-                for r in group {
-                    hgrm::write_file(&out.join(format!("{}.hgrm", r.cell.name())), &r.hist)?;
-                    done += 1;
-                    results.push(r);
-                }
-                eprintln!(
-                    "[{done}/{total} cells, {:.0} s]",
-                    started.elapsed().as_secs_f64()
-                );
             }
         }
     }
@@ -1161,6 +1392,14 @@ fn run(args: &Args) -> Res<()> {
         dev.as_ref().map_or("n/a", |d| d.name.as_str()),
         std::env::args().collect::<Vec<_>>().join(" ")
     );
+    if args.levels.iter().any(|l| l.is_remote()) {
+        let _ = writeln!(
+            md,
+            "Remote levels: a walship-transport leader on the cell's log and 'followers' followers in this process, over loopback QUIC with mutual TLS (default LeaderOptions: zstd level 1, 256 KiB frames), each follower with its own log on the same file system and a no-op apply callback; sync policy ANY {} (*); backend {} only. The 2-vCPU machine runs leader, followers and writers at once.\n",
+            cfg.quorum_k,
+            backend_label(backends[0])
+        );
+    }
     for n in &notes {
         let _ = writeln!(md, "> NOTE: {n}\n");
     }

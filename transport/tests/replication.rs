@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, records, same_bytes, Cluster};
-use walship_engine::Durability;
+use common::{eventually, records, same_bytes, Cluster, Fault, Relay};
+use walship_engine::{Durability, Lsn};
 use walship_transport::status::StreamState;
 use walship_transport::{LeaderOptions, SyncPolicy};
 
@@ -218,6 +218,112 @@ async fn status_reports_positions_lag_and_states() -> Result<(), walship_engine:
     })
     .await;
     f2.shutdown().await;
+    leader.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reconnects_after_faults_and_never_reapplies(
+) -> Result<(), walship_engine::Error> {
+    let c = Cluster::new(1 << 20);
+    let log = c.log("leader");
+    let leader = c.leader(Arc::clone(&log), any_one());
+    let addr = leader.local_addr().unwrap();
+    let (f1, seen) = c.follower("f1", c.log("f1"), &leader);
+    let mut last = log.append(b"before")?;
+    for round in 0..3 {
+        for i in 0..500 {
+            last = log.append(format!("round {round} record {i}").as_bytes())?;
+        }
+        leader.commit(last, Durability::RemoteFlush).await?;
+        eventually("applied", WAIT, || f1.applied() >= last).await;
+    }
+    // The leader goes away (a restart: a new epoch on the same log and address); the
+    // log keeps growing meanwhile.
+    let epoch = leader.epoch();
+    leader.shutdown().await;
+    for i in 0..500 {
+        last = log.append(format!("while the leader was down {i}").as_bytes())?;
+    }
+    let leader = c.leader_with(
+        Arc::clone(&log),
+        LeaderOptions {
+            listen: addr,
+            sync: any_one(),
+            ..LeaderOptions::default()
+        },
+    );
+    assert!(leader.epoch() > epoch);
+    leader.commit(last, Durability::RemoteFlush).await?;
+    // A record of the new epoch: the follower learns epochs from the batches it receives.
+    last = log.append(b"after the restart")?;
+    leader.commit(last, Durability::RemoteFlush).await?;
+    eventually("applied after reconnecting", WAIT, || f1.applied() >= last).await;
+    assert!(f1.status().connects >= 2, "{:?}", f1.status());
+    same_bytes(&log, f1.log());
+    assert_eq!(f1.log().epoch_history(), log.epoch_history());
+    // Every record exactly once, in order, across the reconnects.
+    assert_eq!(*seen.lock().unwrap(), records(&log));
+    f1.shutdown().await;
+    leader.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_follower_times_out_reconnects_and_catches_up(
+) -> Result<(), walship_engine::Error> {
+    let c = Cluster::new(1 << 20);
+    let log = c.log("leader");
+    let leader = c.leader_with(
+        Arc::clone(&log),
+        LeaderOptions {
+            sync: any_one(),
+            heartbeat_interval: Duration::from_millis(100),
+            idle_timeout: Duration::from_millis(800),
+            ..LeaderOptions::default()
+        },
+    );
+    let relay = Relay::start(leader.local_addr().unwrap()).await;
+    let (seen, apply) = common::recorder();
+    let f1 = walship_transport::Follower::start(
+        c.log("f1"),
+        c.security("f1"),
+        walship_transport::FollowerOptions {
+            leader: relay.addr,
+            idle_timeout: Duration::from_millis(800),
+            status_interval: Duration::from_millis(100),
+            ..c.follower_opts(&leader)
+        },
+        apply,
+    )
+    .expect("follower");
+    // Lossy link: QUIC retransmits, nothing visible above it.
+    relay.set(Fault::DropOneIn(20));
+    let mut last = Lsn::ZERO;
+    for i in 0..2000 {
+        last = log.append(format!("lossy {i}").as_bytes())?;
+    }
+    leader.commit(last, Durability::RemoteFlush).await?;
+    // A partition longer than the idle timeouts: both sides give up on the session.
+    relay.set(Fault::Blackhole);
+    for i in 0..2000 {
+        last = log.append(format!("partitioned {i}").as_bytes())?;
+    }
+    eventually("the leader to drop the session", WAIT, || {
+        leader
+            .status()
+            .followers
+            .iter()
+            .all(|f| f.state == StreamState::Disconnected)
+    })
+    .await;
+    relay.set(Fault::Pass);
+    leader.commit(last, Durability::RemoteFlush).await?;
+    eventually("caught up after healing", WAIT, || f1.applied() >= last).await;
+    assert!(f1.status().connects >= 2);
+    same_bytes(&log, f1.log());
+    assert_eq!(*seen.lock().unwrap(), records(&log));
+    f1.shutdown().await;
     leader.shutdown().await;
     Ok(())
 }

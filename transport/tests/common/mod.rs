@@ -150,3 +150,78 @@ pub fn records(log: &Log) -> Vec<(Lsn, Vec<u8>)> {
     }
     out
 }
+
+/// What a [`Relay`] does with datagrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward everything.
+    Pass,
+    /// Drop every datagram in both directions (a partition).
+    Blackhole,
+    /// Drop one datagram in `n`, both directions.
+    DropOneIn(u32),
+}
+
+/// A fault-injecting UDP relay between one client and `target`, on loopback: the client
+/// connects to [`Relay::addr`]. The task stops when the relay is dropped.
+pub struct Relay {
+    pub addr: std::net::SocketAddr,
+    fault: Arc<Mutex<Fault>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target: std::net::SocketAddr) -> Relay {
+        use tokio::net::UdpSocket;
+        let front = UdpSocket::bind("127.0.0.1:0").await.expect("bind relay");
+        let back = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay upstream");
+        back.connect(target).await.expect("connect upstream");
+        let addr = front.local_addr().expect("relay address");
+        let fault = Arc::new(Mutex::new(Fault::Pass));
+        let f = Arc::clone(&fault);
+        let task = tokio::spawn(async move {
+            let mut client = None;
+            let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+            let mut n = 0u32;
+            loop {
+                let (dir_up, len) = tokio::select! {
+                    r = front.recv_from(&mut a) => match r {
+                        Ok((len, from)) => { client = Some(from); (true, len) }
+                        Err(_) => continue,
+                    },
+                    r = back.recv(&mut b) => match r {
+                        Ok(len) => (false, len),
+                        Err(_) => continue,
+                    },
+                };
+                n = n.wrapping_add(1);
+                let drop = match *f.lock().unwrap() {
+                    Fault::Pass => false,
+                    Fault::Blackhole => true,
+                    Fault::DropOneIn(k) => n % k.max(1) == 0,
+                };
+                if drop {
+                    continue;
+                }
+                if dir_up {
+                    let _ = back.send(&a[..len]).await;
+                } else if let Some(c) = client {
+                    let _ = front.send_to(&b[..len], c).await;
+                }
+            }
+        });
+        Relay { addr, fault, task }
+    }
+
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -40,7 +40,7 @@ use bytes::Bytes;
 use clap::Parser;
 use walship_bench::netns::{self, Link, Shaper, Side};
 use walship_bench::rawquic::{self, Cluster, RawQuic};
-use walship_bench::sys::{MachineCpu, Usage};
+use walship_bench::sys::{MachineCpu, ThreadTimes, Usage};
 use walship_bench::waldata::{self, Batches};
 use walship_bench::zstd_speed::{self, median, ZstdSpeed};
 use walship_bench::MB;
@@ -139,6 +139,28 @@ struct ReplRun {
     received_secs: f64,
     /// CPU use during the timed interval.
     cpu: Cpu,
+    /// The same, by component.
+    threads: Threads,
+}
+
+/// CPU use by component over an interval, in CPUs (from `/proc/self/task/*/schedstat`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Threads {
+    /// The leader's tokio runtime: reading the log, compressing, QUIC and TLS.
+    leader_rt: f64,
+    /// The follower's tokio runtime: QUIC and TLS, decompressing, appending.
+    follower_rt: f64,
+    /// The thread appending rows to the leader's log (live runs only).
+    writer: f64,
+    /// The leader log's engine threads (writer, preparer, flusher, timer) and their
+    /// io_uring workers.
+    leader_log: f64,
+    /// The follower log's engine threads.
+    follower_log: f64,
+    /// The follower's apply thread.
+    apply: f64,
+    /// Every other thread of this process.
+    rest: f64,
 }
 
 /// CPU use over an interval, in CPUs (1.0 = one core busy throughout).
@@ -155,6 +177,7 @@ struct CpuMeter {
     wall: Instant,
     usage: Option<Usage>,
     machine: Option<MachineCpu>,
+    threads: ThreadTimes,
 }
 
 impl CpuMeter {
@@ -163,7 +186,45 @@ impl CpuMeter {
             wall: Instant::now(),
             usage: Usage::now(),
             machine: MachineCpu::now(),
+            threads: ThreadTimes::now(),
         }
+    }
+
+    /// CPU use by component since `start`; threads started since count from zero.
+    fn threads(&self, leader_log: &[u64], follower_log: &[u64]) -> Threads {
+        let wall_ns = self.wall.elapsed().as_nanos().max(1) as f64;
+        let now = ThreadTimes::now();
+        let mut t = Threads::default();
+        for (tid, name, run, _) in &now.threads {
+            let base = self
+                .threads
+                .threads
+                .iter()
+                .find(|(t0, n0, _, _)| t0 == tid && n0 == name)
+                .map_or(0, |b| b.2);
+            let cpus = run.saturating_sub(base) as f64 / wall_ns;
+            // io_uring's workers are threads of the process named after the thread whose
+            // ring they serve: count them with that log.
+            let owner = name
+                .strip_prefix("iou-wrk-")
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(*tid);
+            let slot = if leader_log.contains(&owner) {
+                &mut t.leader_log
+            } else if follower_log.contains(&owner) {
+                &mut t.follower_log
+            } else if name.starts_with(LEADER_RT) {
+                &mut t.leader_rt
+            } else if name.starts_with(FOLLOWER_RT) {
+                &mut t.follower_rt
+            } else if name.starts_with("walship-apply") {
+                &mut t.apply
+            } else {
+                &mut t.rest
+            };
+            *slot += cpus;
+        }
+        t
     }
 
     fn end(&self) -> Cpu {
@@ -223,6 +284,38 @@ impl Net<'_> {
             )),
             Net::Link(link) => Ok((link.bind_udp(Side::Leader)?, link.bind_udp(Side::Follower)?)),
         }
+    }
+}
+
+/// Thread name of the leader's tokio runtime (at most 15 bytes: Linux truncates).
+const LEADER_RT: &str = "wsb-leader-rt";
+/// Thread name of the follower's tokio runtime.
+const FOLLOWER_RT: &str = "wsb-follower-rt";
+
+/// The leader's and the follower's tokio runtimes: separate, as in two processes, so
+/// their CPU time can be told apart. Raw quinn runs both ends on the leader's.
+struct Runtimes {
+    leader: tokio::runtime::Runtime,
+    follower: tokio::runtime::Runtime,
+}
+
+impl Runtimes {
+    fn new() -> Res<Runtimes> {
+        let rt = |name: &str| {
+            tokio::runtime::Builder::new_multi_thread()
+                .thread_name(name)
+                .enable_all()
+                .build()
+        };
+        Ok(Runtimes {
+            leader: rt(LEADER_RT)?,
+            follower: rt(FOLLOWER_RT)?,
+        })
+    }
+
+    fn shutdown(self) {
+        self.follower.shutdown_timeout(Duration::from_secs(5));
+        self.leader.shutdown_timeout(Duration::from_secs(5));
     }
 }
 
@@ -344,15 +437,13 @@ fn run() -> Res<()> {
     );
     res.zstd_passes.push(z);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rts = Runtimes::new()?;
 
     // 2. Loopback.
     if !ctx.args.no_loopback {
         for rep in 0..ctx.reps {
             eprintln!("loopback, repetition {}/{} ...", rep + 1, ctx.reps);
-            measure_net(&ctx, &rt, &Net::Loopback, 0, &mut res)?;
+            measure_net(&ctx, &rts, &Net::Loopback, 0, &mut res)?;
         }
     }
 
@@ -377,7 +468,7 @@ fn run() -> Res<()> {
                         rep + 1,
                         ctx.reps
                     );
-                    measure_net(&ctx, &rt, &Net::Link(&link), 1, &mut res)?;
+                    measure_net(&ctx, &rts, &Net::Link(&link), 1, &mut res)?;
                 }
                 for side in [Side::Leader, Side::Follower] {
                     if let Ok(s) = link.qdisc_stats(side) {
@@ -391,7 +482,7 @@ fn run() -> Res<()> {
     if let Some(reason) = &res.link_skipped {
         eprintln!("{} link: skipped ({reason})", res.link_desc);
     }
-    rt.shutdown_timeout(Duration::from_secs(5));
+    rts.shutdown();
     res.zstd = merge_zstd(&res.zstd_passes);
 
     let report = render(&ctx, &res, started.elapsed());
@@ -403,19 +494,15 @@ fn run() -> Res<()> {
 }
 
 /// One repetition of every measurement on `net`, variants interleaved.
-fn measure_net(
-    ctx: &Ctx,
-    rt: &tokio::runtime::Runtime,
-    net: &Net<'_>,
-    net_id: u8,
-    res: &mut Results,
-) -> Res<()> {
+fn measure_net(ctx: &Ctx, rts: &Runtimes, net: &Net<'_>, net_id: u8, res: &mut Results) -> Res<()> {
     let z = zstd_speed::measure(&ctx.encoded, ctx.args.frame_bytes, ctx.args.zstd_level, 1)?;
     eprintln!("  zstd: compress {:.0} MB/s", z.compress_mb_s());
     res.zstd_passes.push(z);
     let (a, b) = net.sockets()?;
     let meter = CpuMeter::start();
-    let raw = rt.block_on(rawquic::measure(&ctx.cluster, &ctx.frames, a, b))?;
+    let raw = rts
+        .leader
+        .block_on(rawquic::measure(&ctx.cluster, &ctx.frames, a, b))?;
     let cpu = meter.end();
     eprintln!(
         "  raw quinn: {:.0} MB/s ({} lost packets, MTU {})",
@@ -438,7 +525,7 @@ fn measure_net(
     for mode in modes {
         for zstd in [false, true] {
             let (ls, fs) = net.sockets()?;
-            match replicate(ctx, rt, ls, fs, mode, zstd) {
+            match replicate(ctx, rts, ls, fs, mode, zstd) {
                 Ok(r) => {
                     eprintln!(
                         "  replication {}, zstd {}: {:.0} MB/s of log, wire/log {:.3}",
@@ -494,9 +581,13 @@ fn open_log(ctx: &Ctx, dir: &Path) -> Res<Arc<Log>> {
     Ok(Arc::new(Log::open(dir, opts)?))
 }
 
+/// What [`write_all`] returns: the end LSN, the time taken and the CPU time used.
+type Written = (Lsn, Duration, Duration);
+
 /// Appends every batch of `data` to `log` as fast as it accepts them (`Async` commits);
-/// returns the end LSN and the time taken.
-fn write_all(log: &Log, data: &Batches) -> Res<(Lsn, Duration)> {
+/// returns the end LSN, the time taken, and the calling thread's CPU time.
+fn write_all(log: &Log, data: &Batches) -> Res<Written> {
+    let cpu0 = thread_cpu();
     let start = Instant::now();
     let mut last = log.end_lsn();
     for batch in &data.batches {
@@ -505,7 +596,20 @@ fn write_all(log: &Log, data: &Batches) -> Res<(Lsn, Duration)> {
         }
     }
     log.commit(last, Durability::Async).wait()?;
-    Ok((last, start.elapsed()))
+    Ok((last, start.elapsed(), thread_cpu().saturating_sub(cpu0)))
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec that outlives the call; the clock id is a constant.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// How long to wait for a follower to apply `bytes`: generous (8 MB/s), at least 60 s.
@@ -520,7 +624,7 @@ fn apply_timeout(bytes: u64) -> Duration {
 /// Everything the driver API is used for is in this function.
 fn replicate(
     ctx: &Ctx,
-    rt: &tokio::runtime::Runtime,
+    rts: &Runtimes,
     leader_socket: UdpSocket,
     follower_socket: UdpSocket,
     mode: Mode,
@@ -531,14 +635,19 @@ fn replicate(
     };
 
     let dirs = LogDirs::new(ctx)?;
+    let before = ThreadTimes::now();
     let leader_log = open_log(ctx, &dirs.leader)?;
+    let leader_tids = new_engine_threads(&before, &ThreadTimes::now());
+    let before = ThreadTimes::now();
     let follower_log = open_log(ctx, &dirs.follower)?;
+    let follower_tids = new_engine_threads(&before, &ThreadTimes::now());
     let cluster = &ctx.cluster;
     let data = Arc::clone(&ctx.data);
     let bytes_hint = ctx.mib << 20;
 
-    rt.block_on(async move {
-        let leader = Leader::start(
+    let leader = {
+        let _in_leader_runtime = rts.leader.enter();
+        Leader::start(
             Arc::clone(&leader_log),
             Security::mutual_tls(cluster.leader.clone(), cluster.ca.cert_pem()),
             LeaderOptions {
@@ -550,22 +659,27 @@ fn replicate(
                 frame_bytes: ctx.args.frame_bytes,
                 ..LeaderOptions::default()
             },
-        )?;
-        let leader_addr: SocketAddr = leader.local_addr()?;
-        let start_follower = |socket: UdpSocket| {
-            Follower::start(
-                Arc::clone(&follower_log),
-                Security::mutual_tls(cluster.follower.clone(), cluster.ca.cert_pem()),
-                FollowerOptions {
-                    leader: leader_addr,
-                    leader_node_id: "leader".into(),
-                    socket: Some(socket),
-                    ..FollowerOptions::default()
-                },
-                |_: &walship_engine::Record| {},
-            )
-        };
+        )?
+    };
+    let leader_addr: SocketAddr = leader.local_addr()?;
+    let start_follower = |socket: UdpSocket| {
+        let _in_follower_runtime = rts.follower.enter();
+        Follower::start(
+            Arc::clone(&follower_log),
+            Security::mutual_tls(cluster.follower.clone(), cluster.ca.cert_pem()),
+            FollowerOptions {
+                leader: leader_addr,
+                leader_node_id: "leader".into(),
+                socket: Some(socket),
+                ..FollowerOptions::default()
+            },
+            |_: &walship_engine::Record| {},
+        )
+    };
 
+    // The main thread drives the run; the leader's and the follower's tasks run on their
+    // own runtimes, as they would in two processes.
+    rts.leader.block_on(async {
         let (follower, meter, start, first, end, append_secs) = match mode {
             Mode::Live => {
                 let follower = start_follower(follower_socket)?;
@@ -576,15 +690,11 @@ fn replicate(
                     .await?;
                 let meter = CpuMeter::start();
                 let start = Instant::now();
-                let log = Arc::clone(leader.log());
-                let (end, took) =
-                    tokio::task::spawn_blocking(move || write_all(&log, &data)).await??;
-                (follower, meter, start, first, end, Some(took.as_secs_f64()))
+                let (end, took, cpu) = spawn_writer(Arc::clone(leader.log()), data)?.await??;
+                (follower, meter, start, first, end, Some((took, cpu)))
             }
             Mode::CatchUp => {
-                let log = Arc::clone(leader.log());
-                let (end, _) =
-                    tokio::task::spawn_blocking(move || write_all(&log, &data)).await??;
+                let (end, _, _) = spawn_writer(Arc::clone(leader.log()), data)?.await??;
                 leader.log().commit(end, Durability::Local).wait()?;
                 let first = follower_log.end_lsn();
                 let meter = CpuMeter::start();
@@ -608,6 +718,9 @@ fn replicate(
             .await;
         let secs = start.elapsed().as_secs_f64();
         let cpu = meter.end();
+        let mut threads = meter.threads(&leader_tids, &follower_tids);
+        // The writer thread has exited by now: it measured itself.
+        threads.writer = append_secs.map_or(0.0, |(_, cpu)| cpu.as_secs_f64() / secs.max(1e-9));
         let received_secs = received.await?.min(secs);
         let status = leader.status();
         let fstatus = follower.status();
@@ -631,11 +744,37 @@ fn replicate(
             wire_bytes: info.bytes_wire,
             raw_bytes: info.bytes_raw,
             secs,
-            append_secs,
+            append_secs: append_secs.map(|(took, _)| took.as_secs_f64()),
             received_secs,
             cpu,
+            threads,
         })
     })
+}
+
+/// Runs [`write_all`] on a thread of its own; the receiver gets the result.
+fn spawn_writer(
+    log: Arc<Log>,
+    data: Arc<Batches>,
+) -> Res<tokio::sync::oneshot::Receiver<Res<Written>>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("wsb-writer".into())
+        .spawn(move || {
+            let _ = tx.send(write_all(&log, &data));
+        })?;
+    Ok(rx)
+}
+
+/// The threads in `after` but not in `before`: those of the log opened in between (by
+/// id: a new thread may not have set its name yet).
+fn new_engine_threads(before: &ThreadTimes, after: &ThreadTimes) -> Vec<u64> {
+    after
+        .threads
+        .iter()
+        .filter(|(tid, _, _, _)| !before.threads.iter().any(|t| t.0 == *tid))
+        .map(|t| t.0)
+        .collect()
 }
 
 fn default_out() -> PathBuf {
@@ -814,6 +953,51 @@ fn render(ctx: &Ctx, res: &Results, took: Duration) -> String {
                     }
                 }
             }
+        }
+    }
+
+    if !res.repl.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## CPU by component\n\nCPUs busy during the timed interval (1.0 = one core \
+             throughout; the machine has {}), medians over repetitions.\n",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+        let _ = writeln!(
+            s,
+            "| replication | path | zstd | leader runtime | follower runtime | writer | \
+             leader log | follower log | apply | rest | this process | other processes |"
+        );
+        let _ = writeln!(
+            s,
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for ((net, mode, zstd), runs) in &res.repl {
+            let m = |f: fn(&ReplRun) -> f64| stats(runs, f).map_or(f64::NAN, |x| x.0);
+            let path = if *net == 0 {
+                "loopback".to_string()
+            } else {
+                link_path_short(res)
+            };
+            let z = if *zstd {
+                a.zstd_level.to_string()
+            } else {
+                "off".into()
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {path} | {z} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                mode.name(),
+                m(|r| r.threads.leader_rt),
+                m(|r| r.threads.follower_rt),
+                m(|r| r.threads.writer),
+                m(|r| r.threads.leader_log),
+                m(|r| r.threads.follower_log),
+                m(|r| r.threads.apply),
+                m(|r| r.threads.rest),
+                m(|r| r.cpu.own),
+                m(|r| r.cpu.others),
+            );
         }
     }
 

@@ -28,7 +28,8 @@
 //! Output: Markdown on stdout (progress on stderr), also written to
 //! `<workspace>/target/replication/<unix seconds>/results.md` (or `--out`).
 //! Logs live in a temporary directory under `--dir` that is removed at the end; the
-//! namespaces are deleted at the end (and stale ones of killed runs at the start).
+//! namespaces are deleted at the end. A run killed by a signal cannot clean up: the next
+//! run removes the namespaces and work directories of runs whose process is gone.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
@@ -388,8 +389,9 @@ fn run() -> Res<()> {
     let base_dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base_dir)
         .map_err(|e| format!("create --dir {}: {e}", base_dir.display()))?;
+    let stale_dirs = reap_stale_work_dirs(&base_dir);
     let work = tempfile::Builder::new()
-        .prefix("walship-replication-")
+        .prefix(&format!("{WORK_PREFIX}{}-", std::process::id()))
         .tempdir_in(&base_dir)
         .map_err(|e| format!("create a work directory in {}: {e}", base_dir.display()))?;
 
@@ -425,6 +427,12 @@ fn run() -> Res<()> {
         args,
     };
     let mut res = Results::default();
+    for d in stale_dirs {
+        res.notes.push(format!(
+            "removed stale work directory {} of a dead run",
+            d.display()
+        ));
+    }
 
     // 1. zstd on one core.
     eprintln!("zstd level {} on one core ...", ctx.args.zstd_level);
@@ -775,6 +783,36 @@ fn new_engine_threads(before: &ThreadTimes, after: &ThreadTimes) -> Vec<u64> {
         .filter(|(tid, _, _, _)| !before.threads.iter().any(|t| t.0 == *tid))
         .map(|t| t.0)
         .collect()
+}
+
+/// Work directories are named `<WORK_PREFIX><pid>-<random>`.
+const WORK_PREFIX: &str = "walship-replication-";
+
+/// Removes work directories in `base` left by runs that were killed before their
+/// `TempDir` was dropped (their pid no longer exists); returns them.
+fn reap_stale_work_dirs(base: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    let mut reaped = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(WORK_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && std::fs::remove_dir_all(e.path()).is_ok()
+        {
+            reaped.push(e.path());
+        }
+    }
+    reaped
 }
 
 fn default_out() -> PathBuf {

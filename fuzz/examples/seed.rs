@@ -7,8 +7,8 @@
 //!   put valid, torn, misplaced and bit-flipped batches into the template log's tail,
 //!   previous, spare and new segments, and damage its epoch history and meta file.
 //!
-//! - `corpus/frame_decoder/seed-*`: one valid frame of each kind, and a Welcome followed
-//!   by two contiguous Ship frames, behind the target's 3-byte prefix (chunk size, flags,
+//! - `corpus/frame_decoder/seed-*`: one valid frame of each kind, a zstd-compressed Ship,
+//!   and a Welcome followed by two contiguous Ship frames, behind the target's 3-byte prefix (chunk size, flags,
 //!   expected LSN).
 //!
 //! Deterministic: rerunning rewrites the same files.
@@ -402,6 +402,27 @@ fn frame_decoder(dir: &Path) {
                 ship(111, b"more"),
             ],
         ),
+        ("zstd-ship", {
+            let raw: Vec<u8> = (0..40)
+                .flat_map(|i| format!("{{\"id\":{i},\"status\":\"shipped\"}}").into_bytes())
+                .collect();
+            let mut z = walship_transport::compress::Compressor::new(
+                walship_transport::CompressionOptions {
+                    level: Some(1),
+                    min_bytes: 0,
+                },
+            )
+            .expect("zstd context");
+            let (compression, data) = z.encode(Bytes::from(raw.clone()));
+            vec![Frame::Ship(Ship {
+                epoch: e,
+                base: Lsn::new(64),
+                end: Lsn::new(64 + raw.len() as u64),
+                raw_len: raw.len() as u32,
+                compression,
+                data,
+            })]
+        }),
         (
             "reject",
             vec![Frame::Reject(Reject {

@@ -2,12 +2,15 @@
 //!
 //! It must never panic, never return a frame that fails to re-encode to the same bytes,
 //! and, once it has refused the stream, never be asked again (the connection closes).
+//! The data of every accepted `Ship` frame also goes through the follower's decompressor,
+//! which must either fail or produce exactly the declared length.
 
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use walship_engine::Lsn;
+use walship_transport::compress::Decompressor;
 use walship_transport::wire::{Decoder, Frame};
 
 fuzz_target!(|data: &[u8]| {
@@ -33,6 +36,14 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Some(f)) => consumed_frames.push(f),
                 Ok(None) => break,
                 Err(_) => break 'outer,
+            }
+        }
+    }
+    let mut z = Decompressor::new().expect("zstd context");
+    for f in &consumed_frames {
+        if let Frame::Ship(s) = f {
+            if let Ok(raw) = z.decode(s.compression, s.raw_len, s.data.clone()) {
+                assert_eq!(raw.len(), s.raw_len as usize);
             }
         }
     }

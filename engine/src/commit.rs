@@ -1,7 +1,9 @@
 //! [`Commit`]: waiting for a record to reach a [`Durability`] level.
 //!
 //! A commit waits on at most one watermark at a time, first local (`flushed`, asking
-//! the writer for a flush), then the remote ones the level needs. It is a plain
+//! the writer for a flush), then the remote ones the level needs. A follower's
+//! replication layer also waits for `written` alone (no flush asked for), to acknowledge
+//! what is in its OS before it is on its disk. It is a plain
 //! `Future` with no runtime behind it: a deadline is served by the engine's timer
 //! thread when awaited, and by a parked thread when waited on with
 //! [`Commit::wait_timeout`].
@@ -46,7 +48,11 @@ pub struct Commit {
     flush_requested: bool,
     registered: Option<usize>,
     checked_end: bool,
+    written_only: bool,
 }
+
+/// Stage index of the `written` watermark.
+const WRITTEN: usize = 4;
 
 impl Commit {
     pub(crate) fn new(shared: Arc<Shared>, lsn: Lsn, level: Durability) -> Commit {
@@ -62,7 +68,15 @@ impl Commit {
             flush_requested: false,
             registered: None,
             checked_end: false,
+            written_only: false,
         }
+    }
+
+    /// A wait for `lsn` to be written to the OS, without asking for a flush.
+    pub(crate) fn written(shared: Arc<Shared>, lsn: Lsn) -> Commit {
+        let mut c = Commit::new(shared, lsn, Durability::Async);
+        c.written_only = true;
+        c
     }
 
     /// The commit token waited on.
@@ -129,11 +143,15 @@ impl Commit {
             0 => &s.flushed,
             1 => &s.remote_written,
             2 => &s.remote_flushed,
-            _ => &s.remote_applied,
+            3 => &s.remote_applied,
+            _ => &s.written,
         }
     }
 
     fn stages(&self) -> &'static [usize] {
+        if self.written_only {
+            return &[WRITTEN];
+        }
         match self.level {
             Durability::Async => &[],
             Durability::Local => &[0],
@@ -185,7 +203,7 @@ impl Commit {
             }
             // Registered first, then flags checked: whoever sets a flag wakes all waiters
             // afterwards, so this poll either sees the flag or is woken.
-            if idx > 0 && sh.fenced.load(Ordering::Acquire) {
+            if (1..WRITTEN).contains(&idx) && sh.fenced.load(Ordering::Acquire) {
                 let reason = lock(&sh.fence).clone().unwrap_or_default();
                 return Poll::Ready(Err(Error::RemoteFenced {
                     lsn: self.lsn,
@@ -204,7 +222,7 @@ impl Commit {
                 }));
             }
             if now_past() {
-                return Poll::Ready(Err(if idx == 0 {
+                return Poll::Ready(Err(if idx == 0 || idx == WRITTEN {
                     Error::Timeout {
                         lsn: self.lsn,
                         level: self.level,

@@ -590,6 +590,23 @@ impl Log {
         Commit::new(Arc::clone(&self.shared), lsn, level)
     }
 
+    /// A future that resolves when everything before `lsn` is written to the OS (not
+    /// necessarily flushed), without asking for a flush: how a follower knows what to
+    /// acknowledge as written. Errors and deadlines as [`commit`](Log::commit).
+    ///
+    /// ```
+    /// # use walship_engine::{Log, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let log = Log::open(dir.path(), Options { segment_capacity: 1 << 20, ..Options::default() })?;
+    /// let lsn = log.append(b"x")?;
+    /// log.written(lsn).wait()?;
+    /// assert!(log.watermarks().written >= lsn);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn written(&self, lsn: Lsn) -> Commit {
+        Commit::written(Arc::clone(&self.shared), lsn)
+    }
+
     /// Blocks until `lsn` reaches `level` or `timeout` passes.
     ///
     /// # Errors

@@ -685,9 +685,34 @@ fn replicate(
         )
     };
 
+    // Both embedders checkpoint what is flushed every 10 ms, as the latency harness does,
+    // so retired segments are recycled instead of new ones being zero-filled (the
+    // leader's slot for the follower still holds what the follower needs).
+    let checkpointing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let checkpointer = {
+        let (l, f, on) = (
+            Arc::clone(&leader_log),
+            Arc::clone(&follower_log),
+            Arc::clone(&checkpointing),
+        );
+        std::thread::Builder::new()
+            .name("wsb-checkpoint".into())
+            .spawn(move || {
+                while on.load(std::sync::atomic::Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(10));
+                    l.set_checkpoint(l.watermarks().flushed);
+                    f.set_checkpoint(f.watermarks().flushed);
+                }
+            })?
+    };
+    let stop_checkpointer = move || {
+        checkpointing.store(false, std::sync::atomic::Ordering::Release);
+        let _ = checkpointer.join();
+    };
+
     // The main thread drives the run; the leader's and the follower's tasks run on their
     // own runtimes, as they would in two processes.
-    rts.leader.block_on(async {
+    let result = rts.leader.block_on(async {
         let (follower, meter, start, first, end, append_secs) = match mode {
             Mode::Live => {
                 let follower = start_follower(follower_socket)?;
@@ -757,7 +782,9 @@ fn replicate(
             cpu,
             threads,
         })
-    })
+    });
+    stop_checkpointer();
+    result
 }
 
 /// Runs [`write_all`] on a thread of its own; the receiver gets the result.

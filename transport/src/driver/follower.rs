@@ -510,6 +510,7 @@ async fn session(
         peer,
         decompressor: Decompressor::new()
             .map_err(|source| TransportError::Codec { peer, source })?,
+        written: None,
         flush: None,
         received: log.end_lsn(),
     };
@@ -537,6 +538,8 @@ struct Stream<'a> {
     shared: &'a Shared,
     peer: SocketAddr,
     decompressor: Decompressor,
+    /// The write to the OS being waited for, to acknowledge it.
+    written: Option<Commit>,
     /// The flush being waited for, to acknowledge it.
     flush: Option<Commit>,
     /// The end of what was appended.
@@ -554,11 +557,19 @@ impl Stream<'_> {
     ) -> Result<(), TransportError> {
         let peer = self.peer;
         let session_err = |source| TransportError::Session { peer, source };
+        // One timer, moved as the session's deadline moves, and up to 64 chunks of data
+        // per wake-up: per-iteration costs are paid per burst, not per QUIC packet.
+        let timer = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(timer);
+        let mut chunks: Vec<Bytes> = vec![Bytes::new(); 64];
         loop {
             self.drain(session, send).await?;
             let deadline = session
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            if timer.deadline() != deadline.into() {
+                timer.as_mut().reset(deadline.into());
+            }
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return Ok(()),
@@ -569,12 +580,25 @@ impl Stream<'_> {
                         Err(e) => return Err(e.into()),
                     }
                     session.handle_progress(self.shared.progress());
-                    self.await_flush();
+                    self.await_local();
                 }
-                chunk = recv.read_chunk(1 << 20, true) => match chunk {
-                    Ok(Some(c)) => {
-                        self.shared.state().last_message = Some(Instant::now());
-                        session.handle_bytes(Instant::now(), &c.bytes).map_err(session_err)?;
+                r = maybe(self.written.as_mut()) => {
+                    self.written = None;
+                    match r {
+                        Ok(()) | Err(walship_engine::Error::Truncated { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    session.handle_progress(self.shared.progress());
+                    self.await_local();
+                }
+                n = recv.read_chunks(&mut chunks) => match n {
+                    Ok(Some(n)) => {
+                        let now = Instant::now();
+                        self.shared.state().last_message = Some(now);
+                        for c in &mut chunks[..n] {
+                            session.handle_bytes(now, c).map_err(session_err)?;
+                            *c = Bytes::new();
+                        }
                     }
                     Ok(None) => return Err(TransportError::Connection { peer, reason: "leader closed its stream".into() }),
                     Err(e) => return Err(TransportError::Connection { peer, reason: e.to_string() }),
@@ -584,7 +608,7 @@ impl Stream<'_> {
                         session.handle_progress(self.shared.progress());
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {
+                _ = &mut timer => {
                     session.handle_timeout(Instant::now()).map_err(session_err)?;
                     session.handle_progress(self.shared.progress());
                 }
@@ -592,10 +616,17 @@ impl Stream<'_> {
         }
     }
 
-    /// Waits for the flush of everything received, unless a wait is in progress: the
-    /// target of a pending wait is not moved, so acks flow even under constant load.
-    fn await_flush(&mut self) {
-        if self.flush.is_none() && self.received > self.shared.log.watermarks().flushed {
+    /// Waits for everything received to be written, and flushed, unless such a wait is
+    /// in progress: the target of a pending wait is not moved, so acks flow even under
+    /// constant load. Written is acknowledged apart from flushed: the leader's window of
+    /// unacknowledged bytes counts against written, so it reopens without waiting for
+    /// the disk.
+    fn await_local(&mut self) {
+        let w = self.shared.log.watermarks();
+        if self.written.is_none() && self.received > w.written {
+            self.written = Some(self.shared.log.written(self.received));
+        }
+        if self.flush.is_none() && self.received > w.flushed {
             self.flush = Some(self.shared.log.commit(self.received, Durability::Local));
         }
     }
@@ -620,6 +651,7 @@ impl Stream<'_> {
                 FollowerEvent::Truncate(to) => {
                     tracing::warn!(%to, "truncating the divergent suffix of the local log");
                     self.flush = None;
+                    self.written = None;
                     let l = Arc::clone(log);
                     tokio::task::spawn_blocking(move || l.truncate_suffix(to))
                         .await
@@ -643,7 +675,7 @@ impl Stream<'_> {
                         s.bytes_wire += wire as u64;
                         s.leader_end = s.leader_end.max(ship.end);
                     }
-                    self.await_flush();
+                    self.await_local();
                 }
                 FollowerEvent::EpochSeen(e) => {
                     let mut s = self.shared.state();

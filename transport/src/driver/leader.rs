@@ -11,8 +11,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use walship_engine::{Batch, Commit, Durability, Epoch, Log, Lsn, Reader};
 
+use super::pipeline::{Pipeline, Span};
 use super::{Security, TransportError, CLOSE_ERROR, CLOSE_SHUTDOWN};
-use crate::compress::{CompressionOptions, Compressor};
+use crate::compress::CompressionOptions;
 use crate::lag::LagTracker;
 use crate::quorum::{Progress, QuorumTracker, SyncPolicy};
 use crate::session::leader::{LeaderConfig, LeaderEvent, LeaderSession, LogView};
@@ -20,7 +21,7 @@ use crate::session::SessionError;
 use crate::slots::Slots;
 use crate::status::{FollowerInfo, LeaderStatus, StreamState};
 use crate::tls::peer_identity;
-use crate::wire::{Compression, RejectCode};
+use crate::wire::RejectCode;
 
 /// Settings of a [`Leader`].
 #[derive(Debug)]
@@ -38,6 +39,9 @@ pub struct LeaderOptions {
     pub sync: SyncPolicy,
     /// zstd settings for shipped data.
     pub compression: CompressionOptions,
+    /// Frames of one follower compressed at once, on blocking threads (frames under
+    /// 64 KiB are compressed inline).
+    pub compression_threads: usize,
     /// Raw log bytes per `Ship` frame, at most (a single larger batch goes alone).
     pub frame_bytes: usize,
     /// Largest frame accepted from a follower, and the follower's limit this leader
@@ -68,9 +72,10 @@ impl Default for LeaderOptions {
                 of: vec!["*".into()],
             },
             compression: CompressionOptions::default(),
+            compression_threads: 2,
             frame_bytes: 256 << 10,
             max_frame: 24 << 20,
-            max_unacked_bytes: 32 << 20,
+            max_unacked_bytes: 64 << 20,
             max_retained_bytes: 8 << 30,
             heartbeat_interval: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(10),
@@ -117,6 +122,7 @@ struct Shared {
     cfg: LeaderConfig,
     verify_peers: bool,
     compression: CompressionOptions,
+    compression_threads: usize,
     frame_bytes: usize,
     max_retained_bytes: u64,
     remote_commit_timeout: Duration,
@@ -335,6 +341,7 @@ impl Leader {
             log,
             verify_peers: security.verifies_peers(),
             compression: opts.compression,
+            compression_threads: opts.compression_threads,
             frame_bytes: opts.frame_bytes,
             max_retained_bytes: opts.max_retained_bytes,
             remote_commit_timeout: opts.remote_commit_timeout,
@@ -595,9 +602,10 @@ async fn serve(
         id: 0,
         reader: None,
         pending: None,
-        compressor: Compressor::new(shared.compression).map_err(|e| {
+        pipeline: Pipeline::new(shared.compression, shared.compression_threads).map_err(|e| {
             TransportError::InvalidOptions(format!("compression {:?}: {e}", shared.compression))
         })?,
+        next: Lsn::ZERO,
         streaming: false,
     };
     let result = run.go(&mut session, &mut send, &mut recv, &mut stop).await;
@@ -632,8 +640,11 @@ struct Run<'a> {
     node: Option<String>,
     id: u64,
     reader: Option<Reader>,
+    /// A batch read but not yet put in a frame.
     pending: Option<Batch>,
-    compressor: Compressor,
+    pipeline: Pipeline,
+    /// Where the next frame starts: the end of the last one gathered (shipped or not).
+    next: Lsn,
     streaming: bool,
 }
 
@@ -654,6 +665,8 @@ impl Run<'_> {
     ) -> Result<(), TransportError> {
         let log = Arc::clone(&self.shared.log);
         loop {
+            // Frames that finished compressing go out first, then everything queued.
+            self.ship_ready(session)?;
             self.drain(session, send).await?;
             if let Some(node) = &self.node {
                 match self.shared.must_end(node, self.id) {
@@ -675,11 +688,11 @@ impl Run<'_> {
                     }
                 }
             }
-            if self.ship(session)? {
+            if self.gather(session)? {
                 continue;
             }
             let window_open =
-                self.reader.is_some() && self.pending.is_none() && session.send_window().is_some();
+                self.reader.is_some() && self.pending.is_none() && self.room(session) > 0;
             let deadline = session
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -706,6 +719,9 @@ impl Run<'_> {
                 b = next_batch(self.reader.as_mut().filter(|_| window_open)) => {
                     self.pending = Some(b?);
                 }
+                r = self.pipeline.front_done() => {
+                    r.map_err(|source| TransportError::Codec { peer: self.peer, source })?;
+                }
                 _ = tokio::time::sleep_until(deadline.into()) => session
                     .handle_timeout(Instant::now(), log.end_lsn(), super::now_us())
                     .map_err(|e| self.session_err(e))?,
@@ -724,6 +740,7 @@ impl Run<'_> {
                 LeaderEvent::Transmit(b) => write(send, b, self.peer).await?,
                 LeaderEvent::Accepted { follower, start } => {
                     self.reader = Some(self.shared.log.reader(start)?);
+                    self.next = start;
                     self.id = self.shared.accepted(&follower, self.peer, start);
                     tracing::info!(follower = follower.as_str(), %start, peer = %self.peer, "follower accepted");
                     self.node = Some(follower);
@@ -737,16 +754,50 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Frames as much log as the window allows into one `Ship`; returns whether it did.
-    fn ship(&mut self, session: &mut LeaderSession) -> Result<bool, TransportError> {
-        let (Some(reader), Some((pos, room))) = (self.reader.as_mut(), session.send_window())
-        else {
+    /// Bytes that may be gathered into new frames now: the session's window minus what
+    /// is gathered but not yet shipped; zero while every compressor is busy.
+    fn room(&self, session: &LeaderSession) -> u64 {
+        match session.send_window() {
+            Some((sent, room)) if self.pipeline.can_take() => {
+                room.saturating_sub(self.next.bytes_after(sent))
+            }
+            _ => 0,
+        }
+    }
+
+    /// Ships every compressed frame that is next in order.
+    fn ship_ready(&mut self, session: &mut LeaderSession) -> Result<(), TransportError> {
+        while let Some(e) = self.pipeline.pop_ready() {
+            let now = Instant::now();
+            let wire = e.data.len();
+            session
+                .ship(now, e.span.base, e.span.end, e.span.raw_len, e.how, e.data)
+                .map_err(|err| self.session_err(err))?;
+            if let Some(node) = &self.node {
+                self.shared.shipped(
+                    node,
+                    self.id,
+                    e.span.end,
+                    e.span.raw_len as usize,
+                    wire,
+                    now,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Gathers as much log as the window allows into one frame for the pipeline; returns
+    /// whether it did.
+    fn gather(&mut self, session: &LeaderSession) -> Result<bool, TransportError> {
+        let room = self.room(session);
+        let Some(reader) = self.reader.as_mut().filter(|_| room > 0) else {
             return Ok(false);
         };
         let budget = room.min(self.shared.frame_bytes as u64) as usize;
         let mut parts: Vec<Bytes> = Vec::new();
         let mut total = 0usize;
-        let mut end = pos;
+        let mut end = self.next;
         let mut caught_up = false;
         loop {
             let b = match self.pending.take() {
@@ -792,16 +843,13 @@ impl Run<'_> {
         let raw_len = u32::try_from(total).map_err(|_| {
             TransportError::InvalidOptions(format!("a frame of {total} bytes is over 4 GiB"))
         })?;
-        let (how, data) = self.compressor.encode(raw);
-        let wire = data.len();
-        let now = Instant::now();
-        session
-            .ship(now, pos, end, raw_len, how, data)
-            .map_err(|e| self.session_err(e))?;
-        if let Some(node) = &self.node {
-            self.shared.shipped(node, self.id, end, total, wire, now);
-        }
-        debug_assert!(how == Compression::None || wire < total);
+        let span = Span {
+            base: self.next,
+            end,
+            raw_len,
+        };
+        self.next = end;
+        self.pipeline.push(span, raw);
         Ok(true)
     }
 }

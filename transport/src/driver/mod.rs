@@ -13,6 +13,7 @@
 
 mod follower;
 mod leader;
+mod pipeline;
 
 pub use follower::{Apply, ApplyError, Follower, FollowerOptions};
 pub use leader::{Leader, LeaderOptions};

@@ -95,6 +95,8 @@ pub struct FollowerInfo {
 /// A leader's view of replication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderStatus {
+    /// Always [`Role::Leader`].
+    pub role: Role,
     /// This node's id.
     pub node_id: String,
     /// The epoch it leads.
@@ -110,6 +112,8 @@ pub struct LeaderStatus {
 /// A follower's view of its upstream, as `pg_stat_wal_receiver`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowerStatus {
+    /// Always [`Role::Follower`].
+    pub role: Role,
     /// This node's id.
     pub node_id: String,
     /// The highest epoch seen.

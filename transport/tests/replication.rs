@@ -186,6 +186,8 @@ async fn status_reports_positions_lag_and_states() -> Result<(), walship_engine:
     })
     .await;
     let st = leader.status();
+    assert_eq!(st.role.as_str(), "leader");
+    assert_eq!(st.epoch, leader.epoch());
     assert_eq!(st.sync_policy, "FIRST 1 (f1, f2)");
     let by = |n: &str| {
         st.followers
@@ -204,6 +206,7 @@ async fn status_reports_positions_lag_and_states() -> Result<(), walship_engine:
     }
     assert!(st.watermarks.remote_applied >= lsn);
     let fs = f1.status();
+    assert_eq!(fs.role.as_str(), "follower");
     assert!(fs.connected);
     assert_eq!(fs.leader_id.as_deref(), Some("leader"));
     assert_eq!(fs.epoch, leader.epoch());

@@ -522,3 +522,75 @@ fn epochs_with_data(log: &Log) -> Vec<(Epoch, Lsn)> {
         .map(|(_, &x)| x)
         .collect()
 }
+
+#[test]
+fn a_hello_must_name_the_certified_node_and_a_lost_slot_is_refused() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Log::open(ld.path(), opts()).unwrap();
+    let follower = Log::open(fd.path(), opts()).unwrap();
+    leader.begin_epoch(Epoch::new(1)).unwrap();
+    let now = Instant::now();
+    let hello = |f: &mut FollowerSession| match f.poll_event(now) {
+        Some(FollowerEvent::Transmit(b)) => b,
+        other => panic!("expected the Hello, got {other:?}"),
+    };
+    let mut f = FollowerSession::new(
+        follower_cfg(),
+        Epoch::ZERO,
+        follower.end_lsn(),
+        Progress::default(),
+        now,
+    );
+    // The certificate said "f2"; the Hello says "f1".
+    let mut l = LeaderSession::new(leader_cfg(1), now).expect_peer("f2");
+    let err = l
+        .handle_bytes(now, &hello(&mut f), &view(&leader))
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SessionError::Refused {
+                code: RejectCode::Identity,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A follower whose slot was lost is told so, with the reason.
+    let mut f = FollowerSession::new(
+        follower_cfg(),
+        Epoch::ZERO,
+        follower.end_lsn(),
+        Progress::default(),
+        now,
+    );
+    let mut l = LeaderSession::new(leader_cfg(1), now).expect_peer("f1");
+    let lost = LogView {
+        lost_slots: std::sync::Arc::new(
+            [("f1".to_string(), "3 GiB behind".to_string())]
+                .into_iter()
+                .collect(),
+        ),
+        ..view(&leader)
+    };
+    let err = l.handle_bytes(now, &hello(&mut f), &lost).unwrap_err();
+    assert!(
+        matches!(&err, SessionError::Refused { code: RejectCode::SlotLost, reason } if reason.contains("3 GiB behind")),
+        "{err}"
+    );
+    let reject = match l.poll_event() {
+        Some(LeaderEvent::Transmit(b)) => b,
+        other => panic!("expected the Reject, got {other:?}"),
+    };
+    let err = f.handle_bytes(now, &reject).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SessionError::Rejected {
+                code: RejectCode::SlotLost,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

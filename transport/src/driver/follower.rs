@@ -15,7 +15,7 @@ use super::{Security, TransportError, CLOSE_ERROR, CLOSE_SHUTDOWN};
 use crate::compress::Decompressor;
 use crate::quorum::Progress;
 use crate::session::follower::{FollowerConfig, FollowerEvent, FollowerSession};
-use crate::status::FollowerStatus;
+use crate::status::{FollowerStatus, Role};
 
 /// An error from the embedder's [`Apply`] callback.
 pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
@@ -253,6 +253,7 @@ impl Follower {
     pub fn status(&self) -> FollowerStatus {
         let s = self.shared.state();
         FollowerStatus {
+            role: Role::Follower,
             node_id: self.shared.node_id.clone(),
             epoch: s.epoch,
             watermarks: self.shared.log.watermarks(),

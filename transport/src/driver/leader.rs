@@ -19,7 +19,7 @@ use crate::quorum::{Progress, QuorumTracker, SyncPolicy};
 use crate::session::leader::{LeaderConfig, LeaderEvent, LeaderSession, LogView};
 use crate::session::SessionError;
 use crate::slots::Slots;
-use crate::status::{FollowerInfo, LeaderStatus, StreamState};
+use crate::status::{FollowerInfo, LeaderStatus, Role, StreamState};
 use crate::tls::peer_identity;
 use crate::wire::RejectCode;
 
@@ -461,6 +461,7 @@ impl Leader {
             })
             .collect();
         LeaderStatus {
+            role: Role::Leader,
             node_id: self.shared.cfg.node_id.clone(),
             epoch: self.shared.cfg.epoch,
             watermarks,

@@ -686,21 +686,27 @@ fn replicate(
     };
 
     // Both embedders checkpoint what is flushed every 10 ms, as the latency harness does,
-    // so retired segments are recycled instead of new ones being zero-filled (the
-    // leader's slot for the follower still holds what the follower needs).
+    // so retired segments are recycled instead of new ones being zero-filled. The leader
+    // starts only once the follower has connected: from then on its retention slot holds
+    // what the follower needs (a follower that never connected has no slot, and in the
+    // catch-up variant it connects after the writing).
     let checkpointing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let leader_checkpoints = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checkpointer = {
-        let (l, f, on) = (
+        let (l, f, on, lc) = (
             Arc::clone(&leader_log),
             Arc::clone(&follower_log),
             Arc::clone(&checkpointing),
+            Arc::clone(&leader_checkpoints),
         );
         std::thread::Builder::new()
             .name("wsb-checkpoint".into())
             .spawn(move || {
                 while on.load(std::sync::atomic::Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(10));
-                    l.set_checkpoint(l.watermarks().flushed);
+                    if lc.load(std::sync::atomic::Ordering::Acquire) {
+                        l.set_checkpoint(l.watermarks().flushed);
+                    }
                     f.set_checkpoint(f.watermarks().flushed);
                 }
             })?
@@ -721,6 +727,7 @@ fn replicate(
                 follower
                     .wait_for_applied(first, Duration::from_secs(30))
                     .await?;
+                leader_checkpoints.store(true, std::sync::atomic::Ordering::Release);
                 let meter = CpuMeter::start();
                 let start = Instant::now();
                 let (end, took, cpu) = spawn_writer(Arc::clone(leader.log()), data)?.await??;
@@ -733,6 +740,15 @@ fn replicate(
                 let meter = CpuMeter::start();
                 let start = Instant::now();
                 let follower = start_follower(follower_socket)?;
+                let f = Arc::clone(follower.log());
+                let lc = Arc::clone(&leader_checkpoints);
+                tokio::spawn(async move {
+                    // The slot exists once the follower is accepted (it has then acked).
+                    while f.end_lsn() == first {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    lc.store(true, std::sync::atomic::Ordering::Release);
+                });
                 (follower, meter, start, first, end, None)
             }
         };

@@ -330,3 +330,48 @@ async fn a_partitioned_follower_times_out_reconnects_and_catches_up(
     leader.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_followers_slot_holds_the_log_from_the_moment_it_is_accepted(
+) -> Result<(), walship_engine::Error> {
+    const CAP: u64 = 1 << 20;
+    let c = Cluster::new(CAP);
+    let log = c.log("leader");
+    let leader = c.leader(Arc::clone(&log), any_one());
+    let row = vec![b'r'; 1000];
+    let mut last = Lsn::ZERO;
+    for _ in 0..20_000 {
+        last = log.append(&row)?;
+    }
+    log.commit(last, Durability::Local).await?;
+    // A new follower starts catching up; as soon as it has received anything, the
+    // embedder checkpoints everything, as fast as it can. The follower's slot, created
+    // when it was accepted, must already hold the log (not from the next upkeep tick).
+    let (f1, _) = c.follower("f1", c.log("f1"), &leader);
+    let start = f1.log().end_lsn();
+    eventually("f1 to receive something", WAIT, || {
+        f1.log().end_lsn() > start
+    })
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checkpointer = {
+        let (log, stop) = (Arc::clone(&log), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                log.set_checkpoint(log.watermarks().flushed);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    eventually("catch-up under eager checkpoints", WAIT, || {
+        f1.applied() >= last || f1.status().last_error.is_some()
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    checkpointer.join().unwrap();
+    assert_eq!(f1.status().last_error, None);
+    assert_eq!(f1.applied(), last);
+    f1.shutdown().await;
+    leader.shutdown().await;
+    Ok(())
+}

@@ -157,6 +157,9 @@ impl Shared {
         r.next_session += 1;
         let id = r.next_session;
         r.slots.accept(node, start);
+        // Hold the log for it now, not at the next upkeep tick: the embedder may checkpoint
+        // past `start` any moment.
+        self.log.set_retention_floor(r.slots.floor());
         let e = r.followers.entry(node.to_string()).or_default();
         *e = Entry {
             addr: Some(addr),
@@ -740,9 +743,10 @@ impl Run<'_> {
             match ev {
                 LeaderEvent::Transmit(b) => write(send, b, self.peer).await?,
                 LeaderEvent::Accepted { follower, start } => {
+                    // The slot first (it holds the log), then the reader.
+                    self.id = self.shared.accepted(&follower, self.peer, start);
                     self.reader = Some(self.shared.log.reader(start)?);
                     self.next = start;
-                    self.id = self.shared.accepted(&follower, self.peer, start);
                     tracing::info!(follower = follower.as_str(), %start, peer = %self.peer, "follower accepted");
                     self.node = Some(follower);
                 }

@@ -692,8 +692,13 @@ impl Run<'_> {
                     }
                 }
             }
-            if self.gather(session)? {
-                continue;
+            match self.gather(session) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(TransportError::Engine(walship_engine::Error::NotRetained { lsn, start })) => {
+                    return Err(self.not_retained(session, lsn, start));
+                }
+                Err(e) => return Err(e),
             }
             let window_open =
                 self.reader.is_some() && self.pending.is_none() && self.room(session) > 0;
@@ -720,9 +725,13 @@ impl Run<'_> {
                         })
                     }
                 },
-                b = next_batch(self.reader.as_mut().filter(|_| window_open)) => {
-                    self.pending = Some(b?);
-                }
+                b = next_batch(self.reader.as_mut().filter(|_| window_open)) => match b {
+                    Ok(b) => self.pending = Some(b),
+                    Err(walship_engine::Error::NotRetained { lsn, start }) => {
+                        return Err(self.not_retained(session, lsn, start));
+                    }
+                    Err(e) => return Err(e.into()),
+                },
                 r = self.pipeline.front_done() => {
                     r.map_err(|source| TransportError::Codec { peer: self.peer, source })?;
                 }
@@ -757,6 +766,15 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The log this follower needs was recycled under its reader (it had no slot holding
+    /// it): it is told so explicitly, as on connect, rather than left to guess.
+    fn not_retained(&self, session: &mut LeaderSession, lsn: Lsn, start: Lsn) -> TransportError {
+        let why = format!(
+            "the log at {lsn} was recycled while streaming (retained from {start}): the follower needs a snapshot"
+        );
+        self.session_err(session.refuse(RejectCode::NotRetained, start, why, Instant::now()))
     }
 
     /// Bytes that may be gathered into new frames now: the session's window minus what

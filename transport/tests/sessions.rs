@@ -22,6 +22,14 @@ fn opts() -> Options {
     }
 }
 
+/// A leader's and a follower's log in temporary directories (kept alive by the first).
+fn two_logs() -> ([tempfile::TempDir; 2], Log, Log) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let leader = Log::open(dirs[0].path(), opts()).unwrap();
+    let follower = Log::open(dirs[1].path(), opts()).unwrap();
+    (dirs, leader, follower)
+}
+
 fn view(log: &Log) -> LogView {
     LogView {
         start: log.start_lsn(),
@@ -231,9 +239,7 @@ fn same_bytes(a: &Log, b: &Log) {
 
 #[test]
 fn a_follower_catches_up_and_acknowledges_everything() {
-    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let leader = Log::open(ld.path(), opts()).unwrap();
-    let follower = Log::open(fd.path(), opts()).unwrap();
+    let (_dirs, leader, follower) = two_logs();
     leader.begin_epoch(Epoch::new(1)).unwrap();
     let mut last = Lsn::ZERO;
     for i in 0..3000u32 {
@@ -259,9 +265,7 @@ fn a_follower_catches_up_and_acknowledges_everything() {
 
 #[test]
 fn a_divergent_follower_is_truncated_then_streams() {
-    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let leader = Log::open(ld.path(), opts()).unwrap();
-    let follower = Log::open(fd.path(), opts()).unwrap();
+    let (_dirs, leader, follower) = two_logs();
     leader.begin_epoch(Epoch::new(1)).unwrap();
     for i in 0..500u32 {
         leader.append(format!("common {i}").as_bytes()).unwrap();
@@ -315,9 +319,7 @@ fn a_divergent_follower_is_truncated_then_streams() {
 
 #[test]
 fn refusals_stale_leaders_and_missing_log() {
-    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let leader = Log::open(ld.path(), opts()).unwrap();
-    let follower = Log::open(fd.path(), opts()).unwrap();
+    let (_dirs, leader, follower) = two_logs();
     leader.begin_epoch(Epoch::new(1)).unwrap();
     follower.begin_epoch(Epoch::new(5)).unwrap();
     // A follower that has seen epoch 5 makes an epoch-1 leader step down.
@@ -456,9 +458,7 @@ fn seeded_simulation_of_chunking_drops_and_restarts_converges() {
             .collect(),
     };
     for seed in seeds {
-        let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let leader = Log::open(ld.path(), opts()).unwrap();
-        let follower = Log::open(fd.path(), opts()).unwrap();
+        let (_dirs, leader, follower) = two_logs();
         let mut epoch = 1;
         leader.begin_epoch(Epoch::new(epoch)).unwrap();
         let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -525,9 +525,7 @@ fn epochs_with_data(log: &Log) -> Vec<(Epoch, Lsn)> {
 
 #[test]
 fn a_hello_must_name_the_certified_node_and_a_lost_slot_is_refused() {
-    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let leader = Log::open(ld.path(), opts()).unwrap();
-    let follower = Log::open(fd.path(), opts()).unwrap();
+    let (_dirs, leader, follower) = two_logs();
     leader.begin_epoch(Epoch::new(1)).unwrap();
     let now = Instant::now();
     let hello = |f: &mut FollowerSession| match f.poll_event(now) {

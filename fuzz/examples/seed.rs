@@ -385,6 +385,7 @@ fn frame_decoder(dir: &Path) {
                 cluster_id: "prod".into(),
                 node_id: "b".into(),
                 last_epoch: e,
+                seen_epoch: e,
                 end_lsn: Lsn::new(4096),
                 segment_capacity: 1 << 26,
             })],

@@ -23,6 +23,7 @@
 
 pub mod compress;
 mod driver;
+mod durable;
 pub mod lag;
 pub mod quorum;
 pub mod session;
@@ -34,5 +35,6 @@ pub mod wire;
 pub use compress::CompressionOptions;
 pub use driver::{
     Apply, ApplyError, Follower, FollowerOptions, Leader, LeaderOptions, Security, TransportError,
+    SEEN_EPOCH_FILE,
 };
 pub use quorum::SyncPolicy;

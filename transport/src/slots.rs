@@ -16,8 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::{self, File};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use walship_engine::Lsn;
@@ -95,14 +93,21 @@ impl Slots {
             segment_capacity: segment_capacity.max(1),
             dirty: false,
         };
-        let text = match fs::read_to_string(&s.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(s),
-            Err(source) => {
+        let text = match crate::durable::load(&s.path) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Ok(s),
+            Err(crate::durable::LoadError::Io(source)) => {
                 return Err(SlotError::Io {
                     op: "read",
                     path: s.path,
                     source,
+                })
+            }
+            Err(crate::durable::LoadError::Corrupt(line, reason)) => {
+                return Err(SlotError::Corrupt {
+                    path: s.path,
+                    line,
+                    reason,
                 })
             }
         };
@@ -201,21 +206,11 @@ impl Slots {
             return Ok(());
         }
         let text = render(&self.slots);
-        let tmp = self.path.with_extension("slots.new");
-        let io = |op: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SlotError::Io { op, path, source }
-        };
-        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, &self.path).map_err(io("rename", &self.path))?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("fsync directory", dir))?;
-        }
+        crate::durable::store(&self.path, &text).map_err(|(op, source)| SlotError::Io {
+            op,
+            path: self.path.clone(),
+            source,
+        })?;
         self.dirty = false;
         Ok(())
     }
@@ -245,34 +240,15 @@ fn render(slots: &BTreeMap<String, Slot>) -> String {
         let lost = s.lost_at.map_or("-".to_string(), |l| l.get().to_string());
         let _ = writeln!(body, "slot {} {} {lost}", hex(node), s.restart.get());
     }
-    let crc = crc32c::crc32c(body.as_bytes());
-    let _ = writeln!(body, "crc32c {crc:08x}");
     body
 }
 
-fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, Slot>, SlotError> {
+fn parse(path: &Path, body: &str) -> Result<BTreeMap<String, Slot>, SlotError> {
     let corrupt = |line: usize, reason: String| SlotError::Corrupt {
         path: path.to_path_buf(),
         line,
         reason,
     };
-    let Some(crc_at) = text.trim_end_matches('\n').rfind('\n').map(|i| i + 1) else {
-        return Err(corrupt(1, "no checksum line".into()));
-    };
-    let (body, crc_line) = text.split_at(crc_at);
-    let lines = body.lines().count() + 1;
-    let want = crc_line
-        .trim_end()
-        .strip_prefix("crc32c ")
-        .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .ok_or_else(|| corrupt(lines, "expected `crc32c <hex>`".into()))?;
-    let got = crc32c::crc32c(body.as_bytes());
-    if got != want {
-        return Err(corrupt(
-            lines,
-            format!("checksum {got:08x} does not match {want:08x}"),
-        ));
-    }
     let mut out = BTreeMap::new();
     for (i, line) in body.lines().enumerate() {
         if i == 0 {
@@ -315,6 +291,7 @@ fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, Slot>, SlotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     const CAP: u64 = 1 << 20;
 

@@ -17,6 +17,9 @@ pub enum Role {
     Leader,
     /// Replays a leader's log.
     Follower,
+    /// Was a leader, and stepped down (a newer epoch exists, or it was fenced): it
+    /// confirms no remote durability and serves no follower.
+    Fenced,
 }
 
 impl Role {
@@ -25,6 +28,7 @@ impl Role {
         match self {
             Role::Leader => "leader",
             Role::Follower => "follower",
+            Role::Fenced => "fenced",
         }
     }
 }
@@ -95,8 +99,10 @@ pub struct FollowerInfo {
 /// A leader's view of replication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderStatus {
-    /// Always [`Role::Leader`].
+    /// [`Role::Leader`], or [`Role::Fenced`] once it stepped down.
     pub role: Role,
+    /// Why it stepped down, if it did.
+    pub fenced: Option<String>,
     /// This node's id.
     pub node_id: String,
     /// The epoch it leads.

@@ -23,7 +23,7 @@
 //!
 //! | kind | frame | payload |
 //! | --- | --- | --- |
-//! | 1 | [`Hello`] | cluster id, node id, last epoch u64, end LSN u64, segment capacity u64 |
+//! | 1 | [`Hello`] | cluster id, node id, last epoch u64, seen epoch u64, end LSN u64, segment capacity u64 |
 //! | 2 | [`Welcome`] | epoch u64, truncate-to flag u8 + LSN u64, start LSN u64, leader id |
 //! | 3 | [`Reject`] | code u8, epoch u64, LSN u64, reason |
 //! | 4 | [`Ship`] | epoch u64, base LSN u64, end LSN u64, raw length u32, compression u8, data |
@@ -47,8 +47,11 @@ pub struct Hello {
     pub cluster_id: String,
     /// The follower's node id.
     pub node_id: String,
-    /// The last epoch in the follower's log.
+    /// The last epoch in the follower's log (for the divergence point).
     pub last_epoch: Epoch,
+    /// The highest epoch the follower has seen, durably (for fencing: a leader of an
+    /// older epoch must step down). At least `last_epoch`.
+    pub seen_epoch: Epoch,
     /// The end of the follower's log.
     pub end_lsn: Lsn,
     /// The follower's segment capacity; must match for byte-identical logs.
@@ -268,6 +271,7 @@ impl Frame {
                 put_str(out, &h.cluster_id)?;
                 put_str(out, &h.node_id)?;
                 out.put_u64_le(h.last_epoch.get());
+                out.put_u64_le(h.seen_epoch.get());
                 out.put_u64_le(h.end_lsn.get());
                 out.put_u64_le(h.segment_capacity);
             }
@@ -522,7 +526,7 @@ impl Decoder {
 
     fn check(&mut self, f: &Frame) -> Result<(), WireError> {
         match f {
-            Frame::Hello(h) => self.see_epoch(h.last_epoch),
+            Frame::Hello(h) => self.see_epoch(h.seen_epoch.max(h.last_epoch)),
             Frame::Welcome(w) => {
                 self.see_epoch(w.epoch)?;
                 self.expect_lsn = Some(w.start_lsn);
@@ -654,6 +658,7 @@ fn decode_payload(kind: u8, b: Bytes) -> Result<Frame, WireError> {
             cluster_id: p.string()?,
             node_id: p.string()?,
             last_epoch: Epoch::new(p.u64()?),
+            seen_epoch: Epoch::new(p.u64()?),
             end_lsn: Lsn::new(p.u64()?),
             segment_capacity: p.u64()?,
         }),
@@ -737,15 +742,18 @@ mod tests {
     fn arb_frame() -> impl Strategy<Value = Frame> {
         let s = "[a-z0-9-]{0,40}";
         prop_oneof![
-            (s, s, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(c, n, e, l, cap)| {
-                Frame::Hello(Hello {
-                    cluster_id: c,
-                    node_id: n,
-                    last_epoch: Epoch::new(e),
-                    end_lsn: Lsn::new(l),
-                    segment_capacity: cap,
-                })
-            }),
+            (s, s, any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(c, n, e, seen, l, cap)| {
+                    Frame::Hello(Hello {
+                        cluster_id: c,
+                        node_id: n,
+                        last_epoch: Epoch::new(e),
+                        seen_epoch: Epoch::new(seen),
+                        end_lsn: Lsn::new(l),
+                        segment_capacity: cap,
+                    })
+                }
+            ),
             (any::<u64>(), any::<Option<u64>>(), any::<u64>(), s).prop_map(|(e, t, st, id)| {
                 Frame::Welcome(Welcome {
                     epoch: Epoch::new(e),

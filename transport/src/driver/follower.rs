@@ -17,6 +17,44 @@ use crate::quorum::Progress;
 use crate::session::follower::{FollowerConfig, FollowerEvent, FollowerSession};
 use crate::status::{FollowerStatus, Role};
 
+/// File in the log directory holding the highest epoch this node has seen.
+pub const SEEN_EPOCH_FILE: &str = "replication.epoch";
+
+/// The highest epoch recorded in `dir`'s [`SEEN_EPOCH_FILE`], zero if none.
+pub(crate) fn load_seen_epoch(dir: &std::path::Path) -> Result<Epoch, TransportError> {
+    let path = dir.join(SEEN_EPOCH_FILE);
+    let bad = |reason: String| TransportError::File {
+        op: "read",
+        path: path.clone(),
+        reason,
+    };
+    match crate::durable::load(&path) {
+        Ok(None) => Ok(Epoch::ZERO),
+        Ok(Some(text)) => text
+            .trim_end()
+            .strip_prefix("seen ")
+            .and_then(|n| n.parse().ok())
+            .map(Epoch::new)
+            .ok_or_else(|| bad(format!("expected `seen <epoch>`, found {text:?}"))),
+        Err(crate::durable::LoadError::Io(e)) => Err(bad(e.to_string())),
+        Err(crate::durable::LoadError::Corrupt(line, why)) => {
+            Err(bad(format!("line {line}: {why}")))
+        }
+    }
+}
+
+/// Records durably that epoch `e` has been seen in `dir`.
+pub(crate) fn store_seen_epoch(dir: &std::path::Path, e: Epoch) -> Result<(), TransportError> {
+    let path = dir.join(SEEN_EPOCH_FILE);
+    crate::durable::store(&path, &format!("seen {}\n", e.get())).map_err(|(op, err)| {
+        TransportError::File {
+            op,
+            path,
+            reason: err.to_string(),
+        }
+    })
+}
+
 /// An error from the embedder's [`Apply`] callback.
 pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -193,7 +231,7 @@ impl Follower {
         let records = log.record_reader(apply_from)?;
         let endpoint = super::endpoint(None, bind, opts.socket.take())?;
         let (applied, _) = watch::channel(apply_from);
-        let epoch = log.epoch();
+        let epoch = load_seen_epoch(log.dir())?.max(log.epoch());
         let shared = Arc::new(Shared {
             cfg: FollowerConfig {
                 cluster_id: security.cluster_id().to_owned(),
@@ -299,6 +337,36 @@ impl Follower {
     /// The log stays open (it belongs to the caller).
     pub async fn shutdown(mut self) {
         self.stop_all().await;
+    }
+
+    /// Makes this follower the leader of a new epoch at the end of its log (manual
+    /// failover, PostgreSQL's `pg_promote`): stops replicating and applying, then starts a [`Leader`](super::Leader) on the same log with
+    /// `opts` — whose `epoch`, if `None`, becomes one past the highest epoch this node has
+    /// seen, so no older leader can win a follower back. The other followers must be
+    /// pointed at the new leader (the coordinator's job); those with a divergent tail are
+    /// truncated when they connect.
+    ///
+    /// # Errors
+    /// As [`Leader::start`](super::Leader::start), and [`TransportError::File`] if the
+    /// epoch cannot be recorded.
+    pub async fn promote(
+        mut self,
+        security: Security,
+        mut opts: super::LeaderOptions,
+    ) -> Result<super::Leader, TransportError> {
+        self.stop_all().await;
+        let log = Arc::clone(&self.shared.log);
+        let seen = self.shared.state().epoch.max(log.epoch());
+        let epoch = opts.epoch.unwrap_or_else(|| Epoch::new(seen.get() + 1));
+        if epoch <= seen {
+            return Err(TransportError::InvalidOptions(format!(
+                "cannot promote into epoch {epoch}: epoch {seen} has already been seen"
+            )));
+        }
+        // `Leader::start` records the epoch as seen before it listens.
+        opts.epoch = Some(epoch);
+        tracing::info!(node = self.shared.node_id.as_str(), %epoch, end = %log.end_lsn(), "promoting to leader");
+        super::Leader::start(log, security, opts)
     }
 
     async fn stop_all(&mut self) {
@@ -497,10 +565,15 @@ async fn session(
     let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
     shared.state().connects += 1;
     let log = &shared.log;
-    let epoch = shared.state().epoch.max(log.epoch());
-    let mut session = FollowerSession::new(
+    let seen = shared.state().epoch;
+    let log_epoch = log
+        .epoch_history()
+        .current()
+        .map_or(Epoch::ZERO, |(e, _)| e);
+    let mut session = FollowerSession::with_seen_epoch(
         shared.cfg.clone(),
-        epoch,
+        log_epoch,
+        seen,
         log.end_lsn(),
         shared.progress(),
         Instant::now(),
@@ -679,6 +752,14 @@ impl Stream<'_> {
                     self.await_local();
                 }
                 FollowerEvent::EpochSeen(e) => {
+                    // Durable before anything of that epoch is acted on: after a crash this
+                    // node still refuses leaders older than `e`.
+                    let dir = log.dir().to_path_buf();
+                    tokio::task::spawn_blocking(move || store_seen_epoch(&dir, e))
+                        .await
+                        .map_err(|err| {
+                            TransportError::InvalidOptions(format!("epoch store task: {err}"))
+                        })??;
                     let mut s = self.shared.state();
                     s.epoch = s.epoch.max(e);
                 }

@@ -32,7 +32,7 @@ pub struct LeaderOptions {
     /// network namespace).
     pub socket: Option<std::net::UdpSocket>,
     /// The epoch to lead; `None` starts the epoch after the log's latest. Either way it is
-    /// begun in the log (a restarted leader is a new leadership).
+    /// begun in the log and recorded as seen (a restarted leader is a new leadership).
     pub epoch: Option<Epoch>,
     /// Which followers commits at remote levels wait for. The default, `ANY 1 (*)`,
     /// waits for any one streaming follower.
@@ -127,9 +127,22 @@ struct Shared {
     max_retained_bytes: u64,
     remote_commit_timeout: Duration,
     repl: Mutex<Repl>,
+    /// Set once this leader steps down; never cleared (a new leadership is a new `Leader`).
+    fence: watch::Sender<Option<String>>,
 }
 
 impl Shared {
+    /// Steps down: remote durability can no longer be confirmed (waiting commits fail at
+    /// once with `RemoteFenced`), and every session ends with a `NotLeader` refusal.
+    fn step_down(&self, reason: String) {
+        if self.fence.borrow().is_some() {
+            return;
+        }
+        tracing::warn!(node = self.cfg.node_id.as_str(), epoch = %self.cfg.epoch, reason = reason.as_str(), "leader stepping down");
+        self.log.fence_remote(reason.clone());
+        self.fence.send_replace(Some(reason));
+    }
+
     fn repl(&self) -> MutexGuard<'_, Repl> {
         self.repl.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -323,11 +336,18 @@ impl Leader {
         let slots = Slots::load(log.dir(), log.segment_capacity())?;
         let server = security.server_config()?;
         let endpoint = super::endpoint(Some(server), opts.listen, opts.socket)?;
+        let seen = super::follower::load_seen_epoch(log.dir())?.max(log.epoch());
         let epoch = match opts.epoch {
             Some(e) => e,
-            None => Epoch::new(log.epoch().get() + 1),
+            None => Epoch::new(seen.get() + 1),
         };
+        if epoch <= seen {
+            return Err(TransportError::InvalidOptions(format!(
+                "cannot lead epoch {epoch}: epoch {seen} has already been seen here"
+            )));
+        }
         log.begin_epoch(epoch)?;
+        super::follower::store_seen_epoch(log.dir(), epoch)?;
         log.unfence_remote();
         let lost = Arc::new(slots.lost(opts.max_retained_bytes));
         let shared = Arc::new(Shared {
@@ -348,6 +368,7 @@ impl Leader {
             frame_bytes: opts.frame_bytes,
             max_retained_bytes: opts.max_retained_bytes,
             remote_commit_timeout: opts.remote_commit_timeout,
+            fence: watch::channel(None).0,
             repl: Mutex::new(Repl {
                 quorum,
                 slots,
@@ -408,6 +429,19 @@ impl Leader {
         }
     }
 
+    /// Steps down now (a manual fence, or a coordinator that knows of a newer epoch):
+    /// commits waiting on remote levels fail with `RemoteFenced`, new ones too, and every
+    /// follower session ends with a `NotLeader` refusal. Local appends are the embedder's
+    /// to stop; nothing they add is confirmed remotely by this node any more.
+    pub fn fence(&self, reason: impl Into<String>) {
+        self.shared.step_down(reason.into());
+    }
+
+    /// Why this leader stepped down, if it did.
+    pub fn fenced(&self) -> Option<String> {
+        self.shared.fence.borrow().clone()
+    }
+
     /// Drops `node`'s retention slot (for example after it was lost and the follower
     /// was rebuilt); returns whether it had one.
     ///
@@ -463,8 +497,14 @@ impl Leader {
                 }
             })
             .collect();
+        let fenced = self.fenced();
         LeaderStatus {
-            role: Role::Leader,
+            role: if fenced.is_some() {
+                Role::Fenced
+            } else {
+                Role::Leader
+            },
+            fenced,
             node_id: self.shared.cfg.node_id.clone(),
             epoch: self.shared.cfg.epoch,
             watermarks,
@@ -612,7 +652,19 @@ async fn serve(
         next: Lsn::ZERO,
         streaming: false,
     };
-    let result = run.go(&mut session, &mut send, &mut recv, &mut stop).await;
+    let mut fence = shared.fence.subscribe();
+    let result = run
+        .go(&mut session, &mut send, &mut recv, &mut stop, &mut fence)
+        .await;
+    if let Err(TransportError::Session {
+        source: SessionError::NewerEpoch { ours, seen },
+        ..
+    }) = &result
+    {
+        shared.step_down(format!(
+            "follower at {peer} has seen epoch {seen}, newer than this leader's {ours}"
+        ));
+    }
     // Whatever ended the session, the follower hears why: a queued Reject goes out first.
     let mut goodbye = false;
     while let Some(ev) = session.poll_event() {
@@ -666,9 +718,16 @@ impl Run<'_> {
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
         stop: &mut watch::Receiver<bool>,
+        fence: &mut watch::Receiver<Option<String>>,
     ) -> Result<(), TransportError> {
         let log = Arc::clone(&self.shared.log);
         loop {
+            let fenced = fence.borrow_and_update().clone();
+            if let Some(why) = fenced {
+                let why = format!("this node is no longer the leader: {why}");
+                let err = session.refuse(RejectCode::NotLeader, log.end_lsn(), why, Instant::now());
+                return Err(self.session_err(err));
+            }
             // Frames that finished compressing go out first, then everything queued.
             self.ship_ready(session)?;
             self.drain(session, send).await?;
@@ -708,6 +767,7 @@ impl Run<'_> {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return Ok(()),
+                _ = fence.changed() => {}
                 chunk = recv.read_chunk(1 << 16, true) => match chunk {
                     Ok(Some(c)) => session
                         .handle_bytes(Instant::now(), &c.bytes, &self.shared.view())

@@ -15,7 +15,7 @@ mod follower;
 mod leader;
 mod pipeline;
 
-pub use follower::{Apply, ApplyError, Follower, FollowerOptions};
+pub use follower::{Apply, ApplyError, Follower, FollowerOptions, SEEN_EPOCH_FILE};
 pub use leader::{Leader, LeaderOptions};
 
 use std::net::SocketAddr;
@@ -167,6 +167,16 @@ pub enum TransportError {
     /// The options are inconsistent.
     #[error("invalid options: {0}")]
     InvalidOptions(String),
+    /// A state file could not be read or written.
+    #[error("{op} {path}: {reason}")]
+    File {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Microseconds since the Unix epoch, for heartbeats.

@@ -91,8 +91,8 @@ pub struct FollowerSession {
 }
 
 impl FollowerSession {
-    /// Starts a session for a local log whose last epoch is `epoch` (the highest seen) and
-    /// which ends at `end`, with `progress` its current watermarks. Queues the `Hello`.
+    /// Starts a session for a local log whose last epoch is `epoch` and which ends at
+    /// `end`, with `progress` its current watermarks. Queues the `Hello`.
     pub fn new(
         cfg: FollowerConfig,
         epoch: Epoch,
@@ -100,6 +100,22 @@ impl FollowerSession {
         progress: Progress,
         now: Instant,
     ) -> FollowerSession {
+        FollowerSession::with_seen_epoch(cfg, epoch, epoch, end, progress, now)
+    }
+
+    /// As [`new`](Self::new), for a follower that has durably seen epoch `seen` (higher
+    /// than its log's last epoch when it was welcomed by a newer leader but has received
+    /// nothing from it yet): leaders older than `seen` are refused and told to step down.
+    pub fn with_seen_epoch(
+        cfg: FollowerConfig,
+        epoch: Epoch,
+        seen: Epoch,
+        end: Lsn,
+        progress: Progress,
+        now: Instant,
+    ) -> FollowerSession {
+        let log_epoch = epoch;
+        let epoch = seen.max(log_epoch);
         let mut s = FollowerSession {
             inbound: Inbound::new(cfg.max_frame),
             cfg,
@@ -116,7 +132,8 @@ impl FollowerSession {
         let hello = Frame::Hello(Hello {
             cluster_id: s.cfg.cluster_id.clone(),
             node_id: s.cfg.node_id.clone(),
-            last_epoch: epoch,
+            last_epoch: log_epoch,
+            seen_epoch: epoch,
             end_lsn: end,
             segment_capacity: s.cfg.segment_capacity,
         });

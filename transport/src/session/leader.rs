@@ -244,15 +244,16 @@ impl LeaderSession {
             );
             return Err(self.refuse(RejectCode::SegmentCapacity, Lsn::ZERO, why, now));
         }
-        if h.last_epoch > self.cfg.epoch {
+        let seen = h.seen_epoch.max(h.last_epoch);
+        if seen > self.cfg.epoch {
             let why = format!(
-                "follower has seen epoch {}, this leader is at {}",
-                h.last_epoch, self.cfg.epoch
+                "follower has seen epoch {seen}, this leader is at {}",
+                self.cfg.epoch
             );
             let _ = self.refuse(RejectCode::NotLeader, Lsn::ZERO, why, now);
             return Err(SessionError::NewerEpoch {
                 ours: self.cfg.epoch,
-                seen: h.last_epoch,
+                seen,
             });
         }
         let (start, truncate_to) = divergence_point(&log.history, log.end, h.last_epoch, h.end_lsn);

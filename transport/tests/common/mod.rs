@@ -73,6 +73,17 @@ impl Cluster {
         Leader::start(log, self.security("leader"), opts).expect("start leader")
     }
 
+    /// A leader whose node id is the name of its log's directory.
+    pub fn leader_named(&self, log: Arc<Log>, opts: LeaderOptions) -> Leader {
+        let name = log
+            .dir()
+            .file_name()
+            .expect("log dir name")
+            .to_string_lossy()
+            .to_string();
+        Leader::start(log, self.security(&name), opts).expect("start leader")
+    }
+
     pub fn follower(&self, node: &str, log: Arc<Log>, leader: &Leader) -> (Follower, Applied) {
         let (seen, apply) = recorder();
         let f = Follower::start(log, self.security(node), self.follower_opts(leader), apply)
@@ -81,9 +92,14 @@ impl Cluster {
     }
 
     pub fn follower_opts(&self, leader: &Leader) -> FollowerOptions {
+        self.follower_opts_to("leader", leader.local_addr().expect("leader address"))
+    }
+
+    /// Options for a follower of node `leader_id` at `addr`.
+    pub fn follower_opts_to(&self, leader_id: &str, addr: std::net::SocketAddr) -> FollowerOptions {
         FollowerOptions {
-            leader: leader.local_addr().expect("leader address"),
-            leader_node_id: "leader".into(),
+            leader: addr,
+            leader_node_id: leader_id.into(),
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_millis(200),
             ..FollowerOptions::default()

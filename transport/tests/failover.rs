@@ -1,0 +1,286 @@
+//! Manual failover in one process over real QUIC: promotion into a new epoch, an old
+//! leader rejoining as a follower with its divergent tail truncated, a stale leader made
+//! to step down by a follower that has seen a newer epoch, read-your-writes on a lagging
+//! follower.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{eventually, records, same_bytes, Cluster};
+use walship_engine::{Durability, Error, Lsn, Record};
+use walship_transport::status::Role;
+use walship_transport::{Apply, ApplyError, Follower, LeaderOptions, SyncPolicy};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn any_one() -> SyncPolicy {
+    SyncPolicy::Any {
+        k: 1,
+        of: vec!["*".into()],
+    }
+}
+
+fn follower_of(c: &Cluster, node: &str, leader: &walship_transport::Leader) -> Follower {
+    Follower::start(
+        c.log(node),
+        c.security(node),
+        c.follower_opts_to("n1", leader.local_addr().unwrap()),
+        |_: &Record| {},
+    )
+    .expect("follower")
+}
+
+/// An embedder that keeps its state as a list and can undo a truncated tail.
+#[derive(Clone, Default)]
+struct Undoable {
+    state: common::Applied,
+    truncations: Arc<Mutex<Vec<Lsn>>>,
+}
+
+impl Apply for Undoable {
+    fn apply(&mut self, r: &Record) -> Result<(), ApplyError> {
+        self.state.lock().unwrap().push((r.lsn, r.data.to_vec()));
+        Ok(())
+    }
+
+    fn truncated(&mut self, to: Lsn) -> Result<(), ApplyError> {
+        self.state.lock().unwrap().retain(|(l, _)| *l <= to);
+        self.truncations.lock().unwrap().push(to);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Result<(), Error> {
+    let c = Cluster::new(1 << 20);
+    let old_log = c.log("n1");
+    let old = c.leader_named(
+        Arc::clone(&old_log),
+        LeaderOptions {
+            sync: any_one(),
+            ..LeaderOptions::default()
+        },
+    );
+    let f2 = follower_of(&c, "n2", &old);
+    let mut last = Lsn::ZERO;
+    for i in 0..500 {
+        last = old_log.append(format!("common {i}").as_bytes())?;
+    }
+    old.commit(last, Durability::RemoteFlush).await?;
+    let common_end = last;
+    eventually("n2 has everything acknowledged", WAIT, || {
+        f2.log().watermarks().flushed >= common_end
+    })
+    .await;
+    // n2 is cut off; n1 goes on alone and writes a tail nobody else receives (Local
+    // commits only: no remote level can be confirmed), then dies.
+    let n2_log = Arc::clone(f2.log());
+    f2.shutdown().await;
+    for i in 0..200 {
+        last = old_log.append(format!("divergent {i}").as_bytes())?;
+    }
+    old_log.commit(last, Durability::Local).await?;
+    let err = old
+        .commit(last, Durability::RemoteFlush)
+        .timeout(Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::RemoteUnconfirmed { .. }), "{err}");
+    let old_epoch = old.epoch();
+    old.shutdown().await;
+
+    // n2 is promoted: a new epoch at its end.
+    let f2 = Follower::start(
+        n2_log,
+        c.security("n2"),
+        c.follower_opts_to("n1", "127.0.0.1:9".parse().unwrap()),
+        |_: &Record| {},
+    )
+    .expect("n2 as a follower");
+    let new = f2
+        .promote(
+            c.security("n2"),
+            LeaderOptions {
+                sync: any_one(),
+                ..LeaderOptions::default()
+            },
+        )
+        .await
+        .expect("promote");
+    assert!(new.epoch() > old_epoch);
+    let new_log = Arc::clone(new.log());
+    assert_eq!(
+        new_log.end_lsn(),
+        common_end,
+        "the new leader has exactly what was acknowledged"
+    );
+    for i in 0..300 {
+        last = new_log.append(format!("new leader {i}").as_bytes())?;
+    }
+
+    // The old leader comes back as a follower of the new one; its embedder state already
+    // holds everything it wrote as leader.
+    let embedder = Undoable::default();
+    *embedder.state.lock().unwrap() = records(&old_log);
+    let rejoined = Follower::start(
+        Arc::clone(&old_log),
+        c.security("n1"),
+        walship_transport::FollowerOptions {
+            apply_from: Some(old_log.end_lsn()),
+            ..c.follower_opts_to("n2", new.local_addr().unwrap())
+        },
+        embedder.clone(),
+    )
+    .expect("n1 as a follower");
+    new.commit(last, Durability::RemoteFlush).await?;
+    eventually("n1 applied the new leader's records", WAIT, || {
+        rejoined.applied() >= last
+    })
+    .await;
+    // Its divergent tail was cut at the end of the common history, undone in its state,
+    // and the logs are now identical.
+    assert_eq!(*embedder.truncations.lock().unwrap(), vec![common_end]);
+    same_bytes(&new_log, &old_log);
+    let state = embedder.state.lock().unwrap().clone();
+    assert_eq!(state, records(&new_log));
+    assert!(state.iter().all(|(_, d)| !d.starts_with(b"divergent")));
+    assert_eq!(rejoined.status().epoch, new.epoch());
+    rejoined.shutdown().await;
+    new.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_leader_steps_down_when_it_meets_a_newer_epoch() -> Result<(), Error> {
+    let c = Cluster::new(1 << 20);
+    let old_log = c.log("n1");
+    let old = c.leader_named(
+        Arc::clone(&old_log),
+        LeaderOptions {
+            sync: any_one(),
+            ..LeaderOptions::default()
+        },
+    );
+    let f2 = follower_of(&c, "n2", &old);
+    let f3 = follower_of(&c, "n3", &old);
+    let lsn = old_log.append(b"before the failover")?;
+    old.commit(lsn, Durability::RemoteFlush).await?;
+    eventually("both followers have it", WAIT, || {
+        f2.applied() >= lsn && f3.applied() >= lsn
+    })
+    .await;
+
+    // n2 is promoted while n1 still runs (say, partitioned from n2); n3 follows n2 and
+    // durably records the new epoch.
+    let new = f2
+        .promote(
+            c.security("n2"),
+            LeaderOptions {
+                sync: any_one(),
+                ..LeaderOptions::default()
+            },
+        )
+        .await
+        .expect("promote");
+    let n3_log = Arc::clone(f3.log());
+    f3.shutdown().await;
+    let f3 = Follower::start(
+        Arc::clone(&n3_log),
+        c.security("n3"),
+        c.follower_opts_to("n2", new.local_addr().unwrap()),
+        |_: &Record| {},
+    )
+    .expect("n3 follows n2");
+    let l2 = new.log().append(b"epoch of the new leader")?;
+    new.commit(l2, Durability::RemoteFlush).await?;
+    f3.shutdown().await;
+
+    // The old leader still takes writes, but can confirm none remotely.
+    let stale = old_log.append(b"written to the stale leader")?;
+    let waiting = tokio::spawn(old.commit(stale, Durability::RemoteFlush));
+
+    // n3, restarted (its seen epoch comes from disk), is pointed at the old leader by
+    // mistake: it refuses it, and the old leader steps down at once.
+    let f3 = Follower::start(
+        Arc::clone(&n3_log),
+        c.security("n3"),
+        walship_transport::FollowerOptions {
+            reconnect_min: Duration::from_secs(30),
+            ..c.follower_opts_to("n1", old.local_addr().unwrap())
+        },
+        |_: &Record| panic!("nothing from a stale leader is applied"),
+    )
+    .expect("n3 restarted");
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::RemoteFenced { .. }), "{err}");
+    assert!(err.to_string().contains("newer than this leader"), "{err}");
+    let st = old.status();
+    assert_eq!(st.role, Role::Fenced);
+    assert!(st.fenced.is_some());
+    // Nothing of the stale leader reached n3.
+    assert_eq!(n3_log.end_lsn(), new.log().end_lsn());
+    // New remote commits on the fenced leader fail at once.
+    let again = old_log.append(b"after stepping down")?;
+    let err = old
+        .commit(again, Durability::RemoteWrite)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::RemoteFenced { .. }), "{err}");
+    f3.shutdown().await;
+    old.shutdown().await;
+    new.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_on_a_lagging_follower() -> Result<(), Error> {
+    let c = Cluster::new(1 << 20);
+    let leader = c.leader(
+        c.log("leader"),
+        SyncPolicy::First {
+            k: 1,
+            of: vec!["fast".into()],
+        },
+    );
+    let (fast, _) = c.follower("fast", c.log("fast"), &leader);
+    // The slow follower's embedder takes 2 ms per record.
+    let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let s = Arc::clone(&seen);
+    let slow = Follower::start(
+        c.log("slow"),
+        c.security("slow"),
+        c.follower_opts(&leader),
+        move |r: &Record| {
+            std::thread::sleep(Duration::from_millis(2));
+            s.lock().unwrap().push(r.data.to_vec());
+        },
+    )
+    .expect("slow follower");
+    let mut token = Lsn::ZERO;
+    for i in 0..200 {
+        token = leader.log().append(format!("k{i}=v{i}").as_bytes())?;
+    }
+    // Committed at RemoteFlush (confirmed by "fast"); the client carries `token`.
+    leader.commit(token, Durability::RemoteFlush).await?;
+    // A read on "slow" with too short a wait fails clearly, naming the token...
+    let err = slow
+        .wait_for_applied(token, Duration::from_millis(20))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout { lsn, .. } if lsn == token),
+        "{err}"
+    );
+    // ...and with enough time it returns once the write is visible there.
+    slow.wait_for_applied(token, WAIT).await?;
+    assert_eq!(
+        seen.lock().unwrap().last().map(Vec::as_slice),
+        Some(&b"k199=v199"[..])
+    );
+    fast.shutdown().await;
+    slow.shutdown().await;
+    leader.shutdown().await;
+    Ok(())
+}

@@ -76,6 +76,13 @@ pub enum Error {
         /// The configured limit.
         limit: u64,
     },
+    /// Local appends are refused: this node stepped down from leading, or a switchover is
+    /// under way ([`Log::seal`](crate::Log::seal)). Verbatim appends from a leader still work.
+    #[error("the log refuses local appends: {reason}")]
+    Sealed {
+        /// Why.
+        reason: String,
+    },
     /// The log was closed.
     #[error("log {path} is closed")]
     Closed {

@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub(crate) closed: AtomicBool,
     pub(crate) fence: Mutex<Option<String>>,
     pub(crate) fenced: AtomicBool,
+    /// Why local appends are refused, if they are (read under the append lock).
+    pub(crate) sealed: Mutex<Option<String>>,
     pub(crate) truncations: Mutex<Truncations>,
     pub(crate) trunc_gen: AtomicU64,
     pub(crate) timer: Timer,
@@ -363,6 +365,7 @@ impl Log {
             closed: AtomicBool::new(false),
             fence: Mutex::new(None),
             fenced: AtomicBool::new(false),
+            sealed: Mutex::new(None),
             truncations: Mutex::new(Truncations::default()),
             trunc_gen: AtomicU64::new(0),
             timer: Timer::default(),
@@ -501,7 +504,11 @@ impl Log {
     fn reserve(&self, records: &[&[u8]], block: bool, out: &mut dyn FnMut(Lsn)) -> Result<()> {
         let bytes = self.check_sizes(records)?;
         let sh = &*self.shared;
-        let mut st = self.admit(lock(&sh.append), bytes, block)?;
+        let st = lock(&sh.append);
+        if let Some(reason) = lock(&sh.sealed).clone() {
+            return Err(Error::Sealed { reason });
+        }
+        let mut st = self.admit(st, bytes, block)?;
         let before = st.end();
         if records.len() > 1 {
             // Make every segment the records could reach exist first, so that a failure
@@ -744,6 +751,39 @@ impl Log {
         ] {
             w.wake_all();
         }
+    }
+
+    /// Refuses local appends from now on (`append`, `try_append`, `append_batch` fail with
+    /// [`Error::Sealed`]); verbatim appends from a leader (`append_encoded`) still work.
+    /// When it returns, no local append is in progress, so the end of the log is final
+    /// until [`unseal`](Log::unseal): what a leader that steps down, or hands over in a
+    /// planned switchover, needs.
+    ///
+    /// ```
+    /// # use walship_engine::{Error, Log, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let log = Log::open(dir.path(), Options { segment_capacity: 1 << 20, ..Options::default() })?;
+    /// log.seal("switching over to n2");
+    /// assert!(matches!(log.append(b"x"), Err(Error::Sealed { .. })));
+    /// log.unseal();
+    /// log.append(b"x")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn seal(&self, reason: impl Into<String>) {
+        // Taken under the append lock: an append that already holds it finishes first.
+        let _append = lock(&self.shared.append);
+        *lock(&self.shared.sealed) = Some(reason.into());
+    }
+
+    /// Lifts [`seal`](Log::seal).
+    pub fn unseal(&self) {
+        let _append = lock(&self.shared.append);
+        *lock(&self.shared.sealed) = None;
+    }
+
+    /// Why local appends are refused, if they are.
+    pub fn sealed(&self) -> Option<String> {
+        lock(&self.shared.sealed).clone()
     }
 
     /// Lifts [`fence_remote`](Log::fence_remote).

@@ -35,11 +35,12 @@ async fn peers_with_certificates_from_another_ca_are_refused() -> Result<(), wal
     // trusts the real one: the leader refuses it in the handshake.
     let other = ClusterCa::generate(common::CLUSTER).expect("other CA");
     let log = c.log("intruder");
+    let (applied, apply) = common::recorder();
     let intruder = Follower::start(
         Arc::clone(&log),
         Security::mutual_tls(other.issue_node("intruder").expect("cert"), c.ca.cert_pem()),
         c.follower_opts(&leader),
-        |_: &walship_engine::Record| panic!("nothing may be applied"),
+        apply,
     )
     .expect("start");
     eventually("the intruder to be refused", WAIT, || {
@@ -57,14 +58,16 @@ async fn peers_with_certificates_from_another_ca_are_refused() -> Result<(), wal
     assert_eq!(log.end_lsn(), log.start_lsn(), "no log byte moved");
     assert!(leader.status().followers.is_empty());
     intruder.shutdown().await;
+    assert!(applied.lock().unwrap().is_empty());
 
     // A follower trusting only the other CA refuses the real leader.
     let log = c.log("wary");
+    let (applied, apply) = common::recorder();
     let wary = Follower::start(
         Arc::clone(&log),
         Security::mutual_tls(other.issue_node("wary").expect("cert"), other.cert_pem()),
         c.follower_opts(&leader),
-        |_: &walship_engine::Record| panic!("nothing may be applied"),
+        apply,
     )
     .expect("start");
     eventually("the leader to be refused", WAIT, || {
@@ -78,6 +81,7 @@ async fn peers_with_certificates_from_another_ca_are_refused() -> Result<(), wal
     );
     assert_eq!(log.end_lsn(), log.start_lsn());
     wary.shutdown().await;
+    assert!(applied.lock().unwrap().is_empty());
     leader.shutdown().await;
     Ok(())
 }
@@ -220,6 +224,7 @@ async fn attacked(attack: Attack, expect_error: &str) {
     let (addr, rogue) = rogue_leader(&c, attack).await;
     let log = c.log("victim");
     let start = log.end_lsn();
+    let (applied, apply) = common::recorder();
     let follower = Follower::start(
         Arc::clone(&log),
         c.security("victim"),
@@ -231,7 +236,7 @@ async fn attacked(attack: Attack, expect_error: &str) {
             reconnect_min: Duration::from_secs(30),
             ..walship_transport::FollowerOptions::default()
         },
-        |_: &walship_engine::Record| panic!("nothing may be applied"),
+        apply,
     )
     .expect("start");
     let closed = tokio::time::timeout(WAIT, rogue)
@@ -254,6 +259,7 @@ async fn attacked(attack: Attack, expect_error: &str) {
     assert_eq!(log.end_lsn(), start, "nothing appended");
     assert_eq!(log.watermarks().written, start, "nothing written");
     follower.shutdown().await;
+    assert!(applied.lock().unwrap().is_empty(), "nothing applied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

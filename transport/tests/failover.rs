@@ -203,14 +203,16 @@ async fn a_stale_leader_steps_down_when_it_meets_a_newer_epoch() -> Result<(), E
 
     // n3, restarted (its seen epoch comes from disk), is pointed at the old leader by
     // mistake: it refuses it, and the old leader steps down at once.
+    let (n3_applied, applied_by_n3) = common::recorder();
     let f3 = Follower::start(
         Arc::clone(&n3_log),
         c.security("n3"),
         walship_transport::FollowerOptions {
             reconnect_min: Duration::from_secs(30),
+            apply_from: Some(n3_log.end_lsn()),
             ..c.follower_opts_to("n1", old.local_addr().unwrap())
         },
-        |_: &Record| panic!("nothing from a stale leader is applied"),
+        applied_by_n3,
     )
     .expect("n3 restarted");
     let err = waiting.await.unwrap().unwrap_err();
@@ -221,10 +223,12 @@ async fn a_stale_leader_steps_down_when_it_meets_a_newer_epoch() -> Result<(), E
     assert!(st.fenced.is_some());
     // Nothing of the stale leader reached n3.
     assert_eq!(n3_log.end_lsn(), new.log().end_lsn());
-    // New remote commits on the fenced leader fail at once.
-    let again = old_log.append(b"after stepping down")?;
+    assert!(n3_applied.lock().unwrap().is_empty());
+    // The fenced leader takes no more writes, and confirms nothing remotely.
+    let err = old_log.append(b"after stepping down").unwrap_err();
+    assert!(matches!(err, Error::Sealed { .. }), "{err}");
     let err = old
-        .commit(again, Durability::RemoteWrite)
+        .commit(stale, Durability::RemoteWrite)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::RemoteFenced { .. }), "{err}");
@@ -282,5 +286,91 @@ async fn read_your_writes_on_a_lagging_follower() -> Result<(), Error> {
     fast.shutdown().await;
     slow.shutdown().await;
     leader.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_switchover_loses_no_write_even_at_async() -> Result<(), Error> {
+    let c = Cluster::new(1 << 20);
+    let old_log = c.log("n1");
+    let old = c.leader_named(
+        Arc::clone(&old_log),
+        LeaderOptions {
+            sync: any_one(),
+            ..LeaderOptions::default()
+        },
+    );
+    let f2 = follower_of(&c, "n2", &old);
+    let f3 = follower_of(&c, "n3", &old);
+    // A writer acknowledges at Async as fast as it can, until the log refuses it.
+    let writer = {
+        let log = Arc::clone(&old_log);
+        tokio::task::spawn_blocking(move || {
+            let mut acked = Vec::new();
+            for i in 0u64.. {
+                let data = format!("async write {i}");
+                match log.append(data.as_bytes()) {
+                    Ok(lsn) => acked.push((lsn, data.into_bytes())),
+                    Err(Error::Sealed { .. }) => return acked,
+                    Err(e) => panic!("unexpected append error: {e}"),
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let end = old.switchover_to("n2", WAIT).await.expect("switchover");
+    let acked = writer.await.unwrap();
+    assert!(acked.len() > 100, "the writer wrote while streaming");
+    assert_eq!(old.status().role, Role::Fenced);
+    assert_eq!(old_log.end_lsn(), end);
+    let new = f2
+        .promote(
+            c.security("n2"),
+            LeaderOptions {
+                sync: any_one(),
+                ..LeaderOptions::default()
+            },
+        )
+        .await
+        .expect("promote");
+    // Every acknowledged write is on the new leader, with nothing after it.
+    assert_eq!(new.log().end_lsn(), end);
+    let mut held = records(new.log()).into_iter();
+    for (lsn, data) in &acked {
+        assert_eq!(held.next().as_ref(), Some(&(*lsn, data.clone())));
+    }
+    // The old leader rejoins without losing or truncating anything.
+    let n3_log = Arc::clone(f3.log());
+    f3.shutdown().await;
+    let f3 = Follower::start(
+        n3_log,
+        c.security("n3"),
+        c.follower_opts_to("n2", new.local_addr().unwrap()),
+        |_: &Record| {},
+    )
+    .expect("n3 follows n2");
+    let rejoined = Follower::start(
+        Arc::clone(&old_log),
+        c.security("n1"),
+        walship_transport::FollowerOptions {
+            apply_from: Some(end),
+            ..c.follower_opts_to("n2", new.local_addr().unwrap())
+        },
+        |_: &Record| {},
+    )
+    .expect("n1 follows n2");
+    let next = new.log().append(b"first write of the new leader")?;
+    new.commit(next, Durability::RemoteFlush).await?;
+    eventually("both follow", WAIT, || {
+        rejoined.applied() >= next && f3.applied() >= next
+    })
+    .await;
+    same_bytes(new.log(), &old_log);
+    same_bytes(new.log(), f3.log());
+    rejoined.shutdown().await;
+    f3.shutdown().await;
+    new.shutdown().await;
+    old.shutdown().await;
     Ok(())
 }

@@ -139,6 +139,7 @@ impl Shared {
             return;
         }
         tracing::warn!(node = self.cfg.node_id.as_str(), epoch = %self.cfg.epoch, reason = reason.as_str(), "leader stepping down");
+        self.log.seal(reason.clone());
         self.log.fence_remote(reason.clone());
         self.fence.send_replace(Some(reason));
     }
@@ -348,6 +349,7 @@ impl Leader {
         }
         log.begin_epoch(epoch)?;
         super::follower::store_seen_epoch(log.dir(), epoch)?;
+        log.unseal();
         log.unfence_remote();
         let lost = Arc::new(slots.lost(opts.max_retained_bytes));
         let shared = Arc::new(Shared {
@@ -429,12 +431,64 @@ impl Leader {
         }
     }
 
-    /// Steps down now (a manual fence, or a coordinator that knows of a newer epoch):
-    /// commits waiting on remote levels fail with `RemoteFenced`, new ones too, and every
-    /// follower session ends with a `NotLeader` refusal. Local appends are the embedder's
-    /// to stop; nothing they add is confirmed remotely by this node any more.
+    /// Steps down now (a manual fence, or a coordinator that knows of a newer epoch): the
+    /// log is sealed (local appends fail with `Sealed`), commits waiting on remote levels
+    /// fail with `RemoteFenced`, new ones too, and every follower session ends with a
+    /// `NotLeader` refusal. The same happens by itself when a follower shows this leader a
+    /// newer epoch.
     pub fn fence(&self, reason: impl Into<String>) {
         self.shared.step_down(reason.into());
+    }
+
+    /// Planned switchover to follower `node` (PostgreSQL's switchover, Kafka's controlled
+    /// shutdown): seals the log against local appends, waits until `node` has flushed all
+    /// of it, then steps down, and returns that end position. Promoting `node` next (its
+    /// `Follower::promote`, or the coordinator) loses nothing — not even writes that were
+    /// acknowledged only at `Async`. If `node` does not catch up within `timeout`, the log
+    /// is unsealed and this node stays the leader.
+    ///
+    /// # Errors
+    /// [`TransportError::Switchover`] on timeout, or if this leader has stepped down.
+    pub async fn switchover_to(
+        &self,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<Lsn, TransportError> {
+        let fail = |reason: String| TransportError::Switchover {
+            node: node.to_string(),
+            reason,
+        };
+        if let Some(why) = self.fenced() {
+            return Err(fail(format!("this node already stepped down: {why}")));
+        }
+        let log = &self.shared.log;
+        log.seal(format!("switching over to {node}"));
+        let end = log.end_lsn();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let flushed = {
+                let r = self.shared.repl();
+                r.followers
+                    .get(node)
+                    .filter(|e| e.addr.is_some())
+                    .map(|e| e.acked.flushed)
+            };
+            if flushed.is_some_and(|f| f >= end) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                log.unseal();
+                return Err(fail(format!(
+                    "it had flushed {} of {end} after {timeout:?}",
+                    flushed.map_or("nothing".to_string(), |f| f.to_string())
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.shared.step_down(format!(
+            "switched over to {node}, which holds the log up to {end}"
+        ));
+        Ok(end)
     }
 
     /// Why this leader stepped down, if it did.

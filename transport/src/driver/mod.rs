@@ -167,6 +167,14 @@ pub enum TransportError {
     /// The options are inconsistent.
     #[error("invalid options: {0}")]
     InvalidOptions(String),
+    /// A planned switchover could not complete; this node is still the leader.
+    #[error("switchover to {node} abandoned: {reason}")]
+    Switchover {
+        /// The intended new leader.
+        node: String,
+        /// Why.
+        reason: String,
+    },
     /// A state file could not be read or written.
     #[error("{op} {path}: {reason}")]
     File {

@@ -248,14 +248,26 @@ async fn a_follower_reconnects_after_faults_and_never_reapplies(
     for i in 0..500 {
         last = log.append(format!("while the leader was down {i}").as_bytes())?;
     }
-    let leader = c.leader_with(
-        Arc::clone(&log),
-        LeaderOptions {
+    // The old endpoint's socket is released by quinn's driver task shortly after shutdown
+    // returns: rebinding the same port may need a few tries.
+    let deadline = std::time::Instant::now() + WAIT;
+    let leader = loop {
+        let opts = LeaderOptions {
             listen: addr,
             sync: any_one(),
             ..LeaderOptions::default()
-        },
-    );
+        };
+        match walship_transport::Leader::start(Arc::clone(&log), c.security("leader"), opts) {
+            Ok(l) => break l,
+            Err(walship_transport::TransportError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("restart the leader on {addr}: {e}"),
+        }
+    };
     assert!(leader.epoch() > epoch);
     leader.commit(last, Durability::RemoteFlush).await?;
     // A record of the new epoch: the follower learns epochs from the batches it receives.

@@ -119,14 +119,11 @@ async fn a_stopped_follower_catches_up_50mib_from_disk_and_a_lost_one_is_refused
     assert_eq!(seen1.lock().unwrap().last().map(|r| r.0), Some(last));
 
     // f2 stops; 90 MiB more: beyond max_retained_bytes, its slot is lost.
+    // Where f2's log ends (its last flush ack may lag behind what it received).
+    let f2_log = Arc::clone(f2.log());
     f2.shutdown().await;
-    let f2_end = leader
-        .status()
-        .followers
-        .iter()
-        .find(|f| f.node_id == "f2")
-        .unwrap()
-        .flush;
+    let f2_end = f2_log.end_lsn();
+    drop(f2_log);
     while leader.log().end_lsn().bytes_after(f2_end) < 90 << 20 {
         let batch: Vec<&[u8]> = (0..16).map(|_| row.as_slice()).collect();
         last = *leader.log().append_batch(&batch)?.last().unwrap();

@@ -419,8 +419,9 @@ fn apply_loop(
             Ok(Some(r)) => r,
             Ok(None) => continue,
             Err(walship_engine::Error::Closed { .. }) => return,
-            Err(walship_engine::Error::Truncated { .. }) => {
-                match reopen(shared, &mut apply, &mut applied) {
+            Err(walship_engine::Error::Truncated { truncated_to, .. }) => {
+                flushed = flushed.min(truncated_to);
+                match reopen(shared, &mut apply, &mut applied, truncated_to) {
                     Ok(r) => records = r,
                     Err(e) => return fail(e),
                 }
@@ -430,6 +431,7 @@ fn apply_loop(
         };
         // Only what is on the follower's disk is applied: a crash never leaves the
         // embedder ahead of its own log.
+        let mut cut = None;
         while rec.lsn > flushed {
             match log.commit(rec.lsn, Durability::Local).wait_timeout(poll) {
                 Ok(()) => flushed = log.watermarks().flushed.max(rec.lsn),
@@ -439,13 +441,17 @@ fn apply_loop(
                     }
                 }
                 Err(walship_engine::Error::Closed { .. }) => return,
-                Err(walship_engine::Error::Truncated { .. }) => break,
+                Err(walship_engine::Error::Truncated { truncated_to, .. }) => {
+                    cut = Some(truncated_to);
+                    break;
+                }
                 Err(e) => return fail(format!("waiting for the local flush: {e}")),
             }
         }
-        if rec.lsn > flushed {
-            // Truncated under us: the reader reports it on the next read.
-            match reopen(shared, &mut apply, &mut applied) {
+        if let Some(t) = cut {
+            // Truncated under us, below this record.
+            flushed = flushed.min(t);
+            match reopen(shared, &mut apply, &mut applied, t) {
                 Ok(r) => records = r,
                 Err(e) => return fail(e),
             }
@@ -464,14 +470,15 @@ fn apply_loop(
     shared.applied.send_replace(applied);
 }
 
-/// A reader positioned after a truncation: at `applied` if it survived, else at the new
-/// end, after the embedder undid what it lost.
+/// A reader positioned after a truncation to `end`: at `applied` if it survived, else at
+/// `end`, after the embedder undid what it lost. `end` is the truncation point, not the
+/// log's end now: a new leader's data may already have been appended past it.
 fn reopen(
     shared: &Shared,
     apply: &mut impl Apply,
     applied: &mut Lsn,
+    end: Lsn,
 ) -> Result<walship_engine::RecordReader, String> {
-    let end = shared.log.end_lsn();
     if *applied > end {
         apply
             .truncated(end)

@@ -22,6 +22,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod compress;
+pub mod coordinator;
 mod driver;
 mod durable;
 pub mod lag;

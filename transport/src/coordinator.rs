@@ -1,0 +1,471 @@
+//! Who leads: leader election and member positions, Patroni-style.
+//!
+//! A [`Coordinator`] answers three questions for a node: who leads now, may I take over,
+//! and what do the others hold. [`StaticCoordinator`] is the embedded default: the leader
+//! is configured and changes only when an operator says so. [`EtcdCoordinator`] keeps the
+//! state in etcd, under `/walship/<cluster>/`:
+//!
+//! - `members/<node>`: each member's replication address, epoch and flushed LSN, under
+//!   that member's lease — a member that stops renewing disappears after the lease TTL;
+//! - `leader`: the leader's node, address and epoch, under the leader's lease;
+//! - `epoch`: the last epoch granted (no lease: epochs never repeat).
+//!
+//! Taking over is one compare-and-swap: it succeeds only if no `leader` key exists and
+//! `epoch` is still what the candidate read, and it writes `leader` and `epoch + 1`
+//! together. A candidate first checks that no live member has flushed more than it has
+//! (ties go to the smaller node id), so the most caught-up member wins; with RemoteFlush
+//! and a quorum that forms a majority with the leader, that member holds every
+//! acknowledged commit.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+#[cfg(feature = "etcd")]
+use std::time::Duration;
+
+#[cfg(feature = "etcd")]
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+#[cfg(feature = "etcd")]
+use tokio::sync::watch;
+use walship_engine::{Epoch, Lsn};
+
+/// Why the coordinator could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The coordination service failed or is unreachable.
+    #[error("coordinator {endpoint}: {reason}")]
+    Unavailable {
+        /// Where.
+        endpoint: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A stored value does not parse.
+    #[error("coordinator key {key}: {reason}")]
+    BadValue {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What a member publishes about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Its node id.
+    pub node_id: String,
+    /// Where its replication endpoint listens.
+    pub addr: String,
+    /// The highest epoch it has seen.
+    pub epoch: Epoch,
+    /// How far its log is flushed.
+    pub flushed: Lsn,
+}
+
+/// The current leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderInfo {
+    /// Its node id.
+    pub node_id: String,
+    /// Where followers connect.
+    pub addr: String,
+    /// The epoch it leads.
+    pub epoch: Epoch,
+}
+
+/// Leader election and member positions; see the [module docs](self).
+pub trait Coordinator: Send {
+    /// Publishes this member's state.
+    fn publish(
+        &mut self,
+        me: &MemberInfo,
+    ) -> impl Future<Output = Result<(), CoordinatorError>> + Send;
+
+    /// The live members' published states.
+    fn members(&mut self)
+        -> impl Future<Output = Result<Vec<MemberInfo>, CoordinatorError>> + Send;
+
+    /// The current leader, if any.
+    fn leader(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<LeaderInfo>, CoordinatorError>> + Send;
+
+    /// Tries to become the leader; returns the epoch won, or `None` if another leads or
+    /// is better placed.
+    fn campaign(
+        &mut self,
+        me: &MemberInfo,
+    ) -> impl Future<Output = Result<Option<Epoch>, CoordinatorError>> + Send;
+}
+
+#[cfg(feature = "etcd")]
+/// Whether `me` is the best-placed live member: none has flushed more (ties: smaller id).
+fn best_placed(me: &MemberInfo, members: &[MemberInfo]) -> bool {
+    members.iter().filter(|m| m.node_id != me.node_id).all(|m| {
+        (m.flushed, std::cmp::Reverse(&m.node_id)) < (me.flushed, std::cmp::Reverse(&me.node_id))
+    })
+}
+
+#[derive(Debug, Default)]
+struct StaticState {
+    leader: Option<LeaderInfo>,
+    members: Vec<MemberInfo>,
+}
+
+/// The embedded default: a configured leader, changed only by [`set_leader`]
+/// (an operator's promotion). Clones share the state, so nodes in one process agree.
+///
+/// [`set_leader`]: StaticCoordinator::set_leader
+#[derive(Debug, Clone, Default)]
+pub struct StaticCoordinator {
+    state: Arc<Mutex<StaticState>>,
+}
+
+impl StaticCoordinator {
+    /// A coordinator whose leader is `leader`.
+    pub fn new(leader: Option<LeaderInfo>) -> StaticCoordinator {
+        StaticCoordinator {
+            state: Arc::new(Mutex::new(StaticState {
+                leader,
+                members: Vec::new(),
+            })),
+        }
+    }
+
+    /// The operator names a new leader.
+    pub fn set_leader(&self, leader: LeaderInfo) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .leader = Some(leader);
+    }
+}
+
+impl Coordinator for StaticCoordinator {
+    async fn publish(&mut self, me: &MemberInfo) -> Result<(), CoordinatorError> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.members.retain(|m| m.node_id != me.node_id);
+        s.members.push(me.clone());
+        Ok(())
+    }
+
+    async fn members(&mut self) -> Result<Vec<MemberInfo>, CoordinatorError> {
+        Ok(self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .members
+            .clone())
+    }
+
+    async fn leader(&mut self) -> Result<Option<LeaderInfo>, CoordinatorError> {
+        Ok(self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .leader
+            .clone())
+    }
+
+    /// Never elects: with static configuration, only an operator changes the leader.
+    async fn campaign(&mut self, _me: &MemberInfo) -> Result<Option<Epoch>, CoordinatorError> {
+        Ok(None)
+    }
+}
+
+#[cfg(feature = "etcd")]
+/// Election and membership in etcd; see the [module docs](self).
+pub struct EtcdCoordinator {
+    client: Client,
+    endpoint: String,
+    prefix: String,
+    lease: i64,
+    lost: watch::Receiver<bool>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(feature = "etcd")]
+impl std::fmt::Debug for EtcdCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCoordinator")
+            .field("endpoint", &self.endpoint)
+            .field("prefix", &self.prefix)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl EtcdCoordinator {
+    /// Connects to etcd at `endpoints` for cluster `cluster`, grants this member a lease
+    /// of `ttl` and keeps it alive (renewing every third of it). If renewing fails, the
+    /// lease — and with it leadership — is presumed lost: see [`lease_lost`].
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Unavailable`] if etcd cannot be reached.
+    ///
+    /// [`lease_lost`]: EtcdCoordinator::lease_lost
+    pub async fn connect(
+        endpoints: &[String],
+        cluster: &str,
+        ttl: Duration,
+    ) -> Result<EtcdCoordinator, CoordinatorError> {
+        let endpoint = endpoints.join(",");
+        let err = |e: etcd_client::Error| CoordinatorError::Unavailable {
+            endpoint: endpoint.clone(),
+            reason: e.to_string(),
+        };
+        let mut client = Client::connect(endpoints, None).await.map_err(err)?;
+        let ttl_s = ttl.as_secs().max(1) as i64;
+        let lease = client.lease_grant(ttl_s, None).await.map_err(err)?.id();
+        let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(err)?;
+        let (lost_tx, lost) = watch::channel(false);
+        let every = Duration::from_secs(ttl_s as u64) / 3;
+        let keeper = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let renewed = match keeper.keep_alive().await {
+                    Ok(()) => matches!(stream.message().await, Ok(Some(r)) if r.ttl() > 0),
+                    Err(_) => false,
+                };
+                if !renewed {
+                    let _ = lost_tx.send(true);
+                    return;
+                }
+            }
+        });
+        Ok(EtcdCoordinator {
+            client,
+            endpoint,
+            prefix: format!("/walship/{cluster}/"),
+            lease,
+            lost,
+            keeper,
+        })
+    }
+
+    /// Becomes `true` once this member's lease could not be renewed: a leader must then
+    /// fence itself, since another member may be elected once the TTL has passed.
+    pub fn lease_lost(&self) -> watch::Receiver<bool> {
+        self.lost.clone()
+    }
+
+    /// Stops renewing the lease without revoking it, as a crashed member would: its keys
+    /// disappear when the TTL runs out. For tests of failover.
+    pub fn abandon(self) {
+        self.keeper.abort();
+    }
+
+    /// Revokes the lease (its keys go at once) and stops.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Unavailable`].
+    pub async fn close(mut self) -> Result<(), CoordinatorError> {
+        self.keeper.abort();
+        let lease = self.lease;
+        self.client
+            .lease_revoke(lease)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(e))
+    }
+
+    fn unavailable(&self, e: etcd_client::Error) -> CoordinatorError {
+        CoordinatorError::Unavailable {
+            endpoint: self.endpoint.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+}
+
+#[cfg(feature = "etcd")]
+fn bad(key: &[u8], reason: impl Into<String>) -> CoordinatorError {
+    CoordinatorError::BadValue {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.into(),
+    }
+}
+
+#[cfg(feature = "etcd")]
+/// `node addr epoch [flushed]`, one field per line.
+fn fields(key: &[u8], value: &[u8], n: usize) -> Result<Vec<String>, CoordinatorError> {
+    let text = std::str::from_utf8(value).map_err(|_| bad(key, "not UTF-8"))?;
+    let f: Vec<String> = text.lines().map(str::to_owned).collect();
+    if f.len() != n {
+        return Err(bad(key, format!("expected {n} lines, found {}", f.len())));
+    }
+    Ok(f)
+}
+
+#[cfg(feature = "etcd")]
+fn number(key: &[u8], s: &str) -> Result<u64, CoordinatorError> {
+    s.parse()
+        .map_err(|_| bad(key, format!("{s:?} is not a number")))
+}
+
+#[cfg(feature = "etcd")]
+fn parse_leader(key: &[u8], value: &[u8]) -> Result<LeaderInfo, CoordinatorError> {
+    let f = fields(key, value, 3)?;
+    Ok(LeaderInfo {
+        node_id: f[0].clone(),
+        addr: f[1].clone(),
+        epoch: Epoch::new(number(key, &f[2])?),
+    })
+}
+
+#[cfg(feature = "etcd")]
+fn parse_member(key: &[u8], value: &[u8]) -> Result<MemberInfo, CoordinatorError> {
+    let f = fields(key, value, 4)?;
+    Ok(MemberInfo {
+        node_id: f[0].clone(),
+        addr: f[1].clone(),
+        epoch: Epoch::new(number(key, &f[2])?),
+        flushed: Lsn::new(number(key, &f[3])?),
+    })
+}
+
+#[cfg(feature = "etcd")]
+impl Coordinator for EtcdCoordinator {
+    async fn publish(&mut self, me: &MemberInfo) -> Result<(), CoordinatorError> {
+        let key = self.key(&format!("members/{}", me.node_id));
+        let value = format!(
+            "{}\n{}\n{}\n{}",
+            me.node_id,
+            me.addr,
+            me.epoch.get(),
+            me.flushed.get()
+        );
+        let opts = PutOptions::new().with_lease(self.lease);
+        self.client
+            .put(key, value, Some(opts))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(e))
+    }
+
+    async fn members(&mut self) -> Result<Vec<MemberInfo>, CoordinatorError> {
+        let key = self.key("members/");
+        let resp = self
+            .client
+            .get(key, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        resp.kvs()
+            .iter()
+            .map(|kv| parse_member(kv.key(), kv.value()))
+            .collect()
+    }
+
+    async fn leader(&mut self) -> Result<Option<LeaderInfo>, CoordinatorError> {
+        let key = self.key("leader");
+        let resp = self
+            .client
+            .get(key, None)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        resp.kvs()
+            .first()
+            .map(|kv| parse_leader(kv.key(), kv.value()))
+            .transpose()
+    }
+
+    async fn campaign(&mut self, me: &MemberInfo) -> Result<Option<Epoch>, CoordinatorError> {
+        if self.leader().await?.is_some() {
+            return Ok(None);
+        }
+        let members = self.members().await?;
+        if !best_placed(me, &members) {
+            return Ok(None);
+        }
+        let (epoch_key, leader_key) = (self.key("epoch"), self.key("leader"));
+        let resp = self
+            .client
+            .get(epoch_key.clone(), None)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let (last, rev) = match resp.kvs().first() {
+            Some(kv) => {
+                let s = std::str::from_utf8(kv.value()).map_err(|_| bad(kv.key(), "not UTF-8"))?;
+                (Epoch::new(number(kv.key(), s)?), kv.mod_revision())
+            }
+            None => (Epoch::ZERO, 0),
+        };
+        // Never below an epoch this member has already seen.
+        let next = Epoch::new(last.max(me.epoch).get() + 1);
+        let value = format!("{}\n{}\n{}", me.node_id, me.addr, next.get());
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(leader_key.clone(), CompareOp::Equal, 0),
+                Compare::mod_revision(epoch_key.clone(), CompareOp::Equal, rev),
+            ])
+            .and_then([
+                TxnOp::put(
+                    leader_key,
+                    value,
+                    Some(PutOptions::new().with_lease(self.lease)),
+                ),
+                TxnOp::put(epoch_key, next.get().to_string(), None),
+            ]);
+        let won = self
+            .client
+            .txn(txn)
+            .await
+            .map_err(|e| self.unavailable(e))?
+            .succeeded();
+        Ok(won.then_some(next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, flushed: u64) -> MemberInfo {
+        MemberInfo {
+            node_id: id.into(),
+            addr: String::new(),
+            epoch: Epoch::new(1),
+            flushed: Lsn::new(flushed),
+        }
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn the_most_caught_up_member_is_best_placed_ties_to_the_smaller_id() {
+        let all = [m("a", 100), m("b", 300), m("c", 300)];
+        assert!(!best_placed(&all[0], &all));
+        assert!(best_placed(&all[1], &all));
+        assert!(!best_placed(&all[2], &all));
+        assert!(best_placed(&m("z", 0), &[]));
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn values_parse_and_damage_is_named() {
+        let l = parse_leader(b"k", b"n1\n10.0.0.1:7400\n7").unwrap();
+        assert_eq!((l.node_id.as_str(), l.epoch), ("n1", Epoch::new(7)));
+        let e = parse_member(b"/walship/c/members/x", b"x\naddr\nnope\n5").unwrap_err();
+        assert!(e.to_string().contains("/walship/c/members/x"), "{e}");
+        assert!(parse_leader(b"k", b"only one line").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_static_coordinator_changes_leader_only_when_told() {
+        let info = |n: &str, e| LeaderInfo {
+            node_id: n.into(),
+            addr: "a".into(),
+            epoch: Epoch::new(e),
+        };
+        let mut c = StaticCoordinator::new(Some(info("n1", 1)));
+        let mut other = c.clone();
+        c.publish(&m("n2", 500)).await.unwrap();
+        assert_eq!(other.members().await.unwrap().len(), 1);
+        assert_eq!(c.campaign(&m("n2", 500)).await.unwrap(), None);
+        c.set_leader(info("n2", 2));
+        assert_eq!(other.leader().await.unwrap(), Some(info("n2", 2)));
+    }
+}

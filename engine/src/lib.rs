@@ -36,7 +36,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! The on-disk layout is documented in [`format`].
+//! The on-disk layout is documented in [`format`](mod@format).
 
 #![warn(missing_docs, unreachable_pub)]
 

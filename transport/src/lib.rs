@@ -3,7 +3,7 @@
 //! The replication protocol between a walship leader and its followers, over QUIC with
 //! mutual TLS.
 //!
-//! - [`Leader`] and [`Follower`] (the [`driver`](crate::driver)): bind the protocol to
+//! - [`Leader`] and [`Follower`] (the [`driver`]): bind the protocol to
 //!   quinn, tokio and the engine. The leader streams its log to every follower and turns
 //!   their acknowledgements into the engine's remote watermarks; the follower appends
 //!   what it receives verbatim and applies it through the embedder's [`Apply`].
@@ -23,7 +23,7 @@
 
 pub mod compress;
 pub mod coordinator;
-mod driver;
+pub mod driver;
 mod durable;
 pub mod lag;
 pub mod quorum;

@@ -22,6 +22,29 @@ fn any_one() -> SyncPolicy {
     }
 }
 
+fn any_one_leader() -> LeaderOptions {
+    LeaderOptions {
+        sync: any_one(),
+        ..LeaderOptions::default()
+    }
+}
+
+/// Leader `n1` (ANY 1 of any) with followers `n2` and `n3`.
+fn three_nodes(
+    c: &Cluster,
+) -> (
+    Arc<walship_engine::Log>,
+    walship_transport::Leader,
+    Follower,
+    Follower,
+) {
+    let log = c.log("n1");
+    let leader = c.leader_named(Arc::clone(&log), any_one_leader());
+    let f2 = follower_of(c, "n2", &leader);
+    let f3 = follower_of(c, "n3", &leader);
+    (log, leader, f2, f3)
+}
+
 fn follower_of(c: &Cluster, node: &str, leader: &walship_transport::Leader) -> Follower {
     Follower::start(
         c.log(node),
@@ -56,13 +79,7 @@ impl Apply for Undoable {
 async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Result<(), Error> {
     let c = Cluster::new(1 << 20);
     let old_log = c.log("n1");
-    let old = c.leader_named(
-        Arc::clone(&old_log),
-        LeaderOptions {
-            sync: any_one(),
-            ..LeaderOptions::default()
-        },
-    );
+    let old = c.leader_named(Arc::clone(&old_log), any_one_leader());
     let f2 = follower_of(&c, "n2", &old);
     let mut last = Lsn::ZERO;
     for i in 0..500 {
@@ -100,13 +117,7 @@ async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Res
     )
     .expect("n2 as a follower");
     let new = f2
-        .promote(
-            c.security("n2"),
-            LeaderOptions {
-                sync: any_one(),
-                ..LeaderOptions::default()
-            },
-        )
+        .promote(c.security("n2"), any_one_leader())
         .await
         .expect("promote");
     assert!(new.epoch() > old_epoch);
@@ -155,16 +166,7 @@ async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_leader_steps_down_when_it_meets_a_newer_epoch() -> Result<(), Error> {
     let c = Cluster::new(1 << 20);
-    let old_log = c.log("n1");
-    let old = c.leader_named(
-        Arc::clone(&old_log),
-        LeaderOptions {
-            sync: any_one(),
-            ..LeaderOptions::default()
-        },
-    );
-    let f2 = follower_of(&c, "n2", &old);
-    let f3 = follower_of(&c, "n3", &old);
+    let (old_log, old, f2, f3) = three_nodes(&c);
     let lsn = old_log.append(b"before the failover")?;
     old.commit(lsn, Durability::RemoteFlush).await?;
     eventually("both followers have it", WAIT, || {
@@ -175,13 +177,7 @@ async fn a_stale_leader_steps_down_when_it_meets_a_newer_epoch() -> Result<(), E
     // n2 is promoted while n1 still runs (say, partitioned from n2); n3 follows n2 and
     // durably records the new epoch.
     let new = f2
-        .promote(
-            c.security("n2"),
-            LeaderOptions {
-                sync: any_one(),
-                ..LeaderOptions::default()
-            },
-        )
+        .promote(c.security("n2"), any_one_leader())
         .await
         .expect("promote");
     let n3_log = Arc::clone(f3.log());
@@ -292,16 +288,7 @@ async fn read_your_writes_on_a_lagging_follower() -> Result<(), Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_switchover_loses_no_write_even_at_async() -> Result<(), Error> {
     let c = Cluster::new(1 << 20);
-    let old_log = c.log("n1");
-    let old = c.leader_named(
-        Arc::clone(&old_log),
-        LeaderOptions {
-            sync: any_one(),
-            ..LeaderOptions::default()
-        },
-    );
-    let f2 = follower_of(&c, "n2", &old);
-    let f3 = follower_of(&c, "n3", &old);
+    let (old_log, old, f2, f3) = three_nodes(&c);
     // A writer acknowledges at Async as fast as it can, until the log refuses it.
     let writer = {
         let log = Arc::clone(&old_log);
@@ -325,13 +312,7 @@ async fn a_planned_switchover_loses_no_write_even_at_async() -> Result<(), Error
     assert_eq!(old.status().role, Role::Fenced);
     assert_eq!(old_log.end_lsn(), end);
     let new = f2
-        .promote(
-            c.security("n2"),
-            LeaderOptions {
-                sync: any_one(),
-                ..LeaderOptions::default()
-            },
-        )
+        .promote(c.security("n2"), any_one_leader())
         .await
         .expect("promote");
     // Every acknowledged write is on the new leader, with nothing after it.

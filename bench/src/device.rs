@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::hgrm::latency_histogram;
-use crate::MB;
+use crate::{median, MB};
 
 const CHUNK: usize = 1 << 20;
 
@@ -152,20 +152,6 @@ impl Pass {
     }
 }
 
-/// The median of `v` (mean of the middle two for an even count); 0 when empty.
-pub fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 impl Bandwidth {
     /// Median MB/s writing into the already-written file.
     pub fn overwrite_mb_s(&self, with_sync: bool) -> f64 {
@@ -173,7 +159,7 @@ impl Bandwidth {
             self.overwrite
                 .iter()
                 .map(|p| p.mb_s(self.bytes, with_sync))
-                .collect(),
+                .collect::<Vec<f64>>(),
         )
     }
 
@@ -183,7 +169,7 @@ impl Bandwidth {
             self.new_file
                 .iter()
                 .map(|p| p.mb_s(self.bytes, with_sync))
-                .collect(),
+                .collect::<Vec<f64>>(),
         )
     }
 }

@@ -22,6 +22,26 @@ pub mod sys;
 pub mod waldata;
 pub mod zstd_speed;
 
+/// The error type of the benchmark binaries' top level.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Result with [`BoxError`].
+pub type Res<T> = Result<T, BoxError>;
+
+/// The median of `xs` (mean of the middle two for an even count; 0 when empty).
+pub fn median(xs: impl AsRef<[f64]>) -> f64 {
+    let mut v = xs.as_ref().to_vec();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// Bytes per megabyte in every MB/s figure printed here (10^6, as `dd` and `fio` do).
 pub const MB: f64 = 1_000_000.0;
 

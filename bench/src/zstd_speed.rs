@@ -6,6 +6,8 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::median;
+
 /// The result of [`measure`].
 #[derive(Debug, Clone)]
 pub struct ZstdSpeed {
@@ -39,21 +41,6 @@ impl ZstdSpeed {
     /// Median decompression speed, MB/s of raw output.
     pub fn decompress_mb_s(&self) -> f64 {
         self.input_bytes as f64 / crate::MB / median(&self.decompress_secs)
-    }
-}
-
-/// Median of a non-empty list (NaN for an empty one).
-pub fn median(xs: &[f64]) -> f64 {
-    if xs.is_empty() {
-        return f64::NAN;
-    }
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
@@ -139,6 +126,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // The medians are taken of borrowed slices, as the binaries' callers do.
+    #[allow(clippy::needless_borrows_for_generic_args)]
     fn measures_wal_data() {
         let data = crate::waldata::encode_stream(&crate::waldata::batches(5, 2 << 20, 64 << 10));
         let s = measure(&data, 256 << 10, 1, 2).map_err(|e| e.to_string());

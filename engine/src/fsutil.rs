@@ -16,9 +16,21 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
-/// Replaces `dir/name` with `bytes` atomically: a crash leaves the old or the new
-/// content, never a mix.
-pub(crate) fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+/// Replaces `dir/name` with `bytes` atomically and durably: written to `name.tmp`,
+/// fsynced, renamed over `name`, and the directory fsynced. A crash leaves the old or the
+/// new content, never a mix (a leftover `.tmp` in a log directory is removed on open).
+/// For small state files kept beside a log, such as the replication layer's.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// walship_engine::atomic_write(dir.path(), "state", b"v2")?;
+/// assert_eq!(std::fs::read(dir.path().join("state"))?, b"v2");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Io`] naming the operation and the file.
+pub fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let dst = dir.join(name);
     let mut f = OpenOptions::new()

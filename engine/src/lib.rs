@@ -67,6 +67,7 @@ pub use commit::Commit;
 pub use epoch::EpochHistory;
 pub use error::{Error, Result};
 pub use format::Record;
+pub use fsutil::atomic_write;
 pub use io::BackendKind;
 pub use log::{Log, OpenReport, Watermarks};
 pub use options::Options;

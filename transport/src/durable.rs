@@ -1,29 +1,14 @@
-//! Small files that must survive a crash whole or not at all: written to a new file,
-//! fsynced, renamed over the old one, and the directory fsynced. Each carries a CRC32C of
-//! its text, checked on load.
+//! Small text files beside the log that must survive a crash whole or not at all: the
+//! engine's [`atomic_write`](walship_engine::atomic_write) replaces them, and each
+//! carries a CRC32C of its text, checked on load.
 
-use std::fs::{self, File};
-use std::io::Write as _;
+use std::fs;
 use std::path::Path;
 
-/// Replaces `path` with `text` plus a checksum line, atomically and durably.
-pub(crate) fn store(path: &Path, text: &str) -> Result<(), (&'static str, std::io::Error)> {
+/// Replaces `dir/name` with `text` plus a checksum line, atomically and durably.
+pub(crate) fn store(dir: &Path, name: &str, text: &str) -> walship_engine::Result<()> {
     let crc = crc32c::crc32c(text.as_bytes());
-    let body = format!("{text}crc32c {crc:08x}\n");
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".new");
-    let tmp = path.with_file_name(name);
-    let mut f = File::create(&tmp).map_err(|e| ("create", e))?;
-    f.write_all(body.as_bytes()).map_err(|e| ("write", e))?;
-    f.sync_all().map_err(|e| ("fsync", e))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| ("rename", e))?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| ("fsync the directory of", e))?;
-    }
-    Ok(())
+    walship_engine::atomic_write(dir, name, format!("{text}crc32c {crc:08x}\n").as_bytes())
 }
 
 /// What [`load`] found wrong.
@@ -73,11 +58,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         assert!(load(&p).unwrap().is_none());
-        store(&p, "a 1\nb 2\n").unwrap();
+        store(dir.path(), "f", "a 1\nb 2\n").unwrap();
         assert_eq!(load(&p).unwrap().as_deref(), Some("a 1\nb 2\n"));
-        store(&p, "").unwrap();
+        store(dir.path(), "f", "").unwrap();
         assert_eq!(load(&p).unwrap().as_deref(), Some(""));
-        store(&p, "x 5\n").unwrap();
+        store(dir.path(), "f", "x 5\n").unwrap();
         let t = fs::read_to_string(&p).unwrap();
         fs::write(&p, t.replace("x 5", "x 6")).unwrap();
         assert!(matches!(load(&p), Err(LoadError::Corrupt(2, _))));

@@ -37,6 +37,9 @@ pub enum SlotError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The file could not be replaced.
+    #[error("saving the slots: {0}")]
+    Save(walship_engine::Error),
     /// The file does not parse or its checksum does not match.
     #[error("slot file {path} line {line}: {reason}")]
     Corrupt {
@@ -200,17 +203,14 @@ impl Slots {
     /// Writes the slots durably if anything changed that must survive a restart.
     ///
     /// # Errors
-    /// [`SlotError::Io`]; the slots stay dirty and the next save retries.
+    /// [`SlotError::Save`]; the slots stay dirty and the next save retries.
     pub fn save(&mut self) -> Result<(), SlotError> {
         if !self.dirty {
             return Ok(());
         }
         let text = render(&self.slots);
-        crate::durable::store(&self.path, &text).map_err(|(op, source)| SlotError::Io {
-            op,
-            path: self.path.clone(),
-            source,
-        })?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        crate::durable::store(dir, SLOTS_FILE, &text).map_err(SlotError::Save)?;
         self.dirty = false;
         Ok(())
     }

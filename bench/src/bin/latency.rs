@@ -43,8 +43,7 @@ use walship_engine::{BackendKind, Durability, Log, Options};
 use walship_transport::tls::ClusterCa;
 use walship_transport::{Follower, FollowerOptions, Leader, LeaderOptions, Security, SyncPolicy};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Res<T> = Result<T, BoxError>;
+use walship_bench::Res;
 
 /// Closed-loop commit latency/throughput matrix of walship-engine against a device
 /// baseline measured in the same run.

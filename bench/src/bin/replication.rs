@@ -39,16 +39,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::Parser;
+use walship_bench::median;
 use walship_bench::netns::{self, Link, Shaper, Side};
 use walship_bench::rawquic::{self, Cluster, RawQuic};
 use walship_bench::sys::{MachineCpu, ThreadTimes, Usage};
 use walship_bench::waldata::{self, Batches};
-use walship_bench::zstd_speed::{self, median, ZstdSpeed};
+use walship_bench::zstd_speed::{self, ZstdSpeed};
 use walship_bench::MB;
 use walship_engine::{Durability, Log, Lsn, Options};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Res<T> = Result<T, BoxError>;
+use walship_bench::{BoxError, Res};
 
 /// Replication throughput (zstd on/off, loopback and a shaped link) against single-core
 /// zstd speed and raw quinn throughput, on the same WAL-like data, in one run.

@@ -45,14 +45,11 @@ pub(crate) fn load_seen_epoch(dir: &std::path::Path) -> Result<Epoch, TransportE
 
 /// Records durably that epoch `e` has been seen in `dir`.
 pub(crate) fn store_seen_epoch(dir: &std::path::Path, e: Epoch) -> Result<(), TransportError> {
-    let path = dir.join(SEEN_EPOCH_FILE);
-    crate::durable::store(&path, &format!("seen {}\n", e.get())).map_err(|(op, err)| {
-        TransportError::File {
-            op,
-            path,
-            reason: err.to_string(),
-        }
-    })
+    Ok(crate::durable::store(
+        dir,
+        SEEN_EPOCH_FILE,
+        &format!("seen {}\n", e.get()),
+    )?)
 }
 
 /// An error from the embedder's [`Apply`] callback.

@@ -21,6 +21,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 #[cfg(feature = "etcd")]
 use std::time::Duration;
+use std::time::Instant;
 
 #[cfg(feature = "etcd")]
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
@@ -58,6 +59,10 @@ pub struct MemberInfo {
     pub addr: String,
     /// The highest epoch it has seen.
     pub epoch: Epoch,
+    /// The epoch its log is in: the latest of its epoch history. Elections compare it
+    /// before `flushed`, as Raft compares last terms: a returning old leader's long
+    /// unreplicated tail must not outrank a shorter log that holds a newer leader's data.
+    pub log_epoch: Epoch,
     /// How far its log is flushed.
     pub flushed: Lsn,
 }
@@ -96,14 +101,39 @@ pub trait Coordinator: Send {
         &mut self,
         me: &MemberInfo,
     ) -> impl Future<Output = Result<Option<Epoch>, CoordinatorError>> + Send;
+
+    /// An operator's promotion: makes `me` the leader now, whoever leads, in a new epoch
+    /// above every epoch granted or seen. The old leader learns it from
+    /// [`leader`](Coordinator::leader) (and from its followers' refusals) and steps down.
+    fn takeover(
+        &mut self,
+        me: &MemberInfo,
+    ) -> impl Future<Output = Result<Epoch, CoordinatorError>> + Send;
+
+    /// Gives up leadership if `node_id` holds it (a clean shutdown or a demotion), so
+    /// that another member can take over without waiting for a lease to expire.
+    fn resign(
+        &mut self,
+        node_id: &str,
+    ) -> impl Future<Output = Result<(), CoordinatorError>> + Send;
+
+    /// Until when a leader elected through this coordinator may keep acknowledging
+    /// without renewing its claim; past it another member may already have been elected,
+    /// so the leader must fence itself first. `None`: leadership does not expire.
+    fn leadership_deadline(&self) -> Option<Instant> {
+        None
+    }
 }
 
 #[cfg(feature = "etcd")]
-/// Whether `me` is the best-placed live member: none has flushed more (ties: smaller id).
+/// Whether `me` is the best-placed live member: none has a log in a newer epoch, or in the
+/// same epoch flushed further (ties: the smaller id).
 fn best_placed(me: &MemberInfo, members: &[MemberInfo]) -> bool {
-    members.iter().filter(|m| m.node_id != me.node_id).all(|m| {
-        (m.flushed, std::cmp::Reverse(&m.node_id)) < (me.flushed, std::cmp::Reverse(&me.node_id))
-    })
+    let rank = |m: &MemberInfo| (m.log_epoch, m.flushed, std::cmp::Reverse(m.node_id.clone()));
+    members
+        .iter()
+        .filter(|m| m.node_id != me.node_id)
+        .all(|m| rank(m) < rank(me))
 }
 
 #[derive(Debug, Default)]
@@ -167,9 +197,44 @@ impl Coordinator for StaticCoordinator {
             .clone())
     }
 
-    /// Never elects: with static configuration, only an operator changes the leader.
-    async fn campaign(&mut self, _me: &MemberInfo) -> Result<Option<Epoch>, CoordinatorError> {
-        Ok(None)
+    /// Elects only the configured leader: with static configuration, only an operator
+    /// changes who leads. The configured leader (re)starting gets a new epoch.
+    async fn campaign(&mut self, me: &MemberInfo) -> Result<Option<Epoch>, CoordinatorError> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut s.leader {
+            Some(l) if l.node_id == me.node_id => Ok(Some(l.grant(me))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn takeover(&mut self, me: &MemberInfo) -> Result<Epoch, CoordinatorError> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut l = s.leader.take().unwrap_or(LeaderInfo {
+            node_id: me.node_id.clone(),
+            addr: me.addr.clone(),
+            epoch: Epoch::ZERO,
+        });
+        l.node_id.clone_from(&me.node_id);
+        let epoch = l.grant(me);
+        s.leader = Some(l);
+        Ok(epoch)
+    }
+
+    async fn resign(&mut self, node_id: &str) -> Result<(), CoordinatorError> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.leader.as_ref().is_some_and(|l| l.node_id == node_id) {
+            s.leader = None;
+        }
+        Ok(())
+    }
+}
+
+impl LeaderInfo {
+    /// Hands this leadership to `me` in the epoch after both its own and `me`'s.
+    fn grant(&mut self, me: &MemberInfo) -> Epoch {
+        self.epoch = Epoch::new(self.epoch.max(me.epoch).get() + 1);
+        self.addr.clone_from(&me.addr);
+        self.epoch
     }
 }
 
@@ -181,6 +246,7 @@ pub struct EtcdCoordinator {
     prefix: String,
     lease: i64,
     lost: watch::Receiver<bool>,
+    deadline: Arc<Mutex<Instant>>,
     keeper: tokio::task::JoinHandle<()>,
 }
 
@@ -198,8 +264,9 @@ impl std::fmt::Debug for EtcdCoordinator {
 #[cfg(feature = "etcd")]
 impl EtcdCoordinator {
     /// Connects to etcd at `endpoints` for cluster `cluster`, grants this member a lease
-    /// of `ttl` and keeps it alive (renewing every third of it). If renewing fails, the
-    /// lease — and with it leadership — is presumed lost: see [`lease_lost`].
+    /// of `ttl` (whole seconds, at least one) and keeps it alive, renewing every third of
+    /// it. If a renewal fails or takes longer than that, the lease — and with it
+    /// leadership — is presumed lost: see [`lease_lost`].
     ///
     /// # Errors
     /// [`CoordinatorError::Unavailable`] if etcd cannot be reached.
@@ -217,20 +284,40 @@ impl EtcdCoordinator {
         };
         let mut client = Client::connect(endpoints, None).await.map_err(err)?;
         let ttl_s = ttl.as_secs().max(1) as i64;
+        let asked = Instant::now();
         let lease = client.lease_grant(ttl_s, None).await.map_err(err)?.id();
+        // The server's clock for the lease starts after `asked`, so measuring from
+        // `asked` errs on the safe side; the margin covers clock rate differences.
+        let valid_for = |ttl_s: i64| {
+            let ttl = Duration::from_secs(ttl_s.max(0) as u64);
+            ttl - ttl / 8
+        };
+        let deadline = Arc::new(Mutex::new(asked + valid_for(ttl_s)));
         let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(err)?;
         let (lost_tx, lost) = watch::channel(false);
         let every = Duration::from_secs(ttl_s as u64) / 3;
+        let renewed_until = Arc::clone(&deadline);
         let keeper = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let renewed = match keeper.keep_alive().await {
-                    Ok(()) => matches!(stream.message().await, Ok(Some(r)) if r.ttl() > 0),
-                    Err(_) => false,
-                };
-                if !renewed {
-                    let _ = lost_tx.send(true);
-                    return;
+                let asked = Instant::now();
+                let renewal = tokio::time::timeout(every, async {
+                    keeper.keep_alive().await.ok()?;
+                    match stream.message().await {
+                        Ok(Some(r)) if r.ttl() > 0 => Some(r.ttl()),
+                        _ => None,
+                    }
+                })
+                .await;
+                match renewal {
+                    Ok(Some(ttl_s)) => {
+                        *renewed_until.lock().unwrap_or_else(PoisonError::into_inner) =
+                            asked + valid_for(ttl_s);
+                    }
+                    _ => {
+                        let _ = lost_tx.send(true);
+                        return;
+                    }
                 }
             }
         });
@@ -240,6 +327,7 @@ impl EtcdCoordinator {
             prefix: format!("/walship/{cluster}/"),
             lease,
             lost,
+            deadline,
             keeper,
         })
     }
@@ -283,6 +371,15 @@ impl EtcdCoordinator {
 }
 
 #[cfg(feature = "etcd")]
+impl Drop for EtcdCoordinator {
+    /// Stops renewing: the lease then runs out as after a crash (use
+    /// [`close`](EtcdCoordinator::close) to release it at once).
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+#[cfg(feature = "etcd")]
 fn bad(key: &[u8], reason: impl Into<String>) -> CoordinatorError {
     CoordinatorError::BadValue {
         key: String::from_utf8_lossy(key).into_owned(),
@@ -319,12 +416,13 @@ fn parse_leader(key: &[u8], value: &[u8]) -> Result<LeaderInfo, CoordinatorError
 
 #[cfg(feature = "etcd")]
 fn parse_member(key: &[u8], value: &[u8]) -> Result<MemberInfo, CoordinatorError> {
-    let f = fields(key, value, 4)?;
+    let f = fields(key, value, 5)?;
     Ok(MemberInfo {
         node_id: f[0].clone(),
         addr: f[1].clone(),
         epoch: Epoch::new(number(key, &f[2])?),
-        flushed: Lsn::new(number(key, &f[3])?),
+        log_epoch: Epoch::new(number(key, &f[3])?),
+        flushed: Lsn::new(number(key, &f[4])?),
     })
 }
 
@@ -333,10 +431,11 @@ impl Coordinator for EtcdCoordinator {
     async fn publish(&mut self, me: &MemberInfo) -> Result<(), CoordinatorError> {
         let key = self.key(&format!("members/{}", me.node_id));
         let value = format!(
-            "{}\n{}\n{}\n{}",
+            "{}\n{}\n{}\n{}\n{}",
             me.node_id,
             me.addr,
             me.epoch.get(),
+            me.log_epoch.get(),
             me.flushed.get()
         );
         let opts = PutOptions::new().with_lease(self.lease);
@@ -381,42 +480,109 @@ impl Coordinator for EtcdCoordinator {
         if !best_placed(me, &members) {
             return Ok(None);
         }
-        let (epoch_key, leader_key) = (self.key("epoch"), self.key("leader"));
+        let (last, rev) = self.granted_epoch().await?;
+        let next = Epoch::new(last.max(me.epoch).get() + 1);
+        let won = self
+            .claim(me, next, rev, Some(Compare::create_revision(self.key("leader"), CompareOp::Equal, 0)))
+            .await?;
+        Ok(won.then_some(next))
+    }
+
+    async fn takeover(&mut self, me: &MemberInfo) -> Result<Epoch, CoordinatorError> {
+        // Retried only while other takeovers or elections race this one.
+        for _ in 0..16 {
+            let (last, rev) = self.granted_epoch().await?;
+            let next = Epoch::new(last.max(me.epoch).get() + 1);
+            if self.claim(me, next, rev, None).await? {
+                return Ok(next);
+            }
+        }
+        Err(CoordinatorError::Unavailable {
+            endpoint: self.endpoint.clone(),
+            reason: "takeover kept losing the race for the epoch key".into(),
+        })
+    }
+
+    async fn resign(&mut self, node_id: &str) -> Result<(), CoordinatorError> {
+        let key = self.key("leader");
         let resp = self
             .client
-            .get(epoch_key.clone(), None)
+            .get(key.clone(), None)
             .await
             .map_err(|e| self.unavailable(e))?;
-        let (last, rev) = match resp.kvs().first() {
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(());
+        };
+        if parse_leader(kv.key(), kv.value())?.node_id != node_id {
+            return Ok(());
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        self.client
+            .txn(txn)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(e))
+    }
+
+    fn leadership_deadline(&self) -> Option<Instant> {
+        if *self.lost.borrow() {
+            return Some(Instant::now());
+        }
+        Some(*self.deadline.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl EtcdCoordinator {
+    /// The last epoch granted and the revision of its key (0: none yet).
+    async fn granted_epoch(&mut self) -> Result<(Epoch, i64), CoordinatorError> {
+        let resp = self
+            .client
+            .get(self.key("epoch"), None)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        match resp.kvs().first() {
             Some(kv) => {
                 let s = std::str::from_utf8(kv.value()).map_err(|_| bad(kv.key(), "not UTF-8"))?;
-                (Epoch::new(number(kv.key(), s)?), kv.mod_revision())
+                Ok((Epoch::new(number(kv.key(), s)?), kv.mod_revision()))
             }
-            None => (Epoch::ZERO, 0),
-        };
-        // Never below an epoch this member has already seen.
-        let next = Epoch::new(last.max(me.epoch).get() + 1);
+            None => Ok((Epoch::ZERO, 0)),
+        }
+    }
+
+    /// One transaction: if the epoch key is still at `rev` (and `also` holds), `me` leads
+    /// `next` under its lease and `next` is recorded as granted.
+    async fn claim(
+        &mut self,
+        me: &MemberInfo,
+        next: Epoch,
+        rev: i64,
+        also: Option<Compare>,
+    ) -> Result<bool, CoordinatorError> {
+        let (epoch_key, leader_key) = (self.key("epoch"), self.key("leader"));
         let value = format!("{}\n{}\n{}", me.node_id, me.addr, next.get());
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(leader_key.clone(), CompareOp::Equal, 0),
-                Compare::mod_revision(epoch_key.clone(), CompareOp::Equal, rev),
-            ])
-            .and_then([
-                TxnOp::put(
-                    leader_key,
-                    value,
-                    Some(PutOptions::new().with_lease(self.lease)),
-                ),
-                TxnOp::put(epoch_key, next.get().to_string(), None),
-            ]);
-        let won = self
+        let mut when = vec![Compare::mod_revision(epoch_key.clone(), CompareOp::Equal, rev)];
+        when.extend(also);
+        let txn = Txn::new().when(when).and_then([
+            TxnOp::put(
+                leader_key,
+                value,
+                Some(PutOptions::new().with_lease(self.lease)),
+            ),
+            TxnOp::put(epoch_key, next.get().to_string(), None),
+        ]);
+        Ok(self
             .client
             .txn(txn)
             .await
             .map_err(|e| self.unavailable(e))?
-            .succeeded();
-        Ok(won.then_some(next))
+            .succeeded())
     }
 }
 
@@ -429,6 +595,7 @@ mod tests {
             node_id: id.into(),
             addr: String::new(),
             epoch: Epoch::new(1),
+            log_epoch: Epoch::new(1),
             flushed: Lsn::new(flushed),
         }
     }
@@ -441,6 +608,13 @@ mod tests {
         assert!(best_placed(&all[1], &all));
         assert!(!best_placed(&all[2], &all));
         assert!(best_placed(&m("z", 0), &[]));
+        // A newer log epoch outranks a longer log in an older one.
+        let newer = MemberInfo {
+            log_epoch: Epoch::new(2),
+            ..m("c", 10)
+        };
+        assert!(best_placed(&newer, &[m("a", 900), newer.clone()]));
+        assert!(!best_placed(&m("a", 900), &[m("a", 900), newer]));
     }
 
     #[cfg(feature = "etcd")]
@@ -448,7 +622,7 @@ mod tests {
     fn values_parse_and_damage_is_named() {
         let l = parse_leader(b"k", b"n1\n10.0.0.1:7400\n7").unwrap();
         assert_eq!((l.node_id.as_str(), l.epoch), ("n1", Epoch::new(7)));
-        let e = parse_member(b"/walship/c/members/x", b"x\naddr\nnope\n5").unwrap_err();
+        let e = parse_member(b"/walship/c/members/x", b"x\naddr\nnope\n1\n5").unwrap_err();
         assert!(e.to_string().contains("/walship/c/members/x"), "{e}");
         assert!(parse_leader(b"k", b"only one line").is_err());
     }

@@ -26,6 +26,7 @@ pub mod coordinator;
 pub mod driver;
 mod durable;
 pub mod lag;
+pub mod node;
 pub mod quorum;
 pub mod session;
 pub mod slots;
@@ -38,4 +39,5 @@ pub use driver::{
     Apply, ApplyError, Follower, FollowerOptions, Leader, LeaderOptions, Security, TransportError,
     SEEN_EPOCH_FILE,
 };
+pub use node::{Node, NodeOptions, NodeRole, NodeStatus};
 pub use quorum::SyncPolicy;

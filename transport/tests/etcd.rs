@@ -84,6 +84,7 @@ fn member(id: &str, flushed: u64, epoch: u64) -> MemberInfo {
         node_id: id.into(),
         addr: format!("127.0.0.1:7{}", id.len()),
         epoch: Epoch::new(epoch),
+        log_epoch: Epoch::new(epoch),
         flushed: Lsn::new(flushed),
     }
 }

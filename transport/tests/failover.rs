@@ -8,10 +8,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, records, same_bytes, Cluster};
+use common::{eventually, records, same_bytes, Cluster, Undoable};
 use walship_engine::{Durability, Error, Lsn, Record};
 use walship_transport::status::Role;
-use walship_transport::{Apply, ApplyError, Follower, LeaderOptions, SyncPolicy};
+use walship_transport::{Follower, LeaderOptions, SyncPolicy};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -53,26 +53,6 @@ fn follower_of(c: &Cluster, node: &str, leader: &walship_transport::Leader) -> F
         |_: &Record| {},
     )
     .expect("follower")
-}
-
-/// An embedder that keeps its state as a list and can undo a truncated tail.
-#[derive(Clone, Default)]
-struct Undoable {
-    state: common::Applied,
-    truncations: Arc<Mutex<Vec<Lsn>>>,
-}
-
-impl Apply for Undoable {
-    fn apply(&mut self, r: &Record) -> Result<(), ApplyError> {
-        self.state.lock().unwrap().push((r.lsn, r.data.to_vec()));
-        Ok(())
-    }
-
-    fn truncated(&mut self, to: Lsn) -> Result<(), ApplyError> {
-        self.state.lock().unwrap().retain(|(l, _)| *l <= to);
-        self.truncations.lock().unwrap().push(to);
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,25 @@ pub struct FollowerOptions {
     pub apply_from: Option<Lsn>,
 }
 
+impl FollowerOptions {
+    /// The same settings without the socket (a socket is used once).
+    pub(crate) fn settings(&self) -> FollowerOptions {
+        FollowerOptions {
+            leader: self.leader,
+            leader_node_id: self.leader_node_id.clone(),
+            bind: self.bind,
+            socket: None,
+            max_frame: self.max_frame,
+            status_interval: self.status_interval,
+            idle_timeout: self.idle_timeout,
+            connect_timeout: self.connect_timeout,
+            reconnect_min: self.reconnect_min,
+            reconnect_max: self.reconnect_max,
+            apply_from: self.apply_from,
+        }
+    }
+}
+
 impl Default for FollowerOptions {
     fn default() -> Self {
         FollowerOptions {

@@ -61,6 +61,27 @@ pub struct LeaderOptions {
     pub remote_commit_timeout: Duration,
 }
 
+impl LeaderOptions {
+    /// The same settings without the socket (a socket is used once).
+    pub(crate) fn settings(&self) -> LeaderOptions {
+        LeaderOptions {
+            listen: self.listen,
+            socket: None,
+            epoch: self.epoch,
+            sync: self.sync.clone(),
+            compression: self.compression,
+            compression_threads: self.compression_threads,
+            frame_bytes: self.frame_bytes,
+            max_frame: self.max_frame,
+            max_unacked_bytes: self.max_unacked_bytes,
+            max_retained_bytes: self.max_retained_bytes,
+            heartbeat_interval: self.heartbeat_interval,
+            idle_timeout: self.idle_timeout,
+            remote_commit_timeout: self.remote_commit_timeout,
+        }
+    }
+}
+
 impl Default for LeaderOptions {
     fn default() -> Self {
         LeaderOptions {

@@ -15,6 +15,7 @@ mod follower;
 mod leader;
 mod pipeline;
 
+pub(crate) use follower::load_seen_epoch;
 pub use follower::{Apply, ApplyError, Follower, FollowerOptions, SEEN_EPOCH_FILE};
 pub use leader::{Leader, LeaderOptions};
 
@@ -174,6 +175,25 @@ pub enum TransportError {
         node: String,
         /// Why.
         reason: String,
+    },
+    /// The coordinator could not be asked or refused.
+    #[error(transparent)]
+    Coordinator(#[from] crate::coordinator::CoordinatorError),
+    /// A node did not take the awaited role in time.
+    #[error("node {node} is still {role} after {after:?}")]
+    RoleTimeout {
+        /// The node.
+        node: String,
+        /// The role it holds.
+        role: &'static str,
+        /// How long was waited.
+        after: Duration,
+    },
+    /// The node is shutting down or has stopped.
+    #[error("node {node} has stopped")]
+    Stopped {
+        /// The node.
+        node: String,
     },
     /// A state file could not be read or written.
     #[error("{op} {path}: {reason}")]

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use walship_engine::{BackendKind, Log, Lsn, Options, Record};
 use walship_transport::tls::ClusterCa;
-use walship_transport::{Follower, FollowerOptions, Leader, LeaderOptions, Security, SyncPolicy};
+use walship_transport::{
+    Apply, ApplyError, Follower, FollowerOptions, Leader, LeaderOptions, Security, SyncPolicy,
+};
 
 pub const CLUSTER: &str = "test-cluster";
 
@@ -34,6 +36,26 @@ pub fn recorder() -> (Applied, impl FnMut(&Record) + Send + 'static) {
     (seen, move |r: &Record| {
         s.lock().unwrap().push((r.lsn, r.data.to_vec()));
     })
+}
+
+/// An embedder that keeps its state as a list and can undo a truncated tail.
+#[derive(Clone, Default)]
+pub struct Undoable {
+    pub state: Applied,
+    pub truncations: Arc<Mutex<Vec<Lsn>>>,
+}
+
+impl Apply for Undoable {
+    fn apply(&mut self, r: &Record) -> Result<(), ApplyError> {
+        self.state.lock().unwrap().push((r.lsn, r.data.to_vec()));
+        Ok(())
+    }
+
+    fn truncated(&mut self, to: Lsn) -> Result<(), ApplyError> {
+        self.state.lock().unwrap().retain(|(l, _)| *l <= to);
+        self.truncations.lock().unwrap().push(to);
+        Ok(())
+    }
 }
 
 pub struct Cluster {
@@ -178,53 +200,66 @@ pub enum Fault {
     DropOneIn(u32),
 }
 
-/// A fault-injecting UDP relay between one client and `target`, on loopback: the client
-/// connects to [`Relay::addr`]. The task stops when the relay is dropped.
+/// A fault-injecting UDP relay in front of `target`, on loopback: clients connect to
+/// [`Relay::addr`], each through its own upstream socket. The tasks stop when the relay
+/// is dropped.
 pub struct Relay {
     pub addr: std::net::SocketAddr,
     fault: Arc<Mutex<Fault>>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Whether the `n`th datagram passes under `fault`.
+fn passes(fault: &Mutex<Fault>, n: u32) -> bool {
+    match *fault.lock().unwrap() {
+        Fault::Pass => true,
+        Fault::Blackhole => false,
+        Fault::DropOneIn(k) => n % k.max(1) != 0,
+    }
+}
+
 impl Relay {
     pub async fn start(target: std::net::SocketAddr) -> Relay {
+        use std::collections::HashMap;
+        use std::sync::atomic::{AtomicU32, Ordering};
         use tokio::net::UdpSocket;
-        let front = UdpSocket::bind("127.0.0.1:0").await.expect("bind relay");
-        let back = UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind relay upstream");
-        back.connect(target).await.expect("connect upstream");
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind relay"));
         let addr = front.local_addr().expect("relay address");
         let fault = Arc::new(Mutex::new(Fault::Pass));
         let f = Arc::clone(&fault);
         let task = tokio::spawn(async move {
-            let mut client = None;
-            let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
-            let mut n = 0u32;
+            let counter = Arc::new(AtomicU32::new(0));
+            let mut upstreams: HashMap<std::net::SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            let mut children = tokio::task::JoinSet::new();
+            let mut buf = vec![0u8; 65536];
             loop {
-                let (dir_up, len) = tokio::select! {
-                    r = front.recv_from(&mut a) => match r {
-                        Ok((len, from)) => { client = Some(from); (true, len) }
-                        Err(_) => continue,
-                    },
-                    r = back.recv(&mut b) => match r {
-                        Ok(len) => (false, len),
-                        Err(_) => continue,
-                    },
-                };
-                n = n.wrapping_add(1);
-                let drop = match *f.lock().unwrap() {
-                    Fault::Pass => false,
-                    Fault::Blackhole => true,
-                    Fault::DropOneIn(k) => n % k.max(1) == 0,
-                };
-                if drop {
+                let Ok((len, from)) = front.recv_from(&mut buf).await else {
                     continue;
-                }
-                if dir_up {
-                    let _ = back.send(&a[..len]).await;
-                } else if let Some(c) = client {
-                    let _ = front.send_to(&b[..len], c).await;
+                };
+                let up = match upstreams.get(&from) {
+                    Some(u) => Arc::clone(u),
+                    None => {
+                        let Ok(u) = UdpSocket::bind("127.0.0.1:0").await else { continue };
+                        if u.connect(target).await.is_err() {
+                            continue;
+                        }
+                        let u = Arc::new(u);
+                        upstreams.insert(from, Arc::clone(&u));
+                        let (front, up, f, counter) =
+                            (Arc::clone(&front), Arc::clone(&u), Arc::clone(&f), Arc::clone(&counter));
+                        children.spawn(async move {
+                            let mut b = vec![0u8; 65536];
+                            while let Ok(len) = up.recv(&mut b).await {
+                                if passes(&f, counter.fetch_add(1, Ordering::Relaxed)) {
+                                    let _ = front.send_to(&b[..len], from).await;
+                                }
+                            }
+                        });
+                        u
+                    }
+                };
+                if passes(&f, counter.fetch_add(1, Ordering::Relaxed)) {
+                    let _ = up.send(&buf[..len]).await;
                 }
             }
         });

@@ -1,0 +1,816 @@
+//! A replication node: leader or follower as its coordinator says, switching by itself.
+//!
+//! [`Node`] owns a log and runs a loop that, every `check_interval`:
+//! - publishes the member's position (node, address, highest epoch seen, flushed LSN);
+//! - while **leading**, steps down at once — fences its [`Leader`], seals the log — when
+//!   the coordinator names another leader or none, when its leadership deadline (the
+//!   etcd lease, renewed locally, minus a margin) passes, or when a follower showed it a
+//!   newer epoch; a step-down fails every commit still waiting on a remote level;
+//! - while **following**, re-points its [`Follower`] when the coordinator names a new
+//!   leader; the new leader truncates any divergent tail when it connects;
+//! - when **no leader** is named, waits `settle` (so every live member has published a
+//!   position taken after the old leader stopped acknowledging), then campaigns if at
+//!   least `election_quorum` members are visible; the coordinator elects the most caught-
+//!   up one in the next epoch, which then promotes itself.
+//!
+//! **Why no acknowledged commit is lost**: with `RemoteFlush` and a sync quorum that,
+//! together with the leader, is a majority (3 nodes, `ANY 1`), every acknowledged record
+//! is on at least one surviving follower; `election_quorum` makes the candidate see all
+//! members that could hold it, and the coordinator elects the one that has flushed the
+//! most. **Why no split brain is acknowledged**: a leader acknowledges remote levels only
+//! through followers that have not seen a newer epoch, and the elected leader's epoch is
+//! persisted by each follower before it acts on it; a leader cut off from the coordinator
+//! fences itself before its lease can have expired on the server.
+//!
+//! While the node does not lead, its log is sealed (local appends fail with `Sealed`) and
+//! remote durability is fenced (such commits fail at once with `RemoteFenced`).
+//!
+//! The embedder's [`Apply`] lives across role changes: it sees each replicated record
+//! once, in order; records this node wrote as leader count as applied (the embedder
+//! applied them when it wrote them); a divergent tail removed after a failover is
+//! announced through [`Apply::truncated`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use walship_engine::{Commit, Durability, Epoch, Log, Lsn, Record};
+
+use crate::coordinator::{Coordinator, LeaderInfo, MemberInfo};
+use crate::driver::{
+    load_seen_epoch, Apply, ApplyError, Follower, FollowerOptions, Leader, LeaderOptions, Security, TransportError,
+};
+use crate::status::{FollowerStatus, LeaderStatus};
+
+/// Settings of a [`Node`].
+#[derive(Debug)]
+pub struct NodeOptions {
+    /// How to lead (`listen` is where followers connect; port 0 picks one once, at
+    /// start, and the node keeps it). `epoch` is ignored: the coordinator grants epochs.
+    pub leader: LeaderOptions,
+    /// How to follow; `leader`, `leader_node_id` and `apply_from` are set by the node.
+    pub follower: FollowerOptions,
+    /// The replication address published for others to connect to; `None` publishes the
+    /// bound listen address.
+    pub advertise: Option<String>,
+    /// How often the coordinator is consulted; failure detection takes up to this plus
+    /// the coordinator's lease TTL.
+    pub check_interval: Duration,
+    /// How long no leader must have been named before this node campaigns.
+    pub settle: Duration,
+    /// Members (this one included) that must be visible before this node campaigns.
+    /// With `n` nodes and `ANY k`, `n - k` guarantees that a member holding every
+    /// acknowledged commit takes part; 1 prefers availability.
+    pub election_quorum: usize,
+    /// Where the embedder's state ends: records after it are applied. `None`: the log's
+    /// start.
+    pub apply_from: Option<Lsn>,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            leader: LeaderOptions::default(),
+            follower: FollowerOptions::default(),
+            advertise: None,
+            check_interval: Duration::from_millis(200),
+            settle: Duration::from_millis(500),
+            election_quorum: 1,
+            apply_from: None,
+        }
+    }
+}
+
+/// What a node is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRole {
+    /// Leading `epoch`.
+    Leader {
+        /// The epoch led.
+        epoch: Epoch,
+    },
+    /// Following `leader` at `addr`.
+    Follower {
+        /// The leader's node id.
+        leader: String,
+        /// Where it is.
+        addr: SocketAddr,
+    },
+    /// No leader known yet, or between roles.
+    Candidate,
+    /// Shut down.
+    Stopped,
+}
+
+impl NodeRole {
+    /// `"leader"`, `"follower"`, `"candidate"` or `"stopped"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeRole::Leader { .. } => "leader",
+            NodeRole::Follower { .. } => "follower",
+            NodeRole::Candidate => "candidate",
+            NodeRole::Stopped => "stopped",
+        }
+    }
+}
+
+/// A node's whole status: its role and the view of that role.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    /// This node.
+    pub node_id: String,
+    /// What it is doing.
+    pub role: NodeRole,
+    /// The leader the coordinator named at the last check.
+    pub coordinator_leader: Option<LeaderInfo>,
+    /// While leading: replication as `pg_stat_replication` shows it.
+    pub leading: Option<LeaderStatus>,
+    /// While following: the `pg_stat_wal_receiver` view.
+    pub following: Option<FollowerStatus>,
+    /// The last coordinator or role-change error, if any.
+    pub last_error: Option<String>,
+}
+
+enum Current {
+    Idle,
+    Leading(Leader),
+    Following(Follower, LeaderInfo),
+}
+
+struct Shared {
+    log: Arc<Log>,
+    node_id: String,
+    current: Mutex<Option<Current>>,
+    role: watch::Sender<NodeRole>,
+    coordinator_leader: Mutex<Option<LeaderInfo>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn current(&self) -> MutexGuard<'_, Option<Current>> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn note(&self, error: String) {
+        tracing::warn!(node = self.node_id.as_str(), error = error.as_str(), "node");
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+    }
+}
+
+enum Command {
+    Promote(oneshot::Sender<Result<Epoch, TransportError>>),
+    StepDown(String, oneshot::Sender<()>),
+}
+
+/// A replication node driven by a [`Coordinator`]; see the [module docs](self).
+///
+/// ```
+/// use std::sync::Arc;
+/// use walship_engine::{Durability, Log, Options, Record};
+/// use walship_transport::coordinator::{LeaderInfo, StaticCoordinator};
+/// use walship_transport::node::{Node, NodeOptions, NodeRole};
+/// use walship_transport::{tls::ClusterCa, Security};
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let ca = ClusterCa::generate("demo")?;
+/// let dir = tempfile::tempdir()?;
+/// let log = Arc::new(Log::open(dir.path(), Options::default())?);
+/// // The embedded default: a static coordinator naming this node the leader.
+/// let coordinator = StaticCoordinator::new(Some(LeaderInfo {
+///     node_id: "n1".into(),
+///     addr: String::new(),
+///     epoch: Default::default(),
+/// }));
+/// let node = Node::start(
+///     Arc::clone(&log),
+///     Security::mutual_tls(ca.issue_node("n1")?, ca.cert_pem()),
+///     coordinator,
+///     NodeOptions::default(),
+///     |_: &Record| {},
+/// )?;
+/// node.wait_for_role(|r| matches!(r, NodeRole::Leader { .. }), std::time::Duration::from_secs(5)).await?;
+/// let lsn = log.append(b"hello")?;
+/// node.commit(lsn, Durability::Local).await?;
+/// node.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Node {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts a node on `log` and returns at once; it takes a role at its first check.
+    /// Must be called inside a Tokio runtime.
+    ///
+    /// # Errors
+    /// [`TransportError`] if the listen address cannot be bound or the seen epoch read.
+    pub fn start<C: Coordinator + 'static>(
+        log: Arc<Log>,
+        security: Security,
+        coordinator: C,
+        mut opts: NodeOptions,
+        apply: impl Apply,
+    ) -> Result<Node, TransportError> {
+        // Bind now, so the address is known before the first campaign publishes it.
+        let socket = match opts.leader.socket.take() {
+            Some(s) => s,
+            None => std::net::UdpSocket::bind(opts.leader.listen).map_err(|source| {
+                TransportError::Io {
+                    op: "bind",
+                    addr: opts.leader.listen,
+                    source,
+                }
+            })?,
+        };
+        let listen = socket.local_addr().map_err(|source| TransportError::Io {
+            op: "read the address of",
+            addr: opts.leader.listen,
+            source,
+        })?;
+        opts.leader.listen = listen;
+        let advertise = opts.advertise.clone().unwrap_or_else(|| listen.to_string());
+        load_seen_epoch(log.dir())?;
+        log.seal("this node is not the leader");
+        log.fence_remote("this node is not the leader");
+        let node_id = security.node_id().to_owned();
+        let shared = Arc::new(Shared {
+            log: Arc::clone(&log),
+            node_id: node_id.clone(),
+            current: Mutex::new(Some(Current::Idle)),
+            role: watch::channel(NodeRole::Candidate).0,
+            coordinator_leader: Mutex::new(None),
+            last_error: Mutex::new(None),
+        });
+        let (commands, rx) = mpsc::channel(4);
+        let (stop, stop_rx) = watch::channel(false);
+        let runner = Runner {
+            applied: opts.apply_from.unwrap_or_else(|| log.start_lsn()),
+            shared: Arc::clone(&shared),
+            coordinator,
+            security,
+            apply: Arc::new(Mutex::new(apply)),
+            socket: Some(socket),
+            advertise,
+            opts,
+            absent_since: None,
+            hold_off_until: None,
+        };
+        let task = tokio::spawn(runner.run(rx, stop_rx));
+        tracing::info!(node = node_id.as_str(), %listen, "node started");
+        Ok(Node {
+            shared,
+            commands,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// The log.
+    pub fn log(&self) -> &Arc<Log> {
+        &self.shared.log
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// What the node is doing now.
+    pub fn role(&self) -> NodeRole {
+        self.shared.role.borrow().clone()
+    }
+
+    /// Changes of role, as they happen.
+    pub fn role_changes(&self) -> watch::Receiver<NodeRole> {
+        self.shared.role.subscribe()
+    }
+
+    /// Waits until the role satisfies `pred`, and returns it.
+    ///
+    /// # Errors
+    /// [`TransportError::RoleTimeout`] naming the role held instead, or
+    /// [`TransportError::Stopped`].
+    pub async fn wait_for_role(
+        &self,
+        pred: impl Fn(&NodeRole) -> bool,
+        timeout: Duration,
+    ) -> Result<NodeRole, TransportError> {
+        let mut rx = self.shared.role.subscribe();
+        let reached = tokio::time::timeout(timeout, async {
+            rx.wait_for(|r| pred(r)).await.map(|r| r.clone())
+        })
+        .await;
+        match reached {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(TransportError::Stopped {
+                node: self.shared.node_id.clone(),
+            }),
+            Err(_) => Err(TransportError::RoleTimeout {
+                node: self.shared.node_id.clone(),
+                role: self.role().as_str(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// A commit of `lsn` at `level`. On the leader, as [`Leader::commit`]; elsewhere,
+    /// remote levels fail at once (`RemoteFenced`): only a leader can confirm them.
+    pub fn commit(&self, lsn: Lsn, level: Durability) -> Commit {
+        match self.shared.current().as_ref() {
+            Some(Current::Leading(l)) => l.commit(lsn, level),
+            _ => self.shared.log.commit(lsn, level),
+        }
+    }
+
+    /// Waits until the embedder has applied `lsn` here (read-your-writes with the token
+    /// a commit returned). On the leader, whose writes the embedder applied as it made
+    /// them, that is as soon as the record is in the log.
+    ///
+    /// # Errors
+    /// [`walship_engine::Error::Timeout`] naming the LSN.
+    pub async fn wait_for_applied(
+        &self,
+        lsn: Lsn,
+        timeout: Duration,
+    ) -> Result<(), walship_engine::Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let applied = match self.shared.current().as_ref() {
+                Some(Current::Leading(l)) => l.log().end_lsn(),
+                Some(Current::Following(f, _)) => f.applied(),
+                _ => Lsn::ZERO,
+            };
+            if applied >= lsn {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(walship_engine::Error::Timeout {
+                    lsn,
+                    level: Durability::RemoteApply,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// The node's status.
+    pub fn status(&self) -> NodeStatus {
+        let (leading, following) = match self.shared.current().as_ref() {
+            Some(Current::Leading(l)) => (Some(l.status()), None),
+            Some(Current::Following(f, _)) => (None, Some(f.status())),
+            _ => (None, None),
+        };
+        NodeStatus {
+            node_id: self.shared.node_id.clone(),
+            role: self.role(),
+            coordinator_leader: self
+                .shared
+                .coordinator_leader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            leading,
+            following,
+            last_error: self
+                .shared
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    /// An operator's promotion (`pg_promote`, Patroni's failover): takes leadership
+    /// through the coordinator in a new epoch, whoever leads, and starts leading at the
+    /// end of this node's log. Returns the epoch. The old leader steps down when it
+    /// checks the coordinator or meets a follower that has seen the new epoch.
+    ///
+    /// # Errors
+    /// The coordinator's error, or the leader failing to start.
+    pub async fn promote(&self) -> Result<Epoch, TransportError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Promote(tx)).await?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// Steps down if leading (`demote`): fences the leader — pending remote commits fail
+    /// — resigns in the coordinator, and stays out of elections for a while so another
+    /// member takes over. Then it follows whoever is elected.
+    ///
+    /// # Errors
+    /// [`TransportError::Stopped`].
+    pub async fn step_down(&self, reason: impl Into<String>) -> Result<(), TransportError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::StepDown(reason.into(), tx)).await?;
+        rx.await.map_err(|_| self.stopped())
+    }
+
+    async fn send(&self, c: Command) -> Result<(), TransportError> {
+        self.commands.send(c).await.map_err(|_| self.stopped())
+    }
+
+    fn stopped(&self) -> TransportError {
+        TransportError::Stopped {
+            node: self.shared.node_id.clone(),
+        }
+    }
+
+    /// Stops: a leader resigns in the coordinator and shuts down cleanly (followers are
+    /// told, slots saved); a follower closes its connection and stops applying.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// The embedder's [`Apply`], shared by the followers a node runs one after another.
+struct SharedApply<A>(Arc<Mutex<A>>);
+
+impl<A: Apply> Apply for SharedApply<A> {
+    fn apply(&mut self, record: &Record) -> Result<(), ApplyError> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .apply(record)
+    }
+
+    fn truncated(&mut self, to: Lsn) -> Result<(), ApplyError> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .truncated(to)
+    }
+}
+
+/// What a check decided.
+enum Action {
+    Stay,
+    StepDown(String),
+    Follow(LeaderInfo),
+    Lead(Epoch),
+}
+
+struct Runner<C, A> {
+    shared: Arc<Shared>,
+    coordinator: C,
+    security: Security,
+    apply: Arc<Mutex<A>>,
+    opts: NodeOptions,
+    /// The listen socket until the first leadership uses it.
+    socket: Option<std::net::UdpSocket>,
+    advertise: String,
+    /// Where the embedder's state ends.
+    applied: Lsn,
+    /// Since when no leader has been named.
+    absent_since: Option<Instant>,
+    /// No campaigning before this (after stepping down).
+    hold_off_until: Option<Instant>,
+}
+
+impl<C: Coordinator, A: Apply> Runner<C, A> {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut stop: watch::Receiver<bool>) {
+        let mut next_check = Instant::now();
+        loop {
+            let wake = match self.shared.current().as_ref() {
+                Some(Current::Leading(_)) => self
+                    .coordinator
+                    .leadership_deadline()
+                    .map_or(next_check, |d| d.min(next_check)),
+                _ => next_check,
+            };
+            tokio::select! {
+                _ = stop.changed() => break,
+                Some(c) = commands.recv() => self.command(c).await,
+                () = tokio::time::sleep_until(wake.into()) => {}
+            }
+            if *stop.borrow() {
+                break;
+            }
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + self.opts.check_interval;
+                self.check().await;
+            } else {
+                self.check_deadline().await;
+            }
+        }
+        self.stop().await;
+    }
+
+    fn me(&self) -> MemberInfo {
+        let log = &self.shared.log;
+        let seen = load_seen_epoch(log.dir()).unwrap_or(Epoch::ZERO);
+        MemberInfo {
+            node_id: self.shared.node_id.clone(),
+            addr: self.advertise.clone(),
+            epoch: seen.max(log.epoch()),
+            log_epoch: log.epoch(),
+            flushed: log.watermarks().flushed,
+        }
+    }
+
+    async fn check_deadline(&mut self) {
+        let expired = self
+            .coordinator
+            .leadership_deadline()
+            .is_some_and(|d| Instant::now() >= d);
+        let leading = matches!(self.shared.current().as_ref(), Some(Current::Leading(_)));
+        if expired && leading {
+            self.act(Action::StepDown(
+                "the coordinator lease could not be renewed in time".into(),
+            ))
+            .await;
+        }
+    }
+
+    async fn check(&mut self) {
+        self.check_deadline().await;
+        let me = self.me();
+        if let Err(e) = self.coordinator.publish(&me).await {
+            self.shared.note(format!("publishing this member: {e}"));
+        }
+        let named = match self.coordinator.leader().await {
+            Ok(l) => l,
+            Err(e) => {
+                // Unreachable coordinator: a leader keeps leading until its deadline.
+                self.shared.note(format!("asking for the leader: {e}"));
+                return;
+            }
+        };
+        *self
+            .shared
+            .coordinator_leader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = named.clone();
+        let action = self.decide(&me, named).await;
+        self.act(action).await;
+    }
+
+    async fn decide(&mut self, me: &MemberInfo, named: Option<LeaderInfo>) -> Action {
+        enum Now {
+            Leading(Option<String>),
+            Following(LeaderInfo),
+            Idle,
+        }
+        let now = match self.shared.current().as_ref() {
+            Some(Current::Leading(l)) => Now::Leading(l.fenced()),
+            Some(Current::Following(_, li)) => Now::Following(li.clone()),
+            _ => Now::Idle,
+        };
+        if named.is_some() {
+            self.absent_since = None;
+        }
+        match (now, named) {
+            (Now::Leading(Some(why)), _) => Action::StepDown(why),
+            (Now::Leading(None), Some(l)) if l.node_id == me.node_id => Action::Stay,
+            (Now::Leading(None), Some(l)) => Action::StepDown(format!(
+                "the coordinator names {} the leader in epoch {}",
+                l.node_id, l.epoch
+            )),
+            (Now::Leading(None), None) => {
+                Action::StepDown("the coordinator no longer names this node the leader".into())
+            }
+            // Named but not leading: an operator's static configuration, or a grant
+            // whose start failed. A new epoch is led as granted; an old one (a claim
+            // from before a restart) is renewed by campaigning, or else released.
+            (_, Some(l)) if l.node_id == me.node_id && l.epoch > me.epoch => Action::Lead(l.epoch),
+            (_, Some(l)) if l.node_id == me.node_id => match self.campaign(me).await {
+                Action::Stay => {
+                    if let Err(e) = self.coordinator.resign(&me.node_id).await {
+                        self.shared.note(format!("releasing a stale leader claim: {e}"));
+                    }
+                    Action::Stay
+                }
+                other => other,
+            },
+            (Now::Following(cur), Some(l)) if cur.node_id == l.node_id && cur.addr == l.addr => {
+                Action::Stay
+            }
+            (_, Some(l)) => Action::Follow(l),
+            (_, None) => {
+                let since = *self.absent_since.get_or_insert_with(Instant::now);
+                let held = self.hold_off_until.is_some_and(|t| Instant::now() < t);
+                if since.elapsed() < self.opts.settle || held {
+                    return Action::Stay;
+                }
+                match self.coordinator.members().await {
+                    Ok(m) if m.len() >= self.opts.election_quorum => self.campaign(me).await,
+                    Ok(m) => {
+                        self.shared.note(format!(
+                            "no leader, and only {} of the {} members an election needs are live",
+                            m.len(),
+                            self.opts.election_quorum
+                        ));
+                        Action::Stay
+                    }
+                    Err(e) => {
+                        self.shared.note(format!("listing members: {e}"));
+                        Action::Stay
+                    }
+                }
+            }
+        }
+    }
+
+    async fn campaign(&mut self, me: &MemberInfo) -> Action {
+        match self.coordinator.campaign(me).await {
+            Ok(Some(epoch)) => Action::Lead(epoch),
+            Ok(None) => Action::Stay,
+            Err(e) => {
+                self.shared.note(format!("campaigning: {e}"));
+                Action::Stay
+            }
+        }
+    }
+
+    async fn command(&mut self, c: Command) {
+        match c {
+            Command::Promote(reply) => {
+                let leading = match self.shared.current().as_ref() {
+                    Some(Current::Leading(l)) if l.fenced().is_none() => Some(l.epoch()),
+                    _ => None,
+                };
+                let result = match leading {
+                    Some(e) => Ok(e),
+                    None => match self.coordinator.takeover(&self.me()).await {
+                        Ok(epoch) => {
+                            self.act(Action::Lead(epoch)).await;
+                            match self.shared.current().as_ref() {
+                                Some(Current::Leading(l)) => Ok(l.epoch()),
+                                _ => Err(TransportError::InvalidOptions(format!(
+                                    "granted epoch {epoch} but could not start leading: {}",
+                                    self.shared
+                                        .last_error
+                                        .lock()
+                                        .unwrap_or_else(PoisonError::into_inner)
+                                        .clone()
+                                        .unwrap_or_default()
+                                ))),
+                            }
+                        }
+                        Err(e) => Err(e.into()),
+                    },
+                };
+                let _ = reply.send(result);
+            }
+            Command::StepDown(why, reply) => {
+                let leading = matches!(self.shared.current().as_ref(), Some(Current::Leading(_)));
+                if leading {
+                    self.act(Action::StepDown(why)).await;
+                    let me = self.shared.node_id.clone();
+                    if let Err(e) = self.coordinator.resign(&me).await {
+                        self.shared.note(format!("resigning: {e}"));
+                    }
+                    self.hold_off_until = Some(Instant::now() + self.opts.settle * 4);
+                }
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    async fn act(&mut self, action: Action) {
+        let take = || self.shared.current().take();
+        match action {
+            Action::Stay => return,
+            Action::StepDown(why) => {
+                if let Some(Current::Leading(l)) = take() {
+                    tracing::warn!(node = self.shared.node_id.as_str(), reason = why.as_str(), "stepping down");
+                    l.fence(why);
+                    l.shutdown().await;
+                    self.became_idle();
+                } else {
+                    return;
+                }
+            }
+            Action::Follow(li) => {
+                let addr: SocketAddr = match li.addr.parse() {
+                    Ok(a) => a,
+                    Err(_) => {
+                        self.shared.note(format!(
+                            "the leader {} publishes an address that does not parse: {:?}",
+                            li.node_id, li.addr
+                        ));
+                        return;
+                    }
+                };
+                match take() {
+                    Some(Current::Following(f, _)) => {
+                        self.applied = f.applied();
+                        f.shutdown().await;
+                    }
+                    Some(Current::Leading(l)) => {
+                        l.fence(format!("{} leads now", li.node_id));
+                        l.shutdown().await;
+                        self.became_idle();
+                    }
+                    _ => {}
+                }
+                let mut opts = self.opts.follower.settings();
+                opts.leader = addr;
+                opts.leader_node_id.clone_from(&li.node_id);
+                opts.apply_from = Some(self.applied);
+                let apply = SharedApply(Arc::clone(&self.apply));
+                let started =
+                    Follower::start(Arc::clone(&self.shared.log), self.security.clone(), opts, apply);
+                match started {
+                    Ok(f) => {
+                        tracing::info!(node = self.shared.node_id.as_str(), leader = li.node_id.as_str(), %addr, "following");
+                        *self.shared.current() = Some(Current::Following(f, li.clone()));
+                        self.shared.role.send_replace(NodeRole::Follower {
+                            leader: li.node_id,
+                            addr,
+                        });
+                        return;
+                    }
+                    Err(e) => self.shared.note(format!("following {}: {e}", li.node_id)),
+                }
+            }
+            Action::Lead(epoch) => {
+                let mut opts = self.opts.leader.settings();
+                opts.epoch = Some(epoch);
+                opts.socket = self.socket.take();
+                match take() {
+                    // What `Follower::promote` does, with the bind retried.
+                    Some(Current::Following(f, _)) => {
+                        self.applied = f.applied();
+                        f.shutdown().await;
+                    }
+                    Some(Current::Leading(l)) => {
+                        l.fence(format!("leading epoch {epoch} instead"));
+                        l.shutdown().await;
+                        self.became_idle();
+                    }
+                    _ => {}
+                }
+                tracing::info!(node = self.shared.node_id.as_str(), %epoch, end = %self.shared.log.end_lsn(), "taking the lead");
+                let started = self.start_leader(opts).await;
+                match started {
+                    Ok(l) => {
+                        *self.shared.current() = Some(Current::Leading(l));
+                        self.hold_off_until = None;
+                        self.shared.role.send_replace(NodeRole::Leader { epoch });
+                        return;
+                    }
+                    Err(e) => self.shared.note(format!("leading epoch {epoch}: {e}")),
+                }
+            }
+        }
+        *self.shared.current() = Some(Current::Idle);
+        self.shared.role.send_replace(NodeRole::Candidate);
+    }
+
+    /// After leading: everything in the log was the embedder's own writes.
+    fn became_idle(&mut self) {
+        let log = &self.shared.log;
+        self.applied = log.end_lsn();
+        log.seal("this node is not the leader");
+    }
+
+    /// Starts a leader on the kept listen address; a just-closed endpoint releases it
+    /// asynchronously, so binding is retried briefly.
+    async fn start_leader(&mut self, opts: LeaderOptions) -> Result<Leader, TransportError> {
+        let mut opts = opts;
+        let mut tries = 0;
+        loop {
+            let next = opts.settings();
+            match Leader::start(Arc::clone(&self.shared.log), self.security.clone(), opts) {
+                Err(TransportError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse && tries < 40 =>
+                {
+                    tries += 1;
+                    opts = next;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn stop(mut self) {
+        let current = self.shared.current().take();
+        match current {
+            Some(Current::Leading(l)) => {
+                let me = self.shared.node_id.clone();
+                if let Err(e) = self.coordinator.resign(&me).await {
+                    self.shared.note(format!("resigning: {e}"));
+                }
+                l.shutdown().await;
+                self.shared.log.seal("this node has stopped");
+            }
+            Some(Current::Following(f, _)) => f.shutdown().await,
+            _ => {}
+        }
+        self.shared.role.send_replace(NodeRole::Stopped);
+        tracing::info!(node = self.shared.node_id.as_str(), "node stopped");
+    }
+}

@@ -1,0 +1,254 @@
+//! Nodes driven by a coordinator, in one process over real QUIC: an operator's promotion
+//! moving the whole cluster, and a partitioned leader that acknowledges nothing while
+//! another is promoted, then steps down and loses its divergent tail when the partition
+//! heals.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, records, same_bytes, Cluster, Fault, Relay, Undoable};
+use walship_engine::{Durability, Epoch, Error, Log};
+use walship_transport::coordinator::{
+    Coordinator, CoordinatorError, LeaderInfo, MemberInfo, StaticCoordinator,
+};
+use walship_transport::{LeaderOptions, Node, NodeOptions, NodeRole, SyncPolicy};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn options(c: &Cluster, advertise: Option<String>) -> NodeOptions {
+    NodeOptions {
+        leader: LeaderOptions {
+            sync: SyncPolicy::Any {
+                k: 1,
+                of: vec!["*".into()],
+            },
+            remote_commit_timeout: Duration::from_secs(2),
+            ..LeaderOptions::default()
+        },
+        follower: c.follower_opts_to("", "127.0.0.1:1".parse().unwrap()),
+        advertise,
+        check_interval: Duration::from_millis(50),
+        settle: Duration::from_millis(200),
+        election_quorum: 2,
+        apply_from: None,
+    }
+}
+
+fn configured(leader: &str) -> StaticCoordinator {
+    StaticCoordinator::new(Some(LeaderInfo {
+        node_id: leader.into(),
+        addr: String::new(),
+        epoch: Epoch::ZERO,
+    }))
+}
+
+fn start(
+    c: &Cluster,
+    id: &str,
+    coordinator: impl Coordinator + 'static,
+    opts: NodeOptions,
+) -> (Node, Arc<Log>, Undoable) {
+    let log = c.log(id);
+    let state = Undoable::default();
+    let node = Node::start(
+        Arc::clone(&log),
+        c.security(id),
+        coordinator,
+        opts,
+        state.clone(),
+    )
+    .expect("start node");
+    (node, log, state)
+}
+
+fn is_leader(r: &NodeRole) -> bool {
+    matches!(r, NodeRole::Leader { .. })
+}
+
+fn follows(leader: &'static str) -> impl Fn(&NodeRole) -> bool {
+    move |r| matches!(r, NodeRole::Follower { leader: l, .. } if l == leader)
+}
+
+/// Appends `n` records through `node` and commits each at `RemoteFlush`; returns them.
+async fn write(node: &Node, tag: &str, n: usize) -> Vec<(walship_engine::Lsn, Vec<u8>)> {
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let data = format!("{tag}-{i}").into_bytes();
+        let lsn = node.log().append(&data).expect("append");
+        node.commit(lsn, Durability::RemoteFlush)
+            .await
+            .expect("commit");
+        acked.push((lsn, data));
+    }
+    acked
+}
+
+fn assert_holds(log: &Log, acked: &[(walship_engine::Lsn, Vec<u8>)]) {
+    let have: std::collections::HashMap<_, _> = records(log).into_iter().collect();
+    for (lsn, data) in acked {
+        assert_eq!(have.get(lsn), Some(data), "acknowledged record at {lsn}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_promotion_moves_the_cluster() -> Result<(), Error> {
+    let c = Cluster::new(1 << 20);
+    let coord = configured("n1");
+    let (n1, l1, _) = start(&c, "n1", coord.clone(), options(&c, None));
+    let (n2, l2, s2) = start(&c, "n2", coord.clone(), options(&c, None));
+    let (n3, l3, s3) = start(&c, "n3", coord.clone(), options(&c, None));
+    n1.wait_for_role(is_leader, WAIT).await.unwrap();
+    n2.wait_for_role(follows("n1"), WAIT).await.unwrap();
+    n3.wait_for_role(follows("n1"), WAIT).await.unwrap();
+    assert!(matches!(
+        l2.append(b"x"),
+        Err(Error::Sealed { .. })
+    ), "a follower's log takes no local appends");
+    let mut acked = write(&n1, "first", 200).await;
+
+    let epoch = n2.promote().await.expect("promote");
+    assert_eq!(n2.role(), NodeRole::Leader { epoch });
+    n1.wait_for_role(follows("n2"), WAIT).await.unwrap();
+    n3.wait_for_role(follows("n2"), WAIT).await.unwrap();
+    acked.extend(write(&n2, "second", 200).await);
+    let token = acked.last().unwrap().0;
+    n3.wait_for_applied(token, WAIT).await?;
+    n1.wait_for_applied(token, WAIT).await?;
+
+    assert_holds(&l2, &acked);
+    same_bytes(&l2, &l1);
+    same_bytes(&l2, &l3);
+    // n2's embedder applied the first leader's records as a follower, then wrote its
+    // own; n3's saw all of them.
+    assert_eq!(s2.state.lock().unwrap().len(), 200);
+    assert_eq!(*s3.state.lock().unwrap(), records(&l3));
+    let status = n2.status();
+    assert_eq!(status.leading.expect("leader status").followers.len(), 2);
+    for n in [n1, n2, n3] {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+/// A coordinator that an injected partition makes unreachable.
+struct Partitionable {
+    inner: StaticCoordinator,
+    cut: Arc<AtomicBool>,
+}
+
+impl Partitionable {
+    fn check(&self) -> Result<(), CoordinatorError> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(CoordinatorError::Unavailable {
+                endpoint: "static".into(),
+                reason: "partitioned (injected)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Coordinator for Partitionable {
+    async fn publish(&mut self, me: &MemberInfo) -> Result<(), CoordinatorError> {
+        self.check()?;
+        self.inner.publish(me).await
+    }
+    async fn members(&mut self) -> Result<Vec<MemberInfo>, CoordinatorError> {
+        self.check()?;
+        self.inner.members().await
+    }
+    async fn leader(&mut self) -> Result<Option<LeaderInfo>, CoordinatorError> {
+        self.check()?;
+        self.inner.leader().await
+    }
+    async fn campaign(&mut self, me: &MemberInfo) -> Result<Option<Epoch>, CoordinatorError> {
+        self.check()?;
+        self.inner.campaign(me).await
+    }
+    async fn takeover(&mut self, me: &MemberInfo) -> Result<Epoch, CoordinatorError> {
+        self.check()?;
+        self.inner.takeover(me).await
+    }
+    async fn resign(&mut self, node_id: &str) -> Result<(), CoordinatorError> {
+        self.check()?;
+        self.inner.resign(node_id).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_acknowledges_nothing_and_is_repaired_when_it_heals(
+) -> Result<(), Error> {
+    let c = Cluster::new(1 << 20);
+    let coord = configured("n1");
+    // Followers reach n1 only through the relay.
+    let listen = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let relay = Relay::start(listen.local_addr().unwrap()).await;
+    let mut o1 = options(&c, Some(relay.addr.to_string()));
+    o1.leader.socket = Some(listen);
+    let cut = Arc::new(AtomicBool::new(false));
+    let p1 = Partitionable {
+        inner: coord.clone(),
+        cut: Arc::clone(&cut),
+    };
+    let (n1, l1, s1) = start(&c, "n1", p1, o1);
+    let (n2, l2, _) = start(&c, "n2", coord.clone(), options(&c, None));
+    let (n3, l3, _) = start(&c, "n3", coord.clone(), options(&c, None));
+    n1.wait_for_role(is_leader, WAIT).await.unwrap();
+    n2.wait_for_role(follows("n1"), WAIT).await.unwrap();
+    n3.wait_for_role(follows("n1"), WAIT).await.unwrap();
+    let mut acked = write(&n1, "before", 100).await;
+
+    // n1 loses its followers and the coordinator; it still takes local appends.
+    relay.set(Fault::Blackhole);
+    cut.store(true, Ordering::SeqCst);
+    let mut divergent = Vec::new();
+    for i in 0..50 {
+        let data = format!("divergent-{i}").into_bytes();
+        let lsn = l1.append(&data)?;
+        divergent.push((lsn, data, n1.commit(lsn, Durability::RemoteFlush)));
+    }
+    // Meanwhile the operator promotes n2, which n3 follows.
+    n2.promote().await.expect("promote n2");
+    n3.wait_for_role(follows("n2"), WAIT).await.unwrap();
+    acked.extend(write(&n2, "after", 100).await);
+
+    let mut refused = 0;
+    for (lsn, _, commit) in divergent.iter_mut() {
+        match commit.await {
+            Err(Error::RemoteUnconfirmed { .. } | Error::RemoteFenced { .. }) => refused += 1,
+            other => panic!("the cut-off leader acknowledged {lsn} at RemoteFlush: {other:?}"),
+        }
+    }
+    assert_eq!(refused, 50);
+    assert!(is_leader(&n1.role()), "without the coordinator, n1 cannot know");
+
+    // Healing: n1 hears from the coordinator, steps down, follows n2, is truncated.
+    cut.store(false, Ordering::SeqCst);
+    relay.set(Fault::Pass);
+    n1.wait_for_role(follows("n2"), WAIT).await.unwrap();
+    let end = l2.end_lsn();
+    eventually("n1 caught up", WAIT, || l1.end_lsn() == end).await;
+    same_bytes(&l2, &l1);
+    same_bytes(&l2, &l3);
+    assert_holds(&l1, &acked);
+    let kept = records(&l1);
+    for (_, data, _) in &divergent {
+        assert!(
+            !kept.iter().any(|(_, d)| d == data),
+            "divergent record {} survived",
+            String::from_utf8_lossy(data)
+        );
+    }
+    assert_eq!(
+        s1.truncations.lock().unwrap().len(),
+        1,
+        "the embedder was told once to undo the divergent tail"
+    );
+    for n in [n1, n2, n3] {
+        n.shutdown().await;
+    }
+    Ok(())
+}

@@ -483,7 +483,16 @@ impl Coordinator for EtcdCoordinator {
         let (last, rev) = self.granted_epoch().await?;
         let next = Epoch::new(last.max(me.epoch).get() + 1);
         let won = self
-            .claim(me, next, rev, Some(Compare::create_revision(self.key("leader"), CompareOp::Equal, 0)))
+            .claim(
+                me,
+                next,
+                rev,
+                Some(Compare::create_revision(
+                    self.key("leader"),
+                    CompareOp::Equal,
+                    0,
+                )),
+            )
             .await?;
         Ok(won.then_some(next))
     }
@@ -567,7 +576,11 @@ impl EtcdCoordinator {
     ) -> Result<bool, CoordinatorError> {
         let (epoch_key, leader_key) = (self.key("epoch"), self.key("leader"));
         let value = format!("{}\n{}\n{}", me.node_id, me.addr, next.get());
-        let mut when = vec![Compare::mod_revision(epoch_key.clone(), CompareOp::Equal, rev)];
+        let mut when = vec![Compare::mod_revision(
+            epoch_key.clone(),
+            CompareOp::Equal,
+            rev,
+        )];
         when.extend(also);
         let txn = Txn::new().when(when).and_then([
             TxnOp::put(

@@ -39,7 +39,8 @@ use walship_engine::{Commit, Durability, Epoch, Log, Lsn, Record};
 
 use crate::coordinator::{Coordinator, LeaderInfo, MemberInfo};
 use crate::driver::{
-    load_seen_epoch, Apply, ApplyError, Follower, FollowerOptions, Leader, LeaderOptions, Security, TransportError,
+    load_seen_epoch, Apply, ApplyError, Follower, FollowerOptions, Leader, LeaderOptions, Security,
+    TransportError,
 };
 use crate::status::{FollowerStatus, LeaderStatus};
 
@@ -154,7 +155,10 @@ impl Shared {
 
     fn note(&self, error: String) {
         tracing::warn!(node = self.node_id.as_str(), error = error.as_str(), "node");
-        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error);
     }
 }
 
@@ -587,7 +591,8 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
             (_, Some(l)) if l.node_id == me.node_id => match self.campaign(me).await {
                 Action::Stay => {
                     if let Err(e) = self.coordinator.resign(&me.node_id).await {
-                        self.shared.note(format!("releasing a stale leader claim: {e}"));
+                        self.shared
+                            .note(format!("releasing a stale leader claim: {e}"));
                     }
                     Action::Stay
                 }
@@ -684,7 +689,11 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
             Action::Stay => return,
             Action::StepDown(why) => {
                 if let Some(Current::Leading(l)) = take() {
-                    tracing::warn!(node = self.shared.node_id.as_str(), reason = why.as_str(), "stepping down");
+                    tracing::warn!(
+                        node = self.shared.node_id.as_str(),
+                        reason = why.as_str(),
+                        "stepping down"
+                    );
                     l.fence(why);
                     l.shutdown().await;
                     self.became_idle();
@@ -720,8 +729,12 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
                 opts.leader_node_id.clone_from(&li.node_id);
                 opts.apply_from = Some(self.applied);
                 let apply = SharedApply(Arc::clone(&self.apply));
-                let started =
-                    Follower::start(Arc::clone(&self.shared.log), self.security.clone(), opts, apply);
+                let started = Follower::start(
+                    Arc::clone(&self.shared.log),
+                    self.security.clone(),
+                    opts,
+                    apply,
+                );
                 match started {
                     Ok(f) => {
                         tracing::info!(node = self.shared.node_id.as_str(), leader = li.node_id.as_str(), %addr, "following");

@@ -4,80 +4,16 @@
 
 #![cfg(feature = "etcd")]
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::etcd::Etcd;
+
 use walship_engine::{Epoch, Lsn};
-use walship_transport::coordinator::{Coordinator, EtcdCoordinator, MemberInfo};
+use walship_transport::coordinator::{Coordinator, MemberInfo};
 
 const TTL: Duration = Duration::from_secs(2);
-
-/// A free loopback port (bound, then released for etcd to take).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a: SocketAddr| a.port())
-        .expect("a free port")
-}
-
-/// A running etcd, killed on drop.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start() -> Option<Etcd> {
-        if Command::new("etcd").arg("--version").output().is_err() {
-            eprintln!("SKIPPED: `etcd` is not installed (apt-get install -y etcd-server); nothing was checked");
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path())
-            .args(["--listen-client-urls", &endpoint])
-            .args(["--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("t={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn etcd");
-        Some(Etcd {
-            child,
-            endpoint,
-            _dir: dir,
-        })
-    }
-
-    async fn connect(&self) -> EtcdCoordinator {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match EtcdCoordinator::connect(std::slice::from_ref(&self.endpoint), "c1", TTL).await {
-                Ok(c) => return c,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("etcd at {} never answered: {e}", self.endpoint),
-            }
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn member(id: &str, flushed: u64, epoch: u64) -> MemberInfo {
     MemberInfo {
@@ -92,9 +28,9 @@ fn member(id: &str, flushed: u64, epoch: u64) -> MemberInfo {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_most_caught_up_member_wins_and_a_dead_leader_is_replaced_after_its_lease() {
     let Some(etcd) = Etcd::start() else { return };
-    let mut a = etcd.connect().await;
-    let mut b = etcd.connect().await;
-    let mut c = etcd.connect().await;
+    let mut a = etcd.connect("c1", TTL).await;
+    let mut b = etcd.connect("c1", TTL).await;
+    let mut c = etcd.connect("c1", TTL).await;
     let (ma, mb, mc) = (
         member("a", 100, 0),
         member("b", 900, 0),
@@ -145,7 +81,7 @@ async fn concurrent_candidates_elect_one_leader_per_epoch() {
     // and all of them race for the same compare-and-swap.
     let mut coords = Vec::new();
     for _ in 0..4 {
-        coords.push(etcd.connect().await);
+        coords.push(etcd.connect("c1", TTL).await);
     }
     let ids = ["n1", "n2", "n3", "n4"];
     let mut tasks = Vec::new();

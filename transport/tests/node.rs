@@ -103,10 +103,10 @@ async fn an_operator_promotion_moves_the_cluster() -> Result<(), Error> {
     n1.wait_for_role(is_leader, WAIT).await.unwrap();
     n2.wait_for_role(follows("n1"), WAIT).await.unwrap();
     n3.wait_for_role(follows("n1"), WAIT).await.unwrap();
-    assert!(matches!(
-        l2.append(b"x"),
-        Err(Error::Sealed { .. })
-    ), "a follower's log takes no local appends");
+    assert!(
+        matches!(l2.append(b"x"), Err(Error::Sealed { .. })),
+        "a follower's log takes no local appends"
+    );
     let mut acked = write(&n1, "first", 200).await;
 
     let epoch = n2.promote().await.expect("promote");
@@ -223,7 +223,10 @@ async fn a_partitioned_leader_acknowledges_nothing_and_is_repaired_when_it_heals
         }
     }
     assert_eq!(refused, 50);
-    assert!(is_leader(&n1.role()), "without the coordinator, n1 cannot know");
+    assert!(
+        is_leader(&n1.role()),
+        "without the coordinator, n1 cannot know"
+    );
 
     // Healing: n1 hears from the coordinator, steps down, follows n2, is truncated.
     cut.store(false, Ordering::SeqCst);

@@ -549,7 +549,12 @@ async fn connect_loop(
         quinn::VarInt::from_u32(CLOSE_SHUTDOWN),
         b"follower shutting down",
     );
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    // Draining lets the close reach the leader; with a dead leader it lasts until the
+    // timeout, which must not hold up whoever stops this follower (a node re-pointing
+    // it at a new leader), so it goes on in the background.
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    });
 }
 
 async fn maybe(c: Option<&mut Commit>) -> walship_engine::Result<()> {

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -239,14 +242,20 @@ impl Relay {
                 let up = match upstreams.get(&from) {
                     Some(u) => Arc::clone(u),
                     None => {
-                        let Ok(u) = UdpSocket::bind("127.0.0.1:0").await else { continue };
+                        let Ok(u) = UdpSocket::bind("127.0.0.1:0").await else {
+                            continue;
+                        };
                         if u.connect(target).await.is_err() {
                             continue;
                         }
                         let u = Arc::new(u);
                         upstreams.insert(from, Arc::clone(&u));
-                        let (front, up, f, counter) =
-                            (Arc::clone(&front), Arc::clone(&u), Arc::clone(&f), Arc::clone(&counter));
+                        let (front, up, f, counter) = (
+                            Arc::clone(&front),
+                            Arc::clone(&u),
+                            Arc::clone(&f),
+                            Arc::clone(&counter),
+                        );
                         children.spawn(async move {
                             let mut b = vec![0u8; 65536];
                             while let Ok(len) = up.recv(&mut b).await {

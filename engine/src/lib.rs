@@ -47,6 +47,7 @@ mod failpoint;
 pub mod format;
 mod fsutil;
 mod group_commit;
+pub mod inspect;
 mod io;
 mod log;
 mod mmap;

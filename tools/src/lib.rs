@@ -1,0 +1,14 @@
+//! # walship-tools
+//!
+//! The library half of the `walship` operator binary: what more than one subcommand
+//! needs. Each subcommand is a module of the binary (`src/cmd/`); what they share lives
+//! here, so that later subcommands (`serve`, `status`, `lag`, …) print and exit the same
+//! way.
+//!
+//! - [`outcome`]: how a subcommand ends and the exit code that tells a script so;
+//! - [`text`]: output operators can read: aligned tables, payloads, timestamps, sizes.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod outcome;
+pub mod text;

@@ -1,0 +1,51 @@
+//! `walship`: the operator's command line for walship clusters.
+//!
+//! One subcommand per module under `cmd/`. Each `run` writes its output to the writer it
+//! is given and returns how it ended; this file turns that into an exit code
+//! ([`walship_tools::outcome`]).
+
+mod cmd;
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use walship_tools::outcome::Failure;
+
+/// walship: certificates for a cluster, and offline tools for its log directories
+#[derive(Debug, Parser)]
+#[command(name = "walship", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Certs(cmd::certs::Args),
+    Inspect(cmd::inspect::Args),
+    Dump(cmd::dump::Args),
+    Verify(cmd::verify::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let result = match &cli.command {
+        Command::Certs(args) => cmd::certs::run(args, &mut out),
+        Command::Inspect(args) => cmd::inspect::run(args, &mut out),
+        Command::Dump(args) => cmd::dump::run(args, &mut out),
+        Command::Verify(args) => cmd::verify::run(args, &mut out),
+    };
+    // What was printed goes out before any error message, so the two read in order.
+    let flushed = out.flush().map_err(Failure::from);
+    match result.and(flushed) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if let Some(message) = failure.message() {
+                eprintln!("walship: {message}");
+            }
+            failure.exit_code()
+        }
+    }
+}

@@ -244,8 +244,9 @@ pub struct EtcdCoordinator {
     client: Client,
     endpoint: String,
     prefix: String,
+    ttl_s: i64,
     lease: i64,
-    lost: watch::Receiver<bool>,
+    lost: Arc<watch::Sender<bool>>,
     deadline: Arc<Mutex<Instant>>,
     keeper: tokio::task::JoinHandle<()>,
 }
@@ -262,11 +263,21 @@ impl std::fmt::Debug for EtcdCoordinator {
 }
 
 #[cfg(feature = "etcd")]
+/// How long a lease granted or renewed with `ttl_s` is relied on: the server's clock for
+/// it starts after the request was sent, which is when it is measured from here, and
+/// the margin covers clock rate differences.
+fn valid_for(ttl_s: i64) -> Duration {
+    let ttl = Duration::from_secs(ttl_s.max(0) as u64);
+    ttl - ttl / 8
+}
+
+#[cfg(feature = "etcd")]
 impl EtcdCoordinator {
     /// Connects to etcd at `endpoints` for cluster `cluster`, grants this member a lease
     /// of `ttl` (whole seconds, at least one) and keeps it alive, renewing every third of
     /// it. If a renewal fails or takes longer than that, the lease — and with it
-    /// leadership — is presumed lost: see [`lease_lost`].
+    /// leadership — is presumed lost (see [`lease_lost`]); the next
+    /// [`publish`](Coordinator::publish) asks for a new one.
     ///
     /// # Errors
     /// [`CoordinatorError::Unavailable`] if etcd cannot be reached.
@@ -278,26 +289,51 @@ impl EtcdCoordinator {
         ttl: Duration,
     ) -> Result<EtcdCoordinator, CoordinatorError> {
         let endpoint = endpoints.join(",");
-        let err = |e: etcd_client::Error| CoordinatorError::Unavailable {
-            endpoint: endpoint.clone(),
-            reason: e.to_string(),
+        let client =
+            Client::connect(endpoints, None)
+                .await
+                .map_err(|e| CoordinatorError::Unavailable {
+                    endpoint: endpoint.clone(),
+                    reason: e.to_string(),
+                })?;
+        let mut c = EtcdCoordinator {
+            client,
+            endpoint,
+            prefix: format!("/walship/{cluster}/"),
+            ttl_s: ttl.as_secs().max(1) as i64,
+            lease: 0,
+            lost: Arc::new(watch::channel(true).0),
+            deadline: Arc::new(Mutex::new(Instant::now())),
+            keeper: tokio::spawn(async {}),
         };
-        let mut client = Client::connect(endpoints, None).await.map_err(err)?;
-        let ttl_s = ttl.as_secs().max(1) as i64;
+        c.ensure_lease().await?;
+        Ok(c)
+    }
+
+    /// Grants a new lease and starts renewing it, unless the current one is alive.
+    async fn ensure_lease(&mut self) -> Result<(), CoordinatorError> {
+        if !*self.lost.borrow() {
+            return Ok(());
+        }
+        self.keeper.abort();
         let asked = Instant::now();
-        let lease = client.lease_grant(ttl_s, None).await.map_err(err)?.id();
-        // The server's clock for the lease starts after `asked`, so measuring from
-        // `asked` errs on the safe side; the margin covers clock rate differences.
-        let valid_for = |ttl_s: i64| {
-            let ttl = Duration::from_secs(ttl_s.max(0) as u64);
-            ttl - ttl / 8
-        };
-        let deadline = Arc::new(Mutex::new(asked + valid_for(ttl_s)));
-        let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(err)?;
-        let (lost_tx, lost) = watch::channel(false);
-        let every = Duration::from_secs(ttl_s as u64) / 3;
-        let renewed_until = Arc::clone(&deadline);
-        let keeper = tokio::spawn(async move {
+        let lease = self
+            .client
+            .lease_grant(self.ttl_s, None)
+            .await
+            .map_err(|e| self.unavailable(e))?
+            .id();
+        let (mut keeper, mut stream) = self
+            .client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        self.lease = lease;
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) =
+            asked + valid_for(self.ttl_s);
+        let every = Duration::from_secs(self.ttl_s as u64) / 3;
+        let (renewed_until, lost) = (Arc::clone(&self.deadline), Arc::clone(&self.lost));
+        self.keeper = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let asked = Instant::now();
@@ -315,27 +351,20 @@ impl EtcdCoordinator {
                             asked + valid_for(ttl_s);
                     }
                     _ => {
-                        let _ = lost_tx.send(true);
+                        lost.send_replace(true);
                         return;
                     }
                 }
             }
         });
-        Ok(EtcdCoordinator {
-            client,
-            endpoint,
-            prefix: format!("/walship/{cluster}/"),
-            lease,
-            lost,
-            deadline,
-            keeper,
-        })
+        self.lost.send_replace(false);
+        Ok(())
     }
 
-    /// Becomes `true` once this member's lease could not be renewed: a leader must then
-    /// fence itself, since another member may be elected once the TTL has passed.
+    /// `true` while this member's lease is presumed lost: a renewal failed, so another
+    /// member may be elected once the TTL has passed, and a leader must fence itself.
     pub fn lease_lost(&self) -> watch::Receiver<bool> {
-        self.lost.clone()
+        self.lost.subscribe()
     }
 
     /// Stops renewing the lease without revoking it, as a crashed member would: its keys
@@ -429,6 +458,7 @@ fn parse_member(key: &[u8], value: &[u8]) -> Result<MemberInfo, CoordinatorError
 #[cfg(feature = "etcd")]
 impl Coordinator for EtcdCoordinator {
     async fn publish(&mut self, me: &MemberInfo) -> Result<(), CoordinatorError> {
+        self.ensure_lease().await?;
         let key = self.key(&format!("members/{}", me.node_id));
         let value = format!(
             "{}\n{}\n{}\n{}\n{}",

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use walship_engine::{Commit, Durability, Epoch, Log, Lsn, Record};
 
-use crate::coordinator::{Coordinator, LeaderInfo, MemberInfo};
+use crate::coordinator::{Coordinator, CoordinatorError, LeaderInfo, MemberInfo};
 use crate::driver::{
     load_seen_epoch, Apply, ApplyError, Follower, FollowerOptions, Leader, LeaderOptions, Security,
     TransportError,
@@ -60,6 +60,9 @@ pub struct NodeOptions {
     pub check_interval: Duration,
     /// How long no leader must have been named before this node campaigns.
     pub settle: Duration,
+    /// Longest wait for one answer from the coordinator. A leader waits at most until its
+    /// leadership deadline, whatever this says.
+    pub coordinator_timeout: Duration,
     /// Members (this one included) that must be visible before this node campaigns.
     /// With `n` nodes and `ANY k`, `n - k` guarantees that a member holding every
     /// acknowledged commit takes part; 1 prefers availability.
@@ -77,6 +80,7 @@ impl Default for NodeOptions {
             advertise: None,
             check_interval: Duration::from_millis(200),
             settle: Duration::from_millis(500),
+            coordinator_timeout: Duration::from_secs(1),
             election_quorum: 1,
             apply_from: None,
         }
@@ -457,6 +461,20 @@ impl<A: Apply> Apply for SharedApply<A> {
     }
 }
 
+/// `call`, or `Unavailable` if it does not answer within `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, CoordinatorError>>,
+) -> Result<T, CoordinatorError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(CoordinatorError::Unavailable {
+            endpoint: "coordinator".into(),
+            reason: format!("no answer within {limit:?}"),
+        }),
+    }
+}
+
 /// What a check decided.
 enum Action {
     Stay,
@@ -511,6 +529,19 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
         self.stop().await;
     }
 
+    /// How long the next coordinator call may take: a leader must be free to fence
+    /// itself at its deadline even if the coordinator hangs.
+    fn limit(&self) -> Duration {
+        let leading = matches!(self.shared.current().as_ref(), Some(Current::Leading(_)));
+        match self.coordinator.leadership_deadline() {
+            Some(d) if leading => self
+                .opts
+                .coordinator_timeout
+                .min(d.saturating_duration_since(Instant::now())),
+            _ => self.opts.coordinator_timeout,
+        }
+    }
+
     fn me(&self) -> MemberInfo {
         let log = &self.shared.log;
         let seen = load_seen_epoch(log.dir()).unwrap_or(Epoch::ZERO);
@@ -540,10 +571,10 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
     async fn check(&mut self) {
         self.check_deadline().await;
         let me = self.me();
-        if let Err(e) = self.coordinator.publish(&me).await {
+        if let Err(e) = bounded(self.limit(), self.coordinator.publish(&me)).await {
             self.shared.note(format!("publishing this member: {e}"));
         }
-        let named = match self.coordinator.leader().await {
+        let named = match bounded(self.limit(), self.coordinator.leader()).await {
             Ok(l) => l,
             Err(e) => {
                 // Unreachable coordinator: a leader keeps leading until its deadline.
@@ -590,7 +621,9 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
             (_, Some(l)) if l.node_id == me.node_id && l.epoch > me.epoch => Action::Lead(l.epoch),
             (_, Some(l)) if l.node_id == me.node_id => match self.campaign(me).await {
                 Action::Stay => {
-                    if let Err(e) = self.coordinator.resign(&me.node_id).await {
+                    if let Err(e) =
+                        bounded(self.limit(), self.coordinator.resign(&me.node_id)).await
+                    {
                         self.shared
                             .note(format!("releasing a stale leader claim: {e}"));
                     }
@@ -608,7 +641,7 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
                 if since.elapsed() < self.opts.settle || held {
                     return Action::Stay;
                 }
-                match self.coordinator.members().await {
+                match bounded(self.limit(), self.coordinator.members()).await {
                     Ok(m) if m.len() >= self.opts.election_quorum => self.campaign(me).await,
                     Ok(m) => {
                         self.shared.note(format!(
@@ -628,7 +661,7 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
     }
 
     async fn campaign(&mut self, me: &MemberInfo) -> Action {
-        match self.coordinator.campaign(me).await {
+        match bounded(self.limit(), self.coordinator.campaign(me)).await {
             Ok(Some(epoch)) => Action::Lead(epoch),
             Ok(None) => Action::Stay,
             Err(e) => {
@@ -647,24 +680,26 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
                 };
                 let result = match leading {
                     Some(e) => Ok(e),
-                    None => match self.coordinator.takeover(&self.me()).await {
-                        Ok(epoch) => {
-                            self.act(Action::Lead(epoch)).await;
-                            match self.shared.current().as_ref() {
-                                Some(Current::Leading(l)) => Ok(l.epoch()),
-                                _ => Err(TransportError::InvalidOptions(format!(
-                                    "granted epoch {epoch} but could not start leading: {}",
-                                    self.shared
-                                        .last_error
-                                        .lock()
-                                        .unwrap_or_else(PoisonError::into_inner)
-                                        .clone()
-                                        .unwrap_or_default()
-                                ))),
+                    None => {
+                        match bounded(self.limit(), self.coordinator.takeover(&self.me())).await {
+                            Ok(epoch) => {
+                                self.act(Action::Lead(epoch)).await;
+                                match self.shared.current().as_ref() {
+                                    Some(Current::Leading(l)) => Ok(l.epoch()),
+                                    _ => Err(TransportError::InvalidOptions(format!(
+                                        "granted epoch {epoch} but could not start leading: {}",
+                                        self.shared
+                                            .last_error
+                                            .lock()
+                                            .unwrap_or_else(PoisonError::into_inner)
+                                            .clone()
+                                            .unwrap_or_default()
+                                    ))),
+                                }
                             }
+                            Err(e) => Err(e.into()),
                         }
-                        Err(e) => Err(e.into()),
-                    },
+                    }
                 };
                 let _ = reply.send(result);
             }
@@ -673,7 +708,7 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
                 if leading {
                     self.act(Action::StepDown(why)).await;
                     let me = self.shared.node_id.clone();
-                    if let Err(e) = self.coordinator.resign(&me).await {
+                    if let Err(e) = bounded(self.limit(), self.coordinator.resign(&me)).await {
                         self.shared.note(format!("resigning: {e}"));
                     }
                     self.hold_off_until = Some(Instant::now() + self.opts.settle * 4);
@@ -814,7 +849,7 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
         match current {
             Some(Current::Leading(l)) => {
                 let me = self.shared.node_id.clone();
-                if let Err(e) = self.coordinator.resign(&me).await {
+                if let Err(e) = bounded(self.limit(), self.coordinator.resign(&me)).await {
                     self.shared.note(format!("resigning: {e}"));
                 }
                 l.shutdown().await;

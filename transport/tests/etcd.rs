@@ -107,3 +107,112 @@ async fn concurrent_candidates_elect_one_leader_per_epoch() {
         c.close().await.unwrap();
     }
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to etcd: a frozen etcd answers no renewal.
+fn signal(etcd: &Etcd, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &etcd.child.id().to_string()])
+        .status()
+        .expect("kill(1)")
+        .success();
+    assert!(ok, "kill -{signal}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_etcd_fences_itself_before_its_lease_can_expire() {
+    use std::sync::Arc;
+    use walship_engine::{Durability, Error, Record};
+    use walship_transport::{LeaderOptions, Node, NodeOptions, NodeRole, SyncPolicy};
+
+    let Some(etcd) = Etcd::start() else { return };
+    let c = common::Cluster::new(1 << 20);
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        let opts = NodeOptions {
+            leader: LeaderOptions {
+                sync: SyncPolicy::Any {
+                    k: 1,
+                    of: vec!["*".into()],
+                },
+                remote_commit_timeout: Duration::from_secs(1),
+                ..LeaderOptions::default()
+            },
+            follower: c.follower_opts_to("", "127.0.0.1:1".parse().unwrap()),
+            check_interval: Duration::from_millis(50),
+            settle: Duration::from_millis(300),
+            election_quorum: 2,
+            ..NodeOptions::default()
+        };
+        let coordinator = etcd.connect("fence", TTL).await;
+        let node = Node::start(
+            c.log(id),
+            c.security(id),
+            coordinator,
+            opts,
+            |_: &Record| {},
+        )
+        .expect("node");
+        nodes.push(node);
+    }
+    let leader = loop {
+        if let Some(n) = nodes
+            .iter()
+            .find(|n| matches!(n.role(), NodeRole::Leader { .. }))
+        {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let log = Arc::clone(leader.log());
+    for _ in 0..20 {
+        let lsn = log.append(b"before").unwrap();
+        leader.commit(lsn, Durability::RemoteFlush).await.unwrap();
+    }
+
+    // etcd freezes: no renewal gets through. The leader must step down by itself
+    // before the lease it last renewed could run out (TTL after that renewal).
+    signal(&etcd, "STOP");
+    let frozen = Instant::now();
+    leader
+        .wait_for_role(|r| !matches!(r, NodeRole::Leader { .. }), TTL * 2)
+        .await
+        .expect("the cut-off leader steps down");
+    let stepped_down = frozen.elapsed();
+    assert!(
+        stepped_down < TTL,
+        "stepped down {stepped_down:?} after etcd froze; its lease could have expired by then"
+    );
+    match log.append(b"after") {
+        Err(Error::Sealed { .. }) => {}
+        other => panic!("a fenced leader took a write: {other:?}"),
+    }
+    eprintln!("etcd frozen: the leader stepped down after {stepped_down:?} (lease {TTL:?})");
+
+    // etcd thaws: members get new leases, and one of them leads again.
+    signal(&etcd, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        assert!(Instant::now() < deadline, "no leader after etcd came back");
+        if let Some(n) = nodes
+            .iter()
+            .find(|n| matches!(n.role(), NodeRole::Leader { .. }))
+        {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut ok = false;
+    while !ok {
+        assert!(
+            Instant::now() < deadline,
+            "the new leader never acknowledged"
+        );
+        let lsn = leader.log().append(b"again");
+        if let Ok(lsn) = lsn {
+            ok = leader.commit(lsn, Durability::RemoteFlush).await.is_ok();
+        }
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -33,7 +33,7 @@ fn options(c: &Cluster, advertise: Option<String>) -> NodeOptions {
         check_interval: Duration::from_millis(50),
         settle: Duration::from_millis(200),
         election_quorum: 2,
-        apply_from: None,
+        ..NodeOptions::default()
     }
 }
 

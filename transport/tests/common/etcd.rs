@@ -17,7 +17,7 @@ pub fn free_port() -> u16 {
 
 /// A running etcd, killed on drop.
 pub struct Etcd {
-    child: Child,
+    pub child: Child,
     pub endpoint: String,
     _dir: tempfile::TempDir,
 }

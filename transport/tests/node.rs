@@ -233,7 +233,10 @@ async fn a_partitioned_leader_acknowledges_nothing_and_is_repaired_when_it_heals
     relay.set(Fault::Pass);
     n1.wait_for_role(follows("n2"), WAIT).await.unwrap();
     let end = l2.end_lsn();
-    eventually("n1 caught up", WAIT, || l1.end_lsn() == end).await;
+    eventually("n1 and n3 flushed everything", WAIT, || {
+        l1.watermarks().flushed == end && l3.watermarks().flushed == end
+    })
+    .await;
     same_bytes(&l2, &l1);
     same_bytes(&l2, &l3);
     assert_holds(&l1, &acked);

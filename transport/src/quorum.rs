@@ -102,6 +102,61 @@ impl SyncPolicy {
     }
 }
 
+/// `synchronous_standby_names` syntax: `FIRST k (a, b)`, `ANY k (a, b)`, `k (a, b)`
+/// (FIRST), or a bare list `a, b` (FIRST 1); `*` matches any standby. Keywords are
+/// case-insensitive. The result is [validated](SyncPolicy::validate).
+///
+/// ```
+/// use walship_transport::SyncPolicy;
+/// let p: SyncPolicy = "ANY 1 (*)".parse()?;
+/// assert_eq!(p, SyncPolicy::Any { k: 1, of: vec!["*".into()] });
+/// assert_eq!("first 2 (a, b, c)".parse::<SyncPolicy>()?.to_string(), "FIRST 2 (a, b, c)");
+/// assert!("ANY 3 (a, b)".parse::<SyncPolicy>().is_err());
+/// # Ok::<(), walship_transport::quorum::PolicyError>(())
+/// ```
+impl std::str::FromStr for SyncPolicy {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<SyncPolicy, PolicyError> {
+        let err = |reason: &str| PolicyError {
+            policy: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let text = s.trim();
+        let (head, list) = match (text.find('('), text.ends_with(')')) {
+            (Some(open), true) => (text[..open].trim(), &text[open + 1..text.len() - 1]),
+            (None, _) => ("", text),
+            (Some(_), false) => return Err(err("a list opened with `(` must end with `)`")),
+        };
+        let words: Vec<&str> = head.split_whitespace().collect();
+        let k = |w: &str| {
+            w.parse::<usize>()
+                .map_err(|_| err(&format!("{w:?} is not a number of standbys")))
+        };
+        let (any, k) = match words.as_slice() {
+            [] => (false, 1),
+            [n] => (false, k(n)?),
+            [kw, n] if kw.eq_ignore_ascii_case("first") => (false, k(n)?),
+            [kw, n] if kw.eq_ignore_ascii_case("any") => (true, k(n)?),
+            _ => return Err(err("expected FIRST k (…), ANY k (…), k (…) or a list of names")),
+        };
+        let of: Vec<String> = list
+            .split(',')
+            .map(|n| n.trim().trim_matches('"').to_string())
+            .collect();
+        if of.iter().any(String::is_empty) {
+            return Err(err("empty standby name in the list"));
+        }
+        let policy = if any {
+            SyncPolicy::Any { k, of }
+        } else {
+            SyncPolicy::First { k, of }
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+}
+
 /// How far one follower has got.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -271,6 +326,25 @@ impl QuorumTracker {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn policies_parse_from_their_display_and_postgres_forms() {
+        for text in ["FIRST 2 (a, b, c)", "ANY 1 (*)", "ANY 2 (x, *)"] {
+            let p: SyncPolicy = text.parse().unwrap();
+            assert_eq!(p.to_string(), text);
+        }
+        assert_eq!(
+            "a, b".parse::<SyncPolicy>().unwrap(),
+            SyncPolicy::First {
+                k: 1,
+                of: vec!["a".into(), "b".into()]
+            }
+        );
+        assert_eq!("2 (a, b)".parse::<SyncPolicy>().unwrap().to_string(), "FIRST 2 (a, b)");
+        for bad in ["ANY (a)", "SOME 1 (a)", "ANY 1 (a, )", "ANY 1 (a", "ANY 0 (*)"] {
+            assert!(bad.parse::<SyncPolicy>().is_err(), "{bad}");
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

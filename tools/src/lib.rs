@@ -6,9 +6,18 @@
 //! way.
 //!
 //! - [`outcome`]: how a subcommand ends and the exit code that tells a script so;
-//! - [`text`]: output operators can read: aligned tables, payloads, timestamps, sizes.
+//! - [`text`]: output operators can read: aligned tables, payloads, timestamps, sizes;
+//! - [`config`]: `walship serve`'s TOML file, validated key by key;
+//! - [`admin`]: the node's admin endpoint (`/status`, `/metrics`, append, promote) and
+//!   the CLI's client for it;
+//! - [`view`]: the JSON shape of `/status`;
+//! - [`metrics`]: the Prometheus metrics behind `/metrics`.
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admin;
+pub mod config;
+pub mod metrics;
 pub mod outcome;
 pub mod text;
+pub mod view;

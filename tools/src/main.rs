@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use walship_tools::outcome::Failure;
 
-/// walship: certificates for a cluster, and offline tools for its log directories
+/// walship: run and operate a walship replication cluster
 #[derive(Debug, Parser)]
 #[command(name = "walship", version, propagate_version = true)]
 struct Cli {
@@ -26,6 +26,11 @@ enum Command {
     Inspect(cmd::inspect::Args),
     Dump(cmd::dump::Args),
     Verify(cmd::verify::Args),
+    Serve(cmd::serve::Args),
+    Status(cmd::status::Args),
+    Lag(cmd::lag::Args),
+    Promote(cmd::promote::Args),
+    Append(cmd::append::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +41,11 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cmd::inspect::run(args, &mut out),
         Command::Dump(args) => cmd::dump::run(args, &mut out),
         Command::Verify(args) => cmd::verify::run(args, &mut out),
+        Command::Serve(args) => cmd::serve::run(args, &mut out),
+        Command::Status(args) => cmd::status::run(args, &mut out),
+        Command::Lag(args) => cmd::lag::run(args, &mut out),
+        Command::Promote(args) => cmd::promote::run(args, &mut out),
+        Command::Append(args) => cmd::append::run(args, &mut out),
     };
     // What was printed goes out before any error message, so the two read in order.
     let flushed = out.flush().map_err(Failure::from);

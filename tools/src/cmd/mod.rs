@@ -1,9 +1,14 @@
 //! The subcommands, one module each: its clap `Args` (whose doc comments are its
 //! `--help`) and its `run`.
 
+pub(crate) mod append;
 pub(crate) mod certs;
 pub(crate) mod dump;
 pub(crate) mod inspect;
+pub(crate) mod lag;
+pub(crate) mod promote;
+pub(crate) mod serve;
+pub(crate) mod status;
 pub(crate) mod verify;
 
 use walship_engine::Lsn;

@@ -1,0 +1,230 @@
+//! `walship serve`: runs one node from a configuration file until SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use walship_engine::{Log, Options};
+use walship_tools::admin::{Admin, AdminState};
+use walship_tools::config::{CoordinatorConfig, NodeConfig};
+use walship_tools::metrics::Metrics;
+use walship_tools::outcome::Failure;
+use walship_transport::coordinator::{Coordinator, LeaderInfo, StaticCoordinator};
+use walship_transport::tls::NodeIdentity;
+use walship_transport::{CompressionOptions, LeaderOptions, Node, NodeOptions, Security};
+
+/// Run one node (leader or follower, as the coordinator says) from a TOML file
+///
+/// The node replicates its log over QUIC with mutual TLS and serves its admin endpoint
+/// (GET /status, GET /metrics, POST /append, POST /promote; see tools/README.md).
+/// SIGINT or SIGTERM shut it down cleanly: a leader resigns and tells its followers,
+/// the log is flushed and closed.
+///
+/// A configuration problem is refused before anything starts, with the key named:
+///   walship: node.toml: `replication.sync`: invalid sync policy ...
+///
+/// Logs go to standard error (RUST_LOG filters them; default info).
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub(crate) struct Args {
+    /// The node's configuration file
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+pub(crate) fn run(args: &Args, out: &mut dyn Write) -> Result<(), Failure> {
+    let cfg = NodeConfig::load(&args.config).map_err(|e| Failure::Error(e.to_string()))?;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Error(format!("starting the runtime: {e}")))?;
+    rt.block_on(serve(cfg, out))
+}
+
+fn error(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::Error(format!("{what}: {e}"))
+}
+
+fn security(cfg: &NodeConfig) -> Result<Security, Failure> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|e| error(&format!("reading {}", p.display()), e))
+    };
+    let identity = NodeIdentity::from_pem(&read(&cfg.cert)?, &read(&cfg.key)?).map_err(|e| {
+        error(
+            &format!("{} / {}", cfg.cert.display(), cfg.key.display()),
+            e,
+        )
+    })?;
+    if identity.node_id() != cfg.node_id {
+        return Err(Failure::Error(format!(
+            "`node_id` is {:?} but the certificate {} is for {:?}",
+            cfg.node_id,
+            cfg.cert.display(),
+            identity.node_id()
+        )));
+    }
+    Ok(Security::mutual_tls(identity, &read(&cfg.ca)?))
+}
+
+async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
+    let security = security(&cfg)?;
+    let mut options = Options {
+        backend: cfg.backend,
+        ..Options::default()
+    };
+    if let Some(s) = cfg.segment_bytes {
+        options.segment_capacity = s;
+    }
+    let log = Arc::new(
+        Log::open(&cfg.data_dir, options)
+            .map_err(|e| error(&format!("opening the log in {}", cfg.data_dir.display()), e))?,
+    );
+    let mut leader = LeaderOptions {
+        listen: cfg.listen,
+        sync: cfg.sync.clone(),
+        remote_commit_timeout: cfg.remote_commit_timeout,
+        ..LeaderOptions::default()
+    };
+    if let Some(m) = cfg.max_retained_bytes {
+        leader.max_retained_bytes = m;
+    }
+    if let Some(level) = cfg.compression_level {
+        leader.compression = CompressionOptions {
+            level: (level != 0).then_some(level),
+            ..CompressionOptions::default()
+        };
+    }
+    let mut opts = NodeOptions {
+        leader,
+        advertise: cfg.advertise.clone(),
+        // The node has no state of its own to rebuild: what it holds is its log.
+        apply_from: Some(log.end_lsn()),
+        ..NodeOptions::default()
+    };
+    let advertise = cfg
+        .advertise
+        .clone()
+        .unwrap_or_else(|| cfg.listen.to_string());
+    match &cfg.coordinator {
+        CoordinatorConfig::Static { leader, peers } => {
+            let addr = if *leader == cfg.node_id {
+                advertise.clone()
+            } else {
+                peers.get(leader).map(|a| a.to_string()).unwrap_or_default()
+            };
+            let c = StaticCoordinator::new(Some(LeaderInfo {
+                node_id: leader.clone(),
+                addr,
+                epoch: Default::default(),
+            }));
+            run_node(
+                &cfg,
+                log,
+                security,
+                c.clone(),
+                Some(c),
+                opts,
+                advertise,
+                out,
+            )
+            .await
+        }
+        CoordinatorConfig::Etcd {
+            endpoints,
+            cluster,
+            lease_ttl,
+            election_quorum,
+            check_interval,
+        } => {
+            opts.election_quorum = *election_quorum;
+            opts.check_interval = *check_interval;
+            let c = walship_transport::coordinator::EtcdCoordinator::connect(
+                endpoints, cluster, *lease_ttl,
+            )
+            .await
+            .map_err(|e| error("`coordinator`", e))?;
+            run_node(&cfg, log, security, c, None, opts, advertise, out).await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_node(
+    cfg: &NodeConfig,
+    log: Arc<Log>,
+    security: Security,
+    coordinator: impl Coordinator + 'static,
+    operator: Option<StaticCoordinator>,
+    opts: NodeOptions,
+    advertise: String,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let node = Arc::new(
+        Node::start(
+            Arc::clone(&log),
+            security,
+            coordinator,
+            opts,
+            |_: &walship_engine::Record| {},
+        )
+        .map_err(|e| error("starting the node", e))?,
+    );
+    let state = Arc::new(AdminState {
+        node: Arc::clone(&node),
+        metrics: Metrics::new(),
+        advertise,
+        operator,
+    });
+    let admin = match Admin::start(cfg.admin, state).await {
+        Ok(a) => a,
+        Err(e) => {
+            stop(node, log).await;
+            return Err(error(&format!("`admin`: binding {}", cfg.admin), e));
+        }
+    };
+    writeln!(
+        out,
+        "walship: node {} replicating on {}, admin on http://{}",
+        cfg.node_id,
+        cfg.listen,
+        admin.local_addr()
+    )?;
+    out.flush()?;
+    let signal = wait_for_signal().await;
+    tracing::info!(signal, "shutting down");
+    admin.shutdown().await;
+    stop(node, log).await;
+    writeln!(out, "walship: node {} stopped ({signal})", cfg.node_id)?;
+    Ok(())
+}
+
+async fn stop(node: Arc<Node>, log: Arc<Log>) {
+    if let Ok(node) = Arc::try_unwrap(node) {
+        node.shutdown().await;
+    }
+    if let Err(e) = log.close() {
+        tracing::error!(error = %e, "closing the log");
+    }
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, Ctrl-C still ends the process (the OS default).
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,364 @@
+//! `walship serve`'s configuration file (TOML): one node's identity, directories,
+//! addresses, certificates, replication policy, log settings and coordinator.
+//!
+//! Unknown keys are refused (a misspelt key must not silently fall back to a default),
+//! and every problem is reported with the key it concerns, for example
+//! ``node.toml: `replication.sync`: invalid sync policy ANY 3 (a, b): …``.
+//!
+//! ```toml
+//! node_id = "n1"                      # must be the name in this node's certificate
+//! data_dir = "/var/lib/walship/n1"
+//! listen = "127.0.0.1:7400"           # replication (QUIC)
+//! admin = "127.0.0.1:7480"            # /status, /metrics (loopback by default)
+//!
+//! [tls]
+//! ca = "certs/ca.pem"                 # relative paths are relative to this file
+//! cert = "certs/n1.pem"
+//! key = "certs/n1.key"
+//!
+//! [replication]
+//! sync = "ANY 1 (*)"                  # synchronous_standby_names syntax
+//!
+//! [coordinator]
+//! kind = "static"                     # or "etcd"
+//! leader = "n1"
+//! peers = { n1 = "127.0.0.1:7400", n2 = "127.0.0.1:7401" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use walship_engine::BackendKind;
+use walship_transport::SyncPolicy;
+
+/// A configuration problem, naming the file and the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {problem}")]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: String,
+    /// What is wrong, starting with the key in backquotes.
+    pub problem: String,
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    node_id: String,
+    data_dir: PathBuf,
+    listen: String,
+    advertise: Option<String>,
+    admin: Option<String>,
+    tls: RawTls,
+    #[serde(default)]
+    replication: RawReplication,
+    #[serde(default)]
+    log: RawLog,
+    coordinator: RawCoordinator,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    sync: Option<String>,
+    remote_commit_timeout_ms: Option<u64>,
+    max_retained_bytes: Option<u64>,
+    compression_level: Option<i32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    segment_bytes: Option<u64>,
+    backend: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+enum RawCoordinator {
+    Static {
+        leader: String,
+        #[serde(default)]
+        peers: BTreeMap<String, String>,
+    },
+    Etcd {
+        endpoints: Vec<String>,
+        cluster: String,
+        lease_ttl_s: Option<u64>,
+        election_quorum: Option<usize>,
+        check_interval_ms: Option<u64>,
+    },
+}
+
+/// A node's validated configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's id (its certificate's name).
+    pub node_id: String,
+    /// The log directory.
+    pub data_dir: PathBuf,
+    /// Replication listen address.
+    pub listen: SocketAddr,
+    /// Address published for others, if not `listen`.
+    pub advertise: Option<String>,
+    /// Admin endpoint address.
+    pub admin: SocketAddr,
+    /// Cluster CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+    /// Which followers remote commits wait for.
+    pub sync: SyncPolicy,
+    /// Remote commits give up after this long.
+    pub remote_commit_timeout: Duration,
+    /// Most log a lagging follower's slot may hold back.
+    pub max_retained_bytes: Option<u64>,
+    /// zstd level for shipped data; 0 turns compression off.
+    pub compression_level: Option<i32>,
+    /// Segment size.
+    pub segment_bytes: Option<u64>,
+    /// I/O backend.
+    pub backend: BackendKind,
+    /// Who leads.
+    pub coordinator: CoordinatorConfig,
+}
+
+/// Who leads: a configured leader, or an election in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoordinatorConfig {
+    /// The configured leader leads; an operator changes it (`walship promote`).
+    Static {
+        /// The leader's node id.
+        leader: String,
+        /// Every node's replication address, by id (at least the leader's).
+        peers: BTreeMap<String, SocketAddr>,
+    },
+    /// Members elect a leader through etcd.
+    Etcd {
+        /// etcd client URLs.
+        endpoints: Vec<String>,
+        /// The cluster's name (its key prefix).
+        cluster: String,
+        /// Lease TTL: a dead leader is replaced after about this long.
+        lease_ttl: Duration,
+        /// Members that must be visible before an election (see `NodeOptions`).
+        election_quorum: usize,
+        /// How often each member checks the coordinator.
+        check_interval: Duration,
+    },
+}
+
+impl NodeConfig {
+    /// Reads and validates `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and the problem, or the file that cannot be read.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        NodeConfig::parse(&text, base).map_err(|problem| ConfigError { file, problem })
+    }
+
+    /// Parses and validates `text`; relative paths are taken from `base`.
+    ///
+    /// # Errors
+    /// What is wrong, starting with the key.
+    pub fn parse(text: &str, base: &Path) -> Result<NodeConfig, String> {
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            // toml names the key and shows the line; keep its message whole.
+            e.to_string().trim_end().to_string()
+        })?;
+        let bad = |key: &str, problem: String| format!("`{key}`: {problem}");
+        let addr = |key: &str, v: &str| -> Result<SocketAddr, String> {
+            v.parse()
+                .map_err(|_| bad(key, format!("{v:?} is not an address like 127.0.0.1:7400")))
+        };
+        if raw.node_id.trim().is_empty() {
+            return Err(bad("node_id", "must not be empty".into()));
+        }
+        let listen = addr("listen", &raw.listen)?;
+        let admin = addr("admin", raw.admin.as_deref().unwrap_or("127.0.0.1:7480"))?;
+        if let Some(a) = &raw.advertise {
+            addr("advertise", a)?;
+        }
+        let sync_text = raw.replication.sync.as_deref().unwrap_or("ANY 1 (*)");
+        let sync = sync_text
+            .parse::<SyncPolicy>()
+            .map_err(|e| bad("replication.sync", e.to_string()))?;
+        if raw.replication.remote_commit_timeout_ms == Some(0) {
+            return Err(bad(
+                "replication.remote_commit_timeout_ms",
+                "must be positive".into(),
+            ));
+        }
+        if let Some(l) = raw.replication.compression_level {
+            if !(0..=22).contains(&l) {
+                return Err(bad(
+                    "replication.compression_level",
+                    format!("{l} is outside 0 (off) ..= 22"),
+                ));
+            }
+        }
+        if let Some(s) = raw.log.segment_bytes {
+            walship_engine::format::check_capacity(s).map_err(|e| bad("log.segment_bytes", e))?;
+        }
+        let backend = match &raw.log.backend {
+            None => BackendKind::default(),
+            Some(b) => b.parse().map_err(|e: String| bad("log.backend", e))?,
+        };
+        let coordinator = match raw.coordinator {
+            RawCoordinator::Static { leader, peers } => {
+                let mut parsed = BTreeMap::new();
+                for (id, a) in peers {
+                    let key = format!("coordinator.peers.{id}");
+                    parsed.insert(id, addr(&key, &a)?);
+                }
+                if leader != raw.node_id && !parsed.contains_key(&leader) {
+                    return Err(bad(
+                        "coordinator.peers",
+                        format!("must give the address of the leader {leader:?}"),
+                    ));
+                }
+                CoordinatorConfig::Static {
+                    leader,
+                    peers: parsed,
+                }
+            }
+            RawCoordinator::Etcd {
+                endpoints,
+                cluster,
+                lease_ttl_s,
+                election_quorum,
+                check_interval_ms,
+            } => {
+                if endpoints.is_empty() {
+                    return Err(bad(
+                        "coordinator.endpoints",
+                        "lists no etcd endpoint".into(),
+                    ));
+                }
+                if cluster.is_empty() || cluster.contains('/') {
+                    return Err(bad(
+                        "coordinator.cluster",
+                        "must be a non-empty name without `/`".into(),
+                    ));
+                }
+                let ttl = lease_ttl_s.unwrap_or(5);
+                if ttl == 0 {
+                    return Err(bad("coordinator.lease_ttl_s", "must be at least 1".into()));
+                }
+                let quorum = election_quorum.unwrap_or(1);
+                if quorum == 0 {
+                    return Err(bad(
+                        "coordinator.election_quorum",
+                        "must be at least 1 (this node)".into(),
+                    ));
+                }
+                CoordinatorConfig::Etcd {
+                    endpoints,
+                    cluster,
+                    lease_ttl: Duration::from_secs(ttl),
+                    election_quorum: quorum,
+                    check_interval: Duration::from_millis(check_interval_ms.unwrap_or(200).max(10)),
+                }
+            }
+        };
+        Ok(NodeConfig {
+            node_id: raw.node_id,
+            data_dir: base.join(raw.data_dir),
+            listen,
+            advertise: raw.advertise,
+            admin,
+            ca: base.join(raw.tls.ca),
+            cert: base.join(raw.tls.cert),
+            key: base.join(raw.tls.key),
+            sync,
+            remote_commit_timeout: Duration::from_millis(
+                raw.replication.remote_commit_timeout_ms.unwrap_or(10_000),
+            ),
+            max_retained_bytes: raw.replication.max_retained_bytes,
+            compression_level: raw.replication.compression_level,
+            segment_bytes: raw.log.segment_bytes,
+            backend,
+            coordinator,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id = "n1"
+data_dir = "data/n1"
+listen = "127.0.0.1:7400"
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/n1.pem"
+key = "certs/n1.key"
+[replication]
+sync = "FIRST 1 (n2, n3)"
+[coordinator]
+kind = "static"
+leader = "n1"
+peers = { n2 = "127.0.0.1:7401" }
+"#;
+
+    #[test]
+    fn a_good_file_parses_with_defaults_and_paths_from_its_directory() {
+        let c = NodeConfig::parse(GOOD, Path::new("/etc/walship")).unwrap();
+        assert_eq!(c.data_dir, Path::new("/etc/walship/data/n1"));
+        assert_eq!(c.admin, "127.0.0.1:7480".parse().unwrap());
+        assert_eq!(c.sync.to_string(), "FIRST 1 (n2, n3)");
+        assert!(
+            matches!(c.coordinator, CoordinatorConfig::Static { ref leader, .. } if leader == "n1")
+        );
+    }
+
+    #[test]
+    fn problems_name_their_key() {
+        let cases = [
+            (
+                GOOD.replace("FIRST 1 (n2, n3)", "ANY 3 (n2)"),
+                "`replication.sync`",
+            ),
+            (GOOD.replace("127.0.0.1:7400", "localhost"), "`listen`"),
+            (GOOD.replace("listen =", "listn ="), "listn"),
+            (
+                GOOD.replace("leader = \"n1\"", "leader = \"n9\""),
+                "`coordinator.peers`",
+            ),
+            (
+                GOOD.replace("kind = \"static\"", "kind = \"zookeeper\""),
+                "zookeeper",
+            ),
+            (
+                GOOD.replace("[replication]", "[replication]\ncompression_level = 99"),
+                "`replication.compression_level`",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = NodeConfig::parse(&text, Path::new(".")).unwrap_err();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+}

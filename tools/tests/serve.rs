@@ -1,0 +1,339 @@
+//! Real nodes: `walship serve` in child processes with mutual TLS on loopback, written
+//! to with `walship append`, watched with `status`, `lag` and `/metrics`, failed over
+//! with `promote`, stopped with SIGTERM, then checked offline with `inspect`, `dump` and
+//! `verify`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo_bin_cmd;
+use serde_json::Value;
+
+fn walship() -> assert_cmd::Command {
+    cargo_bin_cmd!("walship")
+}
+
+/// Runs `walship args…`, expecting success; returns standard output.
+fn ok(args: &[&str]) -> String {
+    let out = walship().args(args).output().expect("run walship");
+    assert!(
+        out.status.success(),
+        "walship {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+fn free_udp() -> String {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().to_string()
+}
+
+fn free_tcp() -> String {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().to_string()
+}
+
+/// A `walship serve` child, stopped with SIGTERM (or killed, if the test failed first).
+struct Served {
+    child: Option<Child>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Served {
+    fn start(config: &Path, admin: &str) -> Served {
+        let mut child = Command::new(assert_cmd::cargo::cargo_bin!("walship"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn walship serve");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let s = Served {
+            child: Some(child),
+            lines,
+        };
+        let first = s
+            .lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("walship serve announces itself");
+        assert!(
+            first.contains(&format!("admin on http://{admin}")),
+            "{first}"
+        );
+        s
+    }
+
+    /// SIGTERM, then the exit status and the last line printed.
+    fn stop(mut self) -> (bool, String) {
+        let mut child = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok);
+        let status = child.wait().expect("wait");
+        let last = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default();
+        (status.success(), last)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn config(dir: &Path, id: &str, listen: &str, admin: &str, peers: &str, sync: &str) -> PathBuf {
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"node_id = "{id}"
+data_dir = "data/{id}"
+listen = "{listen}"
+admin = "{admin}"
+
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/{id}.pem"
+key = "certs/{id}.key"
+
+[replication]
+sync = "{sync}"
+remote_commit_timeout_ms = 5000
+
+[log]
+segment_bytes = 1048576
+
+[coordinator]
+kind = "static"
+leader = "n1"
+peers = {{ {peers} }}
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Polls `walship status --json` on `admin` until `pred` holds.
+fn status_until(admin: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: Value = serde_json::from_str(&ok(&["status", admin, "--json"])).unwrap();
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: last status {v:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn streaming(v: &Value, n: usize) -> bool {
+    v["leading"]["followers"]
+        .as_array()
+        .is_some_and(|f| f.iter().filter(|f| f["state"] == "streaming").count() == n)
+}
+
+#[test]
+fn three_served_nodes_replicate_fail_over_and_stop_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ok(&[
+        "certs",
+        "--out",
+        dir.join("certs").to_str().unwrap(),
+        "--cluster",
+        "t",
+        "--nodes",
+        "n1,n2,n3",
+    ]);
+    let ids = ["n1", "n2", "n3"];
+    let listen: Vec<String> = ids.iter().map(|_| free_udp()).collect();
+    let admin: Vec<String> = ids.iter().map(|_| free_tcp()).collect();
+    let peers = ids
+        .iter()
+        .zip(&listen)
+        .map(|(id, l)| format!("{id} = \"{l}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut nodes: Vec<Served> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let c = config(dir, id, &listen[i], &admin[i], &peers, "ANY 1 (*)");
+            Served::start(&c, &admin[i])
+        })
+        .collect();
+
+    status_until(&admin[0], "n1 leads with two streaming followers", |v| {
+        v["role"] == "leader" && streaming(v, 2)
+    });
+    let appended = ok(&["append", &admin[0], "-d", "remote-flush", "hello", "world"]);
+    assert_eq!(appended.lines().count(), 2, "{appended}");
+    assert!(appended.contains("remote-flush"), "{appended}");
+    // A follower refuses writes, and says where to write.
+    let refused = walship()
+        .args(["append", &admin[1], "nope"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("write to the leader"));
+
+    let lag = ok(&["lag", &admin[0]]);
+    assert!(lag.starts_with("leader n1 epoch 1"), "{lag}");
+    for header in [
+        "follower",
+        "state",
+        "sync",
+        "sent_lsn",
+        "flush_lsn",
+        "write_lag",
+        "apply_time",
+    ] {
+        assert!(lag.contains(header), "{header} missing: {lag}");
+    }
+    assert_eq!(lag.matches("streaming").count(), 2, "{lag}");
+    let watched = ok(&[
+        "lag",
+        &admin[0],
+        "--watch",
+        "--interval",
+        "0.1",
+        "--count",
+        "2",
+    ]);
+    assert_eq!(
+        watched.matches("\x1b[H\x1b[2J").count(),
+        2,
+        "redrawn in place twice"
+    );
+    let status = ok(&["status", &admin[1]]);
+    assert!(status.contains("role       follower (epoch 1)"), "{status}");
+    assert!(status.contains("leader     n1"), "{status}");
+    assert!(
+        walship()
+            .args(["lag", &admin[1]])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            == Some(2)
+    );
+
+    // /metrics is Prometheus text.
+    let body =
+        walship_tools::admin::client::get_text(&admin[0], "/metrics", Duration::from_secs(5))
+            .expect("GET /metrics");
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text format");
+    let value = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .unwrap_or_else(|| panic!("{name} missing from {body}"))
+            .value
+            .clone()
+    };
+    assert!(matches!(value("walship_is_leader"), prometheus_parse::Value::Gauge(v) if v == 1.0));
+    value("walship_follower_lag_bytes");
+    value("walship_shipped_bytes_total");
+    assert!(
+        matches!(
+            value("walship_commit_latency_seconds"),
+            prometheus_parse::Value::Histogram(_)
+        ),
+        "commit latencies are a histogram"
+    );
+
+    // Manual failover to n2; n1 and n3 are pointed at it.
+    let promoted = ok(&[
+        "promote",
+        &admin[1],
+        "--followers",
+        &format!("{},{}", admin[0], admin[2]),
+    ]);
+    assert!(
+        promoted.contains("n2 is the leader in epoch 2"),
+        "{promoted}"
+    );
+    status_until(&admin[1], "n2 leads both others", |v| {
+        v["role"] == "leader" && streaming(v, 2)
+    });
+    ok(&["append", &admin[1], "-d", "remote-apply", "after"]);
+    let n1 = status_until(&admin[0], "n1 follows n2", |v| v["leader"] == "n2");
+    assert_eq!(n1["role"], "follower");
+
+    for n in nodes.drain(..) {
+        let (clean, last) = n.stop();
+        assert!(clean, "exit status after SIGTERM");
+        assert!(last.contains("stopped (SIGTERM)"), "{last}");
+    }
+
+    // Offline: the three logs hold the same records, all valid.
+    for id in ids {
+        let data = dir.join("data").join(id);
+        let data = data.to_str().unwrap();
+        assert!(ok(&["verify", data]).trim_end().ends_with("OK"));
+        let dump = ok(&["dump", data]);
+        for r in ["\"hello\"", "\"world\"", "\"after\""] {
+            assert!(dump.contains(r), "{id}: {r} missing from {dump}");
+        }
+        let inspect: Value = serde_json::from_str(&ok(&["inspect", data, "--json"])).unwrap();
+        let epochs = inspect["epoch_history"].as_array().map_or(0, Vec::len);
+        assert_eq!(epochs, 2, "{id}: epochs 1 and 2 in {inspect:#}");
+    }
+}
+
+#[test]
+fn a_broken_config_is_refused_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(
+        tmp.path(),
+        "n1",
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        "",
+        "ANY 3 (n2)",
+    );
+    let out = walship()
+        .args(["serve", "--config"])
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("n1.toml: `replication.sync`"), "{err}");
+    assert!(err.contains("only 1 standbys are listed"), "{err}");
+    // Nothing was created.
+    assert!(!tmp.path().join("data").exists());
+
+    std::fs::write(&c, "node_id = \"n1\"\nlisten = 5\n").unwrap();
+    let out = walship()
+        .args(["serve", "--config"])
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listen"), "{err}");
+}

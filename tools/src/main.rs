@@ -22,6 +22,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Demo(cmd::demo::Args),
     Certs(cmd::certs::Args),
     Inspect(cmd::inspect::Args),
     Dump(cmd::dump::Args),
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut out = io::BufWriter::new(io::stdout().lock());
     let result = match &cli.command {
+        Command::Demo(args) => cmd::demo::run(args, &mut out),
         Command::Certs(args) => cmd::certs::run(args, &mut out),
         Command::Inspect(args) => cmd::inspect::run(args, &mut out),
         Command::Dump(args) => cmd::dump::run(args, &mut out),

@@ -75,7 +75,8 @@ fn table(v: &NodeView) -> Table {
     t
 }
 
-fn draw(v: &NodeView, out: &mut dyn Write) -> Result<(), Failure> {
+/// The leader's line and its followers' table; `walship demo` prints it too.
+pub(crate) fn draw(v: &NodeView, out: &mut dyn Write) -> Result<(), Failure> {
     let Some(l) = &v.leading else {
         return Err(Failure::Error(format!(
             "{} is a {}, not the leader{}",

@@ -3,6 +3,7 @@
 
 pub(crate) mod append;
 pub(crate) mod certs;
+pub(crate) mod demo;
 pub(crate) mod dump;
 pub(crate) mod inspect;
 pub(crate) mod lag;

@@ -138,7 +138,11 @@ impl std::str::FromStr for SyncPolicy {
             [n] => (false, k(n)?),
             [kw, n] if kw.eq_ignore_ascii_case("first") => (false, k(n)?),
             [kw, n] if kw.eq_ignore_ascii_case("any") => (true, k(n)?),
-            _ => return Err(err("expected FIRST k (…), ANY k (…), k (…) or a list of names")),
+            _ => {
+                return Err(err(
+                    "expected FIRST k (…), ANY k (…), k (…) or a list of names",
+                ))
+            }
         };
         let of: Vec<String> = list
             .split(',')
@@ -339,8 +343,17 @@ mod tests {
                 of: vec!["a".into(), "b".into()]
             }
         );
-        assert_eq!("2 (a, b)".parse::<SyncPolicy>().unwrap().to_string(), "FIRST 2 (a, b)");
-        for bad in ["ANY (a)", "SOME 1 (a)", "ANY 1 (a, )", "ANY 1 (a", "ANY 0 (*)"] {
+        assert_eq!(
+            "2 (a, b)".parse::<SyncPolicy>().unwrap().to_string(),
+            "FIRST 2 (a, b)"
+        );
+        for bad in [
+            "ANY (a)",
+            "SOME 1 (a)",
+            "ANY 1 (a, )",
+            "ANY 1 (a",
+            "ANY 0 (*)",
+        ] {
             assert!(bad.parse::<SyncPolicy>().is_err(), "{bad}");
         }
     }

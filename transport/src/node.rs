@@ -346,21 +346,31 @@ impl Node {
     ) -> Result<(), walship_engine::Error> {
         let deadline = Instant::now() + timeout;
         loop {
-            let applied = match self.shared.current().as_ref() {
-                Some(Current::Leading(l)) => l.log().end_lsn(),
-                Some(Current::Following(f, _)) => f.applied(),
-                _ => Lsn::ZERO,
+            // A follower's applied position as it moves; a leader's writes were applied
+            // by the embedder as it made them.
+            let mut applied = match self.shared.current().as_ref() {
+                Some(Current::Leading(l)) if l.log().end_lsn() >= lsn => return Ok(()),
+                Some(Current::Following(f, _)) => Some(f.applied_changes()),
+                _ => None,
             };
-            if applied >= lsn {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err(walship_engine::Error::Timeout {
                     lsn,
                     level: Durability::RemoteApply,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            // Re-checked at least every 50 ms: the role may change meanwhile.
+            let slice = left.min(Duration::from_millis(50));
+            match &mut applied {
+                Some(rx) => {
+                    if let Ok(Ok(_)) = tokio::time::timeout(slice, rx.wait_for(|a| *a >= lsn)).await
+                    {
+                        return Ok(());
+                    }
+                }
+                None => tokio::time::sleep(slice).await,
+            }
         }
     }
 

@@ -303,6 +303,11 @@ impl Follower {
         *self.shared.applied.borrow()
     }
 
+    /// The applied position as it moves.
+    pub(crate) fn applied_changes(&self) -> watch::Receiver<Lsn> {
+        self.shared.applied.subscribe()
+    }
+
     /// Replication as this follower sees it.
     pub fn status(&self) -> FollowerStatus {
         let s = self.shared.state();

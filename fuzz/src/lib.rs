@@ -228,11 +228,19 @@ pub fn write_empty_segment(path: &Path, base: Lsn) {
 }
 
 /// Copies the regular files of `from` into `to` (created).
+///
+/// Plain reads and writes rather than `fs::copy`: once in a CI run, `fs::copy` on tmpfs
+/// failed mid-file on an input that passes when replayed, leaving an empty copy.
 pub fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).expect("create copy");
     for entry in fs::read_dir(from).expect("list template") {
-        let entry = entry.expect("list template");
-        fs::copy(entry.path(), to.join(entry.file_name())).expect("copy template file");
+        let src = entry.expect("list template").path();
+        let Some(name) = src.file_name() else {
+            continue;
+        };
+        let bytes = fs::read(&src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
+        let dst = to.join(name);
+        fs::write(&dst, bytes).unwrap_or_else(|e| panic!("write {}: {e}", dst.display()));
     }
 }
 

@@ -338,10 +338,12 @@ pub mod client {
             .into()
     }
 
-    fn finish<T: DeserializeOwned>(
+    /// The answer's text, or an error naming the URL, the status and the endpoint's
+    /// own explanation (its `{"error": …}` body) when there is one.
+    fn text(
         url: &str,
         r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<T, String> {
+    ) -> Result<String, String> {
         let mut r = r.map_err(|e| format!("{url}: {e}"))?;
         let status = r.status();
         let text = r
@@ -354,7 +356,11 @@ pub mod client {
                 .unwrap_or(text);
             return Err(format!("{url}: {status}: {why}"));
         }
-        serde_json::from_str(&text).map_err(|e| format!("{url}: unexpected answer: {e}"))
+        Ok(text)
+    }
+
+    fn parse<T: DeserializeOwned>(url: &str, text: &str) -> Result<T, String> {
+        serde_json::from_str(text).map_err(|e| format!("{url}: unexpected answer: {e}"))
     }
 
     /// `GET` `path` and parse the JSON answer.
@@ -367,7 +373,7 @@ pub mod client {
         timeout: Duration,
     ) -> Result<T, String> {
         let url = format!("{}{path}", base_url(addr));
-        finish(&url, agent(timeout).get(&url).call())
+        parse(&url, &get_text(addr, path, timeout)?)
     }
 
     /// `GET` `path` as text.
@@ -376,19 +382,7 @@ pub mod client {
     /// Connection or HTTP failures, with the URL.
     pub fn get_text(addr: &str, path: &str, timeout: Duration) -> Result<String, String> {
         let url = format!("{}{path}", base_url(addr));
-        let mut r = agent(timeout)
-            .get(&url)
-            .call()
-            .map_err(|e| format!("{url}: {e}"))?;
-        let status = r.status();
-        let text = r
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| format!("{url}: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("{url}: {status}: {text}"));
-        }
-        Ok(text)
+        text(&url, agent(timeout).get(&url).call())
     }
 
     /// `POST` `body` to `path` and parse the JSON answer.
@@ -402,6 +396,6 @@ pub mod client {
         timeout: Duration,
     ) -> Result<T, String> {
         let url = format!("{}{path}", base_url(addr));
-        finish(&url, agent(timeout).post(&url).send(body))
+        parse(&url, &text(&url, agent(timeout).post(&url).send(body))?)
     }
 }

@@ -304,6 +304,18 @@ fn three_served_nodes_replicate_fail_over_and_stop_cleanly() {
     }
 }
 
+/// Runs `walship serve --config config`, which must refuse it with exit code 2; returns
+/// what it said.
+fn refused(config: &Path) -> String {
+    let out = walship()
+        .args(["serve", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_broken_config_is_refused_naming_the_key() {
     let tmp = tempfile::tempdir().unwrap();
@@ -315,25 +327,13 @@ fn a_broken_config_is_refused_naming_the_key() {
         "",
         "ANY 3 (n2)",
     );
-    let out = walship()
-        .args(["serve", "--config"])
-        .arg(&c)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&c);
     assert!(err.contains("n1.toml: `replication.sync`"), "{err}");
     assert!(err.contains("only 1 standbys are listed"), "{err}");
     // Nothing was created.
     assert!(!tmp.path().join("data").exists());
 
     std::fs::write(&c, "node_id = \"n1\"\nlisten = 5\n").unwrap();
-    let out = walship()
-        .args(["serve", "--config"])
-        .arg(&c)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&c);
     assert!(err.contains("listen"), "{err}");
 }

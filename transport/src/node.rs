@@ -542,9 +542,8 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
     /// How long the next coordinator call may take: a leader must be free to fence
     /// itself at its deadline even if the coordinator hangs.
     fn limit(&self) -> Duration {
-        let leading = matches!(self.shared.current().as_ref(), Some(Current::Leading(_)));
         match self.coordinator.leadership_deadline() {
-            Some(d) if leading => self
+            Some(d) if self.leading() => self
                 .opts
                 .coordinator_timeout
                 .min(d.saturating_duration_since(Instant::now())),
@@ -554,6 +553,8 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
 
     fn me(&self) -> MemberInfo {
         let log = &self.shared.log;
+        // An unreadable seen-epoch file only lowers what is published here; leading
+        // reads it again (`Leader::start`) and refuses, naming the file.
         let seen = load_seen_epoch(log.dir()).unwrap_or(Epoch::ZERO);
         MemberInfo {
             node_id: self.shared.node_id.clone(),
@@ -569,8 +570,8 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
             .coordinator
             .leadership_deadline()
             .is_some_and(|d| Instant::now() >= d);
-        let leading = matches!(self.shared.current().as_ref(), Some(Current::Leading(_)));
-        if expired && leading {
+        // Stepping down is a no-op unless leading.
+        if expired {
             self.act(Action::StepDown(
                 "the coordinator lease could not be renewed in time".into(),
             ))
@@ -692,21 +693,14 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
                     Some(e) => Ok(e),
                     None => {
                         match bounded(self.limit(), self.coordinator.takeover(&self.me())).await {
-                            Ok(epoch) => {
-                                self.act(Action::Lead(epoch)).await;
-                                match self.shared.current().as_ref() {
-                                    Some(Current::Leading(l)) => Ok(l.epoch()),
-                                    _ => Err(TransportError::InvalidOptions(format!(
-                                        "granted epoch {epoch} but could not start leading: {}",
-                                        self.shared
-                                            .last_error
-                                            .lock()
-                                            .unwrap_or_else(PoisonError::into_inner)
-                                            .clone()
-                                            .unwrap_or_default()
-                                    ))),
+                            Ok(epoch) => match self.lead(epoch).await {
+                                Ok(()) => Ok(epoch),
+                                Err(e) => {
+                                    self.shared.note(format!("leading epoch {epoch}: {e}"));
+                                    self.idle();
+                                    Err(e)
                                 }
-                            }
+                            },
                             Err(e) => Err(e.into()),
                         }
                     }
@@ -714,8 +708,7 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
                 let _ = reply.send(result);
             }
             Command::StepDown(why, reply) => {
-                let leading = matches!(self.shared.current().as_ref(), Some(Current::Leading(_)));
-                if leading {
+                if self.leading() {
                     self.act(Action::StepDown(why)).await;
                     let me = self.shared.node_id.clone();
                     if let Err(e) = bounded(self.limit(), self.coordinator.resign(&me)).await {
@@ -729,102 +722,105 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
     }
 
     async fn act(&mut self, action: Action) {
-        let take = || self.shared.current().take();
         match action {
-            Action::Stay => return,
+            Action::Stay => {}
             Action::StepDown(why) => {
-                if let Some(Current::Leading(l)) = take() {
+                if self.leading() {
                     tracing::warn!(
                         node = self.shared.node_id.as_str(),
                         reason = why.as_str(),
                         "stepping down"
                     );
-                    l.fence(why);
-                    l.shutdown().await;
-                    self.became_idle();
-                } else {
-                    return;
+                    self.release(why).await;
+                    self.idle();
                 }
             }
-            Action::Follow(li) => {
-                let addr: SocketAddr = match li.addr.parse() {
-                    Ok(a) => a,
-                    Err(_) => {
-                        self.shared.note(format!(
-                            "the leader {} publishes an address that does not parse: {:?}",
-                            li.node_id, li.addr
-                        ));
-                        return;
+            // A leader whose address does not parse cannot be followed: carry on as is.
+            Action::Follow(li) => match li.addr.parse::<SocketAddr>() {
+                Err(_) => self.shared.note(format!(
+                    "the leader {} publishes an address that does not parse: {:?}",
+                    li.node_id, li.addr
+                )),
+                Ok(addr) => {
+                    let who = li.node_id.clone();
+                    if let Err(e) = self.follow(li, addr).await {
+                        self.shared.note(format!("following {who}: {e}"));
+                        self.idle();
                     }
-                };
-                match take() {
-                    Some(Current::Following(f, _)) => {
-                        self.applied = f.applied();
-                        f.shutdown().await;
-                    }
-                    Some(Current::Leading(l)) => {
-                        l.fence(format!("{} leads now", li.node_id));
-                        l.shutdown().await;
-                        self.became_idle();
-                    }
-                    _ => {}
                 }
-                let mut opts = self.opts.follower.settings();
-                opts.leader = addr;
-                opts.leader_node_id.clone_from(&li.node_id);
-                opts.apply_from = Some(self.applied);
-                let apply = SharedApply(Arc::clone(&self.apply));
-                let started = Follower::start(
-                    Arc::clone(&self.shared.log),
-                    self.security.clone(),
-                    opts,
-                    apply,
-                );
-                match started {
-                    Ok(f) => {
-                        tracing::info!(node = self.shared.node_id.as_str(), leader = li.node_id.as_str(), %addr, "following");
-                        *self.shared.current() = Some(Current::Following(f, li.clone()));
-                        self.shared.role.send_replace(NodeRole::Follower {
-                            leader: li.node_id,
-                            addr,
-                        });
-                        return;
-                    }
-                    Err(e) => self.shared.note(format!("following {}: {e}", li.node_id)),
-                }
-            }
+            },
             Action::Lead(epoch) => {
-                let mut opts = self.opts.leader.settings();
-                opts.epoch = Some(epoch);
-                opts.socket = self.socket.take();
-                match take() {
-                    // What `Follower::promote` does, with the bind retried.
-                    Some(Current::Following(f, _)) => {
-                        self.applied = f.applied();
-                        f.shutdown().await;
-                    }
-                    Some(Current::Leading(l)) => {
-                        l.fence(format!("leading epoch {epoch} instead"));
-                        l.shutdown().await;
-                        self.became_idle();
-                    }
-                    _ => {}
-                }
-                tracing::info!(node = self.shared.node_id.as_str(), %epoch, end = %self.shared.log.end_lsn(), "taking the lead");
-                let started = self.start_leader(opts).await;
-                match started {
-                    Ok(l) => {
-                        *self.shared.current() = Some(Current::Leading(l));
-                        self.hold_off_until = None;
-                        self.shared.role.send_replace(NodeRole::Leader { epoch });
-                        return;
-                    }
-                    Err(e) => self.shared.note(format!("leading epoch {epoch}: {e}")),
+                if let Err(e) = self.lead(epoch).await {
+                    self.shared.note(format!("leading epoch {epoch}: {e}"));
+                    self.idle();
                 }
             }
         }
+    }
+
+    fn leading(&self) -> bool {
+        matches!(self.shared.current().as_ref(), Some(Current::Leading(_)))
+    }
+
+    /// Neither leading nor following.
+    fn idle(&self) {
         *self.shared.current() = Some(Current::Idle);
         self.shared.role.send_replace(NodeRole::Candidate);
+    }
+
+    /// Stops whatever the node runs: a follower (remembering what was applied), or a
+    /// leader, fenced with `why`.
+    async fn release(&mut self, why: String) {
+        // Taken out first: the lock must not be held across the awaits below.
+        let current = self.shared.current().take();
+        match current {
+            Some(Current::Following(f, _)) => {
+                self.applied = f.applied();
+                f.shutdown().await;
+            }
+            Some(Current::Leading(l)) => {
+                l.fence(why);
+                l.shutdown().await;
+                self.became_idle();
+            }
+            _ => {}
+        }
+    }
+
+    async fn follow(&mut self, li: LeaderInfo, addr: SocketAddr) -> Result<(), TransportError> {
+        self.release(format!("{} leads now", li.node_id)).await;
+        let mut opts = self.opts.follower.settings();
+        opts.leader = addr;
+        opts.leader_node_id.clone_from(&li.node_id);
+        opts.apply_from = Some(self.applied);
+        let apply = SharedApply(Arc::clone(&self.apply));
+        let f = Follower::start(
+            Arc::clone(&self.shared.log),
+            self.security.clone(),
+            opts,
+            apply,
+        )?;
+        tracing::info!(node = self.shared.node_id.as_str(), leader = li.node_id.as_str(), %addr, "following");
+        let leader = li.node_id.clone();
+        *self.shared.current() = Some(Current::Following(f, li));
+        self.shared
+            .role
+            .send_replace(NodeRole::Follower { leader, addr });
+        Ok(())
+    }
+
+    /// What `Follower::promote` does, with the bind retried.
+    async fn lead(&mut self, epoch: Epoch) -> Result<(), TransportError> {
+        let mut opts = self.opts.leader.settings();
+        opts.epoch = Some(epoch);
+        opts.socket = self.socket.take();
+        self.release(format!("leading epoch {epoch} instead")).await;
+        tracing::info!(node = self.shared.node_id.as_str(), %epoch, end = %self.shared.log.end_lsn(), "taking the lead");
+        let l = self.start_leader(opts).await?;
+        *self.shared.current() = Some(Current::Leading(l));
+        self.hold_off_until = None;
+        self.shared.role.send_replace(NodeRole::Leader { epoch });
+        Ok(())
     }
 
     /// After leading: everything in the log was the embedder's own writes.

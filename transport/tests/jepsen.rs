@@ -322,6 +322,7 @@ struct Harness {
     started_at: HashMap<String, u64>,
     truncated_bytes: u64,
     rng: u64,
+    started: Instant,
 }
 
 impl Harness {
@@ -353,6 +354,7 @@ impl Harness {
             started_at: HashMap::new(),
             truncated_bytes: 0,
             rng: seed | 1,
+            started: Instant::now(),
         }
     }
 
@@ -422,25 +424,33 @@ impl Harness {
         p.stdin.flush().expect("flush to child");
     }
 
+    /// The next line any child prints, already kept (and shown with
+    /// `WALSHIP_JEPSEN_VERBOSE`), or the end of one child's output; fails the test when
+    /// nothing comes before `deadline`.
+    fn next(&mut self, deadline: Instant, what: &str) -> Event {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let e = self
+            .rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("waited {WAIT:?}: {what}"));
+        if let Some(line) = &e.line {
+            if std::env::var_os("WALSHIP_JEPSEN_VERBOSE").is_some() {
+                eprintln!("{:?} {}: {line}", e.at - self.started, e.node);
+            }
+            self.keep(&e.node, line, e.at);
+        }
+        e
+    }
+
     /// Keeps what every line says; returns the first from `node` that `want` accepts.
     fn expect(&mut self, node: &str, want: impl Fn(&str) -> bool) -> (String, Instant) {
         let deadline = Instant::now() + WAIT;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let e = self
-                .rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("{node} said nothing expected within {WAIT:?}"));
-            let Some(line) = e.line else {
-                assert_ne!(e.node, node, "{node} exited while awaited");
-                continue;
-            };
-            if std::env::var_os("WALSHIP_JEPSEN_VERBOSE").is_some() {
-                eprintln!("{:?} {}: {line}", e.at, e.node);
-            }
-            self.keep(&e.node, &line, e.at);
-            if e.node == node && want(&line) {
-                return (line, e.at);
+            let e = self.next(deadline, &format!("{node} said nothing expected"));
+            match e.line {
+                None => assert_ne!(e.node, node, "{node} exited while awaited"),
+                Some(line) if e.node == node && want(&line) => return (line, e.at),
+                Some(_) => {}
             }
         }
     }
@@ -474,10 +484,11 @@ impl Harness {
         p.child.kill().expect("SIGKILL");
         let killed = Instant::now();
         p.child.wait().expect("reap");
+        let deadline = Instant::now() + WAIT;
         loop {
-            let e = self.rx.recv_timeout(WAIT).expect("child output ends");
+            let e = self.next(deadline, "the killed child's output ends");
             match e.line {
-                Some(line) => self.keep(&e.node, &line, e.at),
+                Some(_) => {}
                 None if e.node == node => return killed,
                 None => panic!("{} exited unexpectedly", e.node),
             }
@@ -593,6 +604,14 @@ fn seed() -> u64 {
     seed
 }
 
+/// Rounds to run: `var` if set, else `default`.
+fn rounds(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn epoch_of(line: &str) -> u64 {
     line.rsplit(' ')
         .next()
@@ -605,10 +624,7 @@ fn manual_failover_under_sigkill_loses_no_acknowledged_write() {
     if std::env::var(CHILD).is_ok() {
         return;
     }
-    let rounds: usize = std::env::var("WALSHIP_JEPSEN_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let rounds = rounds("WALSHIP_JEPSEN_ROUNDS", 20);
     let mut h = Harness::new(seed());
     let static_conf = |h: &Harness, leader: &str, epoch: u64| {
         format!("static {leader} {} {epoch}", h.addrs[leader])
@@ -665,10 +681,7 @@ fn automatic_failover_through_etcd_loses_no_acknowledged_write() {
     let Some(etcd) = common::etcd::Etcd::start() else {
         return;
     };
-    let rounds: usize = std::env::var("WALSHIP_JEPSEN_ETCD_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let rounds = rounds("WALSHIP_JEPSEN_ETCD_ROUNDS", 5);
     let mut h = Harness::new(seed());
     let conf = format!("etcd {}", etcd.endpoint);
     for n in NODES {
@@ -677,11 +690,8 @@ fn automatic_failover_through_etcd_loses_no_acknowledged_write() {
     // Whoever is elected first.
     let deadline = Instant::now() + WAIT;
     let mut leader = loop {
-        assert!(Instant::now() < deadline, "no leader elected");
-        let e = h.rx.recv_timeout(WAIT).expect("output");
-        let line = e.line.expect("a child exited");
-        h.keep(&e.node, &line, e.at);
-        if line.starts_with("role leader") {
+        let e = h.next(deadline, "no leader elected");
+        if e.line.expect("a child exited").starts_with("role leader") {
             break e.node;
         }
     };
@@ -695,16 +705,8 @@ fn automatic_failover_through_etcd_loses_no_acknowledged_write() {
         let deadline = Instant::now() + WAIT;
         let mut elected = None;
         let (next, at) = loop {
-            assert!(
-                Instant::now() < deadline,
-                "no new leader acknowledged a write"
-            );
-            let e = h.rx.recv_timeout(WAIT).expect("output");
+            let e = h.next(deadline, "no new leader acknowledged a write");
             let line = e.line.expect("a child exited");
-            if std::env::var_os("WALSHIP_JEPSEN_VERBOSE").is_some() {
-                eprintln!("{:?} {}: {line}", e.at - killed, e.node);
-            }
-            h.keep(&e.node, &line, e.at);
             if line.starts_with("role leader") {
                 elected = Some(e.at - killed);
             }

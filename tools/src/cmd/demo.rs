@@ -338,11 +338,7 @@ impl Cluster {
             let commits = total(&counts);
             let elapsed = start.elapsed();
             bar.set_position(millis(elapsed));
-            bar.set_message(format!(
-                "{} commits, {}/s",
-                thousands(commits),
-                thousands(per_second(commits, elapsed) as u64)
-            ));
+            bar.set_message(rate(commits, elapsed));
             max_lag = max_lag.max(self.flush_lag());
         }
 
@@ -373,11 +369,7 @@ impl Cluster {
 
         let commits = latencies.len();
         bar.set_position(millis(length));
-        bar.set_message(format!(
-            "{} commits, {}/s; followers catching up",
-            thousands(commits),
-            thousands(per_second(commits, elapsed) as u64)
-        ));
+        bar.set_message(format!("{}; followers catching up", rate(commits, elapsed)));
         let catch_up = match self.catch_up(level).await {
             Ok(d) => d,
             Err(e) => {
@@ -631,6 +623,15 @@ fn millis(d: Duration) -> u64 {
 
 fn total(counts: &[AtomicU64]) -> u64 {
     counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+}
+
+/// "N commits, R/s", for the progress bars.
+fn rate(commits: u64, elapsed: Duration) -> String {
+    format!(
+        "{} commits, {}/s",
+        thousands(commits),
+        thousands(per_second(commits, elapsed) as u64)
+    )
 }
 
 fn per_second(n: u64, elapsed: Duration) -> f64 {

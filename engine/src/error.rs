@@ -50,6 +50,15 @@ pub enum Error {
         /// What is wrong there.
         reason: String,
     },
+    /// The log's files disagree with what it believes it has (found by
+    /// [`Log::check_files`](crate::Log::check_files)).
+    #[error("log files disagree with the log: {path}: {reason}")]
+    FileMismatch {
+        /// The file concerned.
+        path: PathBuf,
+        /// What disagrees.
+        reason: String,
+    },
     /// Encoded batches handed to [`Log::append_encoded`](crate::Log::append_encoded) are
     /// malformed, misplaced or out of order. Nothing was appended.
     #[error("rejected encoded batch at {lsn}: {source}")]

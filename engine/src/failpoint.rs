@@ -1,21 +1,33 @@
-//! Failpoints at I/O boundaries, for tests: make the next write or flush of one log
-//! directory fail with a chosen errno. Compiled to nothing outside `cfg(test)`.
+//! Failpoints at I/O boundaries, for tests: make a write, flush or file operation of one
+//! log directory fail with a chosen errno. Compiled to nothing outside `cfg(test)`.
 
 use std::io;
 use std::path::Path;
 
 #[cfg(test)]
-static ACTIVE: std::sync::Mutex<Vec<(&'static str, std::path::PathBuf, i32)>> =
-    std::sync::Mutex::new(Vec::new());
+struct Armed {
+    name: &'static str,
+    dir: std::path::PathBuf,
+    errno: i32,
+    /// Hits that still pass before the failures start.
+    pass: usize,
+}
+
+#[cfg(test)]
+static ACTIVE: std::sync::Mutex<Vec<Armed>> = std::sync::Mutex::new(Vec::new());
 
 /// Fails with the errno armed for `name` in `dir`, if any.
 #[cfg_attr(not(test), inline(always))]
 pub(crate) fn hit(name: &'static str, dir: &Path) -> io::Result<()> {
     #[cfg(test)]
     {
-        let active = crate::sync::lock(&ACTIVE);
-        if let Some((_, _, errno)) = active.iter().find(|(n, d, _)| *n == name && d == dir) {
-            return Err(io::Error::from_raw_os_error(*errno));
+        let mut active = crate::sync::lock(&ACTIVE);
+        if let Some(a) = active.iter_mut().find(|a| a.name == name && a.dir == dir) {
+            if a.pass > 0 {
+                a.pass -= 1;
+            } else {
+                return Err(io::Error::from_raw_os_error(a.errno));
+            }
         }
     }
     let _ = (name, dir);
@@ -25,11 +37,23 @@ pub(crate) fn hit(name: &'static str, dir: &Path) -> io::Result<()> {
 /// Arms `name` for `dir`: every hit fails with `errno` until [`clear`].
 #[cfg(test)]
 pub(crate) fn set(name: &'static str, dir: &Path, errno: i32) {
-    crate::sync::lock(&ACTIVE).push((name, dir.to_path_buf(), errno));
+    set_after(name, dir, errno, 0);
+}
+
+/// Arms `name` for `dir`: the first `pass` hits succeed, every later one fails with
+/// `errno` until [`clear`].
+#[cfg(test)]
+pub(crate) fn set_after(name: &'static str, dir: &Path, errno: i32, pass: usize) {
+    crate::sync::lock(&ACTIVE).push(Armed {
+        name,
+        dir: dir.to_path_buf(),
+        errno,
+        pass,
+    });
 }
 
 /// Disarms every failpoint of `dir`.
 #[cfg(test)]
 pub(crate) fn clear(dir: &Path) {
-    crate::sync::lock(&ACTIVE).retain(|(_, d, _)| d != dir);
+    crate::sync::lock(&ACTIVE).retain(|a| a.dir != dir);
 }

@@ -1,9 +1,12 @@
 //! Small file-system helpers with the durability rules the engine relies on: the
-//! directory is fsynced whenever a file is created, renamed or removed, and small
-//! files are replaced atomically (write temp, fsync, rename, fsync directory).
+//! directory is fsynced whenever a file is created, renamed or removed, small files are
+//! replaced atomically (write temp, fsync, rename, fsync directory), and a new segment
+//! is moved into place without ever replacing a file already under its name.
 
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -47,6 +50,43 @@ pub fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     fsync_dir(dir)
 }
 
+/// Renames `from` to `to` only if nothing is named `to`: `renameat2(RENAME_NOREPLACE)`,
+/// or, on file systems without it, `link` then `unlink` (a link never replaces either).
+/// A segment made for a position must never replace the live file of that position (the
+/// writer would go on writing into an unlinked inode), so an existing `to` is an error
+/// (`AlreadyExists`), not something to overwrite. The caller fsyncs the directory.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: both pointers are NUL-terminated strings that outlive the call; the
+    // directory descriptors are AT_FDCWD, so relative paths resolve as for rename(2).
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // The file system (or kernel) does not support the flag: a hard link is just as
+        // unable to replace a name.
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        _ => Err(e),
+    }
+}
+
 /// Writes `len` zero bytes at `offset`, in chunks, skipping nothing.
 pub(crate) fn write_zeros(file: &File, path: &Path, mut offset: u64, len: u64) -> Result<()> {
     const CHUNK: usize = 1 << 20;
@@ -59,4 +99,27 @@ pub(crate) fn write_zeros(file: &File, path: &Path, mut offset: u64, len: u64) -
         offset += n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_noreplace_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, b"new").unwrap();
+        fs::write(&b, b"live").unwrap();
+        let e = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&b).unwrap(), b"live");
+        assert_eq!(fs::read(&a).unwrap(), b"new");
+        fs::remove_file(&b).unwrap();
+        rename_noreplace(&a, &b).unwrap();
+        assert!(!a.exists());
+        assert_eq!(fs::read(&b).unwrap(), b"new");
+        let missing = rename_noreplace(&a, &dir.path().join("c")).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
 }

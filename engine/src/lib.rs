@@ -40,6 +40,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+mod audit;
 mod commit;
 mod epoch;
 mod error;
@@ -64,6 +65,7 @@ mod types;
 mod watermark;
 mod writer;
 
+pub use audit::SegmentFiles;
 pub use commit::Commit;
 pub use epoch::EpochHistory;
 pub use error::{Error, Result};

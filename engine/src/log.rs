@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) retention_floor: AtomicU64,
     pub(crate) backend_name: &'static str,
     pub(crate) counters: crate::stats::Counters,
+    /// Why segment retirement last stopped, if it did.
+    pub(crate) retire_error: Mutex<Option<Error>>,
 }
 
 impl Shared {
@@ -165,9 +167,27 @@ impl Shared {
     }
 
     /// Makes the segment at `base` available for appends (called under the append lock).
+    /// Segments are added strictly in order: `base` must already be in the log or be the
+    /// one right after its last segment, so no position can ever be skipped.
     pub(crate) fn provision(&self, base: Lsn) -> Result<()> {
-        if read(&self.segments).contains_key(&base.get()) {
-            return Ok(());
+        {
+            let segs = read(&self.segments);
+            if segs.contains_key(&base.get()) {
+                return Ok(());
+            }
+            let next = segs
+                .last_key_value()
+                .map(|(&last, _)| last.saturating_add(self.geometry.capacity()));
+            if next != Some(base.get()) {
+                return Err(Error::InvalidState {
+                    op: "provision a segment",
+                    reason: format!(
+                        "segment {base} is not the one after the log's last segment ({})",
+                        segs.last_key_value()
+                            .map_or("none".to_string(), |(&b, _)| Lsn::new(b).to_string())
+                    ),
+                });
+            }
         }
         let seg = self.prep.take(self, base)?;
         write(&self.segments).insert(base.get(), Arc::new(seg));
@@ -375,6 +395,7 @@ impl Log {
             retention_floor: AtomicU64::new(u64::MAX),
             backend_name,
             counters: crate::stats::Counters::default(),
+            retire_error: Mutex::new(None),
             dir: dir.clone(),
             opts,
         });
@@ -513,10 +534,12 @@ impl Log {
         if records.len() > 1 {
             // Make every segment the records could reach exist first, so that a failure
             // (ENOSPC) leaves nothing appended. Each crossing wastes at most one record's
-            // worth of padding, hence the factor of two.
+            // worth of padding, hence the factor of two. Start with the segment holding
+            // `before`: when `before` is exactly a boundary, that is where the first
+            // record goes, and it may not exist yet.
             let g = sh.geometry;
             let reach = before.get().saturating_add(2 * bytes + g.capacity());
-            let mut base = g.end_of(before);
+            let mut base = g.base_of(before);
             while base.get() < reach {
                 sh.provision(base)?;
                 base = Lsn::new(base.get() + g.capacity());
@@ -790,6 +813,40 @@ impl Log {
     pub fn unfence_remote(&self) {
         self.shared.fenced.store(false, Ordering::Release);
         *lock(&self.shared.fence) = None;
+    }
+
+    /// Why segment retirement last stopped, if it ever did: an I/O error renaming or
+    /// removing a retired segment (retirement then stops at that segment, the log stays
+    /// consistent, and the next [`set_checkpoint`](Log::set_checkpoint) retries), or a
+    /// segment file that had vanished. Also counted in [`Stats::retire_errors`](crate::Stats).
+    pub fn last_retire_error(&self) -> Option<Error> {
+        lock(&self.shared.retire_error).clone()
+    }
+
+    /// Checks that the log's files are exactly the ones it believes it has: every
+    /// segment it reads and writes is the file under that segment's name (same inode,
+    /// so nothing replaced or unlinked it), every segment file in the directory is one
+    /// of its segments or the prepared next one, and the recycle pool is what is on disk.
+    /// Waits for segment preparation or retirement in progress to finish, and holds
+    /// appends meanwhile: a consistency check for tests, tools and health endpoints.
+    ///
+    /// ```
+    /// # use walship_engine::{Log, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// let log = Log::open(dir.path(), Options { segment_capacity: 1 << 16, ..Options::default() })?;
+    /// for _ in 0..100 {
+    ///     log.append(&[7u8; 2000])?;
+    /// }
+    /// let files = log.check_files()?;
+    /// assert_eq!(files.segments.len(), log.segment_count());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::FileMismatch`] naming the file and what disagrees; I/O errors listing the
+    /// directory; [`Error::Poisoned`] or [`Error::Closed`].
+    pub fn check_files(&self) -> Result<crate::SegmentFiles> {
+        crate::audit::check_files(&self.shared)
     }
 
     /// Counters of what the log has done since it was opened.

@@ -1,36 +1,65 @@
 //! The segment preparer thread: makes the next segment ready before the log needs it,
 //! and retires segments the embedder's checkpoint no longer needs.
 //!
-//! - Preparing prefers a retired file (recycling: rename, rewrite the header, fsync)
-//!   over a new zero-filled one, because writing into already-written blocks is the
-//!   fastest write this file system offers.
-//! - Appenders call [`Preparer::take`] under the append lock when they cross into a new
-//!   segment; if preparation failed (e.g. `ENOSPC`) they get the error and nothing is
-//!   appended; the next crossing asks again, so appends resume once space is freed.
-//! - Retirement removes whole segments below the checkpoint from the front of the log,
-//!   never the one being written. A retired segment that no reader or `Bytes` still maps
-//!   goes to the recycle pool (renamed to a `.tmp` name, so a crash simply deletes it);
-//!   one still mapped is unlinked, and the mapping keeps its bytes alive.
+//! Guarantees:
+//! - **Only the segment after the log's last one is ever prepared**, and never one whose
+//!   base the segment map already holds; the file is moved into place without replacing
+//!   any existing name (`segment::create`/`recycle`). So a prepared segment can never
+//!   be, or replace, a live one.
+//! - **A prepared segment is handed out only for its own base** ([`Preparer::take`]);
+//!   one the log no longer continues at (after a truncation) is deleted, which is safe
+//!   because of the first guarantee. If preparation failed (e.g. `ENOSPC`) the appender
+//!   gets the error and nothing is appended; the next crossing asks again.
+//! - **Retirement keeps the segment map and the directory in agreement**: a segment
+//!   leaves the map only once its file has been renamed into the recycle pool or
+//!   unlinked; a failure stops retirement there, is recorded
+//!   ([`Log::last_retire_error`](crate::Log::last_retire_error), `Stats::retire_errors`)
+//!   and is retried at the next checkpoint. A file that has already vanished is recorded
+//!   too, and its entry dropped, since nothing is left to keep.
+//!
+//! Preparing prefers a retired file (recycling: rename, rewrite the header, fsync) over a
+//! new zero-filled one, because writing into already-written blocks is the fastest write
+//! this file system offers. A retired segment that no reader or `Bytes` still maps goes
+//! to the recycle pool (renamed to a `.tmp` name, so a crash simply deletes it); one
+//! still mapped is unlinked, and the mapping keeps its bytes alive.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::log::{lock, write, Shared};
+use crate::log::{lock, read, write, Shared};
 use crate::segment::{self, Segment, TMP_SUFFIX};
 use crate::stats::Counters;
 use crate::types::Lsn;
 
-struct State {
-    /// The segment wanted next.
+pub(crate) struct State {
+    /// The segment wanted next: the one after the log's last segment.
     want: Option<Lsn>,
     ready: Option<Result<Segment>>,
     pool: VecDeque<PathBuf>,
     retention: bool,
+    /// The preparer thread is changing files outside the lock (preparing or retiring).
+    busy: bool,
     shutdown: bool,
+}
+
+impl State {
+    /// The prepared segment waiting to be taken, if any: its base and file identity.
+    pub(crate) fn spare(&self) -> Option<(Lsn, &Path, (u64, u64))> {
+        match &self.ready {
+            Some(Ok(s)) => Some((s.base, s.path.as_path(), s.id)),
+            _ => None,
+        }
+    }
+
+    /// Retired files kept for recycling.
+    pub(crate) fn pool(&self) -> impl Iterator<Item = &Path> {
+        self.pool.iter().map(PathBuf::as_path)
+    }
 }
 
 pub(crate) struct Preparer {
@@ -47,6 +76,7 @@ impl Preparer {
                 ready: ready.map(Ok),
                 pool: VecDeque::new(),
                 retention: false,
+                busy: false,
                 shutdown: false,
             }),
             cv: Condvar::new(),
@@ -68,8 +98,24 @@ impl Preparer {
         self.cv.notify_all();
     }
 
+    /// The preparer's state once it is not changing any file: held, it keeps the
+    /// preparer from starting to (the caller also holds the append lock, so nothing
+    /// else changes the directory either).
+    pub(crate) fn quiesce(&self) -> MutexGuard<'_, State> {
+        let mut st = lock(&self.state);
+        while st.busy && !st.shutdown {
+            st = self
+                .cv
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        st
+    }
+
     /// Takes the prepared segment at `base`, waiting for it if necessary; asks for the
-    /// one after it next.
+    /// one after it next. Called under the append lock with `base` just after the log's
+    /// last segment.
     pub(crate) fn take(&self, shared: &Shared, base: Lsn) -> Result<Segment> {
         let cap = shared.geometry.capacity();
         let mut st = lock(&self.state);
@@ -86,14 +132,7 @@ impl Preparer {
                     self.cv.notify_all();
                     return Ok(seg);
                 }
-                Some(Ok(stale)) => {
-                    // Prepared for a position the log no longer continues at (after a
-                    // truncation): it must not stay under a segment name.
-                    let path = stale.path.clone();
-                    drop(stale);
-                    std::fs::remove_file(&path)
-                        .map_err(|e| Error::io("remove stale prepared segment", &path, e))?;
-                }
+                Some(Ok(other)) => discard(shared, other)?,
                 Some(Err(e)) => {
                     st.want = None;
                     return Err(e);
@@ -112,21 +151,39 @@ impl Preparer {
         }
     }
 
-    /// Forgets any prepared segment (deleting its file) and asks for `next` instead.
-    pub(crate) fn reset(&self, next: Lsn) -> Result<()> {
+    /// Forgets any prepared segment (deleting its file) and asks for `next` instead:
+    /// the log now continues there (after a truncation).
+    pub(crate) fn reset(&self, shared: &Shared, next: Lsn) -> Result<()> {
         let mut st = lock(&self.state);
         if let Some(Ok(seg)) = st.ready.take() {
-            let path = seg.path.clone();
-            drop(seg);
-            if path.exists() {
-                std::fs::remove_file(&path)
-                    .map_err(|e| Error::io("remove prepared segment", &path, e))?;
-            }
+            discard(shared, seg)?;
         }
         st.want = Some(next);
         drop(st);
         self.cv.notify_all();
         Ok(())
+    }
+}
+
+/// Deletes a prepared segment the log does not continue at. Never one the log holds:
+/// nothing is prepared at a base in the segment map, and nothing is moved into place
+/// over an existing name, so a file under this name is this segment's own.
+fn discard(shared: &Shared, seg: Segment) -> Result<()> {
+    if read(&shared.segments).contains_key(&seg.base.get()) {
+        return Err(Error::InvalidState {
+            op: "discard a prepared segment",
+            reason: format!(
+                "segment {} is part of the log; its file is left alone",
+                seg.base
+            ),
+        });
+    }
+    let path = seg.path.clone();
+    drop(seg);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove unneeded prepared segment", &path, e)),
     }
 }
 
@@ -139,59 +196,52 @@ pub(crate) fn run(shared: &Arc<Shared>) {
         }
         if st.retention {
             st.retention = false;
+            st.busy = true;
             drop(st);
-            let retired = retire(shared);
+            let (recyclable, error) = retire(shared);
             st = lock(&prep.state);
-            match retired {
-                Ok(paths) => {
-                    for p in paths {
-                        if st.pool.len() < shared.opts.recycle_pool {
-                            st.pool.push_back(p);
-                        } else if let Err(e) = std::fs::remove_file(&p) {
-                            tracing::warn!(path = %p.display(), error = %e, "cannot remove retired segment");
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "segment retirement failed; will retry at the next checkpoint")
+            for p in recyclable {
+                if st.pool.len() < shared.opts.recycle_pool {
+                    st.pool.push_back(p);
+                } else if let Err(e) = std::fs::remove_file(&p) {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot remove retired segment");
                 }
             }
+            if let Some(e) = error {
+                tracing::error!(error = %e, "segment retirement stopped; it resumes at the next checkpoint");
+                Counters::add(&shared.counters.retire_errors, 1);
+                *lock(&shared.retire_error) = Some(e);
+            }
+            st.busy = false;
+            prep.cv.notify_all();
             continue;
         }
         if let (Some(base), None) = (st.want, st.ready.as_ref()) {
-            let recycled = st.pool.pop_front();
+            st.busy = true;
+            let already = read(&shared.segments).contains_key(&base.get());
+            let recycled = if already { None } else { st.pool.pop_front() };
             drop(st);
-            let c = &shared.counters;
-            let create = || {
-                let r = segment::create(&shared.dir, base, shared.geometry);
-                if r.is_ok() {
-                    Counters::add(&c.segments_created, 1);
-                }
-                r
-            };
-            let result = match &recycled {
-                Some(old) => match segment::recycle(&shared.dir, old, base, shared.geometry) {
-                    Ok(seg) => {
-                        Counters::add(&c.segments_recycled, 1);
-                        Ok(seg)
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "recycling failed; creating a new segment");
-                        create()
-                    }
-                },
-                None => create(),
+            let result = if already {
+                Err(Error::InvalidState {
+                    op: "prepare a segment",
+                    reason: format!("segment {base} is already part of the log"),
+                })
+            } else {
+                prepare(shared, base, recycled.as_deref())
             };
             if let Err(e) = &result {
                 tracing::warn!(base = %base, error = %e, "cannot prepare the next segment");
             }
             st = lock(&prep.state);
+            st.busy = false;
             if st.want == Some(base) {
                 st.want = None;
                 st.ready = Some(result);
             } else if let Ok(seg) = result {
                 // The log moved on (truncation) while this was prepared.
-                let _ = std::fs::remove_file(&seg.path);
+                if let Err(e) = discard(shared, seg) {
+                    tracing::warn!(error = %e, "cannot remove an unneeded prepared segment");
+                }
             }
             prep.cv.notify_all();
             continue;
@@ -200,57 +250,166 @@ pub(crate) fn run(shared: &Arc<Shared>) {
     }
 }
 
-/// Removes segments wholly below the checkpoint from the front of the log. Returns the
-/// paths of those that can be recycled (renamed to temporary names).
-fn retire(shared: &Shared) -> Result<Vec<PathBuf>> {
+/// Makes the segment at `base`: from the retired file `recycled` if there is one,
+/// zero-filled otherwise.
+fn prepare(shared: &Shared, base: Lsn, recycled: Option<&Path>) -> Result<Segment> {
+    let c = &shared.counters;
+    let create = || {
+        let r = segment::create(&shared.dir, base, shared.geometry);
+        if r.is_ok() {
+            Counters::add(&c.segments_created, 1);
+        }
+        r
+    };
+    match recycled {
+        Some(old) => match segment::recycle(&shared.dir, old, base, shared.geometry) {
+            Ok(seg) => {
+                Counters::add(&c.segments_recycled, 1);
+                Ok(seg)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "recycling failed; creating a new segment");
+                create()
+            }
+        },
+        None => create(),
+    }
+}
+
+/// Removes segments wholly below the retirement floor from the front of the log, one at
+/// a time: each leaves the segment map only once its file is renamed into the recycle
+/// pool (returned) or unlinked. Stops at the first failure, which is returned.
+fn retire(shared: &Shared) -> (Vec<PathBuf>, Option<Error>) {
     let g = shared.geometry;
     let checkpoint = Lsn::new(shared.checkpoint.load(Ordering::Acquire));
     let held = Lsn::new(shared.retention_floor.load(Ordering::Acquire));
-    let written = shared.written.get();
-    let floor = checkpoint.min(held).min(written);
-    let mut removed = Vec::new();
-    {
-        let mut segs = write(&shared.segments);
-        while segs.len() > 1 {
-            let Some((&base, _)) = segs.first_key_value() else {
-                break;
-            };
-            if base + g.capacity() > floor.get() || g.base_of(written).get() == base {
-                break;
-            }
-            if let Some((_, seg)) = segs.pop_first() {
-                removed.push(seg);
-            }
-        }
-        if let Some((&first, _)) = segs.first_key_value() {
-            shared
-                .start
-                .store(g.first_batch(Lsn::new(first)).get(), Ordering::Release);
-        }
-    }
-    if removed.is_empty() {
-        return Ok(Vec::new());
-    }
+    // Never a segment with bytes the writer has yet to flush.
+    let floor = checkpoint.min(held).min(shared.flushed.get());
+    let writing = g.base_of(shared.written.get()).get();
     let mut recyclable = Vec::new();
-    for seg in removed {
+    let mut error = None;
+    let mut changed = false;
+    loop {
+        // The decision and the file operation happen under the map's lock, so no reader
+        // can take a new reference to the segment in between.
+        let mut segs = write(&shared.segments);
+        if segs.len() <= 1 {
+            break;
+        }
+        let Some((&base, seg)) = segs.first_key_value() else {
+            break;
+        };
+        if base + g.capacity() > floor.get() || base >= writing {
+            break;
+        }
         let path = seg.path.clone();
-        if seg.is_referenced() {
-            drop(seg);
+        let outcome = if let Err(e) = crate::failpoint::hit("preparer::retire", &shared.dir) {
+            Err(("retire segment", e))
+        } else if seg.is_referenced() {
             std::fs::remove_file(&path)
-                .map_err(|e| Error::io("remove retired segment", &path, e))?;
+                .map(|()| None)
+                .map_err(|e| ("remove retired segment", e))
         } else {
-            drop(seg);
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or("segment");
             let tmp = shared.dir.join(format!("recycle-{name}{TMP_SUFFIX}"));
             std::fs::rename(&path, &tmp)
-                .map_err(|e| Error::io("rename retired segment", &path, e))?;
-            recyclable.push(tmp);
+                .map(|()| Some(tmp))
+                .map_err(|e| ("rename retired segment into the recycle pool", e))
+        };
+        match outcome {
+            Ok(tmp) => recyclable.extend(tmp),
+            Err((_, e)) if e.kind() == io::ErrorKind::NotFound => {
+                // Nothing left to keep: drop the entry, but say so, since a segment file
+                // the log holds must not vanish.
+                error = Some(Error::io("retire segment: its file had vanished", &path, e));
+            }
+            Err((op, e)) => {
+                error = Some(Error::io(op, &path, e));
+                break;
+            }
+        }
+        segs.pop_first();
+        changed = true;
+        if let Some((&first, _)) = segs.first_key_value() {
+            shared
+                .start
+                .store(g.first_batch(Lsn::new(first)).get(), Ordering::Release);
         }
     }
-    crate::fsutil::fsync_dir(&shared.dir)?;
-    tracing::debug!(start = %shared.start(), recyclable = recyclable.len(), "retired segments below the checkpoint");
-    Ok(recyclable)
+    if changed {
+        if let Err(e) = crate::fsutil::fsync_dir(&shared.dir) {
+            error.get_or_insert(e);
+        }
+        tracing::debug!(start = %shared.start(), recyclable = recyclable.len(), "retired segments below the checkpoint");
+    }
+    (recyclable, error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use crate::failpoint;
+    use crate::{BackendKind, Durability, Log, Lsn, Options};
+
+    const CAP: u64 = 1 << 16;
+
+    fn opts() -> Options {
+        Options {
+            segment_capacity: CAP,
+            backend: BackendKind::Portable,
+            recycle_pool: 1,
+            ..Options::default()
+        }
+    }
+
+    fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_retirement_error_stops_there_is_reported_and_leaves_map_and_disk_in_agreement() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), opts()).unwrap();
+        while log.end_lsn() < Lsn::new(8 * CAP) {
+            log.append(&[5u8; 3000]).unwrap();
+        }
+        log.commit(log.end_lsn(), Durability::Local).wait().unwrap();
+        let before = log.check_files().unwrap();
+        // Two segments retire, then the third file operation fails.
+        failpoint::set_after("preparer::retire", dir.path(), libc::EIO, 2);
+        log.set_checkpoint(Lsn::new(6 * CAP));
+        wait_until("the retirement error", || log.stats().retire_errors == 1);
+        let e = log.last_retire_error().expect("reported");
+        assert!(e.to_string().contains("retire segment"), "{e}");
+        let after = log.check_files().expect("map and directory agree");
+        assert_eq!(
+            after.segments[0],
+            Lsn::new(2 * CAP),
+            "stopped at the failure"
+        );
+        assert_eq!(after.segments.len(), before.segments.len() - 2);
+        assert_eq!(log.start_lsn(), Lsn::new(2 * CAP + 64));
+        // Retried at the next checkpoint once the error is gone.
+        failpoint::clear(dir.path());
+        log.set_checkpoint(Lsn::new(6 * CAP));
+        wait_until("retirement to resume", || {
+            log.start_lsn() > Lsn::new(6 * CAP)
+        });
+        let done = log.check_files().unwrap();
+        assert_eq!(done.segments[0], Lsn::new(6 * CAP));
+        assert!(done.recycle_pool <= 1);
+        log.close().unwrap();
+        drop(log);
+        let log = Log::open(dir.path(), opts()).unwrap();
+        assert_eq!(log.start_lsn(), Lsn::new(6 * CAP + 64));
+        log.check_files().unwrap();
+    }
 }

@@ -8,10 +8,12 @@
 //! every first write, so `fdatasync` would flush metadata too. Retired segments are
 //! recycled (renamed, header rewritten) because an already-written file is the fastest
 //! to write into again. Creation and recycling go through a `.tmp` name and end with a
-//! directory fsync, so a crash never leaves a half-made segment under a real name.
+//! directory fsync, so a crash never leaves a half-made segment under a real name; the
+//! final rename never replaces an existing file, so a segment being made can never take
+//! the name of a live one (whose open file the writer would then write into unlinked).
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +21,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::format::{Geometry, SegmentHeader};
-use crate::fsutil::{fsync_dir, write_zeros};
+use crate::fsutil::{fsync_dir, rename_noreplace, write_zeros};
 use crate::mmap::{bytes_of, SegmentMap};
 use crate::types::Lsn;
 
@@ -51,6 +53,9 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<Lsn> {
 pub(crate) struct Segment {
     pub(crate) base: Lsn,
     pub(crate) path: PathBuf,
+    /// `(device, inode)` of the file this handle maps and writes: what its name must
+    /// still point to (checked by [`Log::check_files`](crate::Log::check_files)).
+    pub(crate) id: (u64, u64),
     file: Mutex<Option<Arc<File>>>,
     pub(crate) map: Arc<SegmentMap>,
 }
@@ -67,10 +72,10 @@ impl Segment {
     }
 
     fn from_file(file: File, path: &Path, base: Lsn, geometry: Geometry) -> Result<Segment> {
-        let len = file
+        let meta = file
             .metadata()
-            .map_err(|e| Error::io("stat segment", path, e))?
-            .len();
+            .map_err(|e| Error::io("stat segment", path, e))?;
+        let len = meta.len();
         if len != geometry.capacity() {
             return Err(Error::corruption(
                 path,
@@ -86,6 +91,7 @@ impl Segment {
         Ok(Segment {
             base,
             path: path.to_path_buf(),
+            id: (meta.dev(), meta.ino()),
             file: Mutex::new(Some(Arc::new(file))),
             map: Arc::new(map),
         })
@@ -143,7 +149,8 @@ pub(crate) fn create(dir: &Path, base: Lsn, geometry: Geometry) -> Result<Segmen
         write_header_and_zeros(&file, &tmp, base, geometry)?;
         file.sync_all()
             .map_err(|e| Error::io("fsync new segment", &tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| Error::io("rename new segment", &path, e))?;
+        rename_noreplace(&tmp, &path)
+            .map_err(|e| Error::io("move new segment into place (never over a file)", &path, e))?;
         fsync_dir(dir)?;
         Segment::from_file(file, &path, base, geometry)
     })();
@@ -173,24 +180,37 @@ pub(crate) fn recycle(dir: &Path, old: &Path, base: Lsn, geometry: Geometry) -> 
     let path = segment_path(dir, base);
     let tmp = tmp_path(&path);
     fs::rename(old, &tmp).map_err(|e| Error::io("rename retired segment", old, e))?;
-    // The old name must be durably gone before its header changes.
-    fsync_dir(dir)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("open recycled segment", &tmp, e))?;
-    let header = SegmentHeader {
-        base,
-        capacity: geometry.capacity(),
+    let result = (|| {
+        // The old name must be durably gone before its header changes.
+        fsync_dir(dir)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("open recycled segment", &tmp, e))?;
+        let header = SegmentHeader {
+            base,
+            capacity: geometry.capacity(),
+        }
+        .encode();
+        file.write_all_at(&header, 0)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| Error::io("rewrite recycled segment header", &tmp, e))?;
+        rename_noreplace(&tmp, &path).map_err(|e| {
+            Error::io(
+                "move recycled segment into place (never over a file)",
+                &path,
+                e,
+            )
+        })?;
+        fsync_dir(dir)?;
+        Segment::from_file(file, &path, base, geometry)
+    })();
+    if result.is_err() {
+        // A spare is cheap to remake; a stray file under a temporary name is not wanted.
+        let _ = fs::remove_file(&tmp);
     }
-    .encode();
-    file.write_all_at(&header, 0)
-        .and_then(|_| file.sync_data())
-        .map_err(|e| Error::io("rewrite recycled segment header", &tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| Error::io("rename recycled segment", &path, e))?;
-    fsync_dir(dir)?;
-    Segment::from_file(file, &path, base, geometry)
+    result
 }
 
 /// Rewrites the segment at `seg` so that it keeps only `[base, keep_end)` and zeros
@@ -214,6 +234,7 @@ pub(crate) fn rewrite_prefix(
         write_zeros(&file, &tmp, keep, geometry.capacity() - keep)?;
         file.sync_all()
             .map_err(|e| Error::io("fsync truncated segment", &tmp, e))?;
+        // Replacing the old file is the point here: mappings of it keep the old bytes.
         fs::rename(&tmp, &seg.path)
             .map_err(|e| Error::io("rename truncated segment", &seg.path, e))?;
         fsync_dir(dir)?;
@@ -257,6 +278,34 @@ mod tests {
         assert_eq!(parse_segment_name("0000000004000000.wal.tmp"), None);
         assert_eq!(parse_segment_name("04000000.wal"), None);
         assert_eq!(parse_segment_name("000000000400000g.wal"), None);
+    }
+
+    #[test]
+    fn a_new_or_recycled_segment_never_replaces_a_file_of_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(1 << 16);
+        let live = create(dir.path(), Lsn::ZERO, g).unwrap();
+        live.file()
+            .unwrap()
+            .write_all_at(b"acknowledged", 64)
+            .unwrap();
+        let e = create(dir.path(), Lsn::ZERO, g).unwrap_err();
+        assert!(e.to_string().contains("never over a file"), "{e}");
+        let old = dir.path().join("retired");
+        std::fs::write(&old, vec![0u8; 1 << 16]).unwrap();
+        assert!(recycle(dir.path(), &old, Lsn::ZERO, g).is_err());
+        let on_disk = std::fs::read(segment_path(dir.path(), Lsn::ZERO)).unwrap();
+        assert_eq!(
+            &on_disk[64..76],
+            b"acknowledged",
+            "the live file is untouched"
+        );
+        let meta = std::fs::metadata(&live.path).unwrap();
+        assert_eq!((meta.dev(), meta.ino()), live.id);
+        assert!(
+            !tmp_path(&live.path).exists(),
+            "no temporary file left behind"
+        );
     }
 
     #[test]

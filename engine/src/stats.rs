@@ -15,6 +15,7 @@ pub(crate) struct Counters {
     pub(crate) segments_created: AtomicU64,
     pub(crate) segments_recycled: AtomicU64,
     pub(crate) back_pressure_waits: AtomicU64,
+    pub(crate) retire_errors: AtomicU64,
 }
 
 impl Counters {
@@ -34,6 +35,7 @@ impl Counters {
             segments_created: g(&self.segments_created),
             segments_recycled: g(&self.segments_recycled),
             back_pressure_waits: g(&self.back_pressure_waits),
+            retire_errors: g(&self.retire_errors),
         }
     }
 }
@@ -62,4 +64,7 @@ pub struct Stats {
     pub segments_recycled: u64,
     /// Times an appender had to wait for the writer (back-pressure).
     pub back_pressure_waits: u64,
+    /// Times segment retirement stopped on an error (see
+    /// [`Log::last_retire_error`](crate::Log::last_retire_error)).
+    pub retire_errors: u64,
 }

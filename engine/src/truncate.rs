@@ -92,7 +92,8 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
         let rewritten = segment::rewrite_prefix(&sh.dir, &keep, lsn, g)?;
         write(&sh.segments).insert(keep_base.get(), Arc::new(rewritten));
     }
-    sh.prep.reset(Lsn::new(keep_base.get() + g.capacity()))?;
+    sh.prep
+        .reset(sh, Lsn::new(keep_base.get() + g.capacity()))?;
 
     let epoch = {
         let mut h = lock(&sh.epochs);

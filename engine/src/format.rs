@@ -10,7 +10,7 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 8 | magic `WALSHSEG` |
-//! | 8 | 4 | format version (1), little-endian |
+//! | 8 | 4 | format version (2), little-endian |
 //! | 12 | 4 | header length (64) |
 //! | 16 | 8 | base LSN of the segment |
 //! | 24 | 8 | segment capacity in bytes (power of two) |
@@ -22,14 +22,29 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 4 | total length of the batch, header included |
-//! | 4 | 4 | CRC32C of bytes 0..4 and 8..len (header only, for padding) |
+//! | 4 | 4 | CRC32C of bytes 0..4, 8..40 and 48..len (0..4 and 8..40 for padding) |
 //! | 8 | 8 | base LSN: where this batch starts in the log |
 //! | 16 | 8 | epoch it was written in |
 //! | 24 | 8 | commit timestamp, µs since the Unix epoch (leader clock) |
 //! | 32 | 4 | record count |
 //! | 36 | 2 | flags: bit 0 = padding |
 //! | 38 | 2 | magic `0xB47C` |
-//! | 40 | … | records, each: length (4 bytes LE), then the payload |
+//! | 40 | 4 | flush stamp: base LSN − the flushed LSN the writer of this copy knew when it wrote the batch (saturating) |
+//! | 44 | 4 | CRC32C of bytes 4..16 and 40..44: the stamp, bound to this batch's CRC and position |
+//! | 48 | … | records, each: length (4 bytes LE), then the payload |
+//!
+//! # The flush stamp
+//!
+//! Every copy of a log stamps its own: the writer sets it when it writes the batch, to
+//! what it knew to be durable then (a follower restamps the leader's batches as it
+//! writes them, which is why the stamp has its own CRC instead of being covered by the
+//! batch's). A valid batch whose stamp says `F` proves that every byte before `F` had been
+//! flushed before it was written. Recovery uses that to tell the two things an invalid
+//! batch followed by a valid one can be: damage to bytes that had been flushed (some later
+//! stamp reaches past them: refuse to open), or the unflushed tail of a power loss,
+//! where the disk persisted a later page but not an earlier one (no later stamp reaches
+//! past them: nothing there was ever acknowledged, so the log ends before them). Copies
+//! of a log are byte-identical except for the stamps ([`same_batch`]).
 //!
 //! Batches never straddle a segment. The tail of a segment that cannot hold the next
 //! batch is a *padding* batch: a header with the padding flag whose length reaches
@@ -47,11 +62,14 @@ use crate::types::{Epoch, Lsn};
 /// Length of the segment header.
 pub const SEGMENT_HEADER_LEN: usize = 64;
 /// Length of a batch header.
-pub const BATCH_HEADER_LEN: usize = 40;
+pub const BATCH_HEADER_LEN: usize = 48;
+/// The bytes of a batch header holding the flush stamp and its CRC, which each copy of
+/// a log writes for itself and the batch CRC does not cover.
+pub const STAMP_RANGE: std::ops::Range<usize> = 40..48;
 /// Length of a record's length prefix.
 pub const RECORD_PREFIX_LEN: usize = 4;
-/// Current format version.
-pub const FORMAT_VERSION: u32 = 1;
+/// Current format version (2 added the flush stamp to batch headers).
+pub const FORMAT_VERSION: u32 = 2;
 
 const SEGMENT_MAGIC: &[u8; 8] = b"WALSHSEG";
 const BATCH_MAGIC: u16 = 0xB47C;
@@ -98,6 +116,14 @@ pub enum FormatError {
         /// CRC in the bytes.
         stored: u32,
         /// CRC of the bytes.
+        computed: u32,
+    },
+    /// The flush stamp's own checksum does not match (a torn or damaged header).
+    #[error("flush stamp CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    StampMismatch {
+        /// CRC in the bytes.
+        stored: u32,
+        /// CRC of the stamp.
         computed: u32,
     },
     /// The batch is not where it claims to be (misplaced or stale bytes).
@@ -310,9 +336,13 @@ impl Geometry {
         e == seg_end || e.saturating_add(BATCH_HEADER_LEN as u64) <= seg_end
     }
 
-    /// The largest record payload that fits alone in an empty segment.
+    /// The largest record payload the log accepts: alone in an empty segment, its batch
+    /// still leaves room for the padding header that must describe the rest of the
+    /// segment. (A record that would leave 1 to 39 bytes of an empty segment could be
+    /// placed nowhere: not in that segment, since no padding fits after it, and not in
+    /// the next one either, for the same reason.)
     pub fn max_payload(&self) -> u64 {
-        self.capacity - (SEGMENT_HEADER_LEN + BATCH_HEADER_LEN + RECORD_PREFIX_LEN) as u64
+        self.capacity - (SEGMENT_HEADER_LEN + 2 * BATCH_HEADER_LEN + RECORD_PREFIX_LEN) as u64
     }
 }
 
@@ -336,6 +366,9 @@ pub struct BatchHeader {
     pub record_count: u32,
     /// Whether this is a padding batch.
     pub padding: bool,
+    /// The flush stamp: every byte before this LSN had been flushed by the log holding
+    /// this copy when it wrote the batch (see the module documentation).
+    pub flushed: Lsn,
 }
 
 impl BatchHeader {
@@ -381,14 +414,17 @@ impl BatchHeader {
             timestamp_us: le_u64(buf, 24),
             record_count: le_u32(buf, 32),
             padding: flags & FLAG_PADDING != 0,
+            flushed: Lsn::new(base.saturating_sub(u64::from(le_u32(buf, 40)))),
         })
     }
 }
 
-/// Writes a complete batch header into `buf[..BATCH_HEADER_LEN]` and computes the CRC
-/// over `buf[..len]` (the whole batch for data, the header alone for padding).
+/// Writes a complete batch header into `buf[..BATCH_HEADER_LEN]`: computes the CRC over
+/// `buf[..len]` (the whole batch for data, the header alone for padding) and stamps it
+/// with `flushed`.
 ///
 /// `buf` must hold the whole batch for a data batch, or at least the header for padding.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn seal_header(
     buf: &mut [u8],
     len: u32,
@@ -397,6 +433,7 @@ pub(crate) fn seal_header(
     timestamp_us: u64,
     record_count: u32,
     padding: bool,
+    flushed: Lsn,
 ) {
     buf[0..4].copy_from_slice(&len.to_le_bytes());
     buf[8..16].copy_from_slice(&base.get().to_le_bytes());
@@ -413,23 +450,70 @@ pub(crate) fn seal_header(
     };
     let crc = batch_crc(&buf[..covered]);
     buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    restamp(buf, flushed);
 }
 
-/// CRC of a batch: over the length field and everything after the CRC field.
+/// CRC of a batch: over the length field and everything after the CRC field but the
+/// flush stamp.
 fn batch_crc(covered: &[u8]) -> u32 {
     let c = crc32c::crc32c(&covered[0..4]);
-    crc32c::crc32c_append(c, &covered[8..])
+    let c = crc32c::crc32c_append(c, &covered[8..STAMP_RANGE.start]);
+    crc32c::crc32c_append(c, covered.get(STAMP_RANGE.end..).unwrap_or(&[]))
 }
 
-/// Encodes a padding header for `[start, segment end)`.
+/// CRC of a flush stamp: over the batch CRC, the base LSN and the stamp, so a stamp left
+/// over from another batch (a recycled segment's previous life, a torn write) never
+/// checks.
+fn stamp_crc(header: &[u8]) -> u32 {
+    let c = crc32c::crc32c(&header[4..16]);
+    crc32c::crc32c_append(c, &header[STAMP_RANGE.start..STAMP_RANGE.start + 4])
+}
+
+/// Rewrites the flush stamp of the encoded batch (or padding header) at the start of
+/// `batch` to say that every byte before `flushed` was durable when it was written
+/// (a stamp can only understate: `flushed` is clamped to at most 4 GiB before the batch).
+/// The batch CRC is unchanged; the stamp gets its own. Writers call it as they write a
+/// batch; tests use it to build logs as a writer with a given flushed position would.
+///
+/// # Panics
+/// If `batch` is shorter than a batch header (a caller's bug, not untrusted input).
+///
+/// ```
+/// use walship_engine::format::{check_batch, encode_batch, restamp, Expect};
+/// use walship_engine::{Epoch, Lsn};
+/// let mut b = encode_batch(Lsn::new(4096), Epoch::new(1), 0, &[b"x".as_slice()]);
+/// restamp(&mut b, Lsn::new(1024));
+/// assert_eq!(check_batch(&b, Expect::default())?.header.flushed, Lsn::new(1024));
+/// # Ok::<(), walship_engine::format::FormatError>(())
+/// ```
+pub fn restamp(batch: &mut [u8], flushed: Lsn) {
+    let base = le_u64(batch, 8);
+    let lag = base.saturating_sub(flushed.get()).min(u64::from(u32::MAX)) as u32;
+    batch[STAMP_RANGE.start..STAMP_RANGE.start + 4].copy_from_slice(&lag.to_le_bytes());
+    let crc = stamp_crc(batch);
+    batch[STAMP_RANGE.start + 4..STAMP_RANGE.end].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Whether two encoded batches are the same batch: byte-identical except for the flush
+/// stamp each copy of a log writes for itself. How replicas of a log compare.
+pub fn same_batch(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.len() >= BATCH_HEADER_LEN
+        && a[..STAMP_RANGE.start] == b[..STAMP_RANGE.start]
+        && a[STAMP_RANGE.end..] == b[STAMP_RANGE.end..]
+}
+
+/// Encodes a padding header for `[start, segment end)`, stamped as if everything before
+/// `start` had been flushed.
 pub fn encode_padding(start: Lsn, segment_end: Lsn, epoch: Epoch) -> [u8; BATCH_HEADER_LEN] {
     let mut b = [0u8; BATCH_HEADER_LEN];
     let len = (segment_end.get() - start.get()) as u32;
-    seal_header(&mut b, len, start, epoch, 0, 0, true);
+    seal_header(&mut b, len, start, epoch, 0, 0, true, start);
     b
 }
 
-/// Encodes one data batch of `records` starting at `base`: a convenience for tests,
+/// Encodes one data batch of `records` starting at `base`, stamped as if everything
+/// before `base` had been flushed ([`restamp`] says otherwise): a convenience for tests,
 /// tools and fuzz seeds (the log writer builds batches in place).
 pub fn encode_batch<R: AsRef<[u8]>>(
     base: Lsn,
@@ -455,6 +539,7 @@ pub fn encode_batch<R: AsRef<[u8]>>(
         timestamp_us,
         records.len() as u32,
         false,
+        base,
     );
     buf
 }
@@ -519,6 +604,11 @@ pub fn check_batch(buf: &[u8], expect: Expect) -> Result<CheckedBatch, FormatErr
             return Err(FormatError::CrcMismatch { stored, computed });
         }
         check_framing(&covered[BATCH_HEADER_LEN..], header.record_count)?;
+    }
+    let stored = le_u32(buf, STAMP_RANGE.start + 4);
+    let computed = stamp_crc(buf);
+    if stored != computed {
+        return Err(FormatError::StampMismatch { stored, computed });
     }
     if let Some(expected) = expect.lsn {
         if header.base != expected {
@@ -667,6 +757,51 @@ pub(crate) fn decode_meta(buf: &[u8]) -> Result<u64, FormatError> {
     Ok(capacity)
 }
 
+// ---------------------------------------------------------------------------------
+// Clean-close marker
+
+/// Length of the clean-close marker file.
+pub(crate) const CLOSED_LEN: usize = 32;
+const CLOSED_MAGIC: &[u8; 8] = b"WALSHCLO";
+
+/// Encodes the clean-close marker: the log was closed with everything before `end`
+/// flushed.
+pub(crate) fn encode_closed(end: Lsn) -> [u8; CLOSED_LEN] {
+    let mut b = [0u8; CLOSED_LEN];
+    b[0..8].copy_from_slice(CLOSED_MAGIC);
+    b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[16..24].copy_from_slice(&end.get().to_le_bytes());
+    let crc = crc32c::crc32c(&b[..28]);
+    b[28..32].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes the clean-close marker.
+pub(crate) fn decode_closed(buf: &[u8]) -> Result<Lsn, FormatError> {
+    if buf.len() != CLOSED_LEN {
+        return Err(FormatError::BadLength {
+            len: buf.len() as u64,
+            min: CLOSED_LEN as u64,
+            max: CLOSED_LEN as u64,
+        });
+    }
+    if &buf[0..8] != CLOSED_MAGIC {
+        return Err(FormatError::BadMagic {
+            found: le_u64(buf, 0),
+        });
+    }
+    let stored = le_u32(buf, 28);
+    let computed = crc32c::crc32c(&buf[..28]);
+    if stored != computed {
+        return Err(FormatError::CrcMismatch { stored, computed });
+    }
+    let version = le_u32(buf, 8);
+    if version != FORMAT_VERSION {
+        return Err(FormatError::UnsupportedVersion { found: version });
+    }
+    Ok(Lsn::new(le_u64(buf, 16)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -719,6 +854,18 @@ mod tests {
     }
 
     #[test]
+    fn closed_marker_round_trip() {
+        let m = encode_closed(Lsn::new(1 << 40));
+        assert_eq!(decode_closed(&m), Ok(Lsn::new(1 << 40)));
+        for bit in 0..CLOSED_LEN * 8 {
+            let mut c = m;
+            c[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_closed(&c).is_err(), "bit {bit}");
+        }
+        assert!(decode_closed(&m[..31]).is_err());
+    }
+
+    #[test]
     fn meta_round_trip() {
         let m = encode_meta(1 << 26);
         assert_eq!(decode_meta(&m), Ok(1 << 26));
@@ -734,7 +881,14 @@ mod tests {
         assert_eq!(g.end_of(Lsn::new(70_000)), Lsn::new(131_072));
         assert!(g.fits(Lsn::new(65_600), Lsn::new(131_072)));
         assert!(!g.fits(Lsn::new(65_600), Lsn::new(131_072 - 1)));
-        assert!(g.fits(Lsn::new(65_600), Lsn::new(131_072 - 40)));
+        assert!(g.fits(
+            Lsn::new(65_600),
+            Lsn::new(131_072 - BATCH_HEADER_LEN as u64)
+        ));
+        assert!(!g.fits(
+            Lsn::new(65_600),
+            Lsn::new(131_072 - BATCH_HEADER_LEN as u64 + 1)
+        ));
     }
 
     /// Found by the `batch_decoder` fuzz target (fuzz/regressions/batch_decoder/
@@ -811,6 +965,7 @@ mod tests {
             let _ = check_batch(&bytes, Expect::default());
             let _ = SegmentHeader::decode(&bytes);
             let _ = decode_meta(&bytes);
+            let _ = decode_closed(&bytes);
             if let Ok(h) = BatchHeader::decode(&bytes, 1 << 20) {
                 let _ = records(&bytes, &h).count();
             }

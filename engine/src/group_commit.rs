@@ -353,6 +353,7 @@ mod tests {
     use crate::format::{encode_batch, seal_header};
 
     const CAP: u64 = 1 << 16;
+    const H: u64 = BATCH_HEADER_LEN as u64;
 
     fn asm(max_batch: usize) -> Assembler {
         let g = Geometry::new(CAP);
@@ -374,18 +375,14 @@ mod tests {
         let mut a = asm(1 << 20);
         let l1 = a.append(b"aaaa", &mut ok).unwrap();
         let l2 = a.append(b"bb", &mut ok).unwrap();
-        assert_eq!(l1, Lsn::new(64 + 40 + 8));
-        assert_eq!(l2, Lsn::new(64 + 40 + 8 + 6));
+        assert_eq!(l1, Lsn::new(64 + H + 8));
+        assert_eq!(l2, Lsn::new(64 + H + 8 + 6));
         let chunks = drain(&mut a);
         assert_eq!(chunks.len(), 1);
         assert_eq!(chunks[0].base(), Lsn::new(64));
         assert_eq!(chunks[0].end(), l2);
         let l3 = a.append(b"c", &mut ok).unwrap();
-        assert_eq!(
-            l3,
-            Lsn::new(l2.get() + 40 + 5),
-            "a new batch after the take"
-        );
+        assert_eq!(l3, Lsn::new(l2.get() + H + 5), "a new batch after the take");
         assert!(!a.has_pending() || drain(&mut a).len() == 1);
     }
 
@@ -424,7 +421,7 @@ mod tests {
             .find(|c| matches!(c, Chunk::Padding { .. }))
             .unwrap();
         assert_eq!(pad.end(), Lsn::new(CAP));
-        assert_eq!(l, Lsn::new(CAP + 64 + 40 + 4 + 30_000));
+        assert_eq!(l, Lsn::new(CAP + 64 + H + 4 + 30_000));
         for w in chunks.windows(2) {
             let next = if w[0].end() == Lsn::new(CAP) {
                 Lsn::new(CAP + 64)
@@ -443,14 +440,14 @@ mod tests {
             provisioned.push(b);
             Ok(())
         };
-        let exact = (CAP - 64 - 40 - 4) as usize;
+        let exact = (CAP - 64 - H - 4) as usize;
         assert_eq!(
             a.append(&vec![1u8; exact], &mut ensure).unwrap(),
             Lsn::new(CAP)
         );
         let l = a.append(b"next", &mut ensure).unwrap();
         assert_eq!(provisioned, vec![Lsn::new(CAP)]);
-        assert_eq!(l, Lsn::new(CAP + 64 + 40 + 8));
+        assert_eq!(l, Lsn::new(CAP + 64 + H + 8));
         let chunks = drain(&mut a);
         assert_eq!(chunks.len(), 2);
         assert_eq!(chunks[0].end(), Lsn::new(CAP));
@@ -539,7 +536,7 @@ mod tests {
             })
         ));
         // A batch leaving 10 bytes before the segment end is refused.
-        let body = CAP as usize - 64 - 10 - 40 - 4;
+        let body = CAP as usize - 64 - 10 - BATCH_HEADER_LEN - 4;
         let misfit = encode_batch(Lsn::new(64), Epoch::new(1), 9, &[vec![0u8; body]]);
         assert!(matches!(
             a.plan_encoded(&Bytes::from(misfit)),
@@ -562,6 +559,7 @@ mod tests {
             0,
             0,
             true,
+            Lsn::new(64),
         );
         let next = encode_batch(Lsn::new(CAP + 64), Epoch::new(1), 1, &[b"z".as_slice()]);
         let mut bytes = pad.to_vec();

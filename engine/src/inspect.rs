@@ -20,6 +20,7 @@
 //! | --- | --- |
 //! | `Corruption` | refuses to open ([`RecoveryMode::Strict`](crate::RecoveryMode)), naming the file and offset; `TruncateCorrupt` cuts the log there |
 //! | `TornTail` | zeroes the incomplete last batch: the log ends before it |
+//! | `UnflushedTail` | cuts the log at the invalid batch and zeroes the valid ones after it: a power loss kept them but not it, and none was ever flushed ([`OpenReport::unflushed_cut`](crate::OpenReport)) |
 //! | `Leftovers` | zeroes the non-zero bytes after the end |
 //! | `HistoryAhead` | drops the epoch history entry |
 //!
@@ -40,7 +41,7 @@ use crate::format::{
     self, check_batch, records, BatchHeader, Expect, Geometry, RecordIter, SegmentHeader,
     BATCH_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
-use crate::recovery::{find_valid_batch, scan_bytes, SegmentScan};
+use crate::recovery::{claims_positions, scan_bytes, Evidence, SegmentScan, Verdict};
 use crate::segment::parse_segment_name;
 use crate::types::{Epoch, Lsn};
 
@@ -66,16 +67,23 @@ pub struct SegmentFile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum FindingKind {
-    /// Damage that is not a torn write: an invalid batch followed by a valid one, an
-    /// incomplete segment that is not the last, a bad segment header, a gap between
-    /// segments, a file of the wrong size, or a batch whose epoch disagrees with the
-    /// epoch history. `open` refuses the log.
+    /// Damage to bytes that had been flushed: an invalid batch followed by a valid one
+    /// written after it was flushed (its flush stamp says so; an incomplete segment that
+    /// is not the last is one case), a bad segment header, a gap between segments, a
+    /// file of the wrong size, or a batch whose epoch disagrees with the epoch history.
+    /// `open` refuses the log.
     Corruption,
     /// The last batch was being written when the process or machine stopped: a batch
     /// header names its own position but the batch does not check. `open` zeroes it.
     /// Nothing acknowledged at [`Durability::Local`](crate::Durability) is in it (an
     /// acknowledged batch was flushed in full).
     TornTail,
+    /// An invalid batch followed by valid ones, none of which was written after it had
+    /// been flushed: the unflushed tail of a power loss, where the disk kept later pages
+    /// and lost an earlier one. Nothing in it was acknowledged at
+    /// [`Durability::Local`](crate::Durability). `open` ends the log at the invalid batch
+    /// and zeroes the rest.
+    UnflushedTail,
     /// Non-zero bytes after the end of the log that name no position of it: leftovers of
     /// a recycled segment's previous life, or of a write whose first page never reached
     /// the disk. `open` zeroes them.
@@ -96,6 +104,7 @@ impl FindingKind {
         match self {
             FindingKind::Corruption => "corruption",
             FindingKind::TornTail => "torn-tail",
+            FindingKind::UnflushedTail => "unflushed-tail",
             FindingKind::Leftovers => "leftovers",
             FindingKind::HistoryAhead => "history-ahead",
         }
@@ -312,6 +321,8 @@ pub struct LogDir {
     /// Index of the last segment whose first batch is valid: later ones are spares.
     tail: usize,
     epochs: EpochHistory,
+    /// The end recorded by the clean-close marker, if the log was last closed cleanly.
+    closed: Option<Lsn>,
 }
 
 impl LogDir {
@@ -348,12 +359,14 @@ impl LogDir {
                 break;
             }
         }
+        let closed = crate::log::read_closed_marker(&dir);
         Ok(LogDir {
             dir,
             geometry,
             files,
             tail,
             epochs,
+            closed,
         })
     }
 
@@ -393,6 +406,7 @@ impl LogDir {
             dir: self,
             next,
             prev_epoch: Epoch::ZERO,
+            after: None,
         }
     }
 
@@ -435,7 +449,12 @@ impl LogDir {
         })
     }
 
-    fn read_image(&self, index: usize, prev_epoch: Epoch) -> Result<SegmentImage> {
+    fn read_image(
+        &self,
+        index: usize,
+        prev_epoch: Epoch,
+        after: Option<After>,
+    ) -> Result<SegmentImage> {
         let g = self.geometry;
         let cap = g.capacity();
         let SegmentFile { base, path } = &self.files[index];
@@ -531,7 +550,7 @@ impl LogDir {
         if let Some((offset, lsn, why)) = disagreement {
             summary.findings.push(corrupt(offset, Some(lsn), why));
         }
-        if let Some(f) = self.classify_stop(index, &image) {
+        if let Some(f) = self.classify_stop(index, &image, after)? {
             image.summary.findings.push(f);
         }
         image.summary.findings.sort_by_key(|f| f.offset);
@@ -577,8 +596,16 @@ impl LogDir {
         }
     }
 
-    /// What the spot where a segment's valid chain stops is, as recovery decides it.
-    fn classify_stop(&self, index: usize, image: &SegmentImage) -> Option<Finding> {
+    /// What the spot where a segment's valid chain stops is, as recovery decides it: the
+    /// first such spot of the log is judged from the valid batches after it, in this
+    /// segment and the later ones ([`Evidence`]); after it (`after`), only bytes naming
+    /// their own positions matter, which the next open zeroes if the log ended there.
+    fn classify_stop(
+        &self,
+        index: usize,
+        image: &SegmentImage,
+        after: Option<After>,
+    ) -> Result<Option<Finding>> {
         let SegmentSummary {
             path,
             base,
@@ -587,7 +614,9 @@ impl LogDir {
             ..
         } = &image.summary;
         let (base, bytes, g) = (*base, &image.bytes[..], self.geometry);
-        let (bad_at, why) = scan.bad.clone().filter(|_| !scan.complete)?;
+        let Some((bad_at, why)) = scan.bad.clone().filter(|_| !scan.complete) else {
+            return Ok(None);
+        };
         let finding = |kind, reason| Finding {
             kind,
             path: path.clone(),
@@ -595,55 +624,66 @@ impl LogDir {
             lsn: Some(bad_at),
             reason,
         };
-        let offset = usize::try_from(bad_at.get() - base.get()).ok()?;
-        // A header at the spot naming the spot: a write of this segment's current life.
-        let names_itself = bytes.get(offset + 8..offset + 16) == Some(&bad_at.get().to_le_bytes());
-        if *spare {
-            if let Some(valid) = find_valid_batch(bytes, base, g, base) {
-                return Some(finding(
-                    FindingKind::Corruption,
-                    format!("invalid batch ({why}) followed by a valid batch at {valid}"),
-                ));
-            }
-            // Otherwise prepared or recycled: stale bytes of a previous life are expected.
-            return names_itself.then(|| {
+        if after == Some(After::Damage) {
+            return Ok(None);
+        }
+        if after == Some(After::End) {
+            return Ok(claims_positions(bytes, base).then(|| {
                 finding(
                     FindingKind::TornTail,
-                    format!("torn first batch ({why}); the next open zeroes it"),
+                    "bytes after the end of the log name positions here (a torn or unflushed \
+                     write); the next open zeroes them"
+                        .to_string(),
                 )
-            });
+            }));
         }
-        if let Some(valid) = find_valid_batch(bytes, base, g, bad_at) {
-            return Some(finding(
-                FindingKind::Corruption,
-                format!("invalid batch ({why}) followed by a valid batch at {valid}"),
-            ));
+        let Ok(offset) = usize::try_from(bad_at.get() - base.get()) else {
+            return Ok(None);
+        };
+        let mut evidence = Evidence::new(bad_at, self.closed);
+        if !evidence.look(base, bytes, g) {
+            for f in &self.files[index + 1..] {
+                let (later, _) = read_segment(&f.path, g.capacity())?;
+                if evidence.look(f.base, &later, g) {
+                    break;
+                }
+            }
         }
-        if index < self.tail {
-            return Some(finding(
-                FindingKind::Corruption,
-                format!("invalid batch ({why}) in a segment that is not the last"),
-            ));
-        }
-        if names_itself {
-            return Some(finding(
-                FindingKind::TornTail,
-                format!("torn last batch ({why}); the next open zeroes it"),
-            ));
-        }
-        let dirty = bytes[offset.min(bytes.len())..]
-            .iter()
-            .filter(|&&b| b != 0)
-            .count();
-        (dirty > 0).then(|| {
-            finding(
-                FindingKind::Leftovers,
-                format!(
-                    "{dirty} non-zero bytes after the end of the log name no position of it \
-                     (a recycled segment's previous life, or a write whose start never reached \
-                     the disk); the next open zeroes them"
-                ),
-            )
+        let verdict = evidence.verdict();
+        let explained = verdict.explain(bad_at, &why);
+        Ok(match verdict {
+            Verdict::Corruption(_) => Some(finding(FindingKind::Corruption, explained)),
+            Verdict::Unflushed { .. } => Some(finding(
+                FindingKind::UnflushedTail,
+                format!("{explained}; the next open cuts it there"),
+            )),
+            // A header at the spot naming the spot: a write of this segment's current life.
+            Verdict::TornTail
+                if bytes.get(offset + 8..offset + 16) == Some(&bad_at.get().to_le_bytes()) =>
+            {
+                Some(finding(
+                    FindingKind::TornTail,
+                    format!("torn last batch ({why}); the next open zeroes it"),
+                ))
+            }
+            // A prepared or recycled segment holds zeros or a previous life's bytes.
+            Verdict::TornTail if *spare => None,
+            Verdict::TornTail => {
+                let dirty = bytes[offset.min(bytes.len())..]
+                    .iter()
+                    .filter(|&&b| b != 0)
+                    .count();
+                (dirty > 0).then(|| {
+                    finding(
+                        FindingKind::Leftovers,
+                        format!(
+                            "{dirty} non-zero bytes after the end of the log name no position of it \
+                             (a recycled segment's previous life, or a write whose start never reached \
+                             the disk); the next open zeroes them"
+                        ),
+                    )
+                })
+            }
         })
     }
 }
@@ -654,6 +694,17 @@ pub struct Images<'a> {
     dir: &'a LogDir,
     next: usize,
     prev_epoch: Epoch,
+    /// Whether a segment read before stopped short of its end, and what that was.
+    after: Option<After>,
+}
+
+/// What the first stop of the chain was, for the segments after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// The log ends there: later bytes naming positions are zeroed by the next open.
+    End,
+    /// Damage `open` refuses: it is what gets reported, not what follows it.
+    Damage,
 }
 
 impl Iterator for Images<'_> {
@@ -665,10 +716,15 @@ impl Iterator for Images<'_> {
             return None;
         }
         self.next += 1;
-        let image = self.dir.read_image(index, self.prev_epoch);
+        let image = self.dir.read_image(index, self.prev_epoch, self.after);
         if let Ok(img) = &image {
             if let (false, Some((_, last))) = (img.summary.spare, img.summary.scan.epochs) {
                 self.prev_epoch = last;
+            }
+            if self.after.is_none() && !img.summary.scan.complete {
+                // The first stop: the end of the log, or damage `open` refuses.
+                let damaged = img.summary.findings.iter().any(|f| f.kind.is_corruption());
+                self.after = Some(if damaged { After::Damage } else { After::End });
             }
         }
         Some(image)
@@ -943,10 +999,16 @@ mod tests {
         }
     }
 
+    /// Removes the clean-close marker, leaving the log as a crash would.
+    fn as_after_a_crash(dir: &Path) {
+        fs::remove_file(dir.join("walship.closed")).unwrap();
+    }
+
     #[test]
     fn a_torn_last_batch_is_a_torn_tail_where_open_cuts() {
         let d = tempfile::tempdir().unwrap();
         let batches = build(d.path(), 200);
+        as_after_a_crash(d.path());
         let last = *batches.iter().rev().find(|b| !b.4).unwrap();
         let len = (last.1.get() - last.0.get()) as usize;
         poke(
@@ -991,14 +1053,72 @@ mod tests {
             .filter(|b| !b.4 && b.0 >= tail_base)
             .collect();
         assert!(in_tail.len() >= 2);
-        poke(d.path(), Lsn::new(in_tail[0].0.get() + 41), b"\x00\x00");
+        let data = Lsn::new(in_tail[0].0.get() + BATCH_HEADER_LEN as u64 + 1);
+        poke(d.path(), data, b"\x00\x00");
+        // Closed cleanly: everything before the end was flushed.
+        let report = LogDir::open(d.path()).unwrap().check().unwrap();
+        let bad = report.first_corruption().unwrap();
+        assert_eq!(bad.offset, in_tail[0].0.get() % CAP);
+        assert!(bad.reason.contains("closed cleanly"), "{bad}");
+        // After a crash, a later batch's flush stamp proves it: the writer wrote it once
+        // the damaged batch had been flushed (the build commits every ten records).
+        as_after_a_crash(d.path());
         let report = LogDir::open(d.path()).unwrap().check().unwrap();
         let bad = report.first_corruption().unwrap();
         assert_eq!(bad.offset, in_tail[0].0.get() % CAP);
         assert!(
             bad.reason
-                .contains(&format!("followed by a valid batch at {}", in_tail[1].0)),
+                .contains("these bytes were durable and are damaged"),
             "{bad}"
+        );
+        assert!(matches!(
+            Log::open(d.path(), opts()),
+            Err(Error::Corruption { offset, .. }) if offset == bad.offset
+        ));
+    }
+
+    #[test]
+    fn valid_batches_after_an_unflushed_one_are_an_unflushed_tail_open_cuts() {
+        let d = tempfile::tempdir().unwrap();
+        let batches = build(d.path(), 200);
+        as_after_a_crash(d.path());
+        // The last three data batches, rewritten as a writer that had flushed nothing of
+        // them would have stamped them; then the first of them loses its bytes.
+        let data: Vec<&Seen> = batches.iter().filter(|b| !b.4).collect();
+        let tail = &data[data.len() - 3..];
+        let seg = Geometry::new(CAP).base_of(tail[0].0);
+        assert!(tail.iter().all(|b| Geometry::new(CAP).base_of(b.0) == seg));
+        for b in tail {
+            let mut h = [0u8; BATCH_HEADER_LEN];
+            let f = fs::File::open(seg_path(d.path(), b.0)).unwrap();
+            f.read_exact_at(&mut h, b.0.get() % CAP).unwrap();
+            format::restamp(&mut h, tail[0].0);
+            poke(d.path(), b.0, &h);
+        }
+        poke(
+            d.path(),
+            Lsn::new(tail[0].0.get() + BATCH_HEADER_LEN as u64 + 1),
+            b"\xff\xfe",
+        );
+        let report = LogDir::open(d.path()).unwrap().check().unwrap();
+        assert!(report.is_valid(), "{report:#?}");
+        let f = only_finding(&report);
+        assert_eq!(
+            (f.kind, f.lsn),
+            (FindingKind::UnflushedTail, Some(tail[0].0))
+        );
+        assert!(f.reason.contains("2 valid batch(es)"), "{f}");
+        let (log, open) = Log::open_with_report(d.path(), opts()).unwrap();
+        assert_eq!(log.end_lsn(), tail[0].0);
+        let cut = open.unflushed_cut.expect("reported");
+        assert_eq!((cut.at, cut.discarded_batches), (tail[0].0, 2));
+        assert_eq!(cut.discarded_until, tail[2].1);
+        drop(log);
+        let report = LogDir::open(d.path()).unwrap().check().unwrap();
+        assert_eq!(
+            report.findings().count(),
+            0,
+            "the next open cut and zeroed it"
         );
     }
 
@@ -1119,9 +1239,15 @@ mod tests {
         let b = encode_batch(Lsn::new(at), Epoch::new(2), 1, &[b"stray".as_slice()]);
         img[1000..1000 + b.len()].copy_from_slice(&b);
         fs::write(&spare, &img).unwrap();
+        as_after_a_crash(d.path());
         let report = LogDir::open(d.path()).unwrap().check().unwrap();
         let f = only_finding(&report);
-        assert_eq!((f.path.clone(), f.offset), (spare.clone(), 64));
+        // Its stamp says everything before it was flushed: the end of the log is damage.
+        let end = batches.last().unwrap().1;
+        assert_eq!(
+            (f.path.clone(), f.offset),
+            (seg_path(d.path(), end), end.get() % CAP)
+        );
         assert!(f
             .reason
             .contains(&format!("valid batch at {}", Lsn::new(at))));

@@ -75,7 +75,7 @@ pub use io::BackendKind;
 pub use log::{Log, OpenReport, Watermarks};
 pub use options::Options;
 pub use reader::{Batch, Reader, RecordReader};
-pub use recovery::{RecoveryMode, SegmentScan};
+pub use recovery::{RecoveryMode, SegmentScan, UnflushedCut};
 pub use stats::Stats;
 pub use types::{Durability, Epoch, Lsn, ParseError};
 

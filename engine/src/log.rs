@@ -28,6 +28,9 @@ use crate::watermark::{block_on, Watermark};
 use crate::writer;
 
 const META_FILE: &str = "walship.meta";
+/// The clean-close marker: written by `close` once everything is flushed, removed by the
+/// next `open` before anything is written.
+const CLOSED_FILE: &str = "walship.closed";
 const LOCK_FILE: &str = "LOCK";
 
 pub(crate) use crate::sync::{lock, read, write};
@@ -262,6 +265,10 @@ pub struct OpenReport {
     pub zeroed_tail_bytes: u64,
     /// Where repair cut the log, if it did.
     pub repaired_at: Option<Lsn>,
+    /// Where an unflushed tail that a power loss left out of order was cut, if one was:
+    /// valid batches after an invalid one, none of them written after it had been
+    /// flushed, so none acknowledged. The default open does this by itself.
+    pub unflushed_cut: Option<crate::UnflushedCut>,
     /// Whether the log was created by this open.
     pub created: bool,
 }
@@ -313,13 +320,22 @@ impl Log {
         opts.validate_for(capacity)?;
         let geometry = Geometry::new(capacity);
         let mut epochs = EpochHistory::load(&dir)?;
+        let closed = read_closed_marker(&dir);
         let rec = recovery::recover(
             &dir,
             geometry,
             opts.recovery,
             opts.verify_all_on_open,
             opts.create_at,
+            closed,
         )?;
+        if closed.is_some() {
+            // From here on the log is written again: the marker no longer holds.
+            let marker = dir.join(CLOSED_FILE);
+            std::fs::remove_file(&marker)
+                .map_err(|e| Error::io("remove clean-close marker", &marker, e))?;
+            crate::fsutil::fsync_dir(&dir)?;
+        }
         if epochs.truncate_after(rec.end) {
             epochs.store(&dir)?;
         }
@@ -404,20 +420,27 @@ impl Log {
         threads.push(
             std::thread::Builder::new()
                 .name("walship-writer".into())
-                .spawn(move || writer::run(s, backend))
+                .spawn(move || {
+                    poison_on_panic(&Arc::clone(&s), "log writer thread", || {
+                        writer::run(s, backend)
+                    })
+                })
                 .map_err(|e| Error::io("spawn log writer thread", &dir, e))?,
         );
         let s = Arc::clone(&shared);
         threads.push(
             std::thread::Builder::new()
                 .name("walship-preparer".into())
-                .spawn(move || crate::preparer::run(&s))
+                .spawn(move || {
+                    poison_on_panic(&s, "segment preparer thread", || crate::preparer::run(&s))
+                })
                 .map_err(|e| Error::io("spawn segment preparer thread", &dir, e))?,
         );
         tracing::info!(dir = %dir.display(), start = %rec.start, end = %end, epoch = %epoch, backend = backend_name, zeroed = rec.zeroed, "log opened");
         let report = OpenReport {
             zeroed_tail_bytes: rec.zeroed,
             repaired_at: rec.repaired_at,
+            unflushed_cut: rec.unflushed.clone(),
             created,
         };
         Ok((
@@ -579,8 +602,10 @@ impl Log {
     /// one or more consecutive encoded batches, possibly including padding. Every batch is
     /// checked (CRC, framing, LSN continuity from this log's end, segment placement,
     /// non-decreasing epoch) before anything is queued; new epochs are recorded in the
-    /// epoch history. Returns the new end of the log. The bytes are written as given, so
-    /// the two logs stay byte-identical.
+    /// epoch history. Returns the new end of the log. The bytes are written as given but
+    /// for each batch's flush stamp, which this log writes for itself (what it had flushed
+    /// when it wrote the batch), so the two logs stay identical batch for batch
+    /// ([`format::same_batch`](crate::format::same_batch)).
     ///
     /// # Errors
     /// [`Error::BadBatch`] (nothing appended), [`Error::InvalidState`] if local records
@@ -935,10 +960,20 @@ impl Log {
         sh.prep.shutdown();
         sh.wake_everyone();
         let threads: Vec<_> = lock(&self.threads).drain(..).collect();
+        let first_close = !threads.is_empty();
         for t in threads {
             let _ = t.join();
         }
         sh.timer.shutdown();
+        if first_close && !sh.failed.load(Ordering::Acquire) && sh.flushed.get() >= sh.end() {
+            // Everything is durable: a later open may treat any invalid batch before the
+            // end as damage, not as an unflushed tail.
+            crate::fsutil::atomic_write(
+                &sh.dir,
+                CLOSED_FILE,
+                &format::encode_closed(sh.flushed.get()),
+            )?;
+        }
         sh.closed.store(true, Ordering::Release);
         sh.wake_everyone();
         if sh.failed.load(Ordering::Acquire) {
@@ -963,6 +998,43 @@ impl std::fmt::Debug for Log {
             .field("backend", &self.shared.backend_name)
             .field("watermarks", &self.watermarks())
             .finish()
+    }
+}
+
+/// Runs a log thread's body; if it panics (a bug), the log is poisoned so that every
+/// waiter fails at once instead of waiting for a thread that is gone.
+fn poison_on_panic(shared: &Shared, thread: &'static str, body: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+        shared.poison(
+            thread,
+            &std::io::Error::other("the thread panicked (a bug; the panic message is above)"),
+        );
+    }
+}
+
+/// The end recorded by the clean-close marker in `dir`, if there is a valid one. A
+/// missing or unreadable marker only means less evidence for recovery.
+pub(crate) fn read_closed_marker(dir: &Path) -> Option<Lsn> {
+    use std::io::Read;
+    let path = dir.join(CLOSED_FILE);
+    // Only a regular file, and only a bounded read: a FIFO or a link to a device must not
+    // hang or exhaust the open.
+    if !std::fs::symlink_metadata(&path).ok()?.is_file() {
+        tracing::warn!(path = %path.display(), "ignoring a clean-close marker that is not a regular file");
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(format::CLOSED_LEN + 1);
+    File::open(&path)
+        .ok()?
+        .take(format::CLOSED_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    match format::decode_closed(&bytes) {
+        Ok(end) => Some(end),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring an invalid clean-close marker");
+            None
+        }
     }
 }
 

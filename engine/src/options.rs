@@ -27,7 +27,8 @@ pub struct Options {
     /// created; an existing log keeps the capacity recorded in it. Default 64 MiB.
     pub segment_capacity: u64,
     /// Largest record accepted; larger ones are refused, never truncated. The limit in
-    /// force is the smaller of this and what fits in an empty segment. Default 8 MiB.
+    /// force is the smaller of this and what an empty segment can hold with room left for
+    /// a padding header (segment capacity − 148 bytes). Default 8 MiB.
     pub max_record_bytes: usize,
     /// A batch stops growing at this size (a larger single record gets its own batch;
     /// no batch crosses a segment end). Default 1 MiB.

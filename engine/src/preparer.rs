@@ -7,8 +7,10 @@
 //!   any existing name (`segment::create`/`recycle`). So a prepared segment can never
 //!   be, or replace, a live one.
 //! - **A prepared segment is handed out only for its own base** ([`Preparer::take`]);
-//!   one the log no longer continues at (after a truncation) is deleted, which is safe
-//!   because of the first guarantee. If preparation failed (e.g. `ENOSPC`) the appender
+//!   one the log no longer continues at is deleted, which is safe because of the first
+//!   guarantee. A truncation pauses the preparer ([`Preparer::pause`]): it deletes the
+//!   spare first and nothing is prepared or retired until it is done, so a crash in the
+//!   middle never leaves a spare beyond a removed segment (a gap `open` would refuse). If preparation failed (e.g. `ENOSPC`) the appender
 //!   gets the error and nothing is appended; the next crossing asks again.
 //! - **Retirement keeps the segment map and the directory in agreement**: a segment
 //!   leaves the map only once its file has been renamed into the recycle pool or
@@ -44,6 +46,8 @@ pub(crate) struct State {
     retention: bool,
     /// The preparer thread is changing files outside the lock (preparing or retiring).
     busy: bool,
+    /// A truncation is changing the segments: the preparer starts nothing.
+    paused: bool,
     shutdown: bool,
 }
 
@@ -77,6 +81,7 @@ impl Preparer {
                 pool: VecDeque::new(),
                 retention: false,
                 busy: false,
+                paused: false,
                 shutdown: false,
             }),
             cv: Condvar::new(),
@@ -151,17 +156,49 @@ impl Preparer {
         }
     }
 
-    /// Forgets any prepared segment (deleting its file) and asks for `next` instead:
-    /// the log now continues there (after a truncation).
-    pub(crate) fn reset(&self, shared: &Shared, next: Lsn) -> Result<()> {
+    /// Stops the preparer for a truncation: waits until it is idle, deletes the prepared
+    /// segment (the log will no longer continue where it was made for) and starts nothing
+    /// until the returned guard is dropped, which asks for the segment after the log's
+    /// last one. So no spare can appear beyond a segment the truncation removes: a crash
+    /// in the middle of a truncation leaves a gapless directory. Called under the append
+    /// lock.
+    pub(crate) fn pause<'a>(&'a self, shared: &'a Shared) -> Result<Paused<'a>> {
         let mut st = lock(&self.state);
+        st.paused = true;
+        let paused = Paused { prep: self, shared };
+        while st.busy && !st.shutdown {
+            st = self
+                .cv
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        st.want = None;
         if let Some(Ok(seg)) = st.ready.take() {
             discard(shared, seg)?;
         }
-        st.want = Some(next);
+        Ok(paused)
+    }
+}
+
+/// The preparer paused by [`Preparer::pause`]; dropping this resumes it.
+pub(crate) struct Paused<'a> {
+    prep: &'a Preparer,
+    shared: &'a Shared,
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        let next = read(&self.shared.segments)
+            .last_key_value()
+            .map(|(&last, _)| Lsn::new(last.saturating_add(self.shared.geometry.capacity())));
+        let mut st = lock(&self.prep.state);
+        st.paused = false;
+        if st.ready.is_none() {
+            st.want = next;
+        }
         drop(st);
-        self.cv.notify_all();
-        Ok(())
+        self.prep.cv.notify_all();
     }
 }
 
@@ -193,6 +230,10 @@ pub(crate) fn run(shared: &Arc<Shared>) {
     loop {
         if st.shutdown {
             return;
+        }
+        if st.paused {
+            st = prep.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            continue;
         }
         if st.retention {
             st.retention = false;

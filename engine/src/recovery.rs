@@ -6,14 +6,19 @@
 //! - the *torn tail* (bytes after the last valid batch of the last non-empty segment) is
 //!   zeroed and fsynced, so a later scan cannot mistake leftovers of a partial write for
 //!   data once new batches are appended next to them;
-//! - an invalid batch followed by a valid one, or a non-final segment that does not run
-//!   to its end, is not a torn write: open fails with [`Error::Corruption`] naming the
-//!   file and offset, unless [`RecoveryMode::TruncateCorrupt`] asks to cut the log there;
-//! - empty segments after the tail (prepared spares) are checked to hold no valid batch
-//!   and handed back for recycling.
+//! - where the chain breaks, the valid batches after the spot decide what it is
+//!   ([`judge`]), from the flush stamp each carries (the flushed position its writer knew
+//!   when writing it): if one proves the spot had been flushed, durable bytes are damaged
+//!   and open fails with [`Error::Corruption`] naming the file and offset (unless
+//!   [`RecoveryMode::TruncateCorrupt`] asks to cut the log there); otherwise the log ends
+//!   at the spot: a torn write, or the unflushed tail of a power loss that reached the
+//!   disk out of order, which the [`OpenReport`](crate::OpenReport) reports;
+//! - segments after the end (prepared spares, or unflushed leftovers) are zeroed where
+//!   they claim positions and handed back for recycling.
 //!
-//! The writer fsyncs a segment before it writes into the next one, which is what makes
-//! "a non-final segment must be complete" a sound rule. Only the last two segments are
+//! The writer fsyncs a segment before it writes into the next one, and stamps a batch
+//! after that flush, so a valid batch in a later segment always proves the earlier one
+//! flushed: an incomplete non-final segment is damage. Only the last two segments are
 //! scanned batch by batch unless `verify_all` asks for every one; earlier ones have their
 //! headers checked.
 
@@ -132,31 +137,6 @@ pub(crate) fn scan_bytes(
     }
 }
 
-/// The first position after `after` in the segment where a valid batch claims to be,
-/// i.e. whose header names that very position. Used to tell corruption (valid data after
-/// a bad spot) from a torn tail (nothing valid after it).
-pub(crate) fn find_valid_batch(
-    bytes: &[u8],
-    base: Lsn,
-    geometry: Geometry,
-    after: Lsn,
-) -> Option<Lsn> {
-    let cap = geometry.capacity() as usize;
-    let first = ((after.get() - base.get()) as usize + 1).max(SEGMENT_HEADER_LEN);
-    candidates(bytes, base, first)
-        .find(|&off| {
-            check_batch(
-                &bytes[off..],
-                Expect {
-                    lsn: Some(Lsn::new(base.get() + off as u64)),
-                    max_len: (cap - off) as u64,
-                },
-            )
-            .is_ok()
-        })
-        .map(|off| Lsn::new(base.get() + off as u64))
-}
-
 /// Offsets from `first` on whose 8 bytes at `+8` name their own LSN, as a batch header's
 /// base field would: the cheap filter before a CRC check. All-zero stretches (most of an
 /// unused segment) are skipped a page at a time, since a zero field names no position.
@@ -179,7 +159,8 @@ fn candidates(bytes: &[u8], base: Lsn, first: usize) -> impl Iterator<Item = usi
             }
             let here = off;
             off += 1;
-            if bytes.get(here + 8..here + 16) == Some(&(base.get() + here as u64).to_le_bytes()[..])
+            if bytes.get(here + 8..here + 16)
+                == Some(&base.get().wrapping_add(here as u64).to_le_bytes()[..])
             {
                 return Some(here);
             }
@@ -191,8 +172,182 @@ fn candidates(bytes: &[u8], base: Lsn, first: usize) -> impl Iterator<Item = usi
 /// Whether any bytes after `base`'s header look like a batch header naming its own
 /// position: leftovers of a torn write in this segment's current life. (A recycled
 /// segment's stale batches name positions of its previous life and never match.)
-fn claims_positions(bytes: &[u8], base: Lsn) -> bool {
+pub(crate) fn claims_positions(bytes: &[u8], base: Lsn) -> bool {
     candidates(bytes, base, SEGMENT_HEADER_LEN).next().is_some()
+}
+
+/// What the spot where a log's chain of valid batches breaks is, judged from the valid
+/// batches that lie after it (see [`judge`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Nothing valid after it: the write in progress when the process or machine
+    /// stopped. The log ends there.
+    TornTail,
+    /// Valid batches after it, but none was written after it had been flushed: the tail
+    /// of a power loss, where the disk kept later pages and lost an earlier one. Nothing
+    /// in it was acknowledged at `Local` (an acknowledged batch and everything before it
+    /// were flushed, and a batch written later would say so). The log ends there.
+    Unflushed {
+        /// Valid batches (padding included) found after the spot, discarded.
+        batches: u64,
+        /// The end of the last of them.
+        until: Lsn,
+    },
+    /// The spot had been flushed, so durable bytes were damaged: a valid batch after it
+    /// was written once everything before its stamp, which lies past the spot, had been
+    /// flushed; or the log was last closed cleanly with everything before a later
+    /// position flushed.
+    Corruption(Proof),
+}
+
+/// What shows that bytes had been flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Proof {
+    /// The valid batch at `at`, whose flush stamp is `flushed`.
+    Batch { at: Lsn, flushed: Lsn },
+    /// The clean-close marker: the log was closed with everything before `end` flushed.
+    Closed { end: Lsn },
+}
+
+impl Verdict {
+    /// Why, in words, for errors and tools (`why` is what is wrong with the batch).
+    pub(crate) fn explain(&self, at: Lsn, why: &FormatError) -> String {
+        match self {
+            Verdict::TornTail => format!("torn last batch ({why}): the log ends at {at}"),
+            Verdict::Unflushed { batches, until } => format!(
+                "invalid batch ({why}) followed by {batches} valid batch(es) up to {until}, none \
+                 written after it was flushed: an unflushed tail a power loss left out of \
+                 order, never acknowledged; the log ends at {at}"
+            ),
+            Verdict::Corruption(Proof::Batch { at: proof, flushed }) => format!(
+                "invalid batch ({why}) followed by a valid batch at {proof} that was written \
+                 once everything before {flushed} had been flushed: these bytes were durable \
+                 and are damaged"
+            ),
+            Verdict::Corruption(Proof::Closed { end }) => format!(
+                "invalid batch ({why}), but the log was closed cleanly with everything before \
+                 {end} flushed: these bytes were durable and are damaged"
+            ),
+        }
+    }
+}
+
+/// The valid batches found after the spot `at` where a log's chain breaks, gathered
+/// segment by segment (so tools can read one segment at a time): each must be at the
+/// very position its header names. Only a flush stamp past `at`, or a clean close with
+/// more flushed, proves that `at` had been flushed; no valid batch at all is a torn write.
+#[derive(Debug, Clone)]
+pub(crate) struct Evidence {
+    at: Lsn,
+    batches: u64,
+    until: Lsn,
+    proof: Option<Proof>,
+}
+
+impl Evidence {
+    /// Evidence about the spot `at`; `closed` is the end the clean-close marker records.
+    pub(crate) fn new(at: Lsn, closed: Option<Lsn>) -> Evidence {
+        Evidence {
+            at,
+            batches: 0,
+            until: at,
+            proof: closed
+                .filter(|&end| end > at)
+                .map(|end| Proof::Closed { end }),
+        }
+    }
+
+    /// Looks at the bytes of the segment at `base` (the one holding `at`, or a later one).
+    /// Returns whether the verdict is settled (corruption proven).
+    pub(crate) fn look(&mut self, base: Lsn, bytes: &[u8], geometry: Geometry) -> bool {
+        if self.proof.is_some() {
+            return true;
+        }
+        if base.get() % geometry.capacity() != 0 || base.checked_add(geometry.capacity()).is_none()
+        {
+            return false; // a file name no segment can have names no position either
+        }
+        let cap = geometry.capacity() as usize;
+        let first = if geometry.base_of(self.at) == base {
+            (self.at.get() - base.get()) as usize + 1
+        } else {
+            SEGMENT_HEADER_LEN
+        };
+        let mut next = first;
+        for off in candidates(bytes, base, first.max(SEGMENT_HEADER_LEN)) {
+            if off < next || off >= cap {
+                continue; // inside a valid batch already counted
+            }
+            let pos = Lsn::new(base.get() + off as u64);
+            let Ok(c) = check_batch(
+                &bytes[off..],
+                Expect {
+                    lsn: Some(pos),
+                    max_len: (cap - off) as u64,
+                },
+            ) else {
+                continue;
+            };
+            let h = c.header;
+            if h.flushed > self.at {
+                self.proof = Some(Proof::Batch {
+                    at: pos,
+                    flushed: h.flushed,
+                });
+                return true;
+            }
+            self.batches += 1;
+            self.until = self.until.max(h.end());
+            next = off
+                + if h.padding {
+                    BATCH_HEADER_LEN
+                } else {
+                    h.len as usize
+                };
+        }
+        false
+    }
+
+    pub(crate) fn verdict(&self) -> Verdict {
+        match self.proof {
+            Some(proof) => Verdict::Corruption(proof),
+            None if self.batches == 0 => Verdict::TornTail,
+            None => Verdict::Unflushed {
+                batches: self.batches,
+                until: self.until,
+            },
+        }
+    }
+}
+
+/// Judges the spot `at` where the valid chain breaks in `segs[0]`, from the valid
+/// batches after it there and in the later segments `segs[1..]` ([`Evidence`]).
+pub(crate) fn judge(
+    segs: &[(Lsn, &[u8])],
+    geometry: Geometry,
+    at: Lsn,
+    closed: Option<Lsn>,
+) -> Verdict {
+    let mut e = Evidence::new(at, closed);
+    for &(base, bytes) in segs {
+        if e.look(base, bytes, geometry) {
+            break;
+        }
+    }
+    e.verdict()
+}
+
+/// An unflushed tail that recovery cut (see [`Verdict::Unflushed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnflushedCut {
+    /// Where the log now ends: the first invalid batch.
+    pub at: Lsn,
+    /// What was wrong with it.
+    pub reason: String,
+    /// Valid batches found after it (padding included), discarded.
+    pub discarded_batches: u64,
+    /// The end of the last of them.
+    pub discarded_until: Lsn,
 }
 
 /// What [`recover`] found.
@@ -209,6 +364,8 @@ pub(crate) struct Recovered {
     pub(crate) zeroed: u64,
     /// Where the log was cut because of corruption, in repair mode.
     pub(crate) repaired_at: Option<Lsn>,
+    /// Where an unflushed tail was cut, if one was.
+    pub(crate) unflushed: Option<UnflushedCut>,
 }
 
 fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
@@ -229,14 +386,25 @@ fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
     Ok(segs)
 }
 
+fn whole(s: &Segment) -> &[u8] {
+    s.map.slice(0..s.map.len()).unwrap_or(&[])
+}
+
 /// Opens the segments of the log in `dir`, finds its end and zeroes the torn tail.
 /// Creates the first segment at `create_base` if there is none.
+///
+/// The log is the chain of valid batches from the first segment. Where it breaks, the
+/// valid batches after the spot decide ([`judge`]): none, or none proving the spot had
+/// been flushed, and the log ends there (a torn write, or an unflushed tail a power loss
+/// left out of order); one proving it flushed, and the bytes there are damage that
+/// `RecoveryMode::Strict` refuses and `TruncateCorrupt` cuts.
 pub(crate) fn recover(
     dir: &Path,
     geometry: Geometry,
     mode: RecoveryMode,
     verify_all: bool,
     create_base: Lsn,
+    closed: Option<Lsn>,
 ) -> Result<Recovered> {
     let files = list(dir)?;
     if files.is_empty() {
@@ -250,6 +418,7 @@ pub(crate) fn recover(
             last_epoch: Epoch::ZERO,
             zeroed: 0,
             repaired_at: None,
+            unflushed: None,
         });
     }
     let mut segs = Vec::with_capacity(files.len());
@@ -292,9 +461,6 @@ pub(crate) fn recover(
         segs.push(seg);
     }
 
-    fn whole(s: &Segment) -> &[u8] {
-        s.map.slice(0..s.map.len()).unwrap_or(&[])
-    }
     let has_first_batch = |s: &Segment| {
         let first = geometry.first_batch(s.base);
         check_batch(
@@ -306,103 +472,103 @@ pub(crate) fn recover(
         )
         .is_ok()
     };
+    // The last segment holding data; only it and the one before are scanned batch by
+    // batch, unless asked to verify everything. Repair scans everything: a cut must
+    // never assume an unscanned segment is complete.
     let tail = segs.iter().rposition(has_first_batch).unwrap_or(0);
-
-    // Segments after the tail must hold nothing valid anywhere.
-    let mut spares = Vec::new();
-    let mut repaired_at = None;
-    let mut zeroed_spares = 0;
-    for s in segs.drain(tail + 1..) {
-        if let Some(at) = find_valid_batch(whole(&s), s.base, geometry, s.base) {
-            // Name the bad spot (where the chain breaks), not the valid batch after it.
-            let scan = scan_bytes(whole(&s), s.base, geometry, Epoch::ZERO);
-            let (bad_at, why) = scan.bad.unwrap_or((
-                scan.end,
-                FormatError::Truncated {
-                    needed: 0,
-                    available: 0,
-                },
-            ));
-            let err = Error::corruption(
-                &s.path,
-                geometry.offset_of(bad_at),
-                format!("invalid batch ({why}) followed by a valid batch at {at}"),
-            );
-            match mode {
-                RecoveryMode::Strict => return Err(err),
-                RecoveryMode::TruncateCorrupt => {
-                    tracing::warn!(%err, "repair: discarding");
-                    repaired_at.get_or_insert(geometry.first_batch(s.base));
-                }
-            }
-        }
-        if claims_positions(whole(&s), s.base) {
-            // A torn first batch: zero it like any torn tail.
-            let from = geometry.first_batch(s.base);
-            zeroed_spares += zero_nonzero(&s, from, Lsn::new(s.base.get() + geometry.capacity()))?;
-        }
-        spares.push(s.path.clone());
-    }
-
-    // Repair scans everything: a cut must never assume an unscanned segment is complete.
     let first_scanned = if verify_all || mode == RecoveryMode::TruncateCorrupt {
         0
     } else {
         tail.saturating_sub(1)
     };
+
+    // Follow the chain to where it breaks.
     let mut prev_epoch = Epoch::ZERO;
     let mut end = geometry.first_batch(segs[0].base);
-    let mut cut: Option<usize> = None;
+    let mut brk: Option<(usize, Lsn, FormatError)> = None;
     for (i, s) in segs.iter().enumerate().skip(first_scanned) {
         let scan = scan_bytes(whole(s), s.base, geometry, prev_epoch);
         if let Some((_, last)) = scan.epochs {
             prev_epoch = last;
         }
         end = scan.end;
-        if scan.complete {
-            continue;
+        if !scan.complete {
+            let (at, why) = scan.bad.unwrap_or((
+                scan.end,
+                FormatError::Truncated {
+                    needed: 0,
+                    available: 0,
+                },
+            ));
+            brk = Some((i, at, why));
+            break;
         }
-        let (bad_at, why) = scan.bad.clone().unwrap_or((
-            scan.end,
-            FormatError::Truncated {
-                needed: 0,
-                available: 0,
-            },
-        ));
-        let later_valid = find_valid_batch(whole(s), s.base, geometry, bad_at);
-        let is_corruption = i < tail || later_valid.is_some();
-        if is_corruption {
-            let reason = match later_valid {
-                Some(v) => format!("invalid batch ({why}) followed by a valid batch at {v}"),
-                None => format!("invalid batch ({why}) in a segment that is not the last"),
-            };
-            let err = Error::corruption(&s.path, geometry.offset_of(bad_at), reason);
-            match mode {
-                RecoveryMode::Strict => return Err(err),
-                RecoveryMode::TruncateCorrupt => {
-                    tracing::warn!(%err, "repair: truncating the log here");
-                    repaired_at = Some(bad_at);
+    }
+
+    let mut repaired_at = None;
+    let mut unflushed = None;
+    // Segments from `keep` on are not part of the log; `remove` says whether they are
+    // deleted (after a repair) or kept as spares (zeroed where they claim positions).
+    let mut keep = segs.len();
+    let mut remove = false;
+    if let Some((i, at, why)) = brk {
+        let later: Vec<(Lsn, &[u8])> = segs[i..].iter().map(|s| (s.base, whole(s))).collect();
+        let verdict = judge(&later, geometry, at, closed);
+        match &verdict {
+            Verdict::TornTail => {}
+            Verdict::Unflushed { batches, until } => {
+                tracing::warn!(at = %at, discarded = batches, until = %until, "cutting an unflushed tail left out of order by a power loss");
+                unflushed = Some(UnflushedCut {
+                    at,
+                    reason: why.to_string(),
+                    discarded_batches: *batches,
+                    discarded_until: *until,
+                });
+            }
+            Verdict::Corruption(_) => {
+                let err = Error::corruption(
+                    &segs[i].path,
+                    geometry.offset_of(at),
+                    verdict.explain(at, &why),
+                );
+                match mode {
+                    RecoveryMode::Strict => return Err(err),
+                    RecoveryMode::TruncateCorrupt => {
+                        tracing::warn!(%err, "repair: truncating the log here");
+                        repaired_at = Some(at);
+                        remove = true;
+                    }
                 }
             }
         }
-        cut = Some(i);
-        break;
-    }
-    if let Some(mut i) = cut {
-        // Cut at the first batch of a segment: the log ends with the segment before it.
+        keep = i + 1;
+        // A break at the first batch of a segment: the log ends with the segment before.
         if i > 0 && end == geometry.first_batch(segs[i].base) {
             end = segs[i].base;
-            i -= 1;
+            keep = i;
         }
-        for s in segs.drain(i + 1..) {
+    }
+
+    let mut spares = Vec::new();
+    let mut zeroed = 0;
+    if remove {
+        for s in segs.drain(keep..).rev() {
             fs::remove_file(&s.path)
                 .map_err(|e| Error::io("remove segment after repair point", &s.path, e))?;
         }
         crate::fsutil::fsync_dir(dir)?;
+    } else {
+        for s in segs.drain(keep..) {
+            if claims_positions(whole(&s), s.base) {
+                // Torn or unflushed batches of this life: zero them like any torn tail.
+                let from = geometry.first_batch(s.base);
+                zeroed += zero_nonzero(&s, from, Lsn::new(s.base.get() + geometry.capacity()))?;
+            }
+            spares.push(s.path.clone());
+        }
     }
 
     // Zero the torn tail of the last segment.
-    let mut zeroed = zeroed_spares;
     if let Some(last) = segs.last() {
         let seg_end = Lsn::new(last.base.get() + geometry.capacity());
         if end < seg_end {
@@ -417,6 +583,7 @@ pub(crate) fn recover(
         last_epoch: prev_epoch,
         zeroed,
         repaired_at,
+        unflushed,
     })
 }
 
@@ -516,7 +683,7 @@ mod tests {
                 .last()
                 .map(|&(end, _)| end);
             prop_assert_eq!(scan.end, intact.unwrap_or(g.first_batch(base)));
-            prop_assert!(find_valid_batch(&img, base, g, scan.end).is_none() || scan.complete);
+            prop_assert!(scan.complete || judge(&[(base, &img)], g, scan.end, None) == Verdict::TornTail);
         }
 
         #[test]
@@ -549,7 +716,7 @@ mod tests {
         fn scanning_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
             let g = Geometry::new(CAP);
             let _ = scan_bytes(&bytes, Lsn::ZERO, g, Epoch::ZERO);
-            let _ = find_valid_batch(&bytes, Lsn::ZERO, g, Lsn::ZERO);
+            let _ = judge(&[(Lsn::ZERO, &bytes)], g, Lsn::ZERO, None);
         }
     }
 }

@@ -3,8 +3,9 @@
 //! Order of operations, each step leaving a valid log if the process dies after it:
 //! 1. wait until everything appended is written and flushed (the writer is then idle,
 //!    and stays so: the append lock is held from here on);
-//! 2. remove segments after the one holding the new end, newest first (a crash leaves a
-//!    shorter but valid log, never a hole);
+//! 2. pause the segment preparer and delete the prepared spare, then remove segments
+//!    after the one holding the new end, newest first (a crash leaves a shorter but valid
+//!    log, never a hole: no spare lies beyond a removed segment);
 //! 3. rewrite the segment holding the new end into a new file that keeps the prefix and
 //!    zeros the rest, renamed over the old one (mapped readers keep the old bytes);
 //! 4. forget epochs that started after the new end, in the epoch history;
@@ -74,6 +75,8 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
         lsn,
         end.min(Lsn::new(keep_base.get() + g.capacity())),
     )?;
+    // No segment is prepared or retired meanwhile, and the spare is gone first.
+    let paused = sh.prep.pause(sh)?;
 
     if lsn < end {
         let later: Vec<_> = {
@@ -92,8 +95,7 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
         let rewritten = segment::rewrite_prefix(&sh.dir, &keep, lsn, g)?;
         write(&sh.segments).insert(keep_base.get(), Arc::new(rewritten));
     }
-    sh.prep
-        .reset(sh, Lsn::new(keep_base.get() + g.capacity()))?;
+    drop(paused);
 
     let epoch = {
         let mut h = lock(&sh.epochs);

@@ -10,6 +10,11 @@
 //! Before the first byte goes into a new segment, everything in the previous one is
 //! flushed, so a crash can only tear the last segment (recovery relies on this).
 //!
+//! Every batch is stamped as it is written with the flushed position the writer knows
+//! then (`format::restamp`), including a leader's batches written verbatim by a follower:
+//! each copy of a log proves what was durable on its own disk, which recovery uses to
+//! tell an unflushed tail from damage to flushed data.
+//!
 //! Any write or flush error poisons the log: after a failed fsync the page cache state is
 //! unknown, and acknowledging anything later could lose data silently.
 
@@ -17,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::format::{seal_header, BATCH_HEADER_LEN};
+use crate::format::{restamp, seal_header, BATCH_HEADER_LEN};
 use crate::group_commit::Chunk;
 use crate::io::Backend;
 use crate::log::{lock, Shared};
@@ -223,18 +228,7 @@ impl Writer {
         let now_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        for c in chunks.iter_mut() {
-            if let Chunk::Local {
-                base,
-                buf,
-                count,
-                epoch,
-            } = c
-            {
-                let len = buf.len() as u32;
-                seal_header(buf, len, *base, *epoch, now_us, *count, false);
-            }
-        }
+        let mut headers: Vec<[u8; BATCH_HEADER_LEN]> = Vec::new();
         let mut i = 0;
         while i < chunks.len() {
             let base = geometry.base_of(chunks[i].base());
@@ -255,6 +249,31 @@ impl Writer {
                 }
             }
             self.current = Some(base);
+            // Stamped after the barrier above: a batch in a new segment proves that the
+            // whole previous segment was durable before it was written.
+            let flushed = self.shared.flushed.get();
+            headers.clear();
+            for c in chunks[i..j].iter_mut() {
+                match c {
+                    Chunk::Local {
+                        base,
+                        buf,
+                        count,
+                        epoch,
+                    } => {
+                        let len = buf.len() as u32;
+                        seal_header(buf, len, *base, *epoch, now_us, *count, false, flushed);
+                    }
+                    Chunk::Padding { header, .. } => restamp(header, flushed),
+                    Chunk::Encoded { bytes, .. } => {
+                        // This copy's own stamp, written in place of the leader's.
+                        let mut h = [0u8; BATCH_HEADER_LEN];
+                        h.copy_from_slice(&bytes[..BATCH_HEADER_LEN]);
+                        restamp(&mut h, flushed);
+                        headers.push(h);
+                    }
+                }
+            }
             let seg = self.shared.segment(base).ok_or_else(|| {
                 (
                     "find segment",
@@ -263,11 +282,17 @@ impl Writer {
                     )),
                 )
             })?;
-            let mut slices: Vec<&[u8]> = Vec::with_capacity(j - i);
+            let mut slices: Vec<&[u8]> = Vec::with_capacity(j - i + headers.len());
+            let mut stamped = headers.iter();
             for c in &chunks[i..j] {
                 match c {
                     Chunk::Local { buf, .. } => slices.push(buf),
-                    Chunk::Encoded { bytes, .. } => slices.push(bytes),
+                    Chunk::Encoded { bytes, .. } => {
+                        if let Some(h) = stamped.next() {
+                            slices.push(h);
+                        }
+                        slices.push(&bytes[BATCH_HEADER_LEN..]);
+                    }
                     Chunk::Padding { base, end, header } => {
                         slices.push(header);
                         let mut zeros = (end.get() - base.get()) as usize - BATCH_HEADER_LEN;

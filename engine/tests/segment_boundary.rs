@@ -101,10 +101,15 @@ fn end_at_boundary(log: &Log, padded: bool) -> Vec<(Lsn, Vec<u8>)> {
         acked.retain(|(lsn, _)| lsn.get() <= CAP);
         log.truncate_suffix(Lsn::new(CAP)).unwrap();
     } else {
-        let p = vec![7u8; exact_fill(log.end_lsn())];
-        let lsn = log.append(&p).unwrap();
+        // One batch of 1000 bytes, then one filling the rest of the segment exactly.
+        let first = vec![6u8; 1000];
+        let lsn = log.append(&first).unwrap();
         log.commit(lsn, Durability::Local).wait().unwrap();
-        acked.push((lsn, p));
+        acked.push((lsn, first));
+        let rest = vec![7u8; exact_fill(log.end_lsn())];
+        let lsn = log.append(&rest).unwrap();
+        log.commit(lsn, Durability::Local).wait().unwrap();
+        acked.push((lsn, rest));
     }
     assert_eq!(log.end_lsn(), Lsn::new(CAP), "the log ends at the boundary");
     acked
@@ -151,6 +156,42 @@ fn append_batch_at_an_exact_segment_boundary_loses_nothing() {
             assert_records(&read_all(&log), &acked, &what);
             assert_eq!(log.end_lsn(), acked.last().unwrap().0);
         }
+    }
+}
+
+/// Found by the model test: a record whose batch would leave 1 to 39 bytes of an empty
+/// segment fits nowhere (no padding header fits after it, in this segment or the next),
+/// yet it was accepted, placed anyway, and the next append made a padding batch shorter
+/// than its own header: the writer thread panicked and every waiter hung. Such records
+/// are now over the size limit, and every size up to the limit is placed.
+#[test]
+fn every_record_size_up_to_the_limit_is_placed_and_none_above_it() {
+    for b in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small(b)).unwrap();
+        let limit = CAP as usize - SEGMENT_HEADER_LEN - 2 * BATCH_HEADER_LEN - RECORD_PREFIX_LEN;
+        let mut acked = Vec::new();
+        for len in limit - 3..limit + 45 {
+            // Each after a small record, and in a fresh segment.
+            for p in [vec![1u8; 10], vec![2u8; len]] {
+                match log.append(&p) {
+                    Ok(lsn) => {
+                        assert!(p.len() <= limit, "{b:?}: {} bytes accepted", p.len());
+                        acked.push((lsn, p));
+                    }
+                    Err(walship_engine::Error::RecordTooLarge { len, max }) => {
+                        assert!(len > limit && max == limit, "{b:?}: {len} refused");
+                    }
+                    Err(e) => panic!("{b:?}: {e}"),
+                }
+            }
+            let last = acked.last().unwrap().0;
+            log.commit(last, Durability::Local).wait().unwrap();
+        }
+        log.close().unwrap();
+        drop(log);
+        let log = Log::open(dir.path(), small(b)).unwrap();
+        assert_records(&read_all(&log), &acked, &format!("{b:?}"));
     }
 }
 

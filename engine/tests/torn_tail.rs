@@ -1,5 +1,8 @@
-//! Recovery from torn and garbage tails written straight into the tail segment, and
-//! from corruption that is not a torn tail.
+//! Recovery from torn and garbage tails written straight into the tail segment, from
+//! unflushed tails a power loss left out of order, and from corruption of flushed data.
+//!
+//! The template log is closed and its clean-close marker removed: the state a crash after
+//! the last flush leaves (with the marker, any invalid batch before the end is damage).
 
 mod common;
 
@@ -7,6 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use common::{backends, payload, small, verified, Rng};
+use walship_engine::format::{BatchHeader, BATCH_HEADER_LEN};
 use walship_engine::{BackendKind, Durability, Error, Log, Lsn, Options, RecoveryMode};
 
 /// A closed log with records spread over a few segments; returns each batch's
@@ -45,12 +49,18 @@ fn batches_of(log: &Log) -> Batches {
 fn fixture(b: BackendKind) -> (tempfile::TempDir, Batches, Lsn, Vec<usize>) {
     let template = tempfile::tempdir().unwrap();
     let batches = build(template.path(), b, 400);
+    as_after_a_crash(template.path());
     let end = batches.last().unwrap().1;
     let tail_base = Lsn::new(end.get() & !(CAP - 1));
     let in_tail = (0..batches.len())
         .filter(|&i| batches[i].0 >= tail_base && !batches[i].2.is_empty())
         .collect();
     (template, batches, end, in_tail)
+}
+
+/// Removes the clean-close marker, leaving the log as a crash would.
+fn as_after_a_crash(dir: &Path) {
+    std::fs::remove_file(dir.join("walship.closed")).unwrap();
 }
 
 fn records(log: &Log) -> Vec<(Lsn, Vec<u8>)> {
@@ -237,7 +247,7 @@ fn corruption_before_the_tail_names_file_and_offset_unless_repair() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(template.path(), dir.path());
     let (path, off) = seg_file(dir.path(), CAP, batches[early].0);
-    flip(&path, off + 41);
+    flip(&path, off + BATCH_HEADER_LEN as u64 + 1);
     let strict = verified(b);
     match Log::open(dir.path(), strict.clone()) {
         Err(Error::Corruption {
@@ -276,6 +286,192 @@ fn corruption_before_the_tail_names_file_and_offset_unless_repair() {
     assert!(
         matches!(Log::open(dir.path(), small(b)), Err(Error::Corruption { reason, .. }) if reason.contains("gap"))
     );
+
+    // 4. Damage to the last batch: after a clean close it was flushed, and the marker the
+    // close left says so; after a crash nothing later proves it, so it is a torn tail.
+    let last = *in_tail.last().unwrap();
+    let (vbase, vend, _) = &batches[last];
+    for closed in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        let log = Log::open(dir.path(), small(b)).unwrap();
+        assert_eq!(log.end_lsn(), end);
+        log.close().unwrap();
+        drop(log);
+        if !closed {
+            as_after_a_crash(dir.path());
+        }
+        let (path, off) = seg_file(dir.path(), CAP, *vbase);
+        flip(&path, off + (vend.get() - vbase.get()) - 1);
+        match Log::open_with_report(dir.path(), small(b)) {
+            Err(Error::Corruption { offset, reason, .. }) if closed => {
+                assert_eq!(offset, off);
+                assert!(reason.contains("closed cleanly"), "{reason}");
+            }
+            Ok((log, report)) if !closed => {
+                assert_eq!(log.end_lsn(), *vbase);
+                assert!(report.zeroed_tail_bytes > 0 && report.unflushed_cut.is_none());
+            }
+            other => panic!("closed cleanly: {closed}: {other:?}"),
+        }
+    }
+}
+
+/// The records of the log in `dir` and how each of its batches is stamped:
+/// `(base, end, flush stamp)`.
+fn stamps(dir: &Path) -> Vec<(Lsn, Lsn, Lsn)> {
+    let mut out = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    names.sort();
+    for p in names {
+        let bytes = std::fs::read(&p).unwrap();
+        let mut at = 64;
+        while let Ok(h) = BatchHeader::decode(&bytes[at.min(bytes.len())..], CAP) {
+            if walship_engine::format::check_batch(&bytes[at..], Default::default()).is_err() {
+                break;
+            }
+            out.push((h.base, h.end(), h.flushed));
+            at += h.len as usize;
+        }
+    }
+    out
+}
+
+/// A power loss where the disk persisted later pages of the unflushed tail but lost an
+/// earlier one: the default open keeps everything acknowledged, cuts at the first lost
+/// batch and says so. Damage to a batch that a later stamp proves flushed is refused.
+#[test]
+fn out_of_order_persistence_of_an_unflushed_tail_is_cut_not_refused() {
+    let seed = std::env::var("WALSHIP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_0002);
+    let mut rng = Rng(seed);
+    for b in backends() {
+        // Acknowledged records, then a tail written batch by batch and never flushed
+        // (the writer flushes only when asked).
+        let template = tempfile::tempdir().unwrap();
+        let opts = Options {
+            async_flush_interval: std::time::Duration::from_secs(3600),
+            async_flush_after_bytes: 1 << 40,
+            ..small(b)
+        };
+        let log = Log::open(template.path(), opts.clone()).unwrap();
+        let mut acked = Vec::new();
+        for seq in 0..40 {
+            let p = payload(seq, 700);
+            let lsn = log.append(&p).unwrap();
+            log.commit(lsn, Durability::Local).wait().unwrap();
+            acked.push((lsn, p));
+        }
+        let flushed = log.watermarks().flushed;
+        let mut unflushed = Vec::new();
+        while unflushed.len() < 12 {
+            let p = payload(1000 + unflushed.len() as u64, 300);
+            let lsn = log.append(&p).unwrap();
+            log.written(lsn).wait().unwrap();
+            if (lsn.get() & !(CAP - 1)) != (flushed.get() & !(CAP - 1)) {
+                break; // stay in the flushed data's segment: a switch would flush
+            }
+            unflushed.push((lsn, p));
+        }
+        assert!(
+            unflushed.len() >= 4,
+            "{b:?}: an unflushed tail of several batches"
+        );
+        log.close().unwrap();
+        drop(log);
+        as_after_a_crash(template.path());
+        let tail: Vec<(Lsn, Lsn, Lsn)> = stamps(template.path())
+            .into_iter()
+            .filter(|&(base, _, _)| base >= flushed)
+            .collect();
+        assert!(
+            tail.iter().all(|&(_, _, f)| f <= flushed),
+            "{b:?}: no batch of the tail proves any of it flushed: {tail:?}"
+        );
+
+        for trial in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(template.path(), dir.path());
+            // One batch of the unflushed tail, not the last, never reached the disk (or
+            // only its first sectors, or garbage did); a later one did.
+            let lost = rng.below(tail.len() as u64 - 1) as usize;
+            let (base, end, _) = tail[lost];
+            let (path, off) = seg_file(dir.path(), CAP, base);
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let len = end.get() - base.get();
+            let how = rng.below(3);
+            let from = match how {
+                0 => 0,
+                1 => (rng.below(len / 512 + 1) * 512).min(len - 1),
+                _ => 0,
+            };
+            let bytes = if how == 2 {
+                rng.bytes((len - from) as usize)
+            } else {
+                vec![0u8; (len - from) as usize]
+            };
+            f.write_all_at(&bytes, off + from).unwrap();
+            drop(f);
+            let (log, report) = Log::open_with_report(dir.path(), opts.clone())
+                .unwrap_or_else(|e| panic!("{b:?} trial {trial}: the default open refused: {e}"));
+            let cut = report
+                .unflushed_cut
+                .clone()
+                .unwrap_or_else(|| panic!("{b:?} trial {trial}: no cut reported: {report:?}"));
+            assert_eq!(cut.at, base, "{b:?} trial {trial}");
+            assert_eq!(cut.discarded_batches, (tail.len() - lost - 1) as u64);
+            assert_eq!(cut.discarded_until, tail.last().unwrap().1);
+            assert_eq!(log.end_lsn(), base);
+            let got = records(&log);
+            let want: Vec<_> = acked
+                .iter()
+                .chain(unflushed.iter())
+                .filter(|(lsn, _)| *lsn <= base)
+                .cloned()
+                .collect();
+            assert!(
+                got == want,
+                "{b:?} trial {trial}: the valid prefix, every acknowledged record"
+            );
+            // Appending over the cut works, and a strict reopen sees exactly that.
+            let lsn = log.append(b"after").unwrap();
+            log.commit(lsn, Durability::Local).wait().unwrap();
+            log.close().unwrap();
+            drop(log);
+            let log = Log::open(dir.path(), verified(b)).unwrap();
+            assert_eq!(records(&log).len(), want.len() + 1);
+        }
+
+        // Damage to the last acknowledged batch: the unflushed batches after it were
+        // written once it had been flushed, and their stamps say so.
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        let victim = stamps(dir.path())
+            .into_iter()
+            .rev()
+            .find(|&(_, end, _)| end <= flushed)
+            .unwrap();
+        assert_eq!(victim.1, flushed);
+        let (path, off) = seg_file(dir.path(), CAP, victim.0);
+        flip(&path, off + BATCH_HEADER_LEN as u64 + 2);
+        match Log::open(dir.path(), opts.clone()) {
+            Err(Error::Corruption {
+                path: p,
+                offset,
+                reason,
+            }) => {
+                assert_eq!((p, offset), (path, off), "{reason}");
+                assert!(reason.contains("these bytes were durable"), "{reason}");
+            }
+            other => panic!("{b:?}: damage to flushed data must be refused: {other:?}"),
+        }
+    }
 }
 
 fn flip(path: &Path, at: u64) {

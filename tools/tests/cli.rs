@@ -475,6 +475,8 @@ fn verify_names_the_file_and_offset_of_a_flipped_byte() {
 fn verify_reports_a_torn_tail_and_exits_zero() {
     let d = tempfile::tempdir().unwrap();
     let w = build(d.path());
+    // A crash, not a clean close (whose marker makes any damage before its end corrupt).
+    fs::remove_file(d.path().join("walship.closed")).unwrap();
     // The last batch half written: its second half zeros, as a crash mid-write leaves it.
     let last = *w.data_batches().last().unwrap();
     let len = last.end.get() - last.base.get();
@@ -645,4 +647,54 @@ fn certs_refuses_bad_names_and_writes_nothing() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("cluster id"), "{err}");
+}
+
+#[test]
+fn verify_explains_an_unflushed_tail_and_exits_zero() {
+    let d = tempfile::tempdir().unwrap();
+    let w = build(d.path());
+    fs::remove_file(d.path().join("walship.closed")).unwrap();
+    // The last three batches as a writer that had flushed none of them stamps them, and
+    // the first of them lost to a power loss while the later two reached the disk.
+    let tail: Vec<&BatchInfo> = w.data_batches().collect();
+    let tail = &tail[tail.len() - 3..];
+    assert!(tail
+        .iter()
+        .all(|b| b.base.get() / CAP == tail[0].base.get() / CAP));
+    let header_len = walship_engine::format::BATCH_HEADER_LEN;
+    for b in tail {
+        let mut h = vec![0u8; header_len];
+        fs::File::open(segment_file(d.path(), b.base))
+            .unwrap()
+            .read_exact_at(&mut h, b.base.get() % CAP)
+            .unwrap();
+        walship_engine::format::restamp(&mut h, tail[0].base);
+        poke(d.path(), b.base, &h);
+    }
+    poke(
+        d.path(),
+        Lsn::new(tail[0].base.get() + header_len as u64 + 3),
+        b"\xde\xad",
+    );
+    let (code, out, err) = walship(&["verify", path_arg(d.path())]);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("WARNING unflushed tail: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains(&format!(
+            "{} at offset {} (LSN {}): invalid batch (CRC mismatch",
+            segment_file(d.path(), tail[0].base).display(),
+            tail[0].base.get() % CAP,
+            tail[0].base
+        )) && line.contains("followed by 2 valid batch(es)")
+            && line.contains("never acknowledged")
+            && line.ends_with("the next open cuts it there"),
+        "{line}"
+    );
+    assert!(out.ends_with("OK\n"), "{out}");
+    let (log, report) = Log::open_with_report(d.path(), opts()).unwrap();
+    assert_eq!(log.end_lsn(), tail[0].base);
+    assert_eq!(report.unflushed_cut.map(|c| c.discarded_batches), Some(2));
 }

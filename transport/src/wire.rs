@@ -33,8 +33,9 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use walship_engine::{Epoch, Lsn};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version this build speaks (2: batches carry the engine's format-2 header
+/// with its flush stamp, which a follower rewrites for its own copy).
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 8;
 const MAGIC: u16 = 0x5753;
@@ -54,7 +55,7 @@ pub struct Hello {
     pub seen_epoch: Epoch,
     /// The end of the follower's log.
     pub end_lsn: Lsn,
-    /// The follower's segment capacity; must match for byte-identical logs.
+    /// The follower's segment capacity; must match for identical logs.
     pub segment_capacity: u64,
 }
 
@@ -146,7 +147,7 @@ pub enum Compression {
 }
 
 /// Consecutive log batches `[base, end)`, byte-identical to the leader's log once
-/// decompressed.
+/// decompressed (the follower writes its own flush stamp into each batch header).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ship {
     /// The leader's epoch when it sent them.

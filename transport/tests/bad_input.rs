@@ -191,7 +191,7 @@ async fn rogue_leader(
             }
             Attack::Oversized => {
                 out.put_u16_le(0x5753);
-                out.put_u8(1);
+                out.put_u8(walship_transport::wire::PROTOCOL_VERSION);
                 out.put_u8(4);
                 out.put_u32_le(1 << 30);
                 out.extend_from_slice(&[0u8; 64]);

@@ -226,7 +226,11 @@ fn same_bytes(a: &Log, b: &Log) {
     let mut rb = b.reader(b.start_lsn()).unwrap();
     loop {
         match (ra.try_next().unwrap(), rb.try_next().unwrap()) {
-            (Some(x), Some(y)) => assert_eq!(x.bytes(), y.bytes(), "batch at {}", x.base()),
+            (Some(x), Some(y)) => assert!(
+                walship_engine::format::same_batch(x.bytes(), y.bytes()),
+                "batch at {} differs (beyond the flush stamp each copy writes)",
+                x.base()
+            ),
             (None, None) => return,
             (x, y) => panic!(
                 "logs differ in length: {:?} vs {:?}",
@@ -444,7 +448,7 @@ fn the_unacknowledged_window_bounds_what_is_in_flight_and_heartbeats_keep_it_ali
 /// A seeded simulation: bytes arrive in random pieces with delays, connections drop at
 /// random moments (in-flight bytes lost, both sessions restarted from the logs), the
 /// leader sometimes restarts into a new epoch, and it keeps appending throughout. Every
-/// seed must converge to byte-identical logs with the same epoch history. A failing
+/// seed must converge to identical logs (but for flush stamps) with the same epoch history. A failing
 /// seed replays exactly: `WALSHIP_SIM_SEED=<n>`; `WALSHIP_SIM_SEEDS=<n>` runs seeds 1..=n.
 #[test]
 fn seeded_simulation_of_chunking_drops_and_restarts_converges() {

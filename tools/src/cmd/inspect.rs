@@ -38,7 +38,7 @@ use walship_tools::text::{size, Align, Table};
 ///     "valid" (false when a problem is corruption) }
 /// LSNs are strings in PostgreSQL's HI/LO hex form (as `walship dump --from` takes
 /// them); counts, sizes and offsets are numbers; kind is corruption, torn-tail,
-/// leftovers or history-ahead.
+/// unflushed-tail, leftovers or history-ahead.
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct Args {

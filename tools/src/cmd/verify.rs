@@ -19,21 +19,31 @@ use walship_tools::outcome::Failure;
 ///     is a gapless chain of batches to its end), placement within its segment, and
 ///     its epoch: never lower than the batch before, and inside that epoch's range in
 ///     the epoch history;
-///   - spare segments after the end hold no valid batch.
+///   - where the chain of valid batches stops, what the valid batches after that spot
+///     say: each carries the flushed position its writer knew when writing it.
 ///
 /// Prints a summary, then OK, or the FIRST bad spot in log order as
 ///   CORRUPT <file> at offset <byte offset> (LSN <lsn>): <what is wrong>
 /// and how many more problems follow (`walship inspect` lists them all).
 ///
-/// Torn tail: an incomplete last batch (zeroed or partly written) in the last segment
-/// holding data, with nothing valid after it, is what a crash mid-write leaves. The
-/// engine's recovery treats it as the end of the log and zeroes it on the next open
-/// (in RecoveryMode::Strict too), and nothing acknowledged at Local durability can be in
-/// it, since an acknowledged batch was flushed in full. So verify reports it as a
-/// WARNING with its file and offset and still exits 0. The same holds for non-zero
-/// leftovers after the end (NOTE) and for an epoch history entry starting after the
-/// end (NOTE): open zeroes or drops them. An invalid batch followed by a valid one, or
-/// in a segment before the last, is corruption, as open sees it.
+/// Torn tail: an incomplete last batch (zeroed or partly written) with nothing valid
+/// after it is what a crash mid-write leaves. The engine's recovery treats it as the
+/// end of the log and zeroes it on the next open (in RecoveryMode::Strict too), and
+/// nothing acknowledged at Local durability can be in it, since an acknowledged batch
+/// was flushed in full. So verify reports it as a WARNING with its file and offset and
+/// still exits 0.
+///
+/// Unflushed tail: an invalid batch followed by valid ones, none of which was written
+/// after it had been flushed (their flush stamps say so), is what a power loss leaves
+/// when the disk kept later pages of unflushed data and lost an earlier one. Nothing in
+/// it was acknowledged; the next open ends the log at the invalid batch and zeroes the
+/// rest (reporting the cut). A WARNING too, exit 0.
+///
+/// Non-zero leftovers after the end (NOTE) and an epoch history entry starting after
+/// the end (NOTE) are zeroed or dropped by open. Corruption is damage to bytes that had
+/// been flushed: an invalid batch followed by a valid one written after it was flushed
+/// (an incomplete segment before the last is one case), or, when the log was last
+/// closed cleanly (its clean-close marker), any invalid batch before the end it records.
 ///
 /// Read-only: takes no lock and changes nothing. On a log a running process is
 /// writing, the last batch may be caught mid-write and show as a torn tail.
@@ -93,6 +103,7 @@ pub(crate) fn run(args: &Args, out: &mut dyn Write) -> Result<(), Failure> {
     for f in report.findings().filter(|f| !f.kind.is_corruption()) {
         let label = match f.kind {
             FindingKind::TornTail => "WARNING torn tail:",
+            FindingKind::UnflushedTail => "WARNING unflushed tail:",
             _ => "NOTE",
         };
         writeln!(out, "{label} {f}")?;

@@ -50,6 +50,19 @@ pub enum Error {
         /// What is wrong there.
         reason: String,
     },
+    /// The log was written in an on-disk format this build does not read.
+    #[error(
+        "{path}: log format version {found}, but this build reads version {supported} only; \
+         there is no in-place upgrade: rebuild this node's log from a leader, or read it with the walship release that wrote it"
+    )]
+    UnsupportedFormat {
+        /// The file that says so (the log's meta file).
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
     /// The log's files disagree with what it believes it has (found by
     /// [`Log::check_files`](crate::Log::check_files)).
     #[error("log files disagree with the log: {path}: {reason}")]
@@ -207,6 +220,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error for a meta file that failed to decode: an unsupported format version is
+    /// its own error, anything else is corruption.
+    pub(crate) fn meta(path: &std::path::Path, e: crate::format::FormatError) -> Error {
+        match e {
+            crate::format::FormatError::UnsupportedVersion { found } => Error::UnsupportedFormat {
+                path: path.to_path_buf(),
+                found,
+                supported: crate::format::FORMAT_VERSION,
+            },
+            e => Error::corruption(path, 0, e.to_string()),
+        }
+    }
+
     /// Wraps an I/O error with what and where, mapping `ENOSPC` to [`Error::NoSpace`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
         let path = path.into();

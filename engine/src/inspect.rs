@@ -338,9 +338,7 @@ impl LogDir {
         let files = list_segments(&dir)?;
         let meta = dir.join(META_FILE);
         let capacity = match fs::read(&meta) {
-            Ok(b) => {
-                format::decode_meta(&b).map_err(|e| Error::corruption(&meta, 0, e.to_string()))?
-            }
+            Ok(b) => format::decode_meta(&b).map_err(|e| Error::meta(&meta, e))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound && !files.is_empty() => {
                 return Err(Error::corruption(
                     &meta,

@@ -296,8 +296,7 @@ impl Log {
         let meta_path = dir.join(META_FILE);
         let (capacity, created) = match std::fs::read(&meta_path) {
             Ok(b) => (
-                format::decode_meta(&b)
-                    .map_err(|e| Error::corruption(&meta_path, 0, e.to_string()))?,
+                format::decode_meta(&b).map_err(|e| Error::meta(&meta_path, e))?,
                 false,
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

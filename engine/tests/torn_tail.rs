@@ -485,3 +485,48 @@ fn flip(path: &Path, at: u64) {
     byte[0] ^= 0x10;
     f.write_all_at(&byte, at).unwrap();
 }
+
+/// A log written in format 1 (40-byte batch headers, no flush stamp) is refused with an
+/// error that says so, by `open` and by the offline inspection, and nothing is changed.
+#[test]
+fn a_format_1_log_gets_a_clear_error_and_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small(BackendKind::Portable)).unwrap();
+    log.append(b"x").unwrap();
+    log.close().unwrap();
+    drop(log);
+    // The meta file as format 1 wrote it: magic, version 1, capacity, CRC32C of 0..28.
+    let meta = dir.path().join("walship.meta");
+    let mut m = std::fs::read(&meta).unwrap();
+    m[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32c::crc32c(&m[..28]);
+    m[28..32].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&meta, &m).unwrap();
+    let before: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    for e in [
+        Log::open(dir.path(), small(BackendKind::Portable)).unwrap_err(),
+        walship_engine::inspect::LogDir::open(dir.path()).unwrap_err(),
+    ] {
+        match &e {
+            Error::UnsupportedFormat {
+                path,
+                found: 1,
+                supported: 2,
+            } => assert_eq!(path, &meta),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            e.to_string()
+                .contains("log format version 1, but this build reads version 2"),
+            "{e}"
+        );
+    }
+    let after: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    assert_eq!(before, after, "nothing changed");
+}

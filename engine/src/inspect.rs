@@ -357,7 +357,7 @@ impl LogDir {
                 break;
             }
         }
-        let closed = crate::log::read_closed_marker(&dir);
+        let closed = crate::marker::read(&dir);
         Ok(LogDir {
             dir,
             geometry,

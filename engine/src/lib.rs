@@ -51,6 +51,7 @@ mod group_commit;
 pub mod inspect;
 mod io;
 mod log;
+mod marker;
 mod mmap;
 mod options;
 mod preparer;

@@ -28,9 +28,6 @@ use crate::watermark::{block_on, Watermark};
 use crate::writer;
 
 const META_FILE: &str = "walship.meta";
-/// The clean-close marker: written by `close` once everything is flushed, removed by the
-/// next `open` before anything is written.
-const CLOSED_FILE: &str = "walship.closed";
 const LOCK_FILE: &str = "LOCK";
 
 pub(crate) use crate::sync::{lock, read, write};
@@ -319,22 +316,17 @@ impl Log {
         opts.validate_for(capacity)?;
         let geometry = Geometry::new(capacity);
         let mut epochs = EpochHistory::load(&dir)?;
-        let closed = read_closed_marker(&dir);
         let rec = recovery::recover(
             &dir,
             geometry,
             opts.recovery,
             opts.verify_all_on_open,
             opts.create_at,
-            closed,
+            crate::marker::read(&dir),
         )?;
-        if closed.is_some() {
-            // From here on the log is written again: the marker no longer holds.
-            let marker = dir.join(CLOSED_FILE);
-            std::fs::remove_file(&marker)
-                .map_err(|e| Error::io("remove clean-close marker", &marker, e))?;
-            crate::fsutil::fsync_dir(&dir)?;
-        }
+        // From here on the log is written again: the marker no longer holds (recovery
+        // removed it already if it changed anything).
+        crate::marker::forget(&dir)?;
         if epochs.truncate_after(rec.end) {
             epochs.store(&dir)?;
         }
@@ -967,11 +959,7 @@ impl Log {
         if first_close && !sh.failed.load(Ordering::Acquire) && sh.flushed.get() >= sh.end() {
             // Everything is durable: a later open may treat any invalid batch before the
             // end as damage, not as an unflushed tail.
-            crate::fsutil::atomic_write(
-                &sh.dir,
-                CLOSED_FILE,
-                &format::encode_closed(sh.flushed.get()),
-            )?;
+            crate::marker::write(&sh.dir, sh.flushed.get())?;
         }
         sh.closed.store(true, Ordering::Release);
         sh.wake_everyone();
@@ -1008,32 +996,6 @@ fn poison_on_panic(shared: &Shared, thread: &'static str, body: impl FnOnce()) {
             thread,
             &std::io::Error::other("the thread panicked (a bug; the panic message is above)"),
         );
-    }
-}
-
-/// The end recorded by the clean-close marker in `dir`, if there is a valid one. A
-/// missing or unreadable marker only means less evidence for recovery.
-pub(crate) fn read_closed_marker(dir: &Path) -> Option<Lsn> {
-    use std::io::Read;
-    let path = dir.join(CLOSED_FILE);
-    // Only a regular file, and only a bounded read: a FIFO or a link to a device must not
-    // hang or exhaust the open.
-    if !std::fs::symlink_metadata(&path).ok()?.is_file() {
-        tracing::warn!(path = %path.display(), "ignoring a clean-close marker that is not a regular file");
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(format::CLOSED_LEN + 1);
-    File::open(&path)
-        .ok()?
-        .take(format::CLOSED_LEN as u64 + 1)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    match format::decode_closed(&bytes) {
-        Ok(end) => Some(end),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "ignoring an invalid clean-close marker");
-            None
-        }
     }
 }
 

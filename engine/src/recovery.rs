@@ -205,6 +205,9 @@ pub(crate) enum Verdict {
 pub(crate) enum Proof {
     /// The valid batch at `at`, whose flush stamp is `flushed`.
     Batch { at: Lsn, flushed: Lsn },
+    /// A valid batch at `at` in a later segment: the writer flushes a segment in full
+    /// before it writes into the next one, whatever that batch's stamp says.
+    LaterSegment { at: Lsn },
     /// The clean-close marker: the log was closed with everything before `end` flushed.
     Closed { end: Lsn },
 }
@@ -223,6 +226,11 @@ impl Verdict {
                 "invalid batch ({why}) followed by a valid batch at {proof} that was written \
                  once everything before {flushed} had been flushed: these bytes were durable \
                  and are damaged"
+            ),
+            Verdict::Corruption(Proof::LaterSegment { at: proof }) => format!(
+                "invalid batch ({why}) followed by a valid batch at {proof} in a later \
+                 segment, written after this one had been flushed in full: these bytes were \
+                 durable and are damaged"
             ),
             Verdict::Corruption(Proof::Closed { end }) => format!(
                 "invalid batch ({why}), but the log was closed cleanly with everything before \
@@ -289,6 +297,10 @@ impl Evidence {
                 continue;
             };
             let h = c.header;
+            if base > geometry.base_of(self.at) {
+                self.proof = Some(Proof::LaterSegment { at: pos });
+                return true;
+            }
             if h.flushed > self.at {
                 self.proof = Some(Proof::Batch {
                     at: pos,
@@ -549,6 +561,9 @@ pub(crate) fn recover(
         }
     }
 
+    // Everything below changes the directory: the clean-close marker must not outlive
+    // that (a repair that a crash interrupts must not meet it again).
+    crate::marker::forget(dir)?;
     let mut spares = Vec::new();
     let mut zeroed = 0;
     if remove {
@@ -657,6 +672,82 @@ mod tests {
             ends.push((end, end));
         }
         (img, ends)
+    }
+
+    /// A segment image with one-record batches, each restamped to `stamp(batch base)`.
+    fn stamped(base: Lsn, sizes: &[usize], stamp: impl Fn(Lsn) -> Lsn) -> (Vec<u8>, Vec<Lsn>) {
+        let (mut img, ends) = image(base, sizes);
+        let g = Geometry::new(CAP);
+        let mut starts = vec![g.first_batch(base)];
+        starts.extend(ends.iter().map(|&(end, _)| end));
+        starts.truncate(ends.len());
+        for &at in &starts {
+            let off = (at.get() - base.get()) as usize;
+            crate::format::restamp(&mut img[off..], stamp(at));
+        }
+        (img, starts)
+    }
+
+    #[test]
+    fn the_batches_after_a_break_decide_what_it_is() {
+        let g = Geometry::new(CAP);
+        let base = Lsn::new(CAP);
+        let sizes = [100, 200, 300, 400];
+        // Written back to back with nothing flushed since the segment began.
+        let (mut img, starts) = stamped(base, &sizes, |_| base);
+        let at = starts[1];
+        let off = (at.get() - base.get()) as usize + BATCH_HEADER_LEN + 5;
+        img[off] ^= 1;
+        assert_eq!(
+            judge(&[(base, &img)], g, at, None),
+            Verdict::Unflushed {
+                batches: 2,
+                until: Lsn::new(starts[3].get() + (BATCH_HEADER_LEN + 4 + 400) as u64)
+            }
+        );
+        // The clean-close marker says more was flushed.
+        assert!(matches!(
+            judge(&[(base, &img)], g, at, Some(starts[3])),
+            Verdict::Corruption(Proof::Closed { .. })
+        ));
+        assert_eq!(
+            judge(&[(base, &img)], g, at, Some(at)),
+            judge(&[(base, &img)], g, at, None)
+        );
+        // A later batch was written once the damaged one had been flushed.
+        let (mut img2, _) = stamped(
+            base,
+            &sizes,
+            |b| if b >= starts[3] { starts[2] } else { base },
+        );
+        img2[off] ^= 1;
+        assert_eq!(
+            judge(&[(base, &img2)], g, at, None),
+            Verdict::Corruption(Proof::Batch {
+                at: starts[3],
+                flushed: starts[2]
+            })
+        );
+        // Any valid batch in a later segment proves it, whatever its stamp (found by the
+        // recovery fuzzer: a low stamp there once let an open trust an unscanned segment).
+        let next = Lsn::new(2 * CAP);
+        let (later, later_starts) = stamped(next, &[10], |_| Lsn::new(64));
+        let torn_to_end: Vec<u8> = img[..off]
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0, img.len() - off))
+            .collect();
+        assert_eq!(
+            judge(&[(base, &torn_to_end), (next, &later)], g, at, None),
+            Verdict::Corruption(Proof::LaterSegment {
+                at: later_starts[0]
+            })
+        );
+        // Nothing valid after it: a torn write.
+        assert_eq!(
+            judge(&[(base, &torn_to_end)], g, at, None),
+            Verdict::TornTail
+        );
     }
 
     proptest! {

@@ -1,11 +1,17 @@
 //! Writes the seed corpora: `cargo run --release --example seed` from `fuzz/`.
 //!
 //! - `corpus/batch_decoder/seed-*`: valid batches (several record counts and sizes),
-//!   padding headers, a segment header, and LSN-prefixed batches and segment bodies for
-//!   the expected-LSN and scan paths of the target;
+//!   padding headers, batches restamped with a lag (one whose lag exceeds its base), a
+//!   segment header, and LSN-prefixed batches and segment bodies for the expected-LSN
+//!   and scan paths of the target;
 //! - `corpus/recovery/seed-*`: damage operations (see `walship_fuzz::parse_ops`) that
 //!   put valid, torn, misplaced and bit-flipped batches into the template log's tail,
-//!   previous, spare and new segments, and damage its epoch history and meta file.
+//!   previous, spare and new segments, flip bits of flush stamps, damage its epoch
+//!   history and meta file, and delete or damage the clean-close marker. With the marker
+//!   gone, damage in the tail after the split of the template (see
+//!   `walship_fuzz::template_split`) is an unflushed tail (cut), damage before it is
+//!   proven flushed by the stamps after it (corruption); with the marker kept, both are
+//!   corruption.
 //!
 //! - `corpus/frame_decoder/seed-*`: one valid frame of each kind, a zstd-compressed Ship,
 //!   and a Welcome followed by two contiguous Ship frames, behind the target's 3-byte prefix (chunk size, flags,
@@ -16,9 +22,12 @@
 use std::fs;
 use std::path::Path;
 
-use walship_engine::format::{encode_batch, encode_padding, SegmentHeader, BATCH_HEADER_LEN};
+use walship_engine::format::{
+    check_batch, encode_batch, encode_padding, restamp, Expect, SegmentHeader, BATCH_HEADER_LEN,
+    STAMP_RANGE,
+};
 use walship_engine::{Epoch, Lsn};
-use walship_fuzz::{encode_ops, template_batches, Mode, Op, Rng, Target, CAP};
+use walship_fuzz::{encode_ops, template_batches, template_split, Mode, Op, Rng, Target, CAP};
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     fs::write(dir.join(format!("seed-{name}")), bytes).expect("write seed");
@@ -32,6 +41,31 @@ fn prefixed(lsn: u64, bytes: &[u8]) -> Vec<u8> {
     let mut v = lsn.to_le_bytes().to_vec();
     v.extend_from_slice(bytes);
     v
+}
+
+/// CRC32C (Castagnoli, reflected), bit by bit: enough for a few seeds.
+fn crc32c(parts: &[&[u8]]) -> u32 {
+    let mut c = !0u32;
+    for &b in parts.iter().flat_map(|p| p.iter()) {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// Writes a raw lag into a batch's flush stamp with a valid stamp CRC (over header bytes
+/// 4..16 and 40..44), even one that `restamp` cannot produce (a lag beyond the base).
+fn force_lag(batch: &mut [u8], lag: u32) {
+    let s = STAMP_RANGE.start;
+    batch[s..s + 4].copy_from_slice(&lag.to_le_bytes());
+    let crc = crc32c(&[&batch[4..16], &batch[s..s + 4]]);
+    batch[s + 4..s + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn batch_decoder(dir: &Path) {
@@ -81,6 +115,25 @@ fn batch_decoder(dir: &Path) {
         }
         .encode(),
     );
+    // Non-zero reserved bytes (32..60) under a valid CRC: only the fields re-encode (the
+    // format-2 form of regressions/batch_decoder/segment-header-nonzero-reserved, which
+    // is a format-1 header that is now refused for its version).
+    write(dir, "segment-header-nonzero-reserved", &{
+        let mut h = SegmentHeader {
+            base: Lsn::new(7 * CAP),
+            capacity: CAP,
+        }
+        .encode();
+        h[40] = 0x7c;
+        h[55] = 1;
+        let crc = crc32c(&[&h[..60]]);
+        h[60..].copy_from_slice(&crc.to_le_bytes());
+        assert!(
+            SegmentHeader::decode(&h).is_ok(),
+            "reserved bytes are allowed"
+        );
+        h
+    });
     // LSN-prefixed: the target checks `data[8..]` against the LSN in `data[..8]`.
     let r = recs(&mut rng, &[10, 20]);
     write(
@@ -88,14 +141,39 @@ fn batch_decoder(dir: &Path) {
         "lsn-batch",
         &prefixed(4096, &encode_batch(Lsn::new(4096), e, 9, &r)),
     );
+    let pad_at = CAP - BATCH_HEADER_LEN as u64;
     write(
         dir,
         "lsn-padding",
-        &prefixed(
-            CAP - 40,
-            &encode_padding(Lsn::new(CAP - 40), Lsn::new(CAP), e),
-        ),
+        &prefixed(pad_at, &encode_padding(Lsn::new(pad_at), Lsn::new(CAP), e)),
     );
+    // Flush stamps with a lag: written by a log that had flushed less than everything
+    // before the batch. The lag round-trips through `BatchHeader::flushed` ...
+    let mut restamped = encode_batch(Lsn::new(70_000), e, 11, &recs(&mut rng, &[12, 0, 3]));
+    restamp(&mut restamped, Lsn::new(1000));
+    let mut check = restamped.clone();
+    force_lag(&mut check, 69_000);
+    assert_eq!(
+        check, restamped,
+        "the seed's CRC32C agrees with the engine's stamp"
+    );
+    write(dir, "restamped", &restamped);
+    let mut pad = encode_padding(Lsn::new(CAP - 500), Lsn::new(CAP), e);
+    restamp(&mut pad, Lsn::new(CAP / 2));
+    write(dir, "padding-restamped", &pad);
+    // ... unless it reaches back past LSN 0 (`flushed` saturates at 0): only the stamp
+    // CRC makes such a batch valid, and it is the same batch, not the same bytes.
+    let mut beyond = encode_batch(Lsn::new(4096), e, 12, &recs(&mut rng, &[7]));
+    force_lag(&mut beyond, 10_000);
+    assert_eq!(
+        check_batch(&beyond, Expect::default()).map(|c| c.header.flushed),
+        Ok(Lsn::ZERO),
+        "a lag beyond the base decodes to flushed = 0"
+    );
+    write(dir, "lag-beyond-base", &beyond);
+    let mut pad = encode_padding(Lsn::new(CAP - 64), Lsn::new(CAP), e);
+    force_lag(&mut pad, u32::MAX);
+    write(dir, "padding-lag-beyond-base", &pad);
     // A segment body: LSN ≡ 64 (mod 64 KiB) selects the scan path.
     let first = 5 * CAP + 64;
     let b1 = encode_batch(
@@ -151,6 +229,35 @@ fn recovery(dir: &Path) {
         &recs(&mut rng, &[9]),
     );
     let first_tail_batch = tail + 64;
+    // The template's tail is written in two appends (see `template_split`): batches from
+    // `split` on are stamped with `flushed = split`, the ones before with the tail's base.
+    let split = template_split(&batches).get();
+    // A data batch of the tail with a payload and at least two valid batches after it,
+    // before the split (damage there is proven flushed by the stamps after the split)
+    // and after it (damage there is an unflushed tail once the marker is gone).
+    let tail_batch = |from: u64, to: u64| {
+        let i = batches
+            .iter()
+            .position(|(base, b)| {
+                base.get() >= from && base.get() < to && b.len() > BATCH_HEADER_LEN + 8
+            })
+            .expect("a tail batch with a payload");
+        assert!(i + 2 < batches.len(), "valid batches follow it");
+        batches[i].0.get()
+    };
+    let before_split = tail_batch(tail + 1000, split);
+    let after_split = tail_batch(split + 1, end);
+    // A bit in the first record's payload.
+    let body_flip = |base: u64| {
+        op(
+            Mode::FlipBits,
+            Target::Tail,
+            tail_off(base + BATCH_HEADER_LEN as u64 + 5),
+            vec![0x04],
+        )
+    };
+    // An empty marker is an invalid one: the log is left as a crash would leave it.
+    let no_marker = || op(Mode::TruncateAt, Target::Closed, 0, vec![0]);
     // Makes the segment file exist (empty, valid header) without changing a byte.
     let same_byte = |target| op(Mode::Overwrite, target, 0, b"W".to_vec());
     let prev_batch = batches[3].0.get();
@@ -211,7 +318,7 @@ fn recovery(dir: &Path) {
             vec![op(
                 Mode::FlipBits,
                 Target::Tail,
-                tail_off(first_tail_batch + 45),
+                tail_off(first_tail_batch + BATCH_HEADER_LEN as u64 + 5),
                 vec![1],
             )],
         ),
@@ -224,7 +331,7 @@ fn recovery(dir: &Path) {
             vec![op(
                 Mode::FlipBits,
                 Target::Prev,
-                prev_batch as u16 + 41,
+                (prev_batch + BATCH_HEADER_LEN as u64 + 1) as u16,
                 vec![0x80],
             )],
         ),
@@ -345,6 +452,101 @@ fn recovery(dir: &Path) {
         (
             "meta-flip",
             vec![op(Mode::FlipBits, Target::Meta, 17, vec![1])],
+        ),
+        // The clean-close marker and the flush stamps.
+        ("closed-deleted", vec![no_marker()]),
+        (
+            "closed-flip",
+            vec![op(Mode::FlipBits, Target::Closed, 17, vec![0x01])],
+        ),
+        (
+            "closed-garbage",
+            vec![op(Mode::AppendGarbage, Target::Closed, 0, rng.bytes(5))],
+        ),
+        (
+            // Valid batches after the damage, none stamped past it, no marker: an
+            // unflushed tail, cut (`OpenReport::unflushed_cut`).
+            "unflushed-tail-no-marker",
+            vec![no_marker(), body_flip(after_split)],
+        ),
+        (
+            // The same damage, but the marker says the log was closed with more flushed.
+            "unflushed-tail-closed-marker",
+            vec![body_flip(after_split)],
+        ),
+        (
+            // Damage before the split: the batches after the split prove it was flushed.
+            "flushed-proof-in-tail-no-marker",
+            vec![no_marker(), body_flip(before_split)],
+        ),
+        (
+            // Damage in the previous segment: the tail's stamps prove it was flushed.
+            "flip-prev-batch-no-marker",
+            vec![
+                no_marker(),
+                op(
+                    Mode::FlipBits,
+                    Target::Prev,
+                    (prev_batch + BATCH_HEADER_LEN as u64 + 1) as u16,
+                    vec![0x80],
+                ),
+            ],
+        ),
+        (
+            "lost-tail-no-marker",
+            vec![
+                no_marker(),
+                op(
+                    Mode::TruncateAt,
+                    Target::Tail,
+                    tail_off(last_base.get() + 10),
+                    vec![1],
+                ),
+            ],
+        ),
+        (
+            "flip-stamp-lag",
+            vec![op(
+                Mode::FlipBits,
+                Target::Tail,
+                tail_off(after_split + STAMP_RANGE.start as u64 + 1),
+                vec![0x20],
+            )],
+        ),
+        (
+            "flip-stamp-crc-no-marker",
+            vec![
+                no_marker(),
+                op(
+                    Mode::FlipBits,
+                    Target::Tail,
+                    tail_off(after_split + STAMP_RANGE.start as u64 + 6),
+                    vec![0x01],
+                ),
+            ],
+        ),
+        (
+            "flip-last-stamp-no-marker",
+            vec![
+                no_marker(),
+                op(
+                    Mode::FlipBits,
+                    Target::Tail,
+                    tail_off(last_base.get() + STAMP_RANGE.start as u64),
+                    vec![0x01],
+                ),
+            ],
+        ),
+        (
+            // A valid first batch in the spare whose stamp does not reach the tail's end
+            // (no honest writer makes one: it flushes a segment before writing into the
+            // next): recovery judges the tail's end by stamps alone.
+            "spare-first-batch-low-stamp",
+            vec![op(Mode::Overwrite, Target::Spare, 64, {
+                let mut b = encode_batch(Lsn::new(spare + 64), epoch, 50, &recs(&mut rng, &[3]));
+                restamp(&mut b, Lsn::new(64));
+                b
+            })],
         ),
         (
             "hole-and-next",

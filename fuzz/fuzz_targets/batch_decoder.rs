@@ -6,19 +6,60 @@
 //!   panic;
 //! - on every batch `check_batch` accepts, `records` yields exactly `record_count`
 //!   records that tile the body, with increasing end LSNs ending at `header.end()`;
-//! - a non-padding batch re-encodes byte for byte with `encode_batch`; a padding header
-//!   with a zero timestamp re-encodes with `encode_padding`; a segment header's fields
-//!   re-encode (its reserved bytes need not be zero).
+//! - a non-padding batch re-encodes with `encode_batch`, a padding header with a zero
+//!   timestamp with `encode_padding`: those stamp a lag of 0 (`flushed = base`), so the
+//!   re-encoding is restamped with the decoded `header.flushed` (`restamp`), and then it
+//!   is the same batch (`same_batch`: equal but for the flush stamp, bytes 40..48), and
+//!   byte for byte equal when the stored lag (bytes 40..44) is at most the base. (A
+//!   larger lag decodes to `flushed = 0`, saturated, and cannot round-trip; it still has
+//!   to carry a valid stamp CRC, which `check_batch` verifies.) A segment header's
+//!   fields re-encode (its reserved bytes need not be zero).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use walship_engine::format::{
-    check_batch, encode_batch, encode_padding, records, BatchHeader, Expect, SegmentHeader,
-    BATCH_HEADER_LEN, MAX_SEGMENT_CAPACITY, RECORD_PREFIX_LEN,
+    check_batch, encode_batch, encode_padding, records, restamp, same_batch, BatchHeader, Expect,
+    SegmentHeader, BATCH_HEADER_LEN, MAX_SEGMENT_CAPACITY, RECORD_PREFIX_LEN, STAMP_RANGE,
 };
 use walship_engine::internals::scan_segment;
 use walship_engine::{Epoch, Lsn};
+
+/// Whether the stamp of the batch header at the start of `buf` round-trips through
+/// `BatchHeader::flushed`: its lag (bytes 40..44) reaches no further back than LSN 0.
+fn lag_round_trips(buf: &[u8], h: &BatchHeader) -> bool {
+    let lag = u32::from_le_bytes(
+        buf[STAMP_RANGE.start..STAMP_RANGE.start + 4]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    u64::from(lag) <= h.base.get()
+}
+
+/// Checks that `again` (a re-encoding of the checked batch at the start of `buf`, with
+/// `len` bytes, restamped with the decoded `flushed`) is the same batch, and the same
+/// bytes when the stamp can round-trip.
+fn check_reencoded(again: &[u8], buf: &[u8], len: usize, h: &BatchHeader, what: &str) {
+    assert!(
+        same_batch(again, &buf[..len]),
+        "{what} does not re-encode to the same batch"
+    );
+    // The decoded stamp must be the one the re-encoding carries.
+    assert_eq!(
+        check_batch(again, Expect::default()).map(|c| c.header),
+        Ok(*h),
+        "{what}: the re-encoding decodes differently"
+    );
+    if lag_round_trips(buf, h) {
+        assert_eq!(again, &buf[..len], "{what} does not re-encode to its bytes");
+    } else {
+        assert_eq!(
+            h.flushed.get(),
+            0,
+            "{what}: an over-long lag saturates at 0"
+        );
+    }
+}
 
 fn check_accepted(buf: &[u8], expect: Expect) {
     let Ok(checked) = check_batch(buf, expect) else {
@@ -37,12 +78,9 @@ fn check_accepted(buf: &[u8], expect: Expect) {
         assert_eq!(records(buf, &h).count(), 0, "padding yields no records");
         if h.timestamp_us == 0 {
             if let Some(end) = h.base.checked_add(u64::from(h.len)) {
-                let again = encode_padding(h.base, end, h.epoch);
-                assert_eq!(
-                    &again[..],
-                    &buf[..BATCH_HEADER_LEN],
-                    "padding header does not re-encode"
-                );
+                let mut again = encode_padding(h.base, end, h.epoch);
+                restamp(&mut again, h.flushed);
+                check_reencoded(&again, buf, BATCH_HEADER_LEN, &h, "a padding header");
             }
         }
         return;
@@ -68,12 +106,9 @@ fn check_accepted(buf: &[u8], expect: Expect) {
         "records() lost records of a checked batch"
     );
     assert_eq!(at, len, "records do not tile the batch");
-    let again = encode_batch(h.base, h.epoch, h.timestamp_us, &recs);
-    assert_eq!(
-        &again[..],
-        &buf[..len],
-        "a checked batch does not re-encode to its bytes"
-    );
+    let mut again = encode_batch(h.base, h.epoch, h.timestamp_us, &recs);
+    restamp(&mut again, h.flushed);
+    check_reencoded(&again, buf, len, &h, "a checked batch");
 }
 
 fuzz_target!(|data: &[u8]| {

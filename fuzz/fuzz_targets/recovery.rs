@@ -1,16 +1,26 @@
 //! Fuzz target `recovery`: damages a copy of a valid log directory as the input says
 //! (overwrite, truncate, append garbage, flip bits; in the tail segment, the segment
-//! before it, the spare, a new segment, the epoch history or the meta file) and opens
-//! it with `RecoveryMode::Strict` and `RecoveryMode::TruncateCorrupt`.
+//! before it, the spare, a new segment, the epoch history, the meta file or the
+//! clean-close marker `walship.closed`) and opens it with `RecoveryMode::Strict` and
+//! `RecoveryMode::TruncateCorrupt`.
+//!
+//! The template was closed cleanly, so it holds the marker: where the chain of valid
+//! batches breaks before the end it records, recovery must treat the break as corruption.
+//! An input that damages (or empties) the marker leaves the log as a crash would; then
+//! only the flush stamps of the valid batches after the break tell corruption (a stamp
+//! past the break) from an unflushed tail, which recovery cuts (`OpenReport::unflushed_cut`).
+//! The template's tail is written in two appends with a flush in between, so both
+//! verdicts are reachable within the tail (see `walship_fuzz::template_split`).
 //!
 //! Properties checked:
 //! - `open` returns `Ok` or `Err(Error::Corruption)`, never panics or hangs;
 //! - after a successful open every record reads back without error, in increasing LSN
 //!   order, `end >= start`, and every record of a batch before the first damaged byte is
 //!   there with its LSN and payload (recovery loses nothing that precedes the damage);
-//! - whatever `Strict` opens, `TruncateCorrupt` opens to the same end without repairing;
-//! - recovery is idempotent: when it zeroed a torn tail or repaired, closing and
-//!   reopening (strictly) gives the same end.
+//! - whatever `Strict` opens, `TruncateCorrupt` opens to the same end without repairing
+//!   (and cuts the same unflushed tail, if any);
+//! - recovery is idempotent: when it zeroed a torn tail, cut an unflushed tail or
+//!   repaired, closing and reopening (strictly) gives the same end.
 //!
 //! Repaired logs get the same full checks as any other (the repair bug kept in
 //! fuzz/regressions/recovery/known-repair-ends-after-hole is fixed: repair scans every
@@ -64,8 +74,11 @@ struct Opened {
     start: Lsn,
     end: Lsn,
     repaired_at: Option<Lsn>,
+    /// Where an unflushed tail was cut, if one was.
+    unflushed_at: Option<Lsn>,
     records: usize,
-    /// Whether recovery changed the directory (zeroed a torn tail or repaired).
+    /// Whether recovery changed the directory (zeroed a torn tail, cut an unflushed tail
+    /// or repaired).
     changed: bool,
 }
 
@@ -130,8 +143,11 @@ fn open_and_check(t: &Template, dir: &Path, mode: RecoveryMode, damage: Lsn) -> 
         start,
         end,
         repaired_at: report.repaired_at,
+        unflushed_at: report.unflushed_cut.as_ref().map(|c| c.at),
         records: n,
-        changed: report.zeroed_tail_bytes > 0 || report.repaired_at.is_some(),
+        changed: report.zeroed_tail_bytes > 0
+            || report.repaired_at.is_some()
+            || report.unflushed_cut.is_some(),
     })
 }
 
@@ -157,8 +173,8 @@ fuzz_target!(|data: &[u8]| {
             .expect("TruncateCorrupt refused a log that Strict opened");
         assert_eq!(s.repaired_at, None);
         assert_eq!(
-            (r.end, r.records, r.repaired_at, r.changed),
-            (s.end, s.records, None, s.changed),
+            (r.end, r.records, r.repaired_at, r.unflushed_at, r.changed),
+            (s.end, s.records, None, s.unflushed_at, s.changed),
             "repair changed a clean log"
         );
     }

@@ -3,7 +3,9 @@
 //! seed generator uses to write inputs that get past the CRCs.
 //!
 //! Everything here is deterministic: the template log is the same bytes in every
-//! process, so a crashing input reproduces in a fresh process.
+//! process (including the flush stamps the log writer puts into every batch header and
+//! the clean-close marker `walship.closed`, which records the end), so a crashing input
+//! reproduces in a fresh process. [`build_template`] checks this.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -11,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use walship_engine::format::{
-    encode_batch, encode_padding, records, SegmentHeader, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN,
+    check_batch, encode_batch, encode_padding, records, restamp, Expect, SegmentHeader,
+    BATCH_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use walship_engine::internals::segment_path;
 use walship_engine::{BackendKind, Durability, Epoch, Log, Lsn, Options, RecoveryMode};
@@ -72,7 +75,9 @@ pub struct TemplateRecord {
 }
 
 /// The encoded batches of the template log, in order: `(base, bytes)`; padding batches
-/// are the 40-byte header only (the rest of the segment is zeros).
+/// are the header only (`BATCH_HEADER_LEN` bytes; the rest of the segment is zeros).
+/// They are encoded with lag-0 flush stamps (`encode_batch`); the template's files hold
+/// the same batches with the stamps the log writer gave them ([`template_stamp`]).
 pub fn template_batches() -> Vec<(Lsn, Vec<u8>)> {
     let mut rng = Rng::new(0x005E_ED0F_7A11);
     let mut out = Vec::new();
@@ -128,7 +133,7 @@ pub fn template_batches() -> Vec<(Lsn, Vec<u8>)> {
 pub fn template_records(batches: &[(Lsn, Vec<u8>)]) -> Vec<TemplateRecord> {
     let mut out = Vec::new();
     for (_, b) in batches {
-        let h = walship_engine::format::check_batch(b, Default::default())
+        let h = check_batch(b, Expect::default())
             .expect("template batch is valid")
             .header;
         for (lsn, data) in records(b, &h) {
@@ -161,26 +166,67 @@ pub struct Template {
     pub spare: Lsn,
     /// Where the data of the segment before the tail ends (its padding starts).
     pub prev_data_end: Lsn,
+    /// Where the second of the two appends that wrote the template starts, in the middle
+    /// of the tail (see [`template_split`]): the batches from here on are stamped as
+    /// written once everything before this LSN had been flushed.
+    pub split: Lsn,
+}
+
+/// Name of the clean-close marker file that `Log::close` writes into the log directory.
+pub const CLOSED_FILE: &str = "walship.closed";
+
+/// Where the template is split into two appends with a local flush in between: the base
+/// of the first batch at or after the middle of the tail segment. So the tail holds
+/// batches stamped with two different flushed positions, and damage before the split
+/// is proven flushed by the (valid) batches after it even without the clean-close marker.
+pub fn template_split(batches: &[(Lsn, Vec<u8>)]) -> Lsn {
+    batches
+        .iter()
+        .map(|(base, _)| *base)
+        .find(|base| base.get() >= CAP + CAP / 2)
+        .expect("the template reaches the middle of the tail")
+}
+
+/// The flushed position the log writer stamps the template batch at `base` with: the
+/// first append goes out in one write, so the batches of segment 0 carry the flushed
+/// position of the fresh log (its first batch) and those of the tail the end of segment
+/// 0 (the writer flushes a segment before it writes into the next one and stamps after
+/// that flush); the second append, after a local flush up to `split`, carries `split`.
+pub fn template_stamp(base: Lsn, split: Lsn) -> Lsn {
+    if base >= split {
+        split
+    } else if base.get() >= CAP {
+        Lsn::new(CAP)
+    } else {
+        Lsn::new(SEGMENT_HEADER_LEN as u64)
+    }
 }
 
 /// Writes the template log into `dir` (which must not exist or be empty).
 ///
-/// The log is created by `Log::open` and filled through `append_encoded`, so its bytes
-/// are exactly [`template_batches`]; the spare segment the preparer thread may have
-/// made after the tail is removed, so the template is the same in every process.
+/// The log is created by `Log::open` and filled through `append_encoded` in two calls
+/// (split at [`template_split`], with a `Local` commit after each), then closed, which
+/// writes the clean-close marker `walship.closed` recording the end. So its batches are
+/// exactly [`template_batches`] but for their flush stamps, which are
+/// [`template_stamp`]; this function checks every byte of both segments and the marker
+/// (it panics if the writer ever stamped differently, which would make the template
+/// differ between processes). The spare segment the preparer thread may have made after
+/// the tail is removed, so the template is the same in every process.
 pub fn build_template(dir: &Path) -> Template {
     let batches = template_batches();
+    let split = template_split(&batches);
     let log = Log::open(dir, options(RecoveryMode::Strict)).expect("create template log");
-    let mut wire = Vec::new();
-    for (_, b) in &batches {
-        wire.extend_from_slice(b);
+    let mut end = Lsn::ZERO;
+    let at = batches.partition_point(|(base, _)| *base < split);
+    for part in [&batches[..at], &batches[at..]] {
+        let wire: Vec<u8> = part.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+        end = log
+            .append_encoded(Bytes::from(wire))
+            .expect("append template batches");
+        log.commit(end, Durability::Local)
+            .wait()
+            .expect("flush template");
     }
-    let end = log
-        .append_encoded(Bytes::from(wire))
-        .expect("append template batches");
-    log.commit(end, Durability::Local)
-        .wait()
-        .expect("flush template");
     log.close().expect("close template");
     drop(log);
     let tail = Lsn::new(end.get() / CAP * CAP);
@@ -194,6 +240,7 @@ pub fn build_template(dir: &Path) -> Template {
             fs::remove_file(&p).expect("remove preparer's segment");
         }
     }
+    check_template(dir, &batches, split, end);
     let prev_data_end = batches
         .iter()
         .rev()
@@ -207,7 +254,55 @@ pub fn build_template(dir: &Path) -> Template {
         tail,
         spare,
         prev_data_end,
+        split,
     }
+}
+
+/// Checks that the segments in `dir` hold exactly `batches` with the stamps of
+/// [`template_stamp`] (then zeros) and that the clean-close marker records `end`.
+fn check_template(dir: &Path, batches: &[(Lsn, Vec<u8>)], split: Lsn, end: Lsn) {
+    let mut want = vec![0u8; 2 * CAP as usize];
+    for base in [Lsn::ZERO, Lsn::new(CAP)] {
+        let at = base.get() as usize;
+        want[at..at + SEGMENT_HEADER_LEN].copy_from_slice(
+            &SegmentHeader {
+                base,
+                capacity: CAP,
+            }
+            .encode(),
+        );
+    }
+    for (base, b) in batches {
+        let mut b = b.clone();
+        restamp(&mut b, template_stamp(*base, split));
+        let at = base.get() as usize;
+        want[at..at + b.len()].copy_from_slice(&b);
+    }
+    for base in [Lsn::ZERO, Lsn::new(CAP)] {
+        let got = fs::read(segment_path(dir, base)).expect("read template segment");
+        let want = &want[base.get() as usize..(base.get() + CAP) as usize];
+        if got != want {
+            let at = got
+                .iter()
+                .zip(want)
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.len().min(want.len()));
+            panic!(
+                "template segment {base} differs from the expected bytes at offset {at} \
+                 (size {} vs {}): the template would not be the same in every process",
+                got.len(),
+                want.len()
+            );
+        }
+    }
+    let marker = fs::read(dir.join(CLOSED_FILE)).expect("the template was closed cleanly");
+    assert_eq!(marker.len(), 32, "clean-close marker length");
+    assert_eq!(&marker[..8], b"WALSHCLO", "clean-close marker magic");
+    assert_eq!(
+        &marker[16..24],
+        &end.get().to_le_bytes(),
+        "the clean-close marker records the template's end"
+    );
 }
 
 fn is_padding(b: &[u8]) -> bool {
@@ -278,6 +373,11 @@ pub enum Target {
     Epochs,
     /// The `walship.meta` file.
     Meta,
+    /// The clean-close marker `walship.closed` (32 bytes recording the end the log was
+    /// closed at). Any damage makes it invalid, which recovery must treat like a missing
+    /// marker (less evidence); `TruncateAt` offset 0 with an even payload byte is how an
+    /// input "deletes" it (an empty marker is invalid), leaving the log as a crash would.
+    Closed,
     /// Delete the spare segment, if an earlier operation made it (no payload).
     DeleteSpare,
 }
@@ -304,8 +404,8 @@ pub const MAX_OPS: usize = 4;
 ///
 /// Each operation is a 4-byte header, `[kind, offset lo, offset hi, len]`, then `len`
 /// payload bytes (`len == 0`: the rest of the input). `kind` bits 0-1 are the [`Mode`],
-/// bits 2-4 the [`Target`] (0 and 7 tail, 1 prev, 2 spare, 3 epochs, 4 new segment,
-/// 5 delete spare, 6 meta).
+/// bits 2-4 the [`Target`] (0 tail, 1 prev, 2 spare, 3 epochs, 4 new segment,
+/// 5 delete spare, 6 meta, 7 the clean-close marker); bits 5-7 are ignored.
 pub fn parse_ops(mut data: &[u8]) -> Vec<Op> {
     let mut ops = Vec::new();
     while data.len() >= OP_HEADER_LEN && ops.len() < MAX_OPS {
@@ -333,6 +433,7 @@ pub fn parse_ops(mut data: &[u8]) -> Vec<Op> {
             4 => Target::NewSegment,
             5 => Target::DeleteSpare,
             6 => Target::Meta,
+            7 => Target::Closed,
             _ => Target::Tail,
         };
         ops.push(Op {
@@ -364,6 +465,7 @@ pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
             Target::NewSegment => 4,
             Target::DeleteSpare => 5,
             Target::Meta => 6,
+            Target::Closed => 7,
         };
         let last = i + 1 == ops.len();
         let len = if last && (op.payload.len() > 255 || op.payload.is_empty()) {
@@ -413,6 +515,9 @@ pub fn apply_ops(t: &Template, dir: &Path, ops: &[Op]) -> Lsn {
             }
             Target::Epochs => (dir.join("epochs"), None, u64::MAX),
             Target::Meta => (dir.join("walship.meta"), None, u64::MAX),
+            // Not a segment: damage to it does not lower `damage` (the marker only adds
+            // evidence; the records before the first damaged segment byte must survive).
+            Target::Closed => (dir.join(CLOSED_FILE), None, u64::MAX),
             Target::DeleteSpare => {
                 let _ = fs::remove_file(segment_path(dir, t.spare));
                 continue;

@@ -13,8 +13,9 @@
 //!   middle never leaves a spare beyond a removed segment (a gap `open` would refuse). If preparation failed (e.g. `ENOSPC`) the appender
 //!   gets the error and nothing is appended; the next crossing asks again.
 //! - **Retirement keeps the segment map and the directory in agreement**: a segment
-//!   leaves the map only once its file has been renamed into the recycle pool or
-//!   unlinked; a failure stops retirement there, is recorded
+//!   whose file cannot be renamed into the recycle pool or unlinked goes back into the
+//!   map (no file operation runs under the map's lock); a failure stops retirement there,
+//!   is recorded
 //!   ([`Log::last_retire_error`](crate::Log::last_retire_error), `Stats::retire_errors`)
 //!   and is retried at the next checkpoint. A file that has already vanished is recorded
 //!   too, and its entry dropped, since nothing is left to keep.
@@ -318,8 +319,9 @@ fn prepare(shared: &Shared, base: Lsn, recycled: Option<&Path>) -> Result<Segmen
 }
 
 /// Removes segments wholly below the retirement floor from the front of the log, one at
-/// a time: each leaves the segment map only once its file is renamed into the recycle
-/// pool (returned) or unlinked. Stops at the first failure, which is returned.
+/// a time: each is renamed into the recycle pool (returned) or unlinked, and if that
+/// fails it goes back into the segment map, so map and directory agree whenever the
+/// preparer is idle. Stops at the first failure, which is returned.
 fn retire(shared: &Shared) -> (Vec<PathBuf>, Option<Error>) {
     let g = shared.geometry;
     let checkpoint = Lsn::new(shared.checkpoint.load(Ordering::Acquire));
@@ -331,22 +333,36 @@ fn retire(shared: &Shared) -> (Vec<PathBuf>, Option<Error>) {
     let mut error = None;
     let mut changed = false;
     loop {
-        // The decision and the file operation happen under the map's lock, so no reader
-        // can take a new reference to the segment in between.
-        let mut segs = write(&shared.segments);
-        if segs.len() <= 1 {
-            break;
-        }
-        let Some((&base, seg)) = segs.first_key_value() else {
-            break;
+        // Decided under the map's lock, where no reader can take a new reference to the
+        // segment; the file operation runs outside it, so the writer (which looks
+        // segments up for every write) never waits for the file system here. The start
+        // moves first, so no reader is sent to the segment meanwhile.
+        let (base, seg) = {
+            let mut segs = write(&shared.segments);
+            if segs.len() <= 1 {
+                break;
+            }
+            let Some((&base, _)) = segs.first_key_value() else {
+                break;
+            };
+            if base + g.capacity() > floor.get() || base >= writing {
+                break;
+            }
+            let Some((_, seg)) = segs.pop_first() else {
+                break;
+            };
+            if let Some((&next, _)) = segs.first_key_value() {
+                shared
+                    .start
+                    .store(g.first_batch(Lsn::new(next)).get(), Ordering::Release);
+            }
+            (base, seg)
         };
-        if base + g.capacity() > floor.get() || base >= writing {
-            break;
-        }
+        let referenced = seg.is_referenced();
         let path = seg.path.clone();
         let outcome = if let Err(e) = crate::failpoint::hit("preparer::retire", &shared.dir) {
             Err(("retire segment", e))
-        } else if seg.is_referenced() {
+        } else if referenced {
             std::fs::remove_file(&path)
                 .map(|()| None)
                 .map_err(|e| ("remove retired segment", e))
@@ -361,23 +377,26 @@ fn retire(shared: &Shared) -> (Vec<PathBuf>, Option<Error>) {
                 .map_err(|e| ("rename retired segment into the recycle pool", e))
         };
         match outcome {
-            Ok(tmp) => recyclable.extend(tmp),
+            Ok(tmp) => {
+                recyclable.extend(tmp);
+                changed = true;
+            }
             Err((_, e)) if e.kind() == io::ErrorKind::NotFound => {
-                // Nothing left to keep: drop the entry, but say so, since a segment file
-                // the log holds must not vanish.
+                // Nothing left to keep: the entry stays dropped, but say so, since a
+                // segment file the log holds must not vanish.
                 error = Some(Error::io("retire segment: its file had vanished", &path, e));
+                changed = true;
             }
             Err((op, e)) => {
+                // The file is still there: so is the segment, and the start before it.
+                let mut segs = write(&shared.segments);
+                segs.insert(base, seg);
+                shared
+                    .start
+                    .store(g.first_batch(Lsn::new(base)).get(), Ordering::Release);
                 error = Some(Error::io(op, &path, e));
                 break;
             }
-        }
-        segs.pop_first();
-        changed = true;
-        if let Some((&first, _)) = segs.first_key_value() {
-            shared
-                .start
-                .store(g.first_batch(Lsn::new(first)).get(), Ordering::Release);
         }
     }
     if changed {

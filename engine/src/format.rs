@@ -718,88 +718,68 @@ pub struct Record {
 }
 
 // ---------------------------------------------------------------------------------
-// Log meta file
+// Log meta file and clean-close marker
 
+/// Length of the log's small state files (meta file, clean-close marker): magic (8),
+/// format version (4), zero (4), one u64 value (8), zero (4), CRC32C of 0..28 (4).
+const SMALL_FILE_LEN: usize = 32;
 /// Length of the meta file.
-pub(crate) const META_LEN: usize = 32;
+pub(crate) const META_LEN: usize = SMALL_FILE_LEN;
+/// Length of the clean-close marker file.
+pub(crate) const CLOSED_LEN: usize = SMALL_FILE_LEN;
 const META_MAGIC: &[u8; 8] = b"WALSHMET";
+const CLOSED_MAGIC: &[u8; 8] = b"WALSHCLO";
 
-/// Encodes the log meta file (created once with the log; records the capacity).
-pub(crate) fn encode_meta(capacity: u64) -> [u8; META_LEN] {
-    let mut b = [0u8; META_LEN];
-    b[0..8].copy_from_slice(META_MAGIC);
+fn encode_small_file(magic: &[u8; 8], value: u64) -> [u8; SMALL_FILE_LEN] {
+    let mut b = [0u8; SMALL_FILE_LEN];
+    b[0..8].copy_from_slice(magic);
     b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    b[16..24].copy_from_slice(&capacity.to_le_bytes());
+    b[16..24].copy_from_slice(&value.to_le_bytes());
     let crc = crc32c::crc32c(&b[..28]);
     b[28..32].copy_from_slice(&crc.to_le_bytes());
     b
+}
+
+fn decode_small_file(buf: &[u8], magic: &[u8; 8]) -> Result<u64, FormatError> {
+    need(buf, SMALL_FILE_LEN)?;
+    if &buf[0..8] != magic {
+        return Err(FormatError::BadMagic {
+            found: le_u64(buf, 0),
+        });
+    }
+    let stored = le_u32(buf, 28);
+    let computed = crc32c::crc32c(&buf[..28]);
+    if stored != computed {
+        return Err(FormatError::CrcMismatch { stored, computed });
+    }
+    let version = le_u32(buf, 8);
+    if version != FORMAT_VERSION {
+        return Err(FormatError::UnsupportedVersion { found: version });
+    }
+    Ok(le_u64(buf, 16))
+}
+
+/// Encodes the log meta file (created once with the log; records the capacity).
+pub(crate) fn encode_meta(capacity: u64) -> [u8; META_LEN] {
+    encode_small_file(META_MAGIC, capacity)
 }
 
 /// Decodes the meta file, returning the segment capacity.
 pub(crate) fn decode_meta(buf: &[u8]) -> Result<u64, FormatError> {
-    need(buf, META_LEN)?;
-    if &buf[0..8] != META_MAGIC {
-        return Err(FormatError::BadMagic {
-            found: le_u64(buf, 0),
-        });
-    }
-    let stored = le_u32(buf, 28);
-    let computed = crc32c::crc32c(&buf[..28]);
-    if stored != computed {
-        return Err(FormatError::CrcMismatch { stored, computed });
-    }
-    let version = le_u32(buf, 8);
-    if version != FORMAT_VERSION {
-        return Err(FormatError::UnsupportedVersion { found: version });
-    }
-    let capacity = le_u64(buf, 16);
+    let capacity = decode_small_file(buf, META_MAGIC)?;
     check_capacity(capacity).map_err(|reason| FormatError::SegmentMismatch { reason })?;
     Ok(capacity)
 }
 
-// ---------------------------------------------------------------------------------
-// Clean-close marker
-
-/// Length of the clean-close marker file.
-pub(crate) const CLOSED_LEN: usize = 32;
-const CLOSED_MAGIC: &[u8; 8] = b"WALSHCLO";
-
 /// Encodes the clean-close marker: the log was closed with everything before `end`
 /// flushed.
 pub(crate) fn encode_closed(end: Lsn) -> [u8; CLOSED_LEN] {
-    let mut b = [0u8; CLOSED_LEN];
-    b[0..8].copy_from_slice(CLOSED_MAGIC);
-    b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    b[16..24].copy_from_slice(&end.get().to_le_bytes());
-    let crc = crc32c::crc32c(&b[..28]);
-    b[28..32].copy_from_slice(&crc.to_le_bytes());
-    b
+    encode_small_file(CLOSED_MAGIC, end.get())
 }
 
 /// Decodes the clean-close marker.
 pub(crate) fn decode_closed(buf: &[u8]) -> Result<Lsn, FormatError> {
-    if buf.len() != CLOSED_LEN {
-        return Err(FormatError::BadLength {
-            len: buf.len() as u64,
-            min: CLOSED_LEN as u64,
-            max: CLOSED_LEN as u64,
-        });
-    }
-    if &buf[0..8] != CLOSED_MAGIC {
-        return Err(FormatError::BadMagic {
-            found: le_u64(buf, 0),
-        });
-    }
-    let stored = le_u32(buf, 28);
-    let computed = crc32c::crc32c(&buf[..28]);
-    if stored != computed {
-        return Err(FormatError::CrcMismatch { stored, computed });
-    }
-    let version = le_u32(buf, 8);
-    if version != FORMAT_VERSION {
-        return Err(FormatError::UnsupportedVersion { found: version });
-    }
-    Ok(Lsn::new(le_u64(buf, 16)))
+    decode_small_file(buf, CLOSED_MAGIC).map(Lsn::new)
 }
 
 #[cfg(test)]
@@ -863,6 +843,7 @@ mod tests {
             assert!(decode_closed(&c).is_err(), "bit {bit}");
         }
         assert!(decode_closed(&m[..31]).is_err());
+        assert!(decode_meta(&m).is_err(), "a marker is not a meta file");
     }
 
     #[test]

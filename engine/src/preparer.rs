@@ -108,7 +108,11 @@ impl Preparer {
     /// preparer from starting to (the caller also holds the append lock, so nothing
     /// else changes the directory either).
     pub(crate) fn quiesce(&self) -> MutexGuard<'_, State> {
-        let mut st = lock(&self.state);
+        self.idle(lock(&self.state))
+    }
+
+    /// Waits, holding `st` in between, until the preparer thread changes no file.
+    fn idle<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         while st.busy && !st.shutdown {
             st = self
                 .cv
@@ -167,13 +171,7 @@ impl Preparer {
         let mut st = lock(&self.state);
         st.paused = true;
         let paused = Paused { prep: self, shared };
-        while st.busy && !st.shutdown {
-            st = self
-                .cv
-                .wait_timeout(st, Duration::from_millis(100))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        st = self.idle(st);
         st.want = None;
         if let Some(Ok(seg)) = st.ready.take() {
             discard(shared, seg)?;

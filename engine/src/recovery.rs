@@ -349,7 +349,10 @@ pub(crate) fn judge(
     e.verdict()
 }
 
-/// An unflushed tail that recovery cut (see [`Verdict::Unflushed`]).
+/// An unflushed tail that recovery cut: valid batches after an invalid one, none of
+/// them written after the invalid one had been flushed (their flush stamps say so), so
+/// none was acknowledged: what a power loss leaves when the disk persisted later pages of
+/// unflushed data but not an earlier one. See [`OpenReport`](crate::OpenReport).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnflushedCut {
     /// Where the log now ends: the first invalid batch.

@@ -6,17 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{backends, payload, run_async, small, verified};
+use common::{backends, payload, read_all, run_async, small, verified};
 use walship_engine::{Durability, Epoch, Error, Log, Lsn, Options};
-
-fn read_all(log: &Log) -> Vec<(Lsn, Vec<u8>)> {
-    let mut r = log.record_reader(log.start_lsn()).unwrap();
-    let mut out = Vec::new();
-    while let Some(rec) = r.try_next().unwrap() {
-        out.push((rec.lsn, rec.data.to_vec()));
-    }
-    out
-}
 
 #[test]
 fn round_trip_across_segments_and_reopen() {

@@ -15,7 +15,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{backends, payload, small};
+use common::{backends, payload, read_all, small};
 use walship_engine::format::{BATCH_HEADER_LEN, RECORD_PREFIX_LEN, SEGMENT_HEADER_LEN};
 use walship_engine::{Durability, Log, Lsn};
 
@@ -72,15 +72,6 @@ fn assert_records(got: &[(Lsn, Vec<u8>)], want: &[(Lsn, Vec<u8>)], what: &str) {
     for ((lsn, a), (_, b)) in got.iter().zip(want) {
         assert!(a == b, "{what}: record at {lsn} differs");
     }
-}
-
-fn read_all(log: &Log) -> Vec<(Lsn, Vec<u8>)> {
-    let mut r = log.record_reader(log.start_lsn()).unwrap();
-    let mut out = Vec::new();
-    while let Some(rec) = r.try_next().unwrap() {
-        out.push((rec.lsn, rec.data.to_vec()));
-    }
-    out
 }
 
 /// Brings the log's end to exactly the boundary `CAP`: by one batch filling segment 0 to

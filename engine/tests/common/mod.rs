@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use walship_engine::{BackendKind, Log, Options};
+use walship_engine::{BackendKind, Log, Lsn, Options};
 
 /// Every backend this machine supports: the whole suite runs against each.
 pub fn backends() -> Vec<BackendKind> {
@@ -94,4 +94,14 @@ pub fn run_async<F: std::future::Future>(fut: F, limit: Duration) -> F::Output {
         assert!(now < deadline, "future did not complete within {limit:?}");
         std::thread::park_timeout(deadline - now);
     }
+}
+
+/// Every record of `log` from its start: `(commit token, payload)`.
+pub fn read_all(log: &Log) -> Vec<(Lsn, Vec<u8>)> {
+    let mut r = log.record_reader(log.start_lsn()).unwrap();
+    let mut out = Vec::new();
+    while let Some(rec) = r.try_next().unwrap() {
+        out.push((rec.lsn, rec.data.to_vec()));
+    }
+    out
 }

@@ -436,7 +436,9 @@ mod tests {
         let stream = encode_stream(&b);
         assert_eq!(
             stream.len() as u64,
-            b.payload_bytes + 4 * b.rows + 40 * b.batches.len() as u64
+            b.payload_bytes
+                + 4 * b.rows
+                + walship_engine::format::BATCH_HEADER_LEN as u64 * b.batches.len() as u64
         );
     }
 

@@ -1078,7 +1078,26 @@ mod tests {
     #[test]
     fn valid_batches_after_an_unflushed_one_are_an_unflushed_tail_open_cuts() {
         let d = tempfile::tempdir().unwrap();
-        let batches = build(d.path(), 200);
+        build(d.path(), 200);
+        // Three more records, each its own batch, in one segment (more if one crosses).
+        let log = Log::open(d.path(), opts()).unwrap();
+        let mut last: Vec<Lsn> = Vec::new();
+        while last.len() < 3
+            || last.iter().any(|&l| {
+                Geometry::new(CAP).base_of(Lsn::new(l.get() - 1))
+                    != Geometry::new(CAP).base_of(Lsn::new(last[0].get() - 1))
+            })
+        {
+            let lsn = log.append(&record(10_000 + last.len() as u64)).unwrap();
+            log.commit(lsn, Durability::Local).wait().unwrap();
+            last.push(lsn);
+            if last.len() > 3 {
+                last.remove(0);
+            }
+        }
+        let batches = batches_of(&log);
+        log.close().unwrap();
+        drop(log);
         as_after_a_crash(d.path());
         // The last three data batches, rewritten as a writer that had flushed nothing of
         // them would have stamped them; then the first of them loses its bytes.

@@ -17,6 +17,9 @@ use walship_engine::{BackendKind, Durability, Error, Log, Lsn, Options, Recovery
 /// `(base, end, records as (lsn, data))`, padding included (with no records).
 type Batches = Vec<(Lsn, Lsn, Vec<(Lsn, Vec<u8>)>)>;
 
+/// At least `n` records, then as many more, each its own batch, as it takes for the tail
+/// segment to hold five batches (how group commit batched the first `n` depends on
+/// thread timing; the tests tear batches of the tail).
 fn build(dir: &Path, b: BackendKind, n: u64) -> Batches {
     let log = Log::open(dir, small(b)).unwrap();
     for seq in 0..n {
@@ -26,6 +29,19 @@ fn build(dir: &Path, b: BackendKind, n: u64) -> Batches {
         }
     }
     log.commit(log.end_lsn(), Durability::Local).wait().unwrap();
+    let (mut seq, mut tail_segment, mut in_tail) = (n, u64::MAX, 0);
+    while in_tail < 5 {
+        let lsn = log.append(&payload(seq, 900)).unwrap();
+        log.commit(lsn, Durability::Local).wait().unwrap();
+        seq += 1;
+        // Committed alone, so its own batch, in the segment holding its last byte.
+        let segment = (lsn.get() - 1) / CAP;
+        if segment == tail_segment {
+            in_tail += 1;
+        } else {
+            (tail_segment, in_tail) = (segment, 1);
+        }
+    }
     let batches = batches_of(&log);
     log.close().unwrap();
     batches

@@ -652,7 +652,21 @@ fn certs_refuses_bad_names_and_writes_nothing() {
 #[test]
 fn verify_explains_an_unflushed_tail_and_exits_zero() {
     let d = tempfile::tempdir().unwrap();
-    let w = build(d.path());
+    build(d.path());
+    // Three more records, each its own batch, in one segment (more if one crosses).
+    let log = Log::open(d.path(), opts()).unwrap();
+    let mut last: Vec<u64> = Vec::new();
+    while last.len() < 3 || last.iter().any(|&l| (l - 1) / CAP != (last[0] - 1) / CAP) {
+        let lsn = log.append(&payload(10_000 + last.len() as u64)).unwrap();
+        log.commit(lsn, Durability::Local).wait().unwrap();
+        last.push(lsn.get());
+        if last.len() > 3 {
+            last.remove(0);
+        }
+    }
+    let w = read_back(&log);
+    log.close().unwrap();
+    drop(log);
     fs::remove_file(d.path().join("walship.closed")).unwrap();
     // The last three batches as a writer that had flushed none of them stamps them, and
     // the first of them lost to a power loss while the later two reached the disk.

@@ -589,6 +589,8 @@ fn frame_decoder(dir: &Path) {
                 last_epoch: e,
                 seen_epoch: e,
                 end_lsn: Lsn::new(4096),
+                written_lsn: Lsn::new(4000),
+                flushed_lsn: Lsn::new(2048),
                 segment_capacity: 1 << 26,
             })],
         ),

@@ -23,7 +23,7 @@
 //!
 //! | kind | frame | payload |
 //! | --- | --- | --- |
-//! | 1 | [`Hello`] | cluster id, node id, last epoch u64, seen epoch u64, end LSN u64, segment capacity u64 |
+//! | 1 | [`Hello`] | cluster id, node id, last epoch u64, seen epoch u64, end LSN u64, written LSN u64, flushed LSN u64, segment capacity u64 |
 //! | 2 | [`Welcome`] | epoch u64, truncate-to flag u8 + LSN u64, start LSN u64, leader id |
 //! | 3 | [`Reject`] | code u8, epoch u64, LSN u64, reason |
 //! | 4 | [`Ship`] | epoch u64, base LSN u64, end LSN u64, raw length u32, compression u8, data |
@@ -53,8 +53,13 @@ pub struct Hello {
     /// The highest epoch the follower has seen, durably (for fencing: a leader of an
     /// older epoch must step down). At least `last_epoch`.
     pub seen_epoch: Epoch,
-    /// The end of the follower's log.
+    /// The end of the follower's log (appended, not necessarily written or flushed).
     pub end_lsn: Lsn,
+    /// How far the follower's log is written to its OS: at most `end_lsn`.
+    pub written_lsn: Lsn,
+    /// How far the follower's log is flushed to its disk: at most `written_lsn`. The
+    /// leader counts nothing past it as flushed until an `Ack` says so.
+    pub flushed_lsn: Lsn,
     /// The follower's segment capacity; must match for identical logs.
     pub segment_capacity: u64,
 }
@@ -274,6 +279,8 @@ impl Frame {
                 out.put_u64_le(h.last_epoch.get());
                 out.put_u64_le(h.seen_epoch.get());
                 out.put_u64_le(h.end_lsn.get());
+                out.put_u64_le(h.written_lsn.get());
+                out.put_u64_le(h.flushed_lsn.get());
                 out.put_u64_le(h.segment_capacity);
             }
             Frame::Welcome(w) => {
@@ -527,7 +534,18 @@ impl Decoder {
 
     fn check(&mut self, f: &Frame) -> Result<(), WireError> {
         match f {
-            Frame::Hello(h) => self.see_epoch(h.seen_epoch.max(h.last_epoch)),
+            Frame::Hello(h) => {
+                if h.flushed_lsn > h.written_lsn || h.written_lsn > h.end_lsn {
+                    return Err(WireError::Malformed {
+                        kind: "Hello",
+                        reason: format!(
+                            "flushed {} > written {} or written > end {}",
+                            h.flushed_lsn, h.written_lsn, h.end_lsn
+                        ),
+                    });
+                }
+                self.see_epoch(h.seen_epoch.max(h.last_epoch))
+            }
             Frame::Welcome(w) => {
                 self.see_epoch(w.epoch)?;
                 self.expect_lsn = Some(w.start_lsn);
@@ -661,6 +679,8 @@ fn decode_payload(kind: u8, b: Bytes) -> Result<Frame, WireError> {
             last_epoch: Epoch::new(p.u64()?),
             seen_epoch: Epoch::new(p.u64()?),
             end_lsn: Lsn::new(p.u64()?),
+            written_lsn: Lsn::new(p.u64()?),
+            flushed_lsn: Lsn::new(p.u64()?),
             segment_capacity: p.u64()?,
         }),
         2 => {
@@ -743,18 +763,27 @@ mod tests {
     fn arb_frame() -> impl Strategy<Value = Frame> {
         let s = "[a-z0-9-]{0,40}";
         prop_oneof![
-            (s, s, any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-                |(c, n, e, seen, l, cap)| {
+            (
+                s,
+                s,
+                any::<u64>(),
+                any::<u64>(),
+                any::<[u64; 3]>(),
+                any::<u64>()
+            )
+                .prop_map(|(c, n, e, seen, mut lsns, cap)| {
+                    lsns.sort_unstable();
                     Frame::Hello(Hello {
                         cluster_id: c,
                         node_id: n,
                         last_epoch: Epoch::new(e),
                         seen_epoch: Epoch::new(seen),
-                        end_lsn: Lsn::new(l),
+                        end_lsn: Lsn::new(lsns[2]),
+                        written_lsn: Lsn::new(lsns[1]),
+                        flushed_lsn: Lsn::new(lsns[0]),
                         segment_capacity: cap,
                     })
-                }
-            ),
+                }),
             (any::<u64>(), any::<Option<u64>>(), any::<u64>(), s).prop_map(|(e, t, st, id)| {
                 Frame::Welcome(Welcome {
                     epoch: Epoch::new(e),

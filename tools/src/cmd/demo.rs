@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Serialize, Serializer};
 use tokio::task::JoinHandle;
-use walship_engine::{Durability, Epoch, Log, Lsn, Options, Record};
+use walship_engine::{Durability, Epoch, Log, Lsn, Options};
 use walship_tools::outcome::Failure;
 use walship_tools::text::{Align, Table};
 use walship_tools::view::NodeView;
@@ -227,8 +227,7 @@ impl Cluster {
                 Security::mutual_tls(identity, ca.cert_pem()),
                 coordinator.clone(),
                 node_options(),
-                // The demo's embedder keeps no state: records need no applying.
-                |_: &Record| {},
+                super::Stateless,
             )
             .map_err(|e| Failure::Error(format!("start node {id}: {e}")))?;
             nodes.push(Arc::new(node));

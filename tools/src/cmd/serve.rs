@@ -172,7 +172,7 @@ async fn run_node(
             security,
             coordinator,
             opts,
-            |_: &walship_engine::Record| {},
+            super::Stateless,
         )
         .map_err(|e| error("starting the node", e))?,
     );

@@ -135,6 +135,8 @@ impl FollowerSession {
             last_epoch: log_epoch,
             seen_epoch: epoch,
             end_lsn: end,
+            written_lsn: s.progress.written.min(end),
+            flushed_lsn: s.progress.flushed.min(s.progress.written).min(end),
             segment_capacity: s.cfg.segment_capacity,
         });
         s.transmit(&hello);

@@ -102,6 +102,8 @@ pub struct LeaderSession {
     events: VecDeque<LeaderEvent>,
     /// Next position to ship.
     sent: Lsn,
+    /// Where this session's stream started: nothing before it is in flight.
+    streamed_from: Lsn,
     acked: Progress,
     last_heard: Instant,
     last_sent: Instant,
@@ -135,6 +137,7 @@ impl LeaderSession {
             state: State::AwaitHello,
             events: VecDeque::new(),
             sent: Lsn::ZERO,
+            streamed_from: Lsn::ZERO,
             acked: Progress::default(),
             last_heard: now,
             last_sent: now,
@@ -273,9 +276,13 @@ impl LeaderSession {
         self.transmit(&welcome, now);
         // Our own decoder starts expecting nothing of the follower's data (it sends none).
         self.sent = start;
+        self.streamed_from = start;
+        // Only what the follower says it wrote and flushed counts: its end may hold bytes
+        // it has appended but not yet flushed (a RemoteFlush commit must not be confirmed
+        // for those).
         self.acked = Progress {
-            written: start,
-            flushed: start.min(h.end_lsn),
+            written: start.min(h.written_lsn),
+            flushed: start.min(h.flushed_lsn),
             applied: Lsn::ZERO,
         };
         self.state = State::Streaming {
@@ -371,7 +378,9 @@ impl LeaderSession {
         if !matches!(self.state, State::Streaming { .. }) {
             return None;
         }
-        let in_flight = self.sent.bytes_after(self.acked.written);
+        let in_flight = self
+            .sent
+            .bytes_after(self.acked.written.max(self.streamed_from));
         let room = self.cfg.max_unacked_bytes.saturating_sub(in_flight);
         (room > 0).then_some((self.sent, room))
     }
@@ -517,5 +526,73 @@ mod tests {
             divergence_point(&h, end, Epoch::ZERO, l(300)),
             (l(64), Some(l(64)))
         );
+    }
+
+    fn frame_bytes(f: Frame) -> Vec<u8> {
+        let mut b = bytes::BytesMut::new();
+        f.encode(&mut b).unwrap();
+        b.to_vec()
+    }
+
+    /// Issue 11: a reconnecting follower's end may hold bytes it has appended but not
+    /// flushed. The leader counted its whole end as flushed, so a `RemoteFlush` commit
+    /// could be confirmed for bytes on no follower's disk.
+    #[test]
+    fn a_reconnecting_follower_counts_as_flushed_only_what_it_flushed() {
+        let now = Instant::now();
+        let cfg = LeaderConfig {
+            cluster_id: "c".into(),
+            node_id: "n1".into(),
+            segment_capacity: 1 << 20,
+            epoch: Epoch::new(1),
+            max_frame: 1 << 20,
+            max_unacked_bytes: 1 << 20,
+            heartbeat_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+        };
+        let log = LogView {
+            start: Lsn::new(64),
+            end: Lsn::new(9000),
+            history: history(&[(1, 64)]),
+            lost_slots: Arc::default(),
+        };
+        let mut s = LeaderSession::new(cfg, now);
+        let hello = Frame::Hello(Hello {
+            cluster_id: "c".into(),
+            node_id: "n2".into(),
+            last_epoch: Epoch::new(1),
+            seen_epoch: Epoch::new(1),
+            end_lsn: Lsn::new(8000),
+            written_lsn: Lsn::new(7000),
+            flushed_lsn: Lsn::new(5000),
+            segment_capacity: 1 << 20,
+        });
+        s.handle_bytes(now, &frame_bytes(hello), &log).unwrap();
+        assert_eq!(s.follower(), Some("n2"));
+        assert_eq!(
+            s.acked(),
+            Progress {
+                written: Lsn::new(7000),
+                flushed: Lsn::new(5000),
+                applied: Lsn::ZERO,
+            }
+        );
+        // Its first ack says no more: nothing past 5000 is flushed there.
+        let ack = Frame::Ack(crate::wire::Ack {
+            epoch: Epoch::new(1),
+            written: Lsn::new(8000),
+            flushed: Lsn::new(5000),
+            applied: Lsn::new(5000),
+        });
+        s.handle_bytes(now, &frame_bytes(ack), &log).unwrap();
+        let progress = std::iter::from_fn(|| s.poll_event())
+            .filter_map(|e| match e {
+                LeaderEvent::Progress { progress, .. } => Some(progress),
+                _ => None,
+            })
+            .last()
+            .expect("progress reported");
+        assert_eq!(progress.flushed, Lsn::new(5000));
+        assert_eq!(progress.written, Lsn::new(8000));
     }
 }

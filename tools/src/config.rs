@@ -137,6 +137,11 @@ pub struct NodeConfig {
     pub coordinator: CoordinatorConfig,
 }
 
+/// Why an etcd coordinator is refused by a build without the `etcd` feature.
+pub const ETCD_NOT_BUILT: &str = "\"etcd\": this walship was built without etcd support; \
+     build it with `cargo build --release -p walship-tools --features etcd` \
+     (etcd-client's build needs `protoc`: `apt-get install protobuf-compiler`)";
+
 /// Who leads: a configured leader, or an election in etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoordinatorConfig {
@@ -249,6 +254,9 @@ impl NodeConfig {
                 election_quorum,
                 check_interval_ms,
             } => {
+                if !cfg!(feature = "etcd") {
+                    return Err(bad("coordinator.kind", ETCD_NOT_BUILT.into()));
+                }
                 if endpoints.is_empty() {
                     return Err(bad(
                         "coordinator.endpoints",
@@ -332,6 +340,29 @@ peers = { n2 = "127.0.0.1:7401" }
         assert!(
             matches!(c.coordinator, CoordinatorConfig::Static { ref leader, .. } if leader == "n1")
         );
+    }
+
+    #[test]
+    fn an_etcd_coordinator_needs_a_build_with_etcd() {
+        let etcd = GOOD.replace(
+            "kind = \"static\"\nleader = \"n1\"\npeers = { n2 = \"127.0.0.1:7401\" }",
+            "kind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\ncluster = \"prod\"",
+        );
+        assert!(etcd.contains("kind = \"etcd\""));
+        let parsed = NodeConfig::parse(&etcd, Path::new("/"));
+        #[cfg(feature = "etcd")]
+        assert!(matches!(
+            parsed.map(|c| c.coordinator),
+            Ok(CoordinatorConfig::Etcd { .. })
+        ));
+        #[cfg(not(feature = "etcd"))]
+        {
+            let e = parsed.expect_err("refused");
+            assert!(
+                e.contains("`coordinator.kind`") && e.contains("--features etcd"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

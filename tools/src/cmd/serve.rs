@@ -101,7 +101,7 @@ async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
             ..CompressionOptions::default()
         };
     }
-    let mut opts = NodeOptions {
+    let opts = NodeOptions {
         leader,
         advertise: cfg.advertise.clone(),
         // The node has no state of its own to rebuild: what it holds is its log.
@@ -136,6 +136,7 @@ async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
             )
             .await
         }
+        #[cfg(feature = "etcd")]
         CoordinatorConfig::Etcd {
             endpoints,
             cluster,
@@ -143,6 +144,7 @@ async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
             election_quorum,
             check_interval,
         } => {
+            let mut opts = opts;
             opts.election_quorum = *election_quorum;
             opts.check_interval = *check_interval;
             let c = walship_transport::coordinator::EtcdCoordinator::connect(
@@ -152,6 +154,12 @@ async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
             .map_err(|e| error("`coordinator`", e))?;
             run_node(&cfg, log, security, c, None, opts, advertise, out).await
         }
+        // Refused when the configuration was read; kept as a clear error all the same.
+        #[cfg(not(feature = "etcd"))]
+        CoordinatorConfig::Etcd { .. } => Err(Failure::Error(format!(
+            "`coordinator.kind`: {}",
+            walship_tools::config::ETCD_NOT_BUILT
+        ))),
     }
 }
 

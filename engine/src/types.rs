@@ -107,9 +107,22 @@ impl Epoch {
         self.0
     }
 
-    /// The next epoch.
-    pub const fn next(self) -> Epoch {
-        Epoch(self.0 + 1)
+    /// The largest epoch. A cluster whose history reaches it can start no further epoch,
+    /// so no arithmetic on epochs may wrap past it.
+    pub const MAX: Epoch = Epoch(u64::MAX);
+
+    /// The epoch after this one, or `None` at [`Epoch::MAX`] (never a wrap to zero).
+    ///
+    /// ```
+    /// use walship_engine::Epoch;
+    /// assert_eq!(Epoch::new(4).checked_next(), Some(Epoch::new(5)));
+    /// assert_eq!(Epoch::MAX.checked_next(), None);
+    /// ```
+    pub const fn checked_next(self) -> Option<Epoch> {
+        match self.0.checked_add(1) {
+            Some(n) => Some(Epoch(n)),
+            None => None,
+        }
     }
 }
 

@@ -48,6 +48,21 @@ pub enum CoordinatorError {
         /// What is wrong.
         reason: String,
     },
+    /// No epoch is left after `last`: epochs never wrap.
+    #[error(
+        "no epoch after {last}: epochs are exhausted and never wrap, so no leader can be elected"
+    )]
+    EpochsExhausted {
+        /// The epoch reached.
+        last: Epoch,
+    },
+}
+
+/// The epoch after both `a` and `b`, or [`CoordinatorError::EpochsExhausted`].
+fn epoch_after(a: Epoch, b: Epoch) -> Result<Epoch, CoordinatorError> {
+    let last = a.max(b);
+    last.checked_next()
+        .ok_or(CoordinatorError::EpochsExhausted { last })
 }
 
 /// What a member publishes about itself.
@@ -202,20 +217,21 @@ impl Coordinator for StaticCoordinator {
     async fn campaign(&mut self, me: &MemberInfo) -> Result<Option<Epoch>, CoordinatorError> {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match &mut s.leader {
-            Some(l) if l.node_id == me.node_id => Ok(Some(l.grant(me))),
+            Some(l) if l.node_id == me.node_id => l.grant(me).map(Some),
             _ => Ok(None),
         }
     }
 
     async fn takeover(&mut self, me: &MemberInfo) -> Result<Epoch, CoordinatorError> {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut l = s.leader.take().unwrap_or(LeaderInfo {
+        let mut l = s.leader.clone().unwrap_or(LeaderInfo {
             node_id: me.node_id.clone(),
             addr: me.addr.clone(),
             epoch: Epoch::ZERO,
         });
         l.node_id.clone_from(&me.node_id);
-        let epoch = l.grant(me);
+        // At the last epoch the leadership stays as it was.
+        let epoch = l.grant(me)?;
         s.leader = Some(l);
         Ok(epoch)
     }
@@ -231,10 +247,10 @@ impl Coordinator for StaticCoordinator {
 
 impl LeaderInfo {
     /// Hands this leadership to `me` in the epoch after both its own and `me`'s.
-    fn grant(&mut self, me: &MemberInfo) -> Epoch {
-        self.epoch = Epoch::new(self.epoch.max(me.epoch).get() + 1);
+    fn grant(&mut self, me: &MemberInfo) -> Result<Epoch, CoordinatorError> {
+        self.epoch = epoch_after(self.epoch, me.epoch)?;
         self.addr.clone_from(&me.addr);
-        self.epoch
+        Ok(self.epoch)
     }
 }
 
@@ -511,7 +527,7 @@ impl Coordinator for EtcdCoordinator {
             return Ok(None);
         }
         let (last, rev) = self.granted_epoch().await?;
-        let next = Epoch::new(last.max(me.epoch).get() + 1);
+        let next = epoch_after(last, me.epoch)?;
         let won = self
             .claim(
                 me,
@@ -531,7 +547,7 @@ impl Coordinator for EtcdCoordinator {
         // Retried only while other takeovers or elections race this one.
         for _ in 0..16 {
             let (last, rev) = self.granted_epoch().await?;
-            let next = Epoch::new(last.max(me.epoch).get() + 1);
+            let next = epoch_after(last, me.epoch)?;
             if self.claim(me, next, rev, None).await? {
                 return Ok(next);
             }
@@ -658,6 +674,29 @@ mod tests {
         };
         assert!(best_placed(&newer, &[m("a", 900), newer.clone()]));
         assert!(!best_placed(&m("a", 900), &[m("a", 900), newer]));
+    }
+
+    /// Issue 11: epoch arithmetic wrapped (`+ 1`): a cluster pushed to the last epoch
+    /// elected a leader in epoch 0, below everything already seen.
+    #[tokio::test]
+    async fn epochs_never_wrap_and_the_leadership_stays_at_the_limit() {
+        let at_max = LeaderInfo {
+            node_id: "n1".into(),
+            addr: "a".into(),
+            epoch: Epoch::MAX,
+        };
+        let mut c = StaticCoordinator::new(Some(at_max.clone()));
+        let me = m("n1", 0);
+        assert_eq!(
+            c.campaign(&me).await,
+            Err(CoordinatorError::EpochsExhausted { last: Epoch::MAX })
+        );
+        let err = c.takeover(&m("n2", 0)).await.unwrap_err();
+        assert!(err.to_string().contains("never wrap"), "{err}");
+        assert_eq!(c.leader().await.unwrap(), Some(at_max), "unchanged");
+        // Below the limit, the next epoch as before.
+        let mut c = StaticCoordinator::new(None);
+        assert_eq!(c.takeover(&me).await.unwrap(), Epoch::new(2));
     }
 
     #[cfg(feature = "etcd")]

@@ -378,7 +378,15 @@ impl Follower {
         self.stop_all().await;
         let log = Arc::clone(&self.shared.log);
         let seen = self.shared.state().epoch.max(log.epoch());
-        let epoch = opts.epoch.unwrap_or_else(|| Epoch::new(seen.get() + 1));
+        let epoch = match opts.epoch {
+            Some(e) => e,
+            None => seen.checked_next().ok_or_else(|| {
+                TransportError::InvalidOptions(format!(
+                    "cannot promote: epoch {seen} has been seen here and no epoch comes after \
+                     it (epochs never wrap)"
+                ))
+            })?,
+        };
         if epoch <= seen {
             return Err(TransportError::InvalidOptions(format!(
                 "cannot promote into epoch {epoch}: epoch {seen} has already been seen"

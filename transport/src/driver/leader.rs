@@ -361,7 +361,12 @@ impl Leader {
         let seen = super::follower::load_seen_epoch(log.dir())?.max(log.epoch());
         let epoch = match opts.epoch {
             Some(e) => e,
-            None => Epoch::new(seen.get() + 1),
+            None => seen.checked_next().ok_or_else(|| {
+                TransportError::InvalidOptions(format!(
+                    "cannot lead: epoch {seen} has been seen here and no epoch comes after it \
+                     (epochs never wrap)"
+                ))
+            })?,
         };
         if epoch <= seen {
             return Err(TransportError::InvalidOptions(format!(

@@ -482,10 +482,7 @@ impl Log {
     }
 
     fn check_sizes(&self, records: &[&[u8]]) -> Result<u64> {
-        let max = self
-            .shared
-            .opts
-            .effective_max_record(self.shared.geometry.capacity());
+        let max = self.max_record_bytes();
         let mut total = BATCH_HEADER_LEN as u64;
         for r in records {
             if r.len() > max {
@@ -914,6 +911,14 @@ impl Log {
     /// The segment capacity recorded in the log.
     pub fn segment_capacity(&self) -> u64 {
         self.shared.geometry.capacity()
+    }
+
+    /// The largest record this log accepts: `Options::max_record_bytes`, capped by what
+    /// its segments can hold. What an endpoint that takes records should bound input by.
+    pub fn max_record_bytes(&self) -> usize {
+        self.shared
+            .opts
+            .effective_max_record(self.shared.geometry.capacity())
     }
 
     /// The I/O backend in use ("io_uring" or "portable").

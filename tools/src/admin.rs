@@ -16,6 +16,14 @@
 //!
 //! The endpoint can append and promote: bind it to loopback (the default) or a
 //! management network only.
+//!
+//! Everything a client can make it hold is bounded: at most [`MAX_CONNECTIONS`]
+//! connections are served at once (more wait in the kernel's backlog, costing the process
+//! no descriptor), one request per connection, headers within [`HEADER_TIMEOUT`], a body
+//! only with a `Content-Length` within the log's record limit (`/append`) or 4 KiB, read
+//! within [`BODY_TIMEOUT`], and all bodies held at once within [`BODY_BUDGET`] bytes
+//! (beyond it: 503, retry); `/wait` waits at most [`MAX_WAIT`]. Accept errors (such as
+//! running out of descriptors) back off and log one warning per burst.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,9 +34,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use walship_engine::{Durability, Epoch, Lsn};
 use walship_transport::coordinator::{LeaderInfo, StaticCoordinator};
 use walship_transport::Node;
@@ -36,8 +44,20 @@ use walship_transport::Node;
 use crate::metrics::Metrics;
 use crate::view::NodeView;
 
-/// Largest record `/append` takes.
-const MAX_BODY: usize = 16 << 20;
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request's headers must have arrived within this (slow clients hold no slot longer).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request's body must have arrived within this.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest `/wait`.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Request bodies held in memory at once, over all connections.
+pub const BODY_BUDGET: usize = 64 << 20;
+/// Largest body of a request that carries no record (`/leader`).
+const MAX_SMALL_BODY: usize = 4096;
+/// The longest any connection lives: headers, body, the slowest answer, some slack.
+const CONNECTION_LIMIT: Duration = Duration::from_secs(5 + 30 + 60 + 25);
 
 /// What the endpoint serves.
 pub struct AdminState {
@@ -67,26 +87,51 @@ impl Admin {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
+        let ctx = Arc::new(Ctx {
+            state,
+            bodies: Arc::new(Semaphore::new(BODY_BUDGET / 1024)),
+        });
         let task = tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
             let mut conns = tokio::task::JoinSet::new();
+            let mut accept = AcceptBackoff::default();
             loop {
+                // A slot first: beyond the cap, connections wait in the kernel's backlog.
+                let slot = tokio::select! {
+                    _ = stopped.changed() => break,
+                    s = Arc::clone(&slots).acquire_owned() => match s {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                };
                 let stream = tokio::select! {
                     _ = stopped.changed() => break,
                     a = listener.accept() => match a {
-                        Ok((s, _)) => s,
+                        Ok((s, _)) => {
+                            accept.succeeded();
+                            s
+                        }
                         Err(e) => {
-                            tracing::warn!(error = %e, "admin endpoint: accept failed");
-                            continue;
+                            let pause = accept.failed(&e);
+                            drop(slot);
+                            tokio::select! {
+                                _ = stopped.changed() => break,
+                                () = tokio::time::sleep(pause) => continue,
+                            }
                         }
                     },
                 };
-                let state = Arc::clone(&state);
+                let ctx = Arc::clone(&ctx);
                 conns.spawn(async move {
+                    let _slot = slot;
                     let service =
-                        hyper::service::service_fn(move |req| handle(Arc::clone(&state), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        hyper::service::service_fn(move |req| handle(Arc::clone(&ctx), req));
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(CONNECTION_LIMIT, conn).await;
                 });
                 while conns.try_join_next().is_some() {}
             }
@@ -104,6 +149,42 @@ impl Admin {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+    }
+}
+
+/// What a connection's requests are served with.
+struct Ctx {
+    state: Arc<AdminState>,
+    /// Request bodies held in memory, in KiB.
+    bodies: Arc<Semaphore>,
+}
+
+/// Backs off after failed accepts (`EMFILE`: accepting again at once would spin and log
+/// without end) and logs one warning per burst of failures, not one per failure.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u64,
+    pause: Duration,
+}
+
+impl AcceptBackoff {
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        if self.failures == 0 {
+            tracing::warn!(error = %e, "admin endpoint: accepting a connection failed; backing off until it works again");
+        }
+        self.failures += 1;
+        self.pause = (self.pause * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        self.pause
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::warn!(
+                failures = self.failures,
+                "admin endpoint: accepting connections again"
+            );
+        }
+        *self = AcceptBackoff::default();
     }
 }
 
@@ -169,7 +250,8 @@ fn query<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
     })
 }
 
-async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+    let state = &ctx.state;
     let node = &state.node;
     let r = match (req.method(), req.uri().path()) {
         (&Method::GET, "/status") => json(
@@ -183,8 +265,8 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Reply,
                 .metrics
                 .render(&node.status(), &node.log().watermarks()),
         ),
-        (&Method::POST, "/append") => append(&state, req).await,
-        (&Method::GET, "/wait") => wait(&state, &req).await,
+        (&Method::POST, "/append") => append(&ctx, req).await,
+        (&Method::GET, "/wait") => wait(state, &req).await,
         (&Method::POST, "/promote") => match node.promote().await {
             Ok(epoch) => json(
                 StatusCode::OK,
@@ -202,7 +284,7 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Reply,
                 Err(e) => fail(StatusCode::CONFLICT, e.to_string()),
             }
         }
-        (&Method::POST, "/leader") => set_leader(&state, req).await,
+        (&Method::POST, "/leader") => set_leader(&ctx, req).await,
         (
             _,
             "/status" | "/metrics" | "/append" | "/wait" | "/promote" | "/step-down" | "/leader",
@@ -215,17 +297,53 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Reply,
     Ok(r)
 }
 
-async fn body(req: Request<Incoming>) -> Result<Bytes, Reply> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) => Err(fail(
+/// The request's body, of at most `max` bytes, read only after its declared length was
+/// checked and reserved in the shared body budget; the permit holds the reservation.
+async fn body(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    max: usize,
+) -> Result<(Bytes, OwnedSemaphorePermit), Reply> {
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(len) = declared else {
+        return Err(fail(
+            StatusCode::LENGTH_REQUIRED,
+            "send the body with a Content-Length",
+        ));
+    };
+    if len > max as u64 {
+        return Err(fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is {len} bytes; this request takes at most {max}"),
+        ));
+    }
+    let kib = u32::try_from(len.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let Ok(permit) = Arc::clone(&ctx.bodies).try_acquire_many_owned(kib) else {
+        return Err(fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("busy: {BODY_BUDGET} bytes of request bodies are being received; retry"),
+        ));
+    };
+    let read = Limited::new(req.into_body(), max).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(b)) => Ok((b.to_bytes(), permit)),
+        Ok(Err(e)) => Err(fail(
             StatusCode::BAD_REQUEST,
-            format!("reading the request body (at most {MAX_BODY} bytes): {e}"),
+            format!("reading the request body (at most {max} bytes): {e}"),
+        )),
+        Err(_) => Err(fail(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {BODY_TIMEOUT:?}"),
         )),
     }
 }
 
-async fn append(state: &AdminState, req: Request<Incoming>) -> Reply {
+async fn append(ctx: &Ctx, req: Request<Incoming>) -> Reply {
+    let state = &ctx.state;
     let level = match query(&req, "durability")
         .unwrap_or("local")
         .parse::<Durability>()
@@ -233,7 +351,8 @@ async fn append(state: &AdminState, req: Request<Incoming>) -> Reply {
         Ok(l) => l,
         Err(e) => return fail(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let data = match body(req).await {
+    let max = state.node.log().max_record_bytes();
+    let (data, _reserved) = match body(ctx, req, max).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -279,7 +398,8 @@ async fn wait(state: &AdminState, req: &Request<Incoming>) -> Reply {
     };
     let timeout = query(req, "timeout_ms")
         .and_then(|t| t.parse().ok())
-        .map_or(Duration::from_secs(10), Duration::from_millis);
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+        .min(MAX_WAIT);
     match state.node.wait_for_applied(lsn, timeout).await {
         Ok(()) => json(
             StatusCode::OK,
@@ -289,14 +409,15 @@ async fn wait(state: &AdminState, req: &Request<Incoming>) -> Reply {
     }
 }
 
-async fn set_leader(state: &AdminState, req: Request<Incoming>) -> Reply {
+async fn set_leader(ctx: &Ctx, req: Request<Incoming>) -> Reply {
+    let state = &ctx.state;
     let Some(op) = &state.operator else {
         return fail(
             StatusCode::CONFLICT,
             "this node's coordinator is not static: its leader is elected, not set",
         );
     };
-    let b = match body(req).await {
+    let (b, _reserved) = match body(ctx, req, MAX_SMALL_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
     };

@@ -33,6 +33,14 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use walship_engine::{Epoch, Lsn};
 
+/// The largest frame that carries no log data (Hello, Welcome, Reject, Ack, Heartbeat):
+/// what a leader accepts from a follower at all, and a follower from a leader until the
+/// leader has welcomed it, so an unauthenticated or misbehaving peer cannot make either
+/// buffer a large frame. Reject reasons are cut to fit.
+pub const CONTROL_FRAME_LIMIT: u32 = 4 * 1024;
+/// The longest reject reason sent, in bytes (any string on the wire is at most this).
+pub const MAX_REASON_BYTES: usize = MAX_STRING;
+
 /// The protocol version this build speaks (2: batches carry the engine's format-2 header
 /// with its flush stamp, which a follower rewrites for its own copy).
 pub const PROTOCOL_VERSION: u8 = 2;
@@ -452,6 +460,12 @@ impl Decoder {
             expect_lsn: None,
             epoch: Epoch::ZERO,
         }
+    }
+
+    /// Changes the largest frame accepted (a follower raises it once it is welcomed).
+    pub fn set_max_frame(&mut self, max_frame: u32) {
+        self.max_frame = u64::from(max_frame);
+        self.max_raw = max_frame.saturating_mul(4);
     }
 
     /// Requires the next log data to start at `lsn` (set once streaming starts).

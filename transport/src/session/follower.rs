@@ -117,7 +117,8 @@ impl FollowerSession {
         let log_epoch = epoch;
         let epoch = seen.max(log_epoch);
         let mut s = FollowerSession {
-            inbound: Inbound::new(cfg.max_frame),
+            // Until the leader welcomes it, only control frames.
+            inbound: Inbound::new(cfg.max_frame.min(crate::wire::CONTROL_FRAME_LIMIT)),
             cfg,
             state: State::AwaitWelcome,
             events: VecDeque::new(),
@@ -163,6 +164,7 @@ impl FollowerSession {
     }
 
     fn refuse(&mut self, code: RejectCode, reason: String) -> SessionError {
+        let reason = super::bounded_reason(reason);
         let reject = Frame::Reject(Reject {
             code,
             epoch: self.epoch,
@@ -236,6 +238,7 @@ impl FollowerSession {
                 }
                 self.end = end;
                 self.state = State::Streaming;
+                self.inbound.set_max_frame(self.cfg.max_frame);
                 self.ack_due = true;
                 self.events.push_back(FollowerEvent::Streaming {
                     leader_id: w.leader_id,

@@ -132,7 +132,8 @@ impl LeaderSession {
     /// A session waiting for a follower's `Hello`.
     pub fn new(cfg: LeaderConfig, now: Instant) -> LeaderSession {
         LeaderSession {
-            inbound: Inbound::new(cfg.max_frame),
+            // A follower sends only control frames.
+            inbound: Inbound::new(cfg.max_frame.min(crate::wire::CONTROL_FRAME_LIMIT)),
             cfg,
             state: State::AwaitHello,
             events: VecDeque::new(),
@@ -187,6 +188,7 @@ impl LeaderSession {
         reason: String,
         now: Instant,
     ) -> SessionError {
+        let reason = super::bounded_reason(reason);
         let r = Frame::Reject(Reject {
             code,
             epoch: self.cfg.epoch,
@@ -532,6 +534,55 @@ mod tests {
         let mut b = bytes::BytesMut::new();
         f.encode(&mut b).unwrap();
         b.to_vec()
+    }
+
+    /// Issue 11: frames from a follower carry no log data, so the leader refuses any
+    /// larger than a control frame from its 8-byte header, before buffering it (it
+    /// accepted up to `max_frame`, 24 MiB by default, from any peer, before any Hello).
+    #[test]
+    fn a_large_frame_from_a_follower_is_refused_from_its_header() {
+        let now = Instant::now();
+        let cfg = LeaderConfig {
+            cluster_id: "c".into(),
+            node_id: "n1".into(),
+            segment_capacity: 1 << 20,
+            epoch: Epoch::new(1),
+            max_frame: 24 << 20,
+            max_unacked_bytes: 1 << 20,
+            heartbeat_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+        };
+        let log = LogView {
+            start: Lsn::new(64),
+            end: Lsn::new(64),
+            history: EpochHistory::default(),
+            lost_slots: Arc::default(),
+        };
+        let mut s = LeaderSession::new(cfg, now);
+        let mut header = Vec::new();
+        header.extend_from_slice(&0x5753u16.to_le_bytes());
+        header.push(crate::wire::PROTOCOL_VERSION);
+        header.push(1);
+        header.extend_from_slice(&(crate::wire::CONTROL_FRAME_LIMIT + 1).to_le_bytes());
+        let err = s.handle_bytes(now, &header, &log).unwrap_err();
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    }
+
+    #[test]
+    fn reject_reasons_are_cut_to_fit_a_control_frame() {
+        let long = "é".repeat(3000);
+        let cut = crate::session::bounded_reason(long);
+        assert!(cut.len() <= crate::wire::MAX_REASON_BYTES && cut.chars().all(|c| c == 'é'));
+        let mut b = bytes::BytesMut::new();
+        Frame::Reject(Reject {
+            code: RejectCode::NotLeader,
+            epoch: Epoch::new(1),
+            lsn: Lsn::ZERO,
+            reason: cut,
+        })
+        .encode(&mut b)
+        .unwrap();
+        assert!(b.len() <= crate::wire::CONTROL_FRAME_LIMIT as usize);
     }
 
     /// Issue 11: a reconnecting follower's end may hold bytes it has appended but not

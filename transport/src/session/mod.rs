@@ -15,7 +15,7 @@ pub mod leader;
 use bytes::BytesMut;
 use walship_engine::{Epoch, Lsn};
 
-use crate::wire::{Decoder, Frame, RejectCode, WireError};
+use crate::wire::{Decoder, Frame, RejectCode, WireError, MAX_REASON_BYTES};
 
 /// The receiving half both sessions share: bytes in, whole checked frames out.
 #[derive(Debug)]
@@ -30,6 +30,11 @@ impl Inbound {
             decoder: Decoder::new(max_frame),
             buf: BytesMut::new(),
         }
+    }
+
+    /// Changes the largest frame accepted.
+    pub(crate) fn set_max_frame(&mut self, max_frame: u32) {
+        self.decoder.set_max_frame(max_frame);
     }
 
     /// Buffers `data`, unless the session (whose state says so) is already closed.
@@ -96,4 +101,17 @@ pub enum SessionError {
     /// Nothing arrived from the peer for longer than the idle timeout.
     #[error("peer silent for longer than the idle timeout")]
     IdleTimeout,
+}
+
+/// `reason`, cut at a character boundary to at most [`MAX_REASON_BYTES`] bytes, so a
+/// `Reject` always fits a control frame.
+pub(crate) fn bounded_reason(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut at = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(at) {
+            at -= 1;
+        }
+        reason.truncate(at);
+    }
+    reason
 }

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{config, free_tcp, free_udp, ok, Served};
+use common::{config, free_tcp, free_udp, ok, status_until, Served};
 
 /// Descriptors the process holds.
 fn fds(pid: u32) -> usize {
@@ -53,6 +53,8 @@ fn one_node(dir: &Path) -> (Served, String) {
         .replace("segment_bytes = 1048576", "segment_bytes = 67108864");
     std::fs::write(&path, text).unwrap();
     let served = Served::start(&path, &admin);
+    // The admin endpoint answers before the node's loop has made it leader.
+    status_until(&admin, "n1 leads", |v| v["role"] == "leader");
     (served, admin)
 }
 

@@ -106,6 +106,10 @@ pub enum RejectCode {
     SlotLost,
     /// The node id in `Hello` is not the one in the peer's certificate.
     Identity,
+    /// The node is not (or no longer) a member of the cluster.
+    NotMember,
+    /// The peer claims an epoch the coordinator never granted.
+    UnverifiedEpoch,
 }
 
 impl RejectCode {
@@ -119,6 +123,8 @@ impl RejectCode {
             RejectCode::NotLeader => 6,
             RejectCode::SlotLost => 7,
             RejectCode::Identity => 8,
+            RejectCode::NotMember => 9,
+            RejectCode::UnverifiedEpoch => 10,
         }
     }
 
@@ -132,6 +138,8 @@ impl RejectCode {
             6 => RejectCode::NotLeader,
             7 => RejectCode::SlotLost,
             8 => RejectCode::Identity,
+            9 => RejectCode::NotMember,
+            10 => RejectCode::UnverifiedEpoch,
             _ => return None,
         })
     }
@@ -806,14 +814,14 @@ mod tests {
                     leader_id: id,
                 })
             }),
-            (1u8..=8, any::<u64>(), any::<u64>(), ".{0,60}").prop_map(
-                |(c, e, l, r)| Frame::Reject(Reject {
+            (1u8..=10, any::<u64>(), any::<u64>(), ".{0,60}").prop_map(|(c, e, l, r)| {
+                Frame::Reject(Reject {
                     code: RejectCode::from_u8(c).unwrap(),
                     epoch: Epoch::new(e),
                     lsn: Lsn::new(l),
                     reason: r,
                 })
-            ),
+            }),
             (
                 any::<u64>(),
                 0u64..(1 << 40),

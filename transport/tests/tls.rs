@@ -93,13 +93,7 @@ async fn same_ca_nodes_exchange_bytes_and_know_each_other() {
             .await
             .unwrap();
         let server_peer = peer_identity(&conn).unwrap();
-        assert_eq!(
-            server_peer,
-            PeerId {
-                cluster_id: "alpha".into(),
-                node_id: "node-a".into()
-            }
-        );
+        assert_eq!(server_peer, PeerId::node("alpha", "node-a"));
         check_cluster(&server_peer, "alpha").unwrap();
         assert_eq!(
             conn.handshake_data().and_then(|d| {
@@ -118,13 +112,7 @@ async fn same_ca_nodes_exchange_bytes_and_know_each_other() {
         conn.close(0u32.into(), b"bye");
 
         let client_peer = server_task.await.unwrap();
-        assert_eq!(
-            client_peer,
-            PeerId {
-                cluster_id: "alpha".into(),
-                node_id: "node-b".into()
-            }
-        );
+        assert_eq!(client_peer, PeerId::node("alpha", "node-b"));
         close(&[&client_ep, &server_ep]).await;
     })
     .await

@@ -111,6 +111,8 @@ enum End {
     Superseded,
     /// The follower's slot was lost.
     SlotLost(String),
+    /// The follower is no longer a member of the cluster.
+    NotMember,
 }
 
 /// Per-follower bookkeeping behind [`FollowerInfo`].
@@ -141,7 +143,7 @@ struct Repl {
 struct Shared {
     log: Arc<Log>,
     cfg: LeaderConfig,
-    verify_peers: bool,
+    security: Security,
     compression: CompressionOptions,
     compression_threads: usize,
     frame_bytes: usize,
@@ -256,6 +258,9 @@ impl Shared {
 
     /// Why this session must end, if it must.
     fn must_end(&self, node: &str, session: u64) -> Option<End> {
+        if !self.security.is_member(node) {
+            return Some(End::NotMember);
+        }
         let r = self.repl();
         match r.followers.get(node) {
             Some(e) if e.session == session => e.kick.clone().map(End::SlotLost),
@@ -390,7 +395,7 @@ impl Leader {
                 idle_timeout: opts.idle_timeout,
             },
             log,
-            verify_peers: security.verifies_peers(),
+            security,
             compression: opts.compression,
             compression_threads: opts.compression_threads,
             frame_bytes: opts.frame_bytes,
@@ -700,7 +705,7 @@ async fn serve(
     let peer = incoming.remote_address();
     let idle = shared.cfg.idle_timeout;
     let conn = incoming.await.map_err(conn_err(peer))?;
-    let cert_node = if shared.verify_peers {
+    let cert_node = if shared.security.verifies_peers() {
         Some(peer_identity(&conn)?.node_id)
     } else {
         None
@@ -819,6 +824,15 @@ impl Run<'_> {
                             peer: self.peer,
                             reason: format!("superseded by a newer session of {node}"),
                         })
+                    }
+                    Some(End::NotMember) => {
+                        let why = format!(
+                            "{node} is no longer a member of cluster {}",
+                            self.shared.cfg.cluster_id
+                        );
+                        let err =
+                            session.refuse(RejectCode::NotMember, Lsn::ZERO, why, Instant::now());
+                        return Err(self.session_err(err));
                     }
                     Some(End::SlotLost(why)) => {
                         let err = session.refuse(

@@ -27,81 +27,125 @@ use crate::compress::CodecError;
 use crate::quorum::PolicyError;
 use crate::session::SessionError;
 use crate::slots::SlotError;
-use crate::tls::{self, NodeIdentity, TlsError};
+use crate::tls::{self, NodeIdentity, TlsError, Trust};
 
 /// Application close code: orderly shutdown.
 pub(crate) const CLOSE_SHUTDOWN: u32 = 0;
 /// Application close code: the session ended on an error or a refusal.
 pub(crate) const CLOSE_ERROR: u32 = 1;
 
-/// How nodes authenticate each other.
+/// How nodes authenticate each other: this node's certificate, and whom it trusts.
 #[derive(Debug, Clone)]
-pub enum Security {
-    /// Mutual TLS: this node's certificate and the cluster CA that every peer's must
-    /// chain to (see [`tls`]).
-    MutualTls {
-        /// This node's certificate and key.
-        identity: NodeIdentity,
-        /// The cluster CA certificate, PEM.
-        ca_pem: String,
-    },
-    /// **DANGEROUS — tests only.** The leader accepts any client and the follower any
-    /// server certificate: anyone who can reach the port can read or feed the log.
-    InsecureForTestsOnly {
-        /// This node's certificate (the leader still presents one; ids come from it).
-        identity: NodeIdentity,
-    },
+pub struct Security {
+    identity: NodeIdentity,
+    mode: Mode,
+}
+
+#[derive(Debug, Clone)]
+enum Mode {
+    /// Mutual TLS against a CA given as PEM: every node of the cluster is a member.
+    CaPem(String),
+    /// Mutual TLS with a shared [`Trust`]: members, revocation list.
+    Trust(Arc<Trust>),
+    /// No verification of peers.
+    InsecureForTestsOnly,
 }
 
 impl Security {
-    /// Mutual TLS with `identity` against the CA in `ca_pem`.
+    /// Mutual TLS with `identity` against the CA in `ca_pem`: peers must present node
+    /// certificates of this cluster issued by that CA. Every such node is a member; see
+    /// [`with_trust`](Self::with_trust) to name the members and revoke certificates.
     pub fn mutual_tls(identity: NodeIdentity, ca_pem: &str) -> Security {
-        Security::MutualTls {
+        Security {
             identity,
-            ca_pem: ca_pem.to_owned(),
+            mode: Mode::CaPem(ca_pem.to_owned()),
         }
     }
 
-    fn identity(&self) -> &NodeIdentity {
-        match self {
-            Security::MutualTls { identity, .. } | Security::InsecureForTestsOnly { identity } => {
-                identity
-            }
+    /// Mutual TLS with `identity`, admitting the peers `trust` admits (members only, not
+    /// revoked). One `Trust` is meant to be shared by every role a node takes, so a
+    /// change of members or of the revocation list applies to all of them.
+    pub fn with_trust(identity: NodeIdentity, trust: Arc<Trust>) -> Security {
+        Security {
+            identity,
+            mode: Mode::Trust(trust),
         }
+    }
+
+    /// **DANGEROUS — tests only.** The leader accepts any client and the follower any
+    /// server certificate: anyone who can reach the port can read or feed the log.
+    /// `identity` is still presented by the leader, and ids come from it.
+    pub fn insecure_for_tests_only(identity: NodeIdentity) -> Security {
+        Security {
+            identity,
+            mode: Mode::InsecureForTestsOnly,
+        }
+    }
+
+    /// This node's certificate.
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.identity
     }
 
     /// This node's id.
     pub fn node_id(&self) -> &str {
-        self.identity().node_id()
+        self.identity.node_id()
     }
 
     /// The cluster's id.
     pub fn cluster_id(&self) -> &str {
-        self.identity().cluster_id()
+        self.identity.cluster_id()
+    }
+
+    /// Whom this node trusts (`None` in the insecure test mode).
+    ///
+    /// # Errors
+    /// The CA certificate does not parse.
+    pub fn trust(&self) -> Result<Option<Arc<Trust>>, TlsError> {
+        match &self.mode {
+            Mode::CaPem(pem) => Ok(Some(Arc::new(Trust::new(pem, self.cluster_id())?))),
+            Mode::Trust(t) => Ok(Some(Arc::clone(t))),
+            Mode::InsecureForTestsOnly => Ok(None),
+        }
+    }
+
+    /// Whether `node` may replicate: a member of the cluster.
+    pub(crate) fn is_member(&self, node: &str) -> bool {
+        match &self.mode {
+            Mode::Trust(t) => t.members().contains(node),
+            Mode::CaPem(_) | Mode::InsecureForTestsOnly => true,
+        }
+    }
+
+    fn check_own_certificate(&self) -> Result<(), TlsError> {
+        if self.identity.role() != tls::Role::Node {
+            return Err(TlsError::WrongRole {
+                peer: self.identity.peer_id().to_string(),
+                role: self.identity.role(),
+                allowed: "node certificates".into(),
+            });
+        }
+        Ok(())
     }
 
     fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
-        match self {
-            Security::MutualTls { identity, ca_pem } => {
-                tls::server_config(identity, ca_pem, identity.cluster_id())
-            }
-            Security::InsecureForTestsOnly { identity } => {
-                tls::insecure_server_config_for_tests_only(identity)
-            }
+        self.check_own_certificate()?;
+        match self.trust()? {
+            Some(t) => tls::server_config_with(&self.identity, &t),
+            None => tls::insecure_server_config_for_tests_only(&self.identity),
         }
     }
 
     fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
-        match self {
-            Security::MutualTls { identity, ca_pem } => {
-                tls::client_config(identity, ca_pem, identity.cluster_id())
-            }
-            Security::InsecureForTestsOnly { .. } => tls::insecure_client_config_for_tests_only(),
+        self.check_own_certificate()?;
+        match self.trust()? {
+            Some(t) => tls::client_config_with(&self.identity, &t),
+            None => tls::insecure_client_config_for_tests_only(),
         }
     }
 
     fn verifies_peers(&self) -> bool {
-        matches!(self, Security::MutualTls { .. })
+        !matches!(self.mode, Mode::InsecureForTestsOnly)
     }
 }
 

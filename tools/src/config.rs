@@ -8,13 +8,15 @@
 //! ```toml
 //! node_id = "n1"                      # must be the name in this node's certificate
 //! data_dir = "/var/lib/walship/n1"
-//! listen = "127.0.0.1:7400"           # replication (QUIC)
-//! admin = "127.0.0.1:7480"            # /status, /metrics (loopback by default)
+//! listen = "127.0.0.1:7400"           # replication (QUIC, mutual TLS)
+//! admin = "127.0.0.1:7480"            # admin endpoint (HTTPS, mutual TLS)
+//! # admin_plain = "127.0.0.1:7481"    # optional: read-only plain HTTP, loopback only
 //!
 //! [tls]
 //! ca = "certs/ca.pem"                 # relative paths are relative to this file
 //! cert = "certs/n1.pem"
 //! key = "certs/n1.key"
+//! # crl = "certs/crl.pem"             # revoked certificates; re-read when it changes
 //!
 //! [replication]
 //! sync = "ANY 1 (*)"                  # synchronous_standby_names syntax
@@ -22,10 +24,14 @@
 //! [coordinator]
 //! kind = "static"                     # or "etcd"
 //! leader = "n1"
-//! peers = { n1 = "127.0.0.1:7400", n2 = "127.0.0.1:7401" }
+//! peers = { n1 = "127.0.0.1:7400", n2 = "127.0.0.1:7401" }   # the members
 //! ```
+//!
+//! The members of the cluster — the only nodes that may replicate, count for a quorum or
+//! hold a slot — are the static coordinator's `peers` (with this node and the leader), or
+//! the etcd coordinator's `members`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,6 +59,7 @@ struct Raw {
     listen: String,
     advertise: Option<String>,
     admin: Option<String>,
+    admin_plain: Option<String>,
     tls: RawTls,
     #[serde(default)]
     replication: RawReplication,
@@ -67,6 +74,7 @@ struct RawTls {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    crl: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +104,7 @@ enum RawCoordinator {
     Etcd {
         endpoints: Vec<String>,
         cluster: String,
+        members: Vec<String>,
         lease_ttl_s: Option<u64>,
         election_quorum: Option<usize>,
         check_interval_ms: Option<u64>,
@@ -113,14 +122,21 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Address published for others, if not `listen`.
     pub advertise: Option<String>,
-    /// Admin endpoint address.
+    /// Admin endpoint address (HTTPS with mutual TLS).
     pub admin: SocketAddr,
+    /// Read-only plain-HTTP admin address, loopback only.
+    pub admin_plain: Option<SocketAddr>,
     /// Cluster CA certificate (PEM).
     pub ca: PathBuf,
     /// This node's certificate chain (PEM).
     pub cert: PathBuf,
     /// This node's private key (PEM).
     pub key: PathBuf,
+    /// Revoked certificates (PEM CRL), re-read when the file changes.
+    pub crl: Option<PathBuf>,
+    /// The cluster's members: this node, the leader and the peers (static), or the etcd
+    /// coordinator's list.
+    pub members: BTreeSet<String>,
     /// Which followers remote commits wait for.
     pub sync: SyncPolicy,
     /// Remote commits give up after this long.
@@ -158,6 +174,8 @@ pub enum CoordinatorConfig {
         endpoints: Vec<String>,
         /// The cluster's name (its key prefix).
         cluster: String,
+        /// The member node ids.
+        members: BTreeSet<String>,
         /// Lease TTL: a dead leader is replaced after about this long.
         lease_ttl: Duration,
         /// Members that must be visible before an election (see `NodeOptions`).
@@ -201,6 +219,26 @@ impl NodeConfig {
         }
         let listen = addr("listen", &raw.listen)?;
         let admin = addr("admin", raw.admin.as_deref().unwrap_or("127.0.0.1:7480"))?;
+        let admin_plain = match &raw.admin_plain {
+            None => None,
+            Some(a) => {
+                let a = addr("admin_plain", a)?;
+                if !a.ip().is_loopback() {
+                    return Err(bad(
+                        "admin_plain",
+                        format!(
+                            "{a} is not a loopback address: the plain-HTTP listener has no \
+                             authentication, so it is read-only and loopback only; remote \
+                             clients use `admin` (HTTPS with mutual TLS)"
+                        ),
+                    ));
+                }
+                if a == admin {
+                    return Err(bad("admin_plain", format!("{a} is also `admin`")));
+                }
+                Some(a)
+            }
+        };
         if let Some(a) = &raw.advertise {
             addr("advertise", a)?;
         }
@@ -229,8 +267,11 @@ impl NodeConfig {
             None => BackendKind::default(),
             Some(b) => b.parse().map_err(|e: String| bad("log.backend", e))?,
         };
+        let mut members = BTreeSet::from([raw.node_id.clone()]);
         let coordinator = match raw.coordinator {
             RawCoordinator::Static { leader, peers } => {
+                members.insert(leader.clone());
+                members.extend(peers.keys().cloned());
                 let mut parsed = BTreeMap::new();
                 for (id, a) in peers {
                     let key = format!("coordinator.peers.{id}");
@@ -250,6 +291,7 @@ impl NodeConfig {
             RawCoordinator::Etcd {
                 endpoints,
                 cluster,
+                members: listed,
                 lease_ttl_s,
                 election_quorum,
                 check_interval_ms,
@@ -269,6 +311,13 @@ impl NodeConfig {
                         "must be a non-empty name without `/`".into(),
                     ));
                 }
+                if !listed.contains(&raw.node_id) {
+                    return Err(bad(
+                        "coordinator.members",
+                        format!("must list this node, {:?}", raw.node_id),
+                    ));
+                }
+                members = listed.iter().cloned().collect();
                 let ttl = lease_ttl_s.unwrap_or(5);
                 if ttl == 0 {
                     return Err(bad("coordinator.lease_ttl_s", "must be at least 1".into()));
@@ -283,21 +332,37 @@ impl NodeConfig {
                 CoordinatorConfig::Etcd {
                     endpoints,
                     cluster,
+                    members: members.clone(),
                     lease_ttl: Duration::from_secs(ttl),
                     election_quorum: quorum,
                     check_interval: Duration::from_millis(check_interval_ms.unwrap_or(200).max(10)),
                 }
             }
         };
+        let named = match &sync {
+            SyncPolicy::First { of, .. } | SyncPolicy::Any { of, .. } => of,
+        };
+        if let Some(stranger) = named.iter().find(|n| *n != "*" && !members.contains(*n)) {
+            return Err(bad(
+                "replication.sync",
+                format!(
+                    "names {stranger:?}, which is not a member (members: {})",
+                    members.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
         Ok(NodeConfig {
             node_id: raw.node_id,
             data_dir: base.join(raw.data_dir),
             listen,
             advertise: raw.advertise,
             admin,
+            admin_plain,
             ca: base.join(raw.tls.ca),
             cert: base.join(raw.tls.cert),
             key: base.join(raw.tls.key),
+            crl: raw.tls.crl.map(|c| base.join(c)),
+            members,
             sync,
             remote_commit_timeout: Duration::from_millis(
                 raw.replication.remote_commit_timeout_ms.unwrap_or(10_000),
@@ -328,7 +393,7 @@ sync = "FIRST 1 (n2, n3)"
 [coordinator]
 kind = "static"
 leader = "n1"
-peers = { n2 = "127.0.0.1:7401" }
+peers = { n2 = "127.0.0.1:7401", n3 = "127.0.0.1:7402" }
 "#;
 
     #[test]
@@ -337,6 +402,8 @@ peers = { n2 = "127.0.0.1:7401" }
         assert_eq!(c.data_dir, Path::new("/etc/walship/data/n1"));
         assert_eq!(c.admin, "127.0.0.1:7480".parse().unwrap());
         assert_eq!(c.sync.to_string(), "FIRST 1 (n2, n3)");
+        assert_eq!(c.admin_plain, None);
+        assert_eq!(c.members.iter().collect::<Vec<_>>(), ["n1", "n2", "n3"]);
         assert!(
             matches!(c.coordinator, CoordinatorConfig::Static { ref leader, .. } if leader == "n1")
         );
@@ -345,8 +412,8 @@ peers = { n2 = "127.0.0.1:7401" }
     #[test]
     fn an_etcd_coordinator_needs_a_build_with_etcd() {
         let etcd = GOOD.replace(
-            "kind = \"static\"\nleader = \"n1\"\npeers = { n2 = \"127.0.0.1:7401\" }",
-            "kind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\ncluster = \"prod\"",
+            "kind = \"static\"\nleader = \"n1\"\npeers = { n2 = \"127.0.0.1:7401\", n3 = \"127.0.0.1:7402\" }",
+            "kind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\ncluster = \"prod\"\nmembers = [\"n1\", \"n2\", \"n3\"]",
         );
         assert!(etcd.contains("kind = \"etcd\""));
         let parsed = NodeConfig::parse(&etcd, Path::new("/"));
@@ -385,6 +452,14 @@ peers = { n2 = "127.0.0.1:7401" }
             (
                 GOOD.replace("[replication]", "[replication]\ncompression_level = 99"),
                 "`replication.compression_level`",
+            ),
+            (
+                GOOD.replace("listen =", "admin_plain = \"0.0.0.0:7481\"\nlisten ="),
+                "`admin_plain`: 0.0.0.0:7481 is not a loopback address",
+            ),
+            (
+                GOOD.replace("FIRST 1 (n2, n3)", "FIRST 1 (n2, n9)"),
+                "`replication.sync`: names \"n9\", which is not a member (members: n1, n2, n3)",
             ),
         ];
         for (text, key) in cases {

@@ -32,6 +32,7 @@ enum Command {
     Lag(cmd::lag::Args),
     Promote(cmd::promote::Args),
     Append(cmd::append::Args),
+    Slot(cmd::slot::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         Command::Lag(args) => cmd::lag::run(args, &mut out),
         Command::Promote(args) => cmd::promote::run(args, &mut out),
         Command::Append(args) => cmd::append::run(args, &mut out),
+        Command::Slot(args) => cmd::slot::run(args, &mut out),
     };
     // What was printed goes out before any error message, so the two read in order.
     let flushed = out.flush().map_err(Failure::from);

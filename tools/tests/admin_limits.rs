@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{config, free_tcp, free_udp, ok, status_until, Served};
+use common::{certs, config, free_tcp, free_udp, ok, status_until, tls, Served};
 
 /// Descriptors the process holds.
 fn fds(pid: u32) -> usize {
@@ -30,15 +30,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// One node that leads alone, with 64 MiB segments (records up to 8 MiB).
 fn one_node(dir: &Path) -> (Served, String) {
-    ok(&[
-        "certs",
-        "--out",
-        dir.join("certs").to_str().unwrap(),
-        "--cluster",
-        "limits",
-        "--nodes",
-        "n1",
-    ]);
+    certs(dir, "limits", "n1");
     let (listen, admin) = (free_udp(), free_tcp());
     let path = config(
         dir,
@@ -58,10 +50,9 @@ fn one_node(dir: &Path) -> (Served, String) {
     (served, admin)
 }
 
-/// The status line of the answer to `request` sent on a new connection.
-fn status_of(admin: &str, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+/// The status line of the answer to `request` sent on a new connection, as operator.
+fn status_of(dir: &Path, admin: &str, request: &[u8]) -> String {
+    let mut s = tls(admin, &dir.join("certs"), "op");
     s.write_all(request).unwrap();
     let mut buf = [0u8; 512];
     let n = s.read(&mut buf).unwrap_or(0);
@@ -104,17 +95,32 @@ fn idle_and_half_sent_connections_are_bounded_and_dropped() {
     drop(idle);
     append_local(&admin, "after the idle ones left");
 
-    // A request whose headers never finish is dropped after the header timeout.
-    let mut slow = TcpStream::connect(&admin).unwrap();
-    slow.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n")
+    // A connection that never starts its TLS handshake is dropped after the timeout too.
+    let mut mute = TcpStream::connect(&admin).unwrap();
+    mute.set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(15)))
+    let started = Instant::now();
+    let mut one = [0u8; 1];
+    assert!(matches!(mute.read(&mut one), Ok(0) | Err(_)));
+    let waited = started.elapsed();
+    assert!(
+        waited < walship_tools::admin::HEADER_TIMEOUT + Duration::from_secs(5),
+        "a mute connection was kept {waited:?}"
+    );
+
+    // A request whose headers never finish is dropped after the header timeout.
+    let mut slow = tls(&admin, &tmp.path().join("certs"), "op");
+    slow.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 256];
+    // hyper closes it (a 408 may come first); TLS may report the close as an error.
     let closed = match slow.read(&mut buf) {
         Ok(_) => true,
-        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+        ),
     };
     assert!(closed, "the half-sent request stays open");
     let waited = started.elapsed();
@@ -140,7 +146,7 @@ fn bodies_are_refused_before_they_are_read() {
         "POST /append?durability=local HTTP/1.1\r\nHost: x\r\nContent-Length: 15728640\r\n\r\n";
     let answers: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..60)
-            .map(|_| s.spawn(|| status_of(&admin, big.as_bytes())))
+            .map(|_| s.spawn(|| status_of(tmp.path(), &admin, big.as_bytes())))
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -149,7 +155,7 @@ fn bodies_are_refused_before_they_are_read() {
     }
     // No length, no body.
     let chunked = "POST /append HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-    assert!(status_of(&admin, chunked.as_bytes()).contains(" 411 "));
+    assert!(status_of(tmp.path(), &admin, chunked.as_bytes()).contains(" 411 "));
 
     // Within the limit but beyond the budget of bodies held at once: the first eight
     // reserve 8 MB each and send slowly; the next is told to retry.
@@ -157,16 +163,17 @@ fn bodies_are_refused_before_they_are_read() {
     let head = format!(
         "POST /append?durability=local HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n"
     );
-    let slow: Vec<TcpStream> = (0..8)
+    let slow: Vec<_> = (0..8)
         .map(|_| {
-            let mut s = TcpStream::connect(&admin).unwrap();
+            let mut s = tls(&admin, &tmp.path().join("certs"), "op");
             s.write_all(head.as_bytes()).unwrap();
             s.write_all(&[b'x'; 1024]).unwrap();
+            s.flush().unwrap();
             s
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let answer = status_of(&admin, head.as_bytes());
+    let answer = status_of(tmp.path(), &admin, head.as_bytes());
     assert!(answer.contains(" 503 "), "{answer}");
     drop(slow);
     let grown_mib = rss_kib(pid).saturating_sub(rss_before) / 1024;

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{config, free_tcp, free_udp, ok, status_until, walship, Served};
+use common::{certs, config, free_tcp, free_udp, ok, status_until, walship, Served};
 use serde_json::Value;
 
 fn streaming(v: &Value, n: usize) -> bool {
@@ -21,15 +21,7 @@ fn streaming(v: &Value, n: usize) -> bool {
 fn three_served_nodes_replicate_fail_over_and_stop_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    ok(&[
-        "certs",
-        "--out",
-        dir.join("certs").to_str().unwrap(),
-        "--cluster",
-        "t",
-        "--nodes",
-        "n1,n2,n3",
-    ]);
+    let certs = certs(dir, "t", "n1,n2,n3");
     let ids = ["n1", "n2", "n3"];
     let listen: Vec<String> = ids.iter().map(|_| free_udp()).collect();
     let admin: Vec<String> = ids.iter().map(|_| free_tcp()).collect();
@@ -104,9 +96,9 @@ fn three_served_nodes_replicate_fail_over_and_stop_cleanly() {
     );
 
     // /metrics is Prometheus text.
-    let body =
-        walship_tools::admin::client::get_text(&admin[0], "/metrics", Duration::from_secs(5))
-            .expect("GET /metrics");
+    let body = common::client(&certs, "mon")
+        .get_text(&admin[0], "/metrics", Duration::from_secs(5))
+        .expect("GET /metrics");
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
         .expect("Prometheus text format");
     let value = |name: &str| {

@@ -8,7 +8,15 @@
 //! - `members/<node>`: each member's replication address, epoch and flushed LSN, under
 //!   that member's lease — a member that stops renewing disappears after the lease TTL;
 //! - `leader`: the leader's node, address and epoch, under the leader's lease;
-//! - `epoch`: the last epoch granted (no lease: epochs never repeat).
+//! - `epoch`: the last epoch granted (no lease: epochs never repeat);
+//! - `roster`: the member node ids, one per line (no lease). It is written once, from the
+//!   first member's configuration, when it does not exist (as etcd's own
+//!   `--initial-cluster`); afterwards it is the membership, changed by writing the key
+//!   (`etcdctl put /walship/<cluster>/roster`), and every member re-reads it at each check.
+//!   Only roster members are listed by [`members`](Coordinator::members) and may campaign.
+//!
+//! Epochs a peer claims are checked against `epoch` before they are believed
+//! ([`EpochAuthority`]).
 //!
 //! Taking over is one compare-and-swap: it succeeds only if no `leader` key exists and
 //! `epoch` is still what the candidate read, and it writes `leader` and `epoch + 1`
@@ -17,7 +25,10 @@
 //! and a quorum that forms a majority with the leader, that member holds every
 //! acknowledged commit.
 
+use std::collections::BTreeSet;
+use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 #[cfg(feature = "etcd")]
 use std::time::Duration;
@@ -47,6 +58,18 @@ pub enum CoordinatorError {
         key: String,
         /// What is wrong.
         reason: String,
+    },
+    /// This node is not a member of the cluster (the coordinator's roster).
+    #[error(
+        "node {node:?} is not in the roster of cluster {cluster:?} ({roster}): it may not lead"
+    )]
+    NotMember {
+        /// The node.
+        node: String,
+        /// The cluster.
+        cluster: String,
+        /// The roster, for the message.
+        roster: String,
     },
     /// No epoch is left after `last`: epochs never wrap.
     #[error(
@@ -93,6 +116,42 @@ pub struct LeaderInfo {
     pub epoch: Epoch,
 }
 
+/// A future of an [`EpochAuthority`].
+pub type EpochFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Epoch, CoordinatorError>> + Send + 'a>>;
+
+/// Where epochs are granted: asked before an epoch a peer claims is believed. A leader
+/// steps down for a newer epoch, and a follower records one as seen, only if the
+/// authority granted it — so a peer that claims 2^64 − 1 (a bug, a planted file, a
+/// compromised member) cannot make a leader step down or pin a follower to an epoch no
+/// leader can ever hold.
+pub trait EpochAuthority: Send + Sync + fmt::Debug {
+    /// The highest epoch granted so far.
+    fn granted(&self) -> EpochFuture<'_>;
+}
+
+/// Whether `claimed` was granted by `authority` (always, without one). `Err` says why
+/// not, or that it could not be asked (then the claim is not believed either: a leader
+/// whose coordinator is unreachable fences itself at its lease deadline anyway).
+pub async fn verify_epoch(
+    authority: Option<&Arc<dyn EpochAuthority>>,
+    claimed: Epoch,
+) -> Result<(), String> {
+    let Some(a) = authority else {
+        return Ok(());
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), a.granted()).await {
+        Ok(Ok(granted)) if granted >= claimed => Ok(()),
+        Ok(Ok(granted)) => Err(format!(
+            "epoch {claimed} was never granted: the coordinator has granted epochs up to {granted}"
+        )),
+        Ok(Err(e)) => Err(format!("epoch {claimed} could not be verified: {e}")),
+        Err(_) => Err(format!(
+            "epoch {claimed} could not be verified: the coordinator did not answer in 2 s"
+        )),
+    }
+}
+
 /// Leader election and member positions; see the [module docs](self).
 pub trait Coordinator: Send {
     /// Publishes this member's state.
@@ -137,6 +196,21 @@ pub trait Coordinator: Send {
     /// so the leader must fence itself first. `None`: leadership does not expire.
     fn leadership_deadline(&self) -> Option<Instant> {
         None
+    }
+
+    /// Where the epochs this coordinator grants can be verified; `None` when peers'
+    /// epochs are believed (the static coordinator: members are trusted, and only an
+    /// operator's promotion raises an epoch).
+    fn epoch_authority(&self) -> Option<Arc<dyn EpochAuthority>> {
+        None
+    }
+
+    /// The members of the cluster as the coordinator keeps them, if it keeps them
+    /// (etcd's roster); `None`: they are the configuration's.
+    fn roster(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<BTreeSet<String>>, CoordinatorError>> + Send {
+        async { Ok(None) }
     }
 }
 
@@ -259,7 +333,10 @@ impl LeaderInfo {
 pub struct EtcdCoordinator {
     client: Client,
     endpoint: String,
+    cluster: String,
     prefix: String,
+    /// The roster as last read; `None` until read.
+    roster: Option<BTreeSet<String>>,
     ttl_s: i64,
     lease: i64,
     lost: Arc<watch::Sender<bool>>,
@@ -315,7 +392,9 @@ impl EtcdCoordinator {
         let mut c = EtcdCoordinator {
             client,
             endpoint,
+            cluster: cluster.to_owned(),
             prefix: format!("/walship/{cluster}/"),
+            roster: None,
             ttl_s: ttl.as_secs().max(1) as i64,
             lease: 0,
             lost: Arc::new(watch::channel(true).0),
@@ -413,6 +492,107 @@ impl EtcdCoordinator {
     fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)
     }
+
+    /// The roster in etcd; if there is none yet, `initial` becomes it (one transaction,
+    /// so two members starting at once agree on one). Returns the roster in force, which
+    /// may differ from `initial`: once written, etcd's roster is the membership.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Unavailable`], or a roster that does not parse.
+    pub async fn bootstrap_roster(
+        &mut self,
+        initial: &BTreeSet<String>,
+    ) -> Result<BTreeSet<String>, CoordinatorError> {
+        let key = self.key("roster");
+        let value = initial.iter().cloned().collect::<Vec<_>>().join("\n");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let created = self
+            .client
+            .txn(txn)
+            .await
+            .map_err(|e| self.unavailable(e))?
+            .succeeded();
+        if created {
+            tracing::info!(cluster = self.cluster.as_str(), roster = ?initial, "wrote the cluster's roster to etcd");
+        }
+        match Coordinator::roster(self).await? {
+            Some(r) => Ok(r),
+            None => Err(bad(
+                self.key("roster").as_bytes(),
+                "missing right after it was written",
+            )),
+        }
+    }
+
+    /// Refuses `me` unless it is in the roster (when the roster is known).
+    fn check_member(&self, me: &str) -> Result<(), CoordinatorError> {
+        match &self.roster {
+            Some(r) if !r.contains(me) => Err(CoordinatorError::NotMember {
+                node: me.to_owned(),
+                cluster: self.cluster.clone(),
+                roster: r.iter().cloned().collect::<Vec<_>>().join(", "),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(feature = "etcd")]
+/// The etcd `epoch` key, read for [`EpochAuthority`].
+#[derive(Clone)]
+struct EtcdEpochs {
+    client: Client,
+    key: String,
+    endpoint: String,
+}
+
+#[cfg(feature = "etcd")]
+impl fmt::Debug for EtcdEpochs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdEpochs")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl EpochAuthority for EtcdEpochs {
+    fn granted(&self) -> EpochFuture<'_> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let resp = client.get(self.key.clone(), None).await.map_err(|e| {
+                CoordinatorError::Unavailable {
+                    endpoint: self.endpoint.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            match resp.kvs().first() {
+                Some(kv) => {
+                    let s =
+                        std::str::from_utf8(kv.value()).map_err(|_| bad(kv.key(), "not UTF-8"))?;
+                    Ok(Epoch::new(number(kv.key(), s)?))
+                }
+                None => Ok(Epoch::ZERO),
+            }
+        })
+    }
+}
+
+#[cfg(feature = "etcd")]
+/// The roster's lines: node ids, each valid as one.
+fn parse_roster(key: &[u8], value: &[u8]) -> Result<BTreeSet<String>, CoordinatorError> {
+    let text = std::str::from_utf8(value).map_err(|_| bad(key, "not UTF-8"))?;
+    let mut ids = BTreeSet::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        crate::tls::validate_id("node id", line).map_err(|e| bad(key, e.to_string()))?;
+        ids.insert(line.to_owned());
+    }
+    if ids.is_empty() {
+        return Err(bad(key, "lists no member"));
+    }
+    Ok(ids)
 }
 
 #[cfg(feature = "etcd")]
@@ -492,6 +672,8 @@ impl Coordinator for EtcdCoordinator {
             .map_err(|e| self.unavailable(e))
     }
 
+    /// The live members that are in the roster: a node outside it cannot sway an
+    /// election by publishing a long log.
     async fn members(&mut self) -> Result<Vec<MemberInfo>, CoordinatorError> {
         let key = self.key("members/");
         let resp = self
@@ -499,10 +681,15 @@ impl Coordinator for EtcdCoordinator {
             .get(key, Some(GetOptions::new().with_prefix()))
             .await
             .map_err(|e| self.unavailable(e))?;
-        resp.kvs()
+        let all = resp
+            .kvs()
             .iter()
             .map(|kv| parse_member(kv.key(), kv.value()))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(all
+            .into_iter()
+            .filter(|m| self.roster.as_ref().is_none_or(|r| r.contains(&m.node_id)))
+            .collect())
     }
 
     async fn leader(&mut self) -> Result<Option<LeaderInfo>, CoordinatorError> {
@@ -519,6 +706,7 @@ impl Coordinator for EtcdCoordinator {
     }
 
     async fn campaign(&mut self, me: &MemberInfo) -> Result<Option<Epoch>, CoordinatorError> {
+        self.check_member(&me.node_id)?;
         if self.leader().await?.is_some() {
             return Ok(None);
         }
@@ -544,6 +732,7 @@ impl Coordinator for EtcdCoordinator {
     }
 
     async fn takeover(&mut self, me: &MemberInfo) -> Result<Epoch, CoordinatorError> {
+        self.check_member(&me.node_id)?;
         // Retried only while other takeovers or elections race this one.
         for _ in 0..16 {
             let (last, rev) = self.granted_epoch().await?;
@@ -590,6 +779,31 @@ impl Coordinator for EtcdCoordinator {
             return Some(Instant::now());
         }
         Some(*self.deadline.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn epoch_authority(&self) -> Option<Arc<dyn EpochAuthority>> {
+        Some(Arc::new(EtcdEpochs {
+            client: self.client.clone(),
+            key: self.key("epoch"),
+            endpoint: self.endpoint.clone(),
+        }))
+    }
+
+    async fn roster(&mut self) -> Result<Option<BTreeSet<String>>, CoordinatorError> {
+        let key = self.key("roster");
+        let resp = self
+            .client
+            .get(key, None)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let roster = match resp.kvs().first() {
+            Some(kv) => Some(parse_roster(kv.key(), kv.value())?),
+            None => None,
+        };
+        if roster.is_some() {
+            self.roster.clone_from(&roster);
+        }
+        Ok(roster)
     }
 }
 

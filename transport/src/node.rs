@@ -426,6 +426,21 @@ impl Node {
         rx.await.map_err(|_| self.stopped())
     }
 
+    /// Drops `node`'s retention slot (`pg_drop_replication_slot`); returns whether there
+    /// was one. Slots are kept by the leader: on any other role this is refused.
+    ///
+    /// # Errors
+    /// [`TransportError::NotLeading`], or the slot file could not be saved.
+    pub fn drop_slot(&self, node: &str) -> Result<bool, TransportError> {
+        match self.shared.current().as_ref() {
+            Some(Current::Leading(l)) if l.fenced().is_none() => l.drop_slot(node),
+            _ => Err(TransportError::NotLeading {
+                node: self.shared.node_id.clone(),
+                role: self.role().as_str(),
+            }),
+        }
+    }
+
     async fn send(&self, c: Command) -> Result<(), TransportError> {
         self.commands.send(c).await.map_err(|_| self.stopped())
     }
@@ -585,6 +600,7 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
         if let Err(e) = bounded(self.limit(), self.coordinator.publish(&me)).await {
             self.shared.note(format!("publishing this member: {e}"));
         }
+        self.refresh_roster().await;
         let named = match bounded(self.limit(), self.coordinator.leader()).await {
             Ok(l) => l,
             Err(e) => {
@@ -600,6 +616,24 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
             .unwrap_or_else(PoisonError::into_inner) = named.clone();
         let action = self.decide(&me, named).await;
         self.act(action).await;
+    }
+
+    /// Takes the coordinator's roster, if it keeps one, as the members this node admits:
+    /// a node removed from it is refused at its next handshake and its session ends.
+    async fn refresh_roster(&mut self) {
+        match bounded(self.limit(), self.coordinator.roster()).await {
+            Ok(Some(roster)) => {
+                if let Some(members) = self.security.members() {
+                    let now: Vec<String> = roster.into_iter().collect();
+                    if members.list().as_ref() != Some(&now) {
+                        tracing::info!(node = self.shared.node_id.as_str(), members = ?now, "the coordinator's roster changed the members");
+                        members.set(now);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.shared.note(format!("reading the roster: {e}")),
+        }
     }
 
     async fn decide(&mut self, me: &MemberInfo, named: Option<LeaderInfo>) -> Action {
@@ -793,6 +827,7 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
         opts.leader = addr;
         opts.leader_node_id.clone_from(&li.node_id);
         opts.apply_from = Some(self.applied);
+        opts.epoch_authority = self.coordinator.epoch_authority();
         let apply = SharedApply(Arc::clone(&self.apply));
         let f = Follower::start(
             Arc::clone(&self.shared.log),
@@ -814,6 +849,7 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
         let mut opts = self.opts.leader.settings();
         opts.epoch = Some(epoch);
         opts.socket = self.socket.take();
+        opts.epoch_authority = self.coordinator.epoch_authority();
         self.release(format!("leading epoch {epoch} instead")).await;
         tracing::info!(node = self.shared.node_id.as_str(), %epoch, end = %self.shared.log.end_lsn(), "taking the lead");
         let l = self.start_leader(opts).await?;

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use walship_tools::admin::client::{Client, ClientTls};
 use walship_tools::outcome::Failure;
 use walship_tools::text::{size, Align, Table};
 use walship_tools::view::{FollowerRow, NodeView};
@@ -17,7 +18,8 @@ use walship_tools::view::{FollowerRow, NodeView};
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct Args {
-    /// The leader's admin address (host:port or http://host:port)
+    /// The leader's admin address (host:port for HTTPS, http://host:port for a plain
+    /// read-only listener)
     admin: String,
     /// Refresh in place
     #[arg(long)]
@@ -28,6 +30,8 @@ pub(crate) struct Args {
     /// Stop after this many refreshes with --watch
     #[arg(long)]
     count: Option<u64>,
+    #[command(flatten)]
+    tls: ClientTls,
 }
 
 fn ms(s: Option<f64>) -> String {
@@ -104,13 +108,14 @@ pub(crate) fn draw(v: &NodeView, out: &mut dyn Write) -> Result<(), Failure> {
 }
 
 pub(crate) fn run(args: &Args, out: &mut dyn Write) -> Result<(), Failure> {
+    let client = Client::new(&args.tls).map_err(Failure::Error)?;
     if !args.watch {
-        return draw(&super::status::fetch(&args.admin)?, out);
+        return draw(&super::status::fetch(&client, &args.admin)?, out);
     }
     let every = Duration::from_secs_f64(args.interval.max(0.05));
     let mut n = 0;
     loop {
-        let v = super::status::fetch(&args.admin)?;
+        let v = super::status::fetch(&client, &args.admin)?;
         // Home the cursor and clear the screen, as `watch` does.
         write!(out, "\x1b[H\x1b[2J")?;
         draw(&v, out)?;

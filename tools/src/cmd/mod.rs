@@ -9,6 +9,7 @@ pub(crate) mod inspect;
 pub(crate) mod lag;
 pub(crate) mod promote;
 pub(crate) mod serve;
+pub(crate) mod slot;
 pub(crate) mod status;
 pub(crate) mod verify;
 

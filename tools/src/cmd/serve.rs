@@ -5,18 +5,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use walship_engine::{Log, Options};
-use walship_tools::admin::{Admin, AdminState};
+use walship_tools::admin::{Admin, AdminState, Listener};
 use walship_tools::config::{CoordinatorConfig, NodeConfig};
 use walship_tools::metrics::Metrics;
 use walship_tools::outcome::Failure;
 use walship_transport::coordinator::{Coordinator, LeaderInfo, StaticCoordinator};
-use walship_transport::tls::NodeIdentity;
+use walship_transport::tls::{admin_server_config, MemberSet, NodeIdentity, Role, Trust};
 use walship_transport::{CompressionOptions, LeaderOptions, Node, NodeOptions, Security};
 
 /// Run one node (leader or follower, as the coordinator says) from a TOML file
 ///
 /// The node replicates its log over QUIC with mutual TLS and serves its admin endpoint
-/// (GET /status, GET /metrics, POST /append, POST /promote; see tools/README.md).
+/// over HTTPS with mutual TLS (GET /status, GET /metrics with any certificate of the
+/// cluster; POST /append, /promote, /step-down, /leader, DELETE /slots/NODE with an
+/// operator certificate; see tools/README.md). Only the configured members replicate.
 /// SIGINT or SIGTERM shut it down cleanly: a leader resigns and tells its followers,
 /// the log is flushed and closed.
 ///
@@ -52,7 +54,8 @@ fn error(what: &str, e: impl std::fmt::Display) -> Failure {
     Failure::Error(format!("{what}: {e}"))
 }
 
-fn security(cfg: &NodeConfig) -> Result<Security, Failure> {
+/// The node's certificate, and whom it trusts: the CA, the members, the revocation list.
+fn security(cfg: &NodeConfig) -> Result<(Security, Arc<Trust>), Failure> {
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).map_err(|e| error(&format!("reading {}", p.display()), e))
     };
@@ -62,6 +65,15 @@ fn security(cfg: &NodeConfig) -> Result<Security, Failure> {
             e,
         )
     })?;
+    if identity.role() != Role::Node {
+        return Err(Failure::Error(format!(
+            "`tls.cert`: {} is a {} certificate; a node needs a node certificate \
+             (walship certs --nodes {})",
+            cfg.cert.display(),
+            identity.role(),
+            cfg.node_id
+        )));
+    }
     if identity.node_id() != cfg.node_id {
         return Err(Failure::Error(format!(
             "`node_id` is {:?} but the certificate {} is for {:?}",
@@ -70,11 +82,20 @@ fn security(cfg: &NodeConfig) -> Result<Security, Failure> {
             identity.node_id()
         )));
     }
-    Ok(Security::mutual_tls(identity, &read(&cfg.ca)?))
+    let mut trust = Trust::new(&read(&cfg.ca)?, identity.cluster_id())
+        .map_err(|e| error(&format!("`tls.ca` {}", cfg.ca.display()), e))?
+        .with_members(MemberSet::of(cfg.members.iter().cloned()));
+    if let Some(crl) = &cfg.crl {
+        trust = trust
+            .with_crl_file(crl)
+            .map_err(|e| error("`tls.crl`", e))?;
+    }
+    let trust = Arc::new(trust);
+    Ok((Security::with_trust(identity, Arc::clone(&trust)), trust))
 }
 
 async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
-    let security = security(&cfg)?;
+    let (security, trust) = security(&cfg)?;
     let mut options = Options {
         backend: cfg.backend,
         ..Options::default()
@@ -127,7 +148,7 @@ async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
             run_node(
                 &cfg,
                 log,
-                security,
+                (security, trust),
                 c.clone(),
                 Some(c),
                 opts,
@@ -140,6 +161,7 @@ async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
         CoordinatorConfig::Etcd {
             endpoints,
             cluster,
+            members,
             lease_ttl,
             election_quorum,
             check_interval,
@@ -147,12 +169,22 @@ async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
             let mut opts = opts;
             opts.election_quorum = *election_quorum;
             opts.check_interval = *check_interval;
-            let c = walship_transport::coordinator::EtcdCoordinator::connect(
+            let mut c = walship_transport::coordinator::EtcdCoordinator::connect(
                 endpoints, cluster, *lease_ttl,
             )
             .await
             .map_err(|e| error("`coordinator`", e))?;
-            run_node(&cfg, log, security, c, None, opts, advertise, out).await
+            // The configured members only bootstrap the roster; once in etcd, etcd's is
+            // the membership (as etcd's own --initial-cluster).
+            let roster = c
+                .bootstrap_roster(members)
+                .await
+                .map_err(|e| error("`coordinator.members`", e))?;
+            if roster != *members {
+                tracing::warn!(configured = ?members, in_etcd = ?roster, "the roster in etcd differs from `coordinator.members`; etcd's is in force");
+            }
+            trust.members().set(roster.iter().cloned());
+            run_node(&cfg, log, (security, trust), c, None, opts, advertise, out).await
         }
         // Refused when the configuration was read; kept as a clear error all the same.
         #[cfg(not(feature = "etcd"))]
@@ -167,13 +199,15 @@ async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
 async fn run_node(
     cfg: &NodeConfig,
     log: Arc<Log>,
-    security: Security,
+    (security, trust): (Security, Arc<Trust>),
     coordinator: impl Coordinator + 'static,
     operator: Option<StaticCoordinator>,
     opts: NodeOptions,
     advertise: String,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
+    let https = admin_server_config(security.identity(), &trust)
+        .map_err(|e| error("the admin endpoint's TLS", e))?;
     let node = Arc::new(
         Node::start(
             Arc::clone(&log),
@@ -189,17 +223,32 @@ async fn run_node(
         metrics: Metrics::new(),
         advertise,
         operator,
+        members: trust.members().clone(),
     });
-    let admin = match Admin::start(cfg.admin, state).await {
+    let admin = match Admin::start(cfg.admin, Listener::Https(https), Arc::clone(&state)).await {
         Ok(a) => a,
         Err(e) => {
             stop(node, log).await;
             return Err(error(&format!("`admin`: binding {}", cfg.admin), e));
         }
     };
+    let plain = match cfg.admin_plain {
+        None => None,
+        Some(addr) => match Admin::start(addr, Listener::PlainReadOnly, state).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                admin.shutdown().await;
+                stop(node, log).await;
+                return Err(error(&format!("`admin_plain`: binding {addr}"), e));
+            }
+        },
+    };
+    let plain_note = plain.as_ref().map_or(String::new(), |p| {
+        format!(", read-only on http://{}", p.local_addr())
+    });
     writeln!(
         out,
-        "walship: node {} replicating on {}, admin on http://{}",
+        "walship: node {} replicating on {}, admin on https://{}{plain_note}",
         cfg.node_id,
         cfg.listen,
         admin.local_addr()
@@ -208,6 +257,9 @@ async fn run_node(
     let signal = wait_for_signal().await;
     tracing::info!(signal, "shutting down");
     admin.shutdown().await;
+    if let Some(p) = plain {
+        p.shutdown().await;
+    }
     stop(node, log).await;
     writeln!(out, "walship: node {} stopped ({signal})", cfg.node_id)?;
     Ok(())

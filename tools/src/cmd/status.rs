@@ -3,30 +3,38 @@
 use std::io::Write;
 use std::time::Duration;
 
-use walship_tools::admin::client;
+use walship_tools::admin::client::{Client, ClientTls};
 use walship_tools::outcome::Failure;
 use walship_tools::view::NodeView;
 
 /// Show a node's role, epoch, log positions and replication summary
 ///
-/// Asks the node's admin endpoint (GET /status). With --json, prints its answer as is
+/// Asks the node's admin endpoint (GET /status) with a monitor, operator or node
+/// certificate (--cert, --key, --ca or WALSHIP_CERT, WALSHIP_KEY, WALSHIP_CA). With --json, prints its answer as is
 /// (schema walship-status/1).
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct Args {
-    /// The node's admin address (host:port or http://host:port)
+    /// The node's admin address (host:port for HTTPS, http://host:port for a plain read-only listener)
     admin: String,
     /// Print the JSON answer
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    tls: ClientTls,
 }
 
-pub(crate) fn fetch(admin: &str) -> Result<NodeView, Failure> {
-    client::get(admin, "/status", Duration::from_secs(5)).map_err(Failure::Error)
+pub(crate) fn fetch(client: &Client, admin: &str) -> Result<NodeView, Failure> {
+    client
+        .get(admin, "/status", Duration::from_secs(5))
+        .map_err(Failure::Error)
 }
 
 pub(crate) fn run(args: &Args, out: &mut dyn Write) -> Result<(), Failure> {
-    let v = fetch(&args.admin)?;
+    let v = fetch(
+        &Client::new(&args.tls).map_err(Failure::Error)?,
+        &args.admin,
+    )?;
     if args.json {
         let text = serde_json::to_string_pretty(&v).map_err(|e| Failure::Error(e.to_string()))?;
         writeln!(out, "{text}")?;

@@ -1,6 +1,7 @@
 //! Helpers shared by the tests that run `walship` processes.
 #![allow(dead_code)]
 
+use std::cell::RefCell;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,8 +10,91 @@ use std::time::{Duration, Instant};
 use assert_cmd::cargo_bin_cmd;
 use serde_json::Value;
 
+thread_local! {
+    /// The certificate this test thread's `walship` commands present: `(dir, name)`.
+    static AS: RefCell<Option<(PathBuf, String)>> = const { RefCell::new(None) };
+}
+
+/// From now on, `walship` commands of this test present `dir/<name>.pem` (and the CA in
+/// `dir`), as an operator would through WALSHIP_CERT, WALSHIP_KEY, WALSHIP_CA.
+pub fn present(dir: &Path, name: &str) {
+    AS.with(|a| *a.borrow_mut() = Some((dir.to_path_buf(), name.to_string())));
+}
+
+/// `walship`, presenting the certificate chosen with [`present`], if any.
 pub fn walship() -> assert_cmd::Command {
-    cargo_bin_cmd!("walship")
+    let mut c = cargo_bin_cmd!("walship");
+    for v in [
+        "WALSHIP_CA",
+        "WALSHIP_CERT",
+        "WALSHIP_KEY",
+        "WALSHIP_SERVER_NAME",
+    ] {
+        c.env_remove(v);
+    }
+    AS.with(|a| {
+        if let Some((dir, name)) = &*a.borrow() {
+            c.env("WALSHIP_CA", dir.join("ca.pem"))
+                .env("WALSHIP_CERT", dir.join(format!("{name}.pem")))
+                .env("WALSHIP_KEY", dir.join(format!("{name}.key")));
+        }
+    });
+    c
+}
+
+/// `walship certs` into `dir/certs` for `nodes`, an operator `op` and a monitor `mon`;
+/// this test then presents the operator's certificate.
+pub fn certs(dir: &Path, cluster: &str, nodes: &str) -> PathBuf {
+    let certs = dir.join("certs");
+    ok(&[
+        "certs",
+        "--out",
+        certs.to_str().unwrap(),
+        "--cluster",
+        cluster,
+        "--nodes",
+        nodes,
+        "--operators",
+        "op",
+        "--monitors",
+        "mon",
+    ]);
+    present(&certs, "op");
+    certs
+}
+
+/// The CLI's client, presenting `dir/<name>.pem`.
+pub fn client(dir: &Path, name: &str) -> walship_tools::admin::client::Client {
+    walship_tools::admin::client::Client::new(&walship_tools::admin::client::ClientTls {
+        ca: Some(dir.join("ca.pem")),
+        cert: Some(dir.join(format!("{name}.pem"))),
+        key: Some(dir.join(format!("{name}.key"))),
+        server_name: None,
+    })
+    .expect("client")
+}
+
+/// A TLS connection to the admin endpoint at `admin`, presenting `dir/<name>.pem`, for
+/// tests that speak HTTP by hand.
+pub fn tls(
+    admin: &str,
+    dir: &Path,
+    name: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let read = |f: String| std::fs::read_to_string(dir.join(f)).unwrap();
+    let identity = walship_transport::tls::NodeIdentity::from_pem(
+        &read(format!("{name}.pem")),
+        &read(format!("{name}.key")),
+    )
+    .unwrap();
+    let config =
+        walship_transport::tls::admin_client_config(&identity, &read("ca.pem".into()), None)
+            .unwrap();
+    let tcp = std::net::TcpStream::connect(admin).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
 }
 
 /// Runs `walship args…`, expecting success; returns standard output.
@@ -66,18 +150,18 @@ impl Served {
             .recv_timeout(Duration::from_secs(30))
             .expect("walship serve announces itself");
         assert!(
-            first.contains(&format!("admin on http://{admin}")),
+            first.contains(&format!("admin on https://{admin}")),
             "{first}"
         );
         s
     }
 
-    /// SIGTERM, then the exit status and the last line printed.
     /// The process id of the running `walship serve`.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// SIGTERM, then the exit status and the last line printed.
     pub fn stop(mut self) -> (bool, String) {
         let mut child = self.child.take().expect("running");
         let ok = Command::new("kill")

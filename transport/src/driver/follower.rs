@@ -13,6 +13,7 @@ use walship_engine::{Commit, Durability, Epoch, Log, Lsn, Record};
 
 use super::{Security, TransportError, CLOSE_ERROR, CLOSE_SHUTDOWN};
 use crate::compress::Decompressor;
+use crate::coordinator::{verify_epoch, EpochAuthority};
 use crate::quorum::Progress;
 use crate::session::follower::{FollowerConfig, FollowerEvent, FollowerSession};
 use crate::status::{FollowerStatus, Role};
@@ -112,6 +113,9 @@ pub struct FollowerOptions {
     /// Where the embedder's state ends: records after it are applied. `None` applies
     /// the whole retained log.
     pub apply_from: Option<Lsn>,
+    /// Where a newer epoch the leader claims is verified before it is recorded as seen
+    /// (the coordinator's, see [`EpochAuthority`]); `None` believes the leader.
+    pub epoch_authority: Option<Arc<dyn EpochAuthority>>,
 }
 
 impl FollowerOptions {
@@ -129,6 +133,7 @@ impl FollowerOptions {
             reconnect_min: self.reconnect_min,
             reconnect_max: self.reconnect_max,
             apply_from: self.apply_from,
+            epoch_authority: self.epoch_authority.clone(),
         }
     }
 }
@@ -147,6 +152,7 @@ impl Default for FollowerOptions {
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(5),
             apply_from: None,
+            epoch_authority: None,
         }
     }
 }
@@ -172,6 +178,7 @@ struct Shared {
     state: Mutex<State>,
     applied: watch::Sender<Lsn>,
     stop_apply: AtomicBool,
+    epoch_authority: Option<Arc<dyn EpochAuthority>>,
 }
 
 impl Shared {
@@ -265,6 +272,7 @@ impl Follower {
             }),
             applied,
             stop_apply: AtomicBool::new(false),
+            epoch_authority: opts.epoch_authority.clone(),
         });
         let applier = {
             let shared = Arc::clone(&shared);
@@ -793,6 +801,12 @@ impl Stream<'_> {
                     self.await_local();
                 }
                 FollowerEvent::EpochSeen(e) => {
+                    // Believed only if the coordinator granted it: a leader claiming an
+                    // epoch nobody granted (2^64 - 1, say) would otherwise pin this node
+                    // to an epoch no real leader can reach.
+                    verify_epoch(self.shared.epoch_authority.as_ref(), e)
+                        .await
+                        .map_err(|reason| TransportError::UnverifiedEpoch { peer, reason })?;
                     // Durable before anything of that epoch is acted on: after a crash this
                     // node still refuses leaders older than `e`.
                     let dir = log.dir().to_path_buf();

@@ -14,6 +14,7 @@ use walship_engine::{Batch, Commit, Durability, Epoch, Log, Lsn, Reader};
 use super::pipeline::{Pipeline, Span};
 use super::{Security, TransportError, CLOSE_ERROR, CLOSE_SHUTDOWN};
 use crate::compress::CompressionOptions;
+use crate::coordinator::{verify_epoch, EpochAuthority};
 use crate::lag::LagTracker;
 use crate::quorum::{Progress, QuorumTracker, SyncPolicy};
 use crate::session::leader::{LeaderConfig, LeaderEvent, LeaderSession, LogView};
@@ -59,6 +60,9 @@ pub struct LeaderOptions {
     /// Commits at remote levels made through [`Leader::commit`] fail with
     /// `RemoteUnconfirmed` after this long (they are durable locally by then).
     pub remote_commit_timeout: Duration,
+    /// Where a newer epoch a follower claims is verified before this leader steps down
+    /// for it (the coordinator's, see [`EpochAuthority`]); `None` believes members.
+    pub epoch_authority: Option<Arc<dyn EpochAuthority>>,
 }
 
 impl LeaderOptions {
@@ -78,6 +82,7 @@ impl LeaderOptions {
             heartbeat_interval: self.heartbeat_interval,
             idle_timeout: self.idle_timeout,
             remote_commit_timeout: self.remote_commit_timeout,
+            epoch_authority: self.epoch_authority.clone(),
         }
     }
 }
@@ -101,6 +106,7 @@ impl Default for LeaderOptions {
             heartbeat_interval: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(10),
             remote_commit_timeout: Duration::from_secs(10),
+            epoch_authority: None,
         }
     }
 }
@@ -149,6 +155,7 @@ struct Shared {
     frame_bytes: usize,
     max_retained_bytes: u64,
     remote_commit_timeout: Duration,
+    epoch_authority: Option<Arc<dyn EpochAuthority>>,
     repl: Mutex<Repl>,
     /// Set once this leader steps down; never cleared (a new leadership is a new `Leader`).
     fence: watch::Sender<Option<String>>,
@@ -401,6 +408,7 @@ impl Leader {
             frame_bytes: opts.frame_bytes,
             max_retained_bytes: opts.max_retained_bytes,
             remote_commit_timeout: opts.remote_commit_timeout,
+            epoch_authority: opts.epoch_authority.clone(),
             fence: watch::channel(None).0,
             repl: Mutex::new(Repl {
                 quorum,
@@ -746,9 +754,17 @@ async fn serve(
         ..
     }) = &result
     {
-        shared.step_down(format!(
-            "follower at {peer} has seen epoch {seen}, newer than this leader's {ours}"
-        ));
+        match verify_epoch(shared.epoch_authority.as_ref(), *seen).await {
+            Ok(()) => shared.step_down(format!(
+                "follower at {peer} has seen epoch {seen}, newer than this leader's {ours}"
+            )),
+            Err(why) => tracing::warn!(
+                %peer,
+                %seen,
+                reason = why.as_str(),
+                "a follower claims a newer epoch that is not believed; not stepping down"
+            ),
+        }
     }
     // Whatever ended the session, the follower hears why: a queued Reject goes out first.
     let mut goodbye = false;

@@ -109,6 +109,14 @@ impl Security {
         }
     }
 
+    /// The members this node admits, when it names them ([`with_trust`](Self::with_trust)).
+    pub fn members(&self) -> Option<&tls::MemberSet> {
+        match &self.mode {
+            Mode::Trust(t) => Some(t.members()),
+            Mode::CaPem(_) | Mode::InsecureForTestsOnly => None,
+        }
+    }
+
     /// Whether `node` may replicate: a member of the cluster.
     pub(crate) fn is_member(&self, node: &str) -> bool {
         match &self.mode {
@@ -232,6 +240,23 @@ pub enum TransportError {
         role: &'static str,
         /// How long was waited.
         after: Duration,
+    },
+    /// A peer claimed an epoch the coordinator never granted (or that could not be
+    /// verified): it is not believed.
+    #[error("{peer}: {reason}")]
+    UnverifiedEpoch {
+        /// The peer.
+        peer: SocketAddr,
+        /// What was claimed and why it is not believed.
+        reason: String,
+    },
+    /// Only the leader can do this.
+    #[error("node {node} is {role}: only the leader keeps retention slots; ask the leader")]
+    NotLeading {
+        /// This node.
+        node: String,
+        /// The role it holds.
+        role: &'static str,
     },
     /// The node is shutting down or has stopped.
     #[error("node {node} has stopped")]

@@ -20,6 +20,8 @@ use crate::fsutil::atomic_write;
 use crate::types::{Epoch, Lsn};
 
 pub(crate) const EPOCH_FILE: &str = "epochs";
+/// The largest epoch history file read: a million epochs, far more than any log has.
+pub(crate) const MAX_FILE_BYTES: u64 = 16 << 20;
 const MAGIC: &[u8; 8] = b"WALSHEPO";
 const MAX_ENTRIES: usize = 1 << 20;
 
@@ -151,7 +153,7 @@ impl EpochHistory {
     /// Reads the history of the log in `dir` (empty if the file does not exist).
     pub(crate) fn load(dir: &Path) -> Result<EpochHistory> {
         let path = dir.join(EPOCH_FILE);
-        match std::fs::read(&path) {
+        match crate::layout::read_small_file(&path, MAX_FILE_BYTES) {
             Ok(b) => EpochHistory::decode(&b).map_err(|r| Error::corruption(&path, 0, r)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(EpochHistory::default()),
             Err(e) => Err(Error::io("read epoch history", &path, e)),

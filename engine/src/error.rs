@@ -209,6 +209,36 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The directory cannot hold a log safely (others may write into it, or it is not a
+    /// directory).
+    #[error("log directory {path} {reason}")]
+    UnsafeDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The directory holds files that are not a walship log: it is not taken over.
+    #[error(
+        "{path} is not a walship log and not empty (it holds {holds}): refusing to take it \
+         over; give the log a directory of its own"
+    )]
+    NotALog {
+        /// The directory.
+        path: PathBuf,
+        /// Some of what it holds.
+        holds: String,
+    },
+    /// The log belongs to another cluster or node than it is opened as.
+    #[error("{path}: this log is {recorded}, but it is opened as {expected}; refusing to use it")]
+    IdentityMismatch {
+        /// The identity file.
+        path: PathBuf,
+        /// What the log records.
+        recorded: String,
+        /// What it was opened as.
+        expected: String,
+    },
     /// Options are invalid.
     #[error("invalid option {name}: {reason}")]
     InvalidOptions {

@@ -782,10 +782,107 @@ pub(crate) fn decode_closed(buf: &[u8]) -> Result<Lsn, FormatError> {
     decode_small_file(buf, CLOSED_MAGIC).map(Lsn::new)
 }
 
+/// Length of the identity file: magic (8), format version (4), cluster id length (1),
+/// node id length (1), zero (2), cluster id (64, zero-padded), node id (64, zero-padded),
+/// CRC32C of everything before (4).
+pub(crate) const IDENTITY_LEN: usize = 148;
+const IDENTITY_MAGIC: &[u8; 8] = b"WALSHIDN";
+/// The longest cluster or node id.
+pub const MAX_ID_LEN: usize = 63;
+
+/// Checks a cluster or node id: 1 to 63 ASCII letters, digits, `-`, `_` or `.` (what a
+/// certificate name can carry).
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(format!("{id:?} must be 1 to {MAX_ID_LEN} bytes"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(format!(
+            "{id:?} may hold only ASCII letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// Encodes the identity file: the cluster and node a log belongs to.
+pub(crate) fn encode_identity(
+    cluster_id: &str,
+    node_id: &str,
+) -> Result<[u8; IDENTITY_LEN], String> {
+    check_id(cluster_id)?;
+    check_id(node_id)?;
+    let mut b = [0u8; IDENTITY_LEN];
+    b[0..8].copy_from_slice(IDENTITY_MAGIC);
+    b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[12] = cluster_id.len() as u8;
+    b[13] = node_id.len() as u8;
+    b[16..16 + cluster_id.len()].copy_from_slice(cluster_id.as_bytes());
+    b[80..80 + node_id.len()].copy_from_slice(node_id.as_bytes());
+    let crc = crc32c::crc32c(&b[..144]);
+    b[144..148].copy_from_slice(&crc.to_le_bytes());
+    Ok(b)
+}
+
+/// Decodes the identity file: `(cluster_id, node_id)`.
+pub(crate) fn decode_identity(buf: &[u8]) -> Result<(String, String), FormatError> {
+    need(buf, IDENTITY_LEN)?;
+    if buf.len() != IDENTITY_LEN {
+        return Err(FormatError::BadLength {
+            len: buf.len() as u64,
+            min: IDENTITY_LEN as u64,
+            max: IDENTITY_LEN as u64,
+        });
+    }
+    if &buf[0..8] != IDENTITY_MAGIC {
+        return Err(FormatError::BadMagic {
+            found: le_u64(buf, 0),
+        });
+    }
+    let stored = le_u32(buf, 144);
+    let computed = crc32c::crc32c(&buf[..144]);
+    if stored != computed {
+        return Err(FormatError::CrcMismatch { stored, computed });
+    }
+    let version = le_u32(buf, 8);
+    if version != FORMAT_VERSION {
+        return Err(FormatError::UnsupportedVersion { found: version });
+    }
+    let field = |at: usize, len: u8| -> Result<String, FormatError> {
+        let len = usize::from(len);
+        let framing = |reason: String| FormatError::Framing { reason };
+        if len > MAX_ID_LEN || buf[at + len..at + 64].iter().any(|&b| b != 0) {
+            return Err(framing("identity field length or padding".into()));
+        }
+        let s = std::str::from_utf8(&buf[at..at + len])
+            .map_err(|_| framing("identity is not ASCII".into()))?;
+        check_id(s).map_err(framing)?;
+        Ok(s.to_owned())
+    };
+    Ok((field(16, buf[12])?, field(80, buf[13])?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn identity_round_trip_and_every_flip_is_detected() {
+        let b = encode_identity("prod", "n1").unwrap();
+        assert_eq!(decode_identity(&b).unwrap(), ("prod".into(), "n1".into()));
+        for i in 0..IDENTITY_LEN * 8 {
+            let mut c = b;
+            c[i / 8] ^= 1 << (i % 8);
+            assert!(decode_identity(&c).is_err(), "bit {i}");
+        }
+        assert!(decode_identity(&b[..100]).is_err());
+        assert!(encode_identity("", "n1").is_err());
+        assert!(encode_identity("a/b", "n1").is_err());
+        assert!(encode_identity("prod", &"x".repeat(64)).is_err());
+    }
 
     fn expect_at(lsn: u64) -> Expect {
         Expect {

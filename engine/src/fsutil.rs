@@ -7,7 +7,7 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -19,9 +19,10 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
-/// Replaces `dir/name` with `bytes` atomically and durably: written to `name.tmp`,
-/// fsynced, renamed over `name`, and the directory fsynced. A crash leaves the old or the
-/// new content, never a mix (a leftover `.tmp` in a log directory is removed on open).
+/// Replaces `dir/name` with `bytes` atomically and durably: written to
+/// `.name.walship-tmp` (created new, mode 0600, never through a symlink), fsynced,
+/// renamed over `name`, and the directory fsynced. A crash leaves the old or the new
+/// content, never a mix (a leftover temporary file in a log directory is removed on open).
 /// For small state files kept beside a log, such as the replication layer's.
 ///
 /// ```
@@ -34,12 +35,19 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
 /// # Errors
 /// [`Error::Io`] naming the operation and the file.
 pub fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
+    let tmp = dir.join(crate::layout::atomic_tmp_name(name));
     let dst = dir.join(name);
+    // A leftover of a crash is ours to replace; anything else under the name (a symlink
+    // planted there) is not followed: O_NOFOLLOW fails on it, after unlinking ours only.
+    match fs::symlink_metadata(&tmp) {
+        Ok(m) if m.is_file() => fs::remove_file(&tmp).map_err(|e| Error::io("remove", &tmp, e))?,
+        _ => {}
+    }
     let mut f = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .mode(crate::layout::FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)
         .map_err(|e| Error::io("create", &tmp, e))?;
     f.write_all(bytes)

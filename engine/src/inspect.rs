@@ -30,7 +30,7 @@
 //! batches. A disagreement is reported as corruption.
 
 use std::fmt;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -323,6 +323,8 @@ pub struct LogDir {
     epochs: EpochHistory,
     /// The end recorded by the clean-close marker, if the log was last closed cleanly.
     closed: Option<Lsn>,
+    /// The cluster and node it records.
+    identity: Option<crate::LogIdentity>,
 }
 
 impl LogDir {
@@ -337,7 +339,7 @@ impl LogDir {
         let dir = dir.as_ref().to_path_buf();
         let files = list_segments(&dir)?;
         let meta = dir.join(META_FILE);
-        let capacity = match fs::read(&meta) {
+        let capacity = match crate::layout::read_small_file(&meta, format::META_LEN as u64) {
             Ok(b) => format::decode_meta(&b).map_err(|e| Error::meta(&meta, e))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound && !files.is_empty() => {
                 return Err(Error::corruption(
@@ -350,6 +352,7 @@ impl LogDir {
         };
         let geometry = Geometry::new(capacity);
         let epochs = EpochHistory::load(&dir)?;
+        let identity = crate::identity::load(&dir)?;
         let mut tail = 0;
         for (i, f) in files.iter().enumerate().rev() {
             if first_batch_valid(f, geometry)? {
@@ -365,7 +368,13 @@ impl LogDir {
             tail,
             epochs,
             closed,
+            identity,
         })
+    }
+
+    /// The cluster and node the log records it belongs to, if it does.
+    pub fn identity(&self) -> Option<&crate::LogIdentity> {
+        self.identity.as_ref()
     }
 
     /// The directory.
@@ -754,7 +763,8 @@ fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>> {
 
 /// Up to `cap` bytes of the segment file, and the file's length.
 fn read_segment(path: &Path, cap: u64) -> Result<(Vec<u8>, u64)> {
-    let file = File::open(path).map_err(|e| Error::io("open segment", path, e))?;
+    let file =
+        crate::layout::open_regular(path, false).map_err(|e| Error::io("open segment", path, e))?;
     let len = file
         .metadata()
         .map_err(|e| Error::io("stat segment", path, e))?
@@ -770,7 +780,8 @@ fn read_segment(path: &Path, cap: u64) -> Result<(Vec<u8>, u64)> {
 /// Whether the segment's first batch is valid (recovery's test for "holds data"),
 /// reading only that batch.
 fn first_batch_valid(f: &SegmentFile, g: Geometry) -> Result<bool> {
-    let file = File::open(&f.path).map_err(|e| Error::io("open segment", &f.path, e))?;
+    let file = crate::layout::open_regular(&f.path, false)
+        .map_err(|e| Error::io("open segment", &f.path, e))?;
     let max_len = g.capacity() - SEGMENT_HEADER_LEN as u64;
     let read_at = |buf: &mut [u8]| match file.read_exact_at(buf, SEGMENT_HEADER_LEN as u64) {
         Ok(()) => Ok(true),

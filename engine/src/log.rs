@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -27,8 +28,7 @@ use crate::types::{Durability, Epoch, Lsn};
 use crate::watermark::{block_on, Watermark};
 use crate::writer;
 
-const META_FILE: &str = "walship.meta";
-const LOCK_FILE: &str = "LOCK";
+use crate::layout::{LOCK_FILE, META_FILE};
 
 pub(crate) use crate::sync::{lock, read, write};
 
@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     pub(crate) counters: crate::stats::Counters,
     /// Why segment retirement last stopped, if it did.
     pub(crate) retire_error: Mutex<Option<Error>>,
+    /// The cluster and node the log belongs to, if it records them.
+    pub(crate) identity: Option<crate::LogIdentity>,
 }
 
 impl Shared {
@@ -288,31 +290,38 @@ impl Log {
     pub fn open_with_report(dir: impl AsRef<Path>, opts: Options) -> Result<(Log, OpenReport)> {
         let dir = dir.as_ref().to_path_buf();
         opts.validate()?;
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create log directory", &dir, e))?;
+        // Before anything is created in it: a directory that is not ours is refused.
+        crate::layout::prepare(&dir)?;
         let lock_file = lock_dir(&dir)?;
         let meta_path = dir.join(META_FILE);
-        let (capacity, created) = match std::fs::read(&meta_path) {
-            Ok(b) => (
-                format::decode_meta(&b).map_err(|e| Error::meta(&meta_path, e))?,
-                false,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if has_segments(&dir)? {
-                    return Err(Error::corruption(
-                        &meta_path,
-                        0,
-                        "missing, but the directory holds segments",
-                    ));
+        let (capacity, created, identity) =
+            match crate::layout::read_small_file(&meta_path, format::META_LEN as u64) {
+                Ok(b) => {
+                    let capacity =
+                        format::decode_meta(&b).map_err(|e| Error::meta(&meta_path, e))?;
+                    // An existing log is checked before recovery changes a byte of it.
+                    let identity = crate::identity::check(&dir, opts.identity.as_ref())?;
+                    (capacity, false, identity)
                 }
-                crate::fsutil::atomic_write(
-                    &dir,
-                    META_FILE,
-                    &format::encode_meta(opts.segment_capacity),
-                )?;
-                (opts.segment_capacity, true)
-            }
-            Err(e) => return Err(Error::io("read", &meta_path, e)),
-        };
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if has_segments(&dir)? {
+                        return Err(Error::corruption(
+                            &meta_path,
+                            0,
+                            "missing, but the directory holds segments",
+                        ));
+                    }
+                    // The identity first: the meta file's existence says the log is complete.
+                    let identity = crate::identity::check(&dir, opts.identity.as_ref())?;
+                    crate::fsutil::atomic_write(
+                        &dir,
+                        META_FILE,
+                        &format::encode_meta(opts.segment_capacity),
+                    )?;
+                    (opts.segment_capacity, true, identity)
+                }
+                Err(e) => return Err(Error::io("read", &meta_path, e)),
+            };
         opts.validate_for(capacity)?;
         let geometry = Geometry::new(capacity);
         let mut epochs = EpochHistory::load(&dir)?;
@@ -403,6 +412,7 @@ impl Log {
             backend_name,
             counters: crate::stats::Counters::default(),
             retire_error: Mutex::new(None),
+            identity,
             dir: dir.clone(),
             opts,
         });
@@ -931,6 +941,12 @@ impl Log {
         &self.shared.dir
     }
 
+    /// The cluster and node this log belongs to, if it records them (see
+    /// [`Options::identity`]).
+    pub fn identity(&self) -> Option<&crate::LogIdentity> {
+        self.shared.identity.as_ref()
+    }
+
     /// Number of segment files in the log.
     pub fn segment_count(&self) -> usize {
         read(&self.shared.segments).len()
@@ -1026,6 +1042,8 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(crate::layout::FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| Error::io("open lock file", &path, e))?;
     // SAFETY: flock on a descriptor we own; no memory is passed.

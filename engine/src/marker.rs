@@ -10,8 +10,6 @@
 //! - reading it ([`read`]) trusts nothing: only a regular file, read with a bound; a
 //!   missing, odd or invalid marker only means less evidence, never an error.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -31,16 +29,14 @@ pub(crate) fn read(dir: &Path) -> Option<Lsn> {
     let path = dir.join(CLOSED_FILE);
     // Only a regular file, and only a bounded read: a FIFO or a link to a device must not
     // hang or exhaust the open.
-    if !std::fs::symlink_metadata(&path).ok()?.is_file() {
-        tracing::warn!(path = %path.display(), "ignoring a clean-close marker that is not a regular file");
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(CLOSED_LEN + 1);
-    File::open(&path)
-        .ok()?
-        .take(CLOSED_LEN as u64 + 1)
-        .read_to_end(&mut bytes)
-        .ok()?;
+    let bytes = match crate::layout::read_small_file(&path, CLOSED_LEN as u64) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring a clean-close marker that cannot be read");
+            return None;
+        }
+    };
     match decode_closed(&bytes) {
         Ok(end) => Some(end),
         Err(e) => {

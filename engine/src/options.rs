@@ -55,6 +55,10 @@ pub struct Options {
     /// Base LSN of the first segment when the log is created (a multiple of the segment
     /// capacity): a follower created from a leader whose log no longer starts at zero.
     pub create_at: Lsn,
+    /// Which cluster and node this log belongs to: recorded when the log is created (or
+    /// first opened with one), compared on every open; a mismatch is refused naming
+    /// both. `None` checks nothing.
+    pub identity: Option<crate::LogIdentity>,
 }
 
 impl Default for Options {
@@ -71,6 +75,7 @@ impl Default for Options {
             verify_all_on_open: false,
             recycle_pool: 2,
             create_at: Lsn::ZERO,
+            identity: None,
         }
     }
 }

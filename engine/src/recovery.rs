@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::format::{
     check_batch, Expect, FormatError, Geometry, SegmentHeader, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
-use crate::segment::{self, parse_segment_name, Segment, TMP_SUFFIX};
+use crate::segment::{self, parse_segment_name, Segment};
 use crate::types::{Epoch, Lsn};
 
 /// What to do about corruption that is not a torn tail.
@@ -390,7 +390,7 @@ fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
         let entry = entry.map_err(|e| Error::io("list log directory", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(TMP_SUFFIX) {
+        if crate::layout::is_own_temporary(name) {
             let p = entry.path();
             fs::remove_file(&p).map_err(|e| Error::io("remove leftover temporary file", &p, e))?;
         } else if let Some(base) = parse_segment_name(name) {

@@ -13,7 +13,7 @@
 //! the name of a live one (whose open file the writer would then write into unlinked).
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -63,10 +63,7 @@ pub(crate) struct Segment {
 impl Segment {
     /// Opens an existing segment file read-write and maps it.
     pub(crate) fn open(path: &Path, base: Lsn, geometry: Geometry) -> Result<Segment> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
+        let file = crate::layout::open_regular(path, true)
             .map_err(|e| Error::io("open segment", path, e))?;
         Segment::from_file(file, path, base, geometry)
     }
@@ -104,10 +101,7 @@ impl Segment {
             return Ok(Arc::clone(f));
         }
         let opened = Arc::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&self.path)
+            crate::layout::open_regular(&self.path, true)
                 .map_err(|e| Error::io("reopen segment", &self.path, e))?,
         );
         *f = Some(Arc::clone(&opened));
@@ -253,6 +247,8 @@ fn create_tmp(tmp: &Path, op: &'static str) -> Result<File> {
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(crate::layout::FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(tmp)
         .map_err(|e| Error::io(op, tmp, e))
 }

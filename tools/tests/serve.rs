@@ -8,14 +8,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{certs, config, free_tcp, free_udp, ok, status_until, walship, Served};
+use common::{certs, config, free_tcp, free_udp, ok, status_until, streaming, walship, Served};
 use serde_json::Value;
-
-fn streaming(v: &Value, n: usize) -> bool {
-    v["leading"]["followers"]
-        .as_array()
-        .is_some_and(|f| f.iter().filter(|f| f["state"] == "streaming").count() == n)
-}
 
 #[test]
 fn three_served_nodes_replicate_fail_over_and_stop_cleanly() {

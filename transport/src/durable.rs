@@ -2,7 +2,6 @@
 //! engine's [`atomic_write`](walship_engine::atomic_write) replaces them, and each
 //! carries a CRC32C of its text, checked on load.
 
-use std::fs;
 use std::path::Path;
 
 /// Replaces `dir/name` with `text` plus a checksum line, atomically and durably.
@@ -19,13 +18,19 @@ pub(crate) enum LoadError {
     Corrupt(usize, String),
 }
 
+/// The largest such file read: a slot line is under 100 bytes, so this holds the slots of
+/// far more followers than any cluster has, and a link to `/dev/zero` is an error.
+pub(crate) const MAX_BYTES: u64 = 4 << 20;
+
 /// The text stored by [`store`] (without its checksum line), `None` if there is no file.
+/// Only a regular file is read, and at most [`MAX_BYTES`] of it.
 pub(crate) fn load(path: &Path) -> Result<Option<String>, LoadError> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
+    let bytes = match walship_engine::read_small_file(path, MAX_BYTES) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(LoadError::Io(e)),
     };
+    let text = String::from_utf8(bytes).map_err(|_| LoadError::Corrupt(1, "not UTF-8".into()))?;
     let Some(at) = text.trim_end_matches('\n').rfind('\n').map(|i| i + 1).or(
         // A file of one line is only a checksum line: the stored text was empty.
         text.starts_with("crc32c ").then_some(0),
@@ -52,6 +57,7 @@ pub(crate) fn load(path: &Path) -> Result<Option<String>, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn round_trip_and_damage() {

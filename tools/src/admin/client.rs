@@ -226,7 +226,16 @@ where
     let result = async {
         // A peer that refuses our certificate does so after the handshake (TLS 1.3): its
         // alert arrives as this error.
-        let answer = answer.map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+        let answer = answer.map_err(|e| {
+            let chain = error_chain(&e);
+            let hint = if chain.contains("received fatal alert") {
+                " (the node refused this certificate: not of its cluster, not a member, \
+                 expired or revoked; its log says which)"
+            } else {
+                ""
+            };
+            format!("{url}: {chain}{hint}")
+        })?;
         let status = answer.status();
         let bytes = Limited::new(answer.into_body(), MAX_ANSWER)
             .collect()

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use walship_engine::{Log, Options};
+use walship_engine::{Log, LogIdentity, Options};
 use walship_tools::admin::{Admin, AdminState, Listener};
 use walship_tools::config::{CoordinatorConfig, NodeConfig};
 use walship_tools::metrics::Metrics;
@@ -98,6 +98,8 @@ async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
     let (security, trust) = security(&cfg)?;
     let mut options = Options {
         backend: cfg.backend,
+        // A copy of another cluster's or node's data is refused before it is touched.
+        identity: Some(LogIdentity::new(security.cluster_id(), security.node_id())),
         ..Options::default()
     };
     if let Some(s) = cfg.segment_bytes {

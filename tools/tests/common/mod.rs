@@ -233,3 +233,55 @@ pub fn status_until(admin: &str, what: &str, pred: impl Fn(&Value) -> bool) -> V
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Replaces `from` with `to` in the file at `path` (a configuration), which must hold it.
+pub fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from:?} not in {}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+/// Whether `v` (a leader's status) shows `n` streaming followers.
+pub fn streaming(v: &Value, n: usize) -> bool {
+    v["leading"]["followers"]
+        .as_array()
+        .is_some_and(|f| f.iter().filter(|f| f["state"] == "streaming").count() == n)
+}
+
+/// Three nodes n1 (the leader), n2, n3 of cluster `cluster`, `ANY 1 (*)`, with
+/// certificates from [`certs`]; `tweak(id, config path)` may change each configuration
+/// before its node starts. Returns the nodes, their admin and replication addresses.
+pub fn three_nodes(
+    dir: &Path,
+    cluster: &str,
+    tweak: impl Fn(&str, &Path),
+) -> (Vec<Served>, Vec<String>, Vec<String>) {
+    certs(dir, cluster, "n1,n2,n3");
+    let ids = ["n1", "n2", "n3"];
+    let listen: Vec<String> = ids.iter().map(|_| free_udp()).collect();
+    let admin: Vec<String> = ids.iter().map(|_| free_tcp()).collect();
+    let peers = ids
+        .iter()
+        .zip(&listen)
+        .map(|(id, l)| format!("{id} = \"{l}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let nodes = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let c = config(dir, id, &listen[i], &admin[i], &peers, "ANY 1 (*)");
+            tweak(id, &c);
+            Served::start(&c, &admin[i])
+        })
+        .collect();
+    status_until(&admin[0], "n1 leads with two streaming followers", |v| {
+        v["role"] == "leader" && streaming(v, 2)
+    });
+    (nodes, admin, listen)
+}
+
+/// The records of the log in `data` (offline `walship dump`), as their payloads.
+pub fn records(data: &Path) -> String {
+    ok(&["dump", data.to_str().unwrap()])
+}

@@ -241,6 +241,7 @@ impl Follower {
         mut opts: FollowerOptions,
         apply: impl Apply,
     ) -> Result<Follower, TransportError> {
+        security.check_log(&log)?;
         let client = security.client_config()?;
         let bind = opts.bind.unwrap_or_else(|| match opts.leader {
             SocketAddr::V4(a) if a.ip().is_loopback() => SocketAddr::from(([127, 0, 0, 1], 0)),

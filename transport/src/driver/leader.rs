@@ -367,6 +367,7 @@ impl Leader {
                 opts.frame_bytes, opts.max_frame
             )));
         }
+        security.check_log(&log)?;
         let slots = Slots::load(log.dir(), log.segment_capacity())?;
         let server = security.server_config()?;
         let endpoint = super::endpoint(Some(server), opts.listen, opts.socket)?;

@@ -125,6 +125,22 @@ impl Security {
         }
     }
 
+    /// Refuses to replicate `log` if it records another cluster or node than this
+    /// certificate names (a copy of another node's or cluster's data).
+    pub(crate) fn check_log(&self, log: &walship_engine::Log) -> Result<(), TransportError> {
+        match log.identity() {
+            Some(id) if id.cluster_id != self.cluster_id() || id.node_id != self.node_id() => {
+                Err(TransportError::InvalidOptions(format!(
+                    "the log in {} is {id}, but this node's certificate is node {} of cluster {}",
+                    log.dir().display(),
+                    self.node_id(),
+                    self.cluster_id()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn check_own_certificate(&self) -> Result<(), TlsError> {
         if self.identity.role() != tls::Role::Node {
             return Err(TlsError::WrongRole {

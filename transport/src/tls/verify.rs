@@ -75,7 +75,7 @@ impl ClientCertVerifier for ClientVerifier {
         let verified = inner.verify_client_cert(end_entity, intermediates, now)?;
         let peer = PeerId::from_cert_der(end_entity).map_err(refusal)?;
         self.trust.admit(&peer, self.roles).map_err(|e| {
-            tracing::warn!(peer = %peer, error = %e, "refused a client certificate");
+            tracing::debug!(peer = %peer, error = %e, "refused a client certificate");
             refusal(e)
         })?;
         Ok(verified)

@@ -216,3 +216,156 @@ async fn a_leader_cut_off_from_etcd_fences_itself_before_its_lease_can_expire() 
         n.shutdown().await;
     }
 }
+
+/// Issue 11, "epochs only from the authority": a member whose seen-epoch file says
+/// 2^64 - 1 (planted, or left by a bug) made a fresh leader step down 7 times in 6 s,
+/// because followers' claims were believed. With etcd, a claim is checked against the
+/// epoch etcd granted: the leader keeps leading and keeps confirming commits through
+/// the honest follower, and the claimant is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_claiming_an_epoch_etcd_never_granted_moves_nobody() {
+    use walship_engine::{Durability, Record};
+    use walship_transport::{LeaderOptions, Node, NodeOptions, NodeRole, SyncPolicy};
+
+    let Some(etcd) = Etcd::start() else { return };
+    let c = common::Cluster::new(1 << 20);
+    // n3 claims the last epoch there is.
+    let n3 = c.log("n3");
+    let text = format!("seen {}\n", u64::MAX);
+    let forged = format!("{text}crc32c {:08x}\n", crc32c::crc32c(text.as_bytes()));
+    walship_engine::atomic_write(n3.dir(), walship_transport::SEEN_EPOCH_FILE, forged.as_bytes())
+        .unwrap();
+    let mut nodes = Vec::new();
+    for (id, log) in [("n1", c.log("n1")), ("n2", c.log("n2")), ("n3", n3)] {
+        let opts = NodeOptions {
+            leader: LeaderOptions {
+                sync: SyncPolicy::Any {
+                    k: 1,
+                    of: vec!["*".into()],
+                },
+                remote_commit_timeout: Duration::from_secs(2),
+                ..LeaderOptions::default()
+            },
+            follower: c.follower_opts_to("", "127.0.0.1:1".parse().unwrap()),
+            check_interval: Duration::from_millis(50),
+            settle: Duration::from_millis(300),
+            election_quorum: 2,
+            ..NodeOptions::default()
+        };
+        let coordinator = etcd.connect("forged", TTL).await;
+        nodes.push(
+            Node::start(log, c.security(id), coordinator, opts, |_: &Record| {}).expect("node"),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        assert!(Instant::now() < deadline, "no leader");
+        if let Some(n) = nodes
+            .iter()
+            .find(|n| matches!(n.role(), NodeRole::Leader { .. }))
+        {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(leader.node_id(), "n3", "n3 can take no epoch after the last");
+    let NodeRole::Leader { epoch } = leader.role() else {
+        unreachable!()
+    };
+    assert!(epoch.get() < 10, "the leader's epoch is one etcd granted: {epoch}");
+    // For 6 s the leader stays put and confirms RemoteFlush commits.
+    let mut changes = leader.role_changes();
+    let watched = Instant::now();
+    let mut commits = 0;
+    while watched.elapsed() < Duration::from_secs(6) {
+        let lsn = leader.log().append(b"x").unwrap();
+        leader
+            .commit(lsn, Durability::RemoteFlush)
+            .await
+            .expect("the leader keeps confirming commits");
+        commits += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !changes.has_changed().unwrap_or(true),
+        "the leader changed role: {:?}",
+        leader.role()
+    );
+    assert_eq!(leader.role(), NodeRole::Leader { epoch });
+    eprintln!("forged epoch 2^64-1: the leader stayed, {commits} RemoteFlush commits in 6 s");
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// A leader that claims an epoch etcd never granted (a rogue or misconfigured node with
+/// a member's certificate) is not believed by a follower that verifies: the follower
+/// neither records the epoch as seen nor appends what it ships.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_does_not_believe_a_leader_of_an_ungranted_epoch() {
+    use walship_engine::Durability;
+    use walship_transport::coordinator::Coordinator;
+    use walship_transport::{Follower, LeaderOptions};
+
+    let Some(etcd) = Etcd::start() else { return };
+    let c = common::Cluster::new(1 << 20);
+    let coordinator = etcd.connect("rogue", TTL).await;
+    let rogue = c.leader_with(
+        c.log("leader"),
+        LeaderOptions {
+            epoch: Some(Epoch::new(1000)),
+            ..LeaderOptions::default()
+        },
+    );
+    let lsn = rogue.log().append(b"from a rogue").unwrap();
+    rogue.log().commit(lsn, Durability::Local).await.unwrap();
+    let log = c.log("n2");
+    let mut opts = c.follower_opts(&rogue);
+    opts.epoch_authority = coordinator.epoch_authority();
+    let f = Follower::start(log.clone(), c.security("n2"), opts, |_: &walship_engine::Record| {})
+        .unwrap();
+    common::eventually("the follower refuses the rogue", Duration::from_secs(10), || {
+        f.status()
+            .last_error
+            .is_some_and(|e| e.contains("epoch 1000 was never granted"))
+    })
+    .await;
+    assert_eq!(log.end_lsn(), log.start_lsn(), "nothing appended");
+    assert!(f.status().epoch < Epoch::new(1000), "not recorded as seen");
+    f.shutdown().await;
+    rogue.shutdown().await;
+}
+
+/// The roster: written once from the configuration, then etcd's is the membership; only
+/// roster members are listed as live members and may campaign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_roster_decides_who_is_a_member() {
+    use std::collections::BTreeSet;
+    use walship_transport::coordinator::CoordinatorError;
+
+    let Some(etcd) = Etcd::start() else { return };
+    let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    let mut a = etcd.connect("roster", TTL).await;
+    let mut b = etcd.connect("roster", TTL).await;
+    assert_eq!(
+        a.bootstrap_roster(&set(&["n1", "n2", "n3"])).await.unwrap(),
+        set(&["n1", "n2", "n3"])
+    );
+    // A second member's configuration does not replace it.
+    assert_eq!(
+        b.bootstrap_roster(&set(&["n1", "n9"])).await.unwrap(),
+        set(&["n1", "n2", "n3"])
+    );
+    // n9 publishes a long log: it is neither listed nor may it campaign.
+    b.publish(&member("n9", 1 << 40, 0)).await.unwrap();
+    a.publish(&member("n1", 100, 0)).await.unwrap();
+    let live: Vec<String> = a.members().await.unwrap().into_iter().map(|m| m.node_id).collect();
+    assert_eq!(live, ["n1"]);
+    assert!(matches!(
+        b.campaign(&member("n9", 1 << 40, 0)).await,
+        Err(CoordinatorError::NotMember { .. })
+    ));
+    assert_eq!(a.campaign(&member("n1", 100, 0)).await.unwrap(), Some(Epoch::new(1)));
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

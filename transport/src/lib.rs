@@ -37,7 +37,7 @@ pub mod wire;
 pub use compress::CompressionOptions;
 pub use driver::{
     Apply, ApplyError, Follower, FollowerOptions, Leader, LeaderOptions, Security, TransportError,
-    SEEN_EPOCH_FILE,
+    MAX_CONNECTIONS_PER_FOLLOWER, MAX_FOLLOWER_CONNECTIONS, SEEN_EPOCH_FILE,
 };
 pub use node::{Node, NodeOptions, NodeRole, NodeStatus};
 pub use quorum::SyncPolicy;

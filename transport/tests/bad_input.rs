@@ -281,3 +281,61 @@ async fn a_truncated_frame_writes_nothing() {
 async fn a_frame_over_the_size_limit_is_refused_before_it_arrives() {
     attacked(Attack::Oversized, "exceeds the limit").await;
 }
+
+/// Issue 11, "connections per peer are capped": a member that opens connection after
+/// connection (a bug, or a compromised node) gets at most
+/// `MAX_CONNECTIONS_PER_FOLLOWER` at once; the others are closed at once, and the
+/// leader keeps serving.
+#[tokio::test]
+async fn a_follower_opening_many_connections_is_capped() {
+    use walship_transport::{SyncPolicy, MAX_CONNECTIONS_PER_FOLLOWER};
+    let c = Cluster::new(1 << 20);
+    let leader = c.leader(
+        c.log("leader"),
+        SyncPolicy::Any {
+            k: 1,
+            of: vec!["*".into()],
+        },
+    );
+    let addr = leader.local_addr().unwrap();
+    let identity = c.ca.issue_node("greedy").unwrap();
+    let config = tls::client_config(&identity, c.ca.cert_pem(), common::CLUSTER).unwrap();
+    let ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..MAX_CONNECTIONS_PER_FOLLOWER + 4 {
+        let conn = ep
+            .connect_with(config.clone(), addr, "leader")
+            .unwrap()
+            .await
+            .expect("handshake");
+        // Opening a stream makes the leader's side of the connection real.
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"").await.unwrap();
+        conns.push((conn, send));
+    }
+    let mut closed = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        closed = conns
+            .iter()
+            .filter(|(c, _)| c.close_reason().is_some())
+            .count();
+        if closed >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(closed, 4, "connections beyond the cap are closed");
+    // The leader still serves a well-behaved follower.
+    let (f, _) = c.follower("n2", c.log("n2"), &leader);
+    common::eventually("n2 streams", Duration::from_secs(10), || {
+        f.status().connected
+    })
+    .await;
+    f.shutdown().await;
+    for (conn, _) in conns {
+        conn.close(0u32.into(), b"done");
+    }
+    ep.wait_idle().await;
+    leader.shutdown().await;
+}

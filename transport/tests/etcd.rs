@@ -233,8 +233,12 @@ async fn a_member_claiming_an_epoch_etcd_never_granted_moves_nobody() {
     let n3 = c.log("n3");
     let text = format!("seen {}\n", u64::MAX);
     let forged = format!("{text}crc32c {:08x}\n", crc32c::crc32c(text.as_bytes()));
-    walship_engine::atomic_write(n3.dir(), walship_transport::SEEN_EPOCH_FILE, forged.as_bytes())
-        .unwrap();
+    walship_engine::atomic_write(
+        n3.dir(),
+        walship_transport::SEEN_EPOCH_FILE,
+        forged.as_bytes(),
+    )
+    .unwrap();
     let mut nodes = Vec::new();
     for (id, log) in [("n1", c.log("n1")), ("n2", c.log("n2")), ("n3", n3)] {
         let opts = NodeOptions {
@@ -268,11 +272,18 @@ async fn a_member_claiming_an_epoch_etcd_never_granted_moves_nobody() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_ne!(leader.node_id(), "n3", "n3 can take no epoch after the last");
+    assert_ne!(
+        leader.node_id(),
+        "n3",
+        "n3 can take no epoch after the last"
+    );
     let NodeRole::Leader { epoch } = leader.role() else {
         unreachable!()
     };
-    assert!(epoch.get() < 10, "the leader's epoch is one etcd granted: {epoch}");
+    assert!(
+        epoch.get() < 10,
+        "the leader's epoch is one etcd granted: {epoch}"
+    );
     // For 6 s the leader stays put and confirms RemoteFlush commits.
     let mut changes = leader.role_changes();
     let watched = Instant::now();
@@ -322,13 +333,22 @@ async fn a_follower_does_not_believe_a_leader_of_an_ungranted_epoch() {
     let log = c.log("n2");
     let mut opts = c.follower_opts(&rogue);
     opts.epoch_authority = coordinator.epoch_authority();
-    let f = Follower::start(log.clone(), c.security("n2"), opts, |_: &walship_engine::Record| {})
-        .unwrap();
-    common::eventually("the follower refuses the rogue", Duration::from_secs(10), || {
-        f.status()
-            .last_error
-            .is_some_and(|e| e.contains("epoch 1000 was never granted"))
-    })
+    let f = Follower::start(
+        log.clone(),
+        c.security("n2"),
+        opts,
+        |_: &walship_engine::Record| {},
+    )
+    .unwrap();
+    common::eventually(
+        "the follower refuses the rogue",
+        Duration::from_secs(10),
+        || {
+            f.status()
+                .last_error
+                .is_some_and(|e| e.contains("epoch 1000 was never granted"))
+        },
+    )
     .await;
     assert_eq!(log.end_lsn(), log.start_lsn(), "nothing appended");
     assert!(f.status().epoch < Epoch::new(1000), "not recorded as seen");
@@ -359,13 +379,22 @@ async fn the_roster_decides_who_is_a_member() {
     // n9 publishes a long log: it is neither listed nor may it campaign.
     b.publish(&member("n9", 1 << 40, 0)).await.unwrap();
     a.publish(&member("n1", 100, 0)).await.unwrap();
-    let live: Vec<String> = a.members().await.unwrap().into_iter().map(|m| m.node_id).collect();
+    let live: Vec<String> = a
+        .members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.node_id)
+        .collect();
     assert_eq!(live, ["n1"]);
     assert!(matches!(
         b.campaign(&member("n9", 1 << 40, 0)).await,
         Err(CoordinatorError::NotMember { .. })
     ));
-    assert_eq!(a.campaign(&member("n1", 100, 0)).await.unwrap(), Some(Epoch::new(1)));
+    assert_eq!(
+        a.campaign(&member("n1", 100, 0)).await.unwrap(),
+        Some(Epoch::new(1))
+    );
     a.close().await.unwrap();
     b.close().await.unwrap();
 }

@@ -111,6 +111,12 @@ impl Default for LeaderOptions {
     }
 }
 
+/// Connections (handshaking or in session) served at once; more are refused at once.
+pub const MAX_FOLLOWER_CONNECTIONS: usize = 256;
+/// Connections of one node served at once: a reconnect supersedes the old session, so
+/// a node needs two at most; more is a bug or an attack, and is refused.
+pub const MAX_CONNECTIONS_PER_FOLLOWER: usize = 4;
+
 /// Why a session is ended by the leader's side.
 enum End {
     /// The same follower connected again; this older session goes.
@@ -156,6 +162,8 @@ struct Shared {
     max_retained_bytes: u64,
     remote_commit_timeout: Duration,
     epoch_authority: Option<Arc<dyn EpochAuthority>>,
+    /// Connections per node id, for [`MAX_CONNECTIONS_PER_FOLLOWER`].
+    per_peer: Mutex<BTreeMap<String, usize>>,
     repl: Mutex<Repl>,
     /// Set once this leader steps down; never cleared (a new leadership is a new `Leader`).
     fence: watch::Sender<Option<String>>,
@@ -410,6 +418,7 @@ impl Leader {
             max_retained_bytes: opts.max_retained_bytes,
             remote_commit_timeout: opts.remote_commit_timeout,
             epoch_authority: opts.epoch_authority.clone(),
+            per_peer: Mutex::new(BTreeMap::new()),
             fence: watch::channel(None).0,
             repl: Mutex::new(Repl {
                 quorum,
@@ -657,14 +666,26 @@ async fn accept_loop(
 ) {
     let mut sessions = JoinSet::new();
     let session_stop = stop.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_FOLLOWER_CONNECTIONS));
+    let mut refusing = false;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    if !refusing {
+                        tracing::warn!(max = MAX_FOLLOWER_CONNECTIONS, "refusing replication connections: too many at once");
+                    }
+                    refusing = true;
+                    incoming.refuse();
+                    continue;
+                };
+                refusing = false;
                 let shared = Arc::clone(&shared);
                 let stop = session_stop.clone();
                 sessions.spawn(async move {
+                    let _slot = slot;
                     let peer = incoming.remote_address();
                     if let Err(e) = serve(incoming, &shared, stop).await {
                         tracing::warn!(%peer, error = %e, "follower session ended");
@@ -718,6 +739,24 @@ async fn serve(
         Some(peer_identity(&conn)?.node_id)
     } else {
         None
+    };
+    let _counted = match &cert_node {
+        Some(n) => match PeerCount::take(shared, n) {
+            Some(c) => Some(c),
+            None => {
+                conn.close(
+                    quinn::VarInt::from_u32(CLOSE_ERROR),
+                    b"too many connections",
+                );
+                return Err(TransportError::Connection {
+                    peer,
+                    reason: format!(
+                        "node {n} already has {MAX_CONNECTIONS_PER_FOLLOWER} connections; refused"
+                    ),
+                });
+            }
+        },
+        None => None,
     };
     let (mut send, mut recv) = match tokio::time::timeout(idle, conn.accept_bi()).await {
         Ok(r) => r.map_err(conn_err(peer))?,
@@ -790,6 +829,46 @@ async fn serve(
         shared.ended(node, run.id, result.as_ref().err().map(ToString::to_string));
     }
     result
+}
+
+/// One of a node's connections, counted while it lives.
+struct PeerCount<'a> {
+    shared: &'a Shared,
+    node: String,
+}
+
+impl<'a> PeerCount<'a> {
+    fn take(shared: &'a Shared, node: &str) -> Option<PeerCount<'a>> {
+        let mut m = shared
+            .per_peer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = m.entry(node.to_string()).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_FOLLOWER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerCount {
+            shared,
+            node: node.to_string(),
+        })
+    }
+}
+
+impl Drop for PeerCount<'_> {
+    fn drop(&mut self) {
+        let mut m = self
+            .shared
+            .per_peer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.node) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.node);
+            }
+        }
+    }
 }
 
 struct Run<'a> {

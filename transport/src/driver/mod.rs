@@ -17,7 +17,7 @@ mod pipeline;
 
 pub(crate) use follower::load_seen_epoch;
 pub use follower::{Apply, ApplyError, Follower, FollowerOptions, SEEN_EPOCH_FILE};
-pub use leader::{Leader, LeaderOptions};
+pub use leader::{Leader, LeaderOptions, MAX_CONNECTIONS_PER_FOLLOWER, MAX_FOLLOWER_CONNECTIONS};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

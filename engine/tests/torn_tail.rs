@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use common::{backends, payload, small, verified, Rng};
-use walship_engine::format::{BatchHeader, BATCH_HEADER_LEN};
+use walship_engine::format::{BatchHeader, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN};
 use walship_engine::{BackendKind, Durability, Error, Log, Lsn, Options, RecoveryMode};
 
 /// A closed log with records spread over a few segments; returns each batch's
@@ -102,6 +102,14 @@ fn copy_dir(from: &Path, to: &Path) {
 
 const CAP: u64 = 64 * 1024;
 
+/// Whether any bytes of the segment image at `base`, from offset `from` (at least past
+/// its header) on, name their own position as the LSN field of a batch header would.
+fn names_a_position(bytes: &[u8], base: Lsn, from: u64) -> bool {
+    let from = (from as usize).max(SEGMENT_HEADER_LEN);
+    (from..=bytes.len().saturating_sub(BATCH_HEADER_LEN))
+        .any(|o| bytes[o + 8..o + 16] == (base.get() + o as u64).to_le_bytes())
+}
+
 #[test]
 fn torn_and_garbage_tails_keep_exactly_the_valid_prefix() {
     let seed = std::env::var("WALSHIP_SEED")
@@ -171,6 +179,9 @@ fn torn_and_garbage_tails_keep_exactly_the_valid_prefix() {
                 }
             };
             drop(f);
+            let tail_base = Lsn::new(end.get() & !(CAP - 1));
+            let (tail_path, _) = seg_file(dir.path(), CAP, tail_base);
+            let tail_claims = names_a_position(&std::fs::read(&tail_path).unwrap(), tail_base, 0);
             let (log, report) = Log::open_with_report(dir.path(), verified(b))
                 .unwrap_or_else(|e| panic!("{b:?} trial {trial} mode {mode}: open failed: {e}"));
             let expect: Vec<_> = batches[..keep_batches]
@@ -193,9 +204,31 @@ fn torn_and_garbage_tails_keep_exactly_the_valid_prefix() {
                 batches[keep_batches - 1].1
             };
             assert_eq!(log.end_lsn(), want_end);
+            if want_end == tail_base && !tail_claims {
+                // The victim was the tail segment's first batch: the log ends with the
+                // segment before, and the tail segment is the spare the next append writes
+                // into. A spare is zeroed only where its bytes name their own position (no
+                // other bytes can be taken for data, as with a recycled spare's stale
+                // bytes); with the victim's LSN field damaged, none does.
+                assert_eq!(
+                    (
+                        report.zeroed_tail_bytes,
+                        &report.unflushed_cut,
+                        report.repaired_at
+                    ),
+                    (0, &None, None),
+                    "{b:?} trial {trial} mode {mode}: a spare naming no position is left alone"
+                );
+            } else {
+                assert!(
+                    report.zeroed_tail_bytes > 0 || mode == 0,
+                    "{b:?} trial {trial} mode {mode}: the torn tail was zeroed"
+                );
+            }
+            let from = want_end.get().max(tail_base.get()) - tail_base.get();
             assert!(
-                report.zeroed_tail_bytes > 0 || mode == 0,
-                "the torn tail was zeroed"
+                !names_a_position(&std::fs::read(&tail_path).unwrap(), tail_base, from),
+                "{b:?} trial {trial} mode {mode}: nothing after the end can be taken for data"
             );
             // The zeroed tail makes the next scan deterministic: append, reopen, same data.
             let lsn = log.append(b"after recovery").unwrap();

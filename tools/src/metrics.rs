@@ -63,6 +63,7 @@ pub struct Metrics {
     received: Family<Kind, Counter>,
     commits: Family<Level, Histogram, fn() -> Histogram>,
     commit_failures: Family<Level, Counter>,
+    certificate_expiry: Gauge,
     /// Byte totals at the previous scrape, to advance the counters by the difference.
     last: Mutex<HashMap<(String, &'static str), u64>>,
 }
@@ -74,6 +75,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records when the node's certificate expires.
+    pub fn set_certificate_expiry(&self, not_after: std::time::SystemTime) {
+        let secs = not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.certificate_expiry.set(secs);
+    }
+
     /// Registers every metric under the `walship_` prefix.
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("walship");
@@ -89,10 +98,16 @@ impl Metrics {
             received: Family::default(),
             commits: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             commit_failures: Family::default(),
+            certificate_expiry: Gauge::default(),
             last: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
         r.register("is_leader", "1 while this node leads", m.is_leader.clone());
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When this node's own certificate expires (Unix time); renew it before (walship certs renew)",
+            m.certificate_expiry.clone(),
+        );
         r.register(
             "epoch",
             "The epoch led, or the highest seen by a follower",

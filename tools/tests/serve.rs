@@ -105,6 +105,14 @@ fn three_served_nodes_replicate_fail_over_and_stop_cleanly() {
             .clone()
     };
     assert!(matches!(value("walship_is_leader"), prometheus_parse::Value::Gauge(v) if v == 1.0));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        matches!(value("walship_certificate_expiry_timestamp_seconds"), prometheus_parse::Value::Gauge(v) if v > now + 80.0 * 86_400.0),
+        "the node's certificate expires in about 90 days"
+    );
     value("walship_follower_lag_bytes");
     value("walship_shipped_bytes_total");
     assert!(

@@ -254,7 +254,9 @@ fn until(t: SystemTime) -> String {
     let us = t
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    walship_tools::text::timestamp_us(us)
+    // To the second: validity is not kept finer.
+    let t = walship_tools::text::timestamp_us(us);
+    format!("{}Z", t.split('.').next().unwrap_or(&t))
 }
 
 fn files_of(dir: &Path, name: &str) -> (PathBuf, PathBuf) {

@@ -208,6 +208,23 @@ async fn run_node(
     advertise: String,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
+    let metrics = Metrics::new();
+    match security.identity().info() {
+        Ok(info) => {
+            metrics.set_certificate_expiry(info.not_after);
+            let left = info
+                .not_after
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            if left < std::time::Duration::from_secs(14 * 86_400) {
+                tracing::warn!(
+                    days = left.as_secs() / 86_400,
+                    "this node's certificate expires soon; renew it (walship certs renew)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read this node's certificate's validity"),
+    }
     let https = admin_server_config(security.identity(), &trust)
         .map_err(|e| error("the admin endpoint's TLS", e))?;
     let node = Arc::new(
@@ -222,7 +239,7 @@ async fn run_node(
     );
     let state = Arc::new(AdminState {
         node: Arc::clone(&node),
-        metrics: Metrics::new(),
+        metrics,
         advertise,
         operator,
         members: trust.members().clone(),

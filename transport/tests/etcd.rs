@@ -285,7 +285,7 @@ async fn a_member_claiming_an_epoch_etcd_never_granted_moves_nobody() {
         "the leader's epoch is one etcd granted: {epoch}"
     );
     // For 6 s the leader stays put and confirms RemoteFlush commits.
-    let mut changes = leader.role_changes();
+    let changes = leader.role_changes();
     let watched = Instant::now();
     let mut commits = 0;
     while watched.elapsed() < Duration::from_secs(6) {

@@ -4,6 +4,8 @@
 //! revocation takes effect without a restart, and a damaged revocation list never lifts
 //! one already in force.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -300,4 +302,74 @@ fn an_unusable_revocation_list_is_refused_at_start_naming_the_file() {
         .with_crl_file(&fifo)
         .unwrap_err();
     assert!(err.to_string().contains("not a regular file"), "{err}");
+}
+
+/// A revocation cuts an established replication session too, not only the next
+/// handshake: a follower whose certificate is revoked stops receiving the log within a
+/// few seconds (the leader notices the new list itself, with no handshake), and a
+/// follower whose leader's certificate is revoked stops following it.
+#[tokio::test]
+async fn a_revocation_ends_established_sessions() {
+    use walship_engine::Durability;
+    use walship_transport::{Follower, Leader, LeaderOptions, Security};
+
+    for revoke_leader in [false, true] {
+        let c = common::Cluster::new(1 << 20);
+        let crl = c.dir.path().join("crl.pem");
+        std::fs::write(&crl, c.ca.revocation_list(&[], 1).unwrap()).unwrap();
+        let trust = || {
+            Arc::new(
+                Trust::new(c.ca.cert_pem(), common::CLUSTER)
+                    .unwrap()
+                    .with_crl_file(&crl)
+                    .unwrap(),
+            )
+        };
+        let (n1, n2) = (
+            c.ca.issue_node("n1").unwrap(),
+            c.ca.issue_node("n2").unwrap(),
+        );
+        let leader = Leader::start(
+            c.log("n1"),
+            Security::with_trust(n1.clone(), trust()),
+            LeaderOptions::default(),
+        )
+        .unwrap();
+        let mut opts = c.follower_opts(&leader);
+        opts.leader_node_id = "n1".into();
+        let log2 = c.log("n2");
+        let f = Follower::start(
+            Arc::clone(&log2),
+            Security::with_trust(n2.clone(), trust()),
+            opts,
+            |_: &walship_engine::Record| {},
+        )
+        .unwrap();
+        let lsn = leader.log().append(b"before").unwrap();
+        leader.log().commit(lsn, Durability::Local).await.unwrap();
+        common::eventually("n2 has the record", Duration::from_secs(10), || {
+            log2.watermarks().flushed >= lsn
+        })
+        .await;
+        let victim = if revoke_leader { &n1 } else { &n2 };
+        let revoked = Revoked {
+            serial: victim.info().unwrap().serial,
+            at: SystemTime::now(),
+        };
+        std::fs::write(&crl, c.ca.revocation_list(&[revoked], 2).unwrap()).unwrap();
+        common::eventually("the session ends", Duration::from_secs(10), || {
+            !f.status().connected
+        })
+        .await;
+        let after = leader.log().append(b"after").unwrap();
+        leader.log().commit(after, Durability::Local).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            log2.end_lsn() < after,
+            "revoke_leader {revoke_leader}: the log kept flowing after the revocation: {:?}",
+            f.status()
+        );
+        f.shutdown().await;
+        leader.shutdown().await;
+    }
 }

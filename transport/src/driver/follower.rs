@@ -179,6 +179,9 @@ struct Shared {
     applied: watch::Sender<Lsn>,
     stop_apply: AtomicBool,
     epoch_authority: Option<Arc<dyn EpochAuthority>>,
+    /// Whom this follower admits as its leader; the session re-checks the leader when it
+    /// changes.
+    trust: Option<Arc<crate::tls::Trust>>,
 }
 
 impl Shared {
@@ -242,7 +245,8 @@ impl Follower {
         apply: impl Apply,
     ) -> Result<Follower, TransportError> {
         security.check_log(&log)?;
-        let client = security.client_config()?;
+        let trust = security.trust()?;
+        let client = security.client_config(trust.as_ref())?;
         let bind = opts.bind.unwrap_or_else(|| match opts.leader {
             SocketAddr::V4(a) if a.ip().is_loopback() => SocketAddr::from(([127, 0, 0, 1], 0)),
             SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -274,6 +278,7 @@ impl Follower {
             applied,
             stop_apply: AtomicBool::new(false),
             epoch_authority: opts.epoch_authority.clone(),
+            trust,
         });
         let applier = {
             let shared = Arc::clone(&shared);
@@ -613,6 +618,7 @@ async fn session(
         },
     };
     let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
+    let leader_cert = super::peer_certificate(&conn);
     shared.state().connects += 1;
     let log = &shared.log;
     let seen = shared.state().epoch;
@@ -637,6 +643,9 @@ async fn session(
         written: None,
         flush: None,
         received: log.end_lsn(),
+        leader_cert,
+        leader_node_id: opts.leader_node_id.clone(),
+        trust_generation: shared.trust.as_ref().map_or(0, |t| t.generation()),
     };
     let result = run
         .go(&mut session, &mut send, &mut recv, &mut applied, stop)
@@ -668,6 +677,10 @@ struct Stream<'a> {
     flush: Option<Commit>,
     /// The end of what was appended.
     received: Lsn,
+    /// The leader's certificate, checked again when the revocation list changes.
+    leader_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    leader_node_id: String,
+    trust_generation: u64,
 }
 
 impl Stream<'_> {
@@ -686,8 +699,14 @@ impl Stream<'_> {
         let timer = tokio::time::sleep(Duration::from_secs(1));
         tokio::pin!(timer);
         let mut chunks: Vec<Bytes> = vec![Bytes::new(); 64];
+        let mut checked = Instant::now();
         loop {
             self.drain(session, send).await?;
+            // At most once a second, whatever the load (the timer below may keep moving).
+            if checked.elapsed() >= Duration::from_secs(1) {
+                checked = Instant::now();
+                self.check_leader_still_admitted()?;
+            }
             let deadline = session
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -738,6 +757,23 @@ impl Stream<'_> {
                 }
             }
         }
+    }
+
+    /// Ends the session if the leader's certificate would be refused now (revoked since the
+    /// handshake): looked at whenever a new revocation list took effect.
+    fn check_leader_still_admitted(&mut self) -> Result<(), TransportError> {
+        let (Some(trust), Some(cert)) = (self.shared.trust.as_ref(), self.leader_cert.as_ref())
+        else {
+            return Ok(());
+        };
+        let g = trust.refresh();
+        if g == self.trust_generation {
+            return Ok(());
+        }
+        self.trust_generation = g;
+        trust
+            .readmit_server(cert, &self.leader_node_id)
+            .map_err(TransportError::Tls)
     }
 
     /// Waits for everything received to be written, and flushed, unless such a wait is

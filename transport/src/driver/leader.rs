@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use walship_engine::{Batch, Commit, Durability, Epoch, Log, Lsn, Reader};
 
 use super::pipeline::{Pipeline, Span};
-use super::{Security, TransportError, CLOSE_ERROR, CLOSE_SHUTDOWN};
+use super::{peer_certificate, Security, TransportError, CLOSE_ERROR, CLOSE_SHUTDOWN};
 use crate::compress::CompressionOptions;
 use crate::coordinator::{verify_epoch, EpochAuthority};
 use crate::lag::LagTracker;
@@ -21,8 +21,9 @@ use crate::session::leader::{LeaderConfig, LeaderEvent, LeaderSession, LogView};
 use crate::session::SessionError;
 use crate::slots::Slots;
 use crate::status::{FollowerInfo, LeaderStatus, Role, StreamState};
-use crate::tls::peer_identity;
+use crate::tls::{peer_identity, Trust};
 use crate::wire::RejectCode;
+use rustls::pki_types::CertificateDer;
 
 /// Settings of a [`Leader`].
 #[derive(Debug)]
@@ -156,6 +157,8 @@ struct Shared {
     log: Arc<Log>,
     cfg: LeaderConfig,
     security: Security,
+    /// Whom the listener admits; sessions re-check their follower when it changes.
+    trust: Option<Arc<Trust>>,
     compression: CompressionOptions,
     compression_threads: usize,
     frame_bytes: usize,
@@ -377,7 +380,8 @@ impl Leader {
         }
         security.check_log(&log)?;
         let slots = Slots::load(log.dir(), log.segment_capacity())?;
-        let server = security.server_config()?;
+        let trust = security.trust()?;
+        let server = security.server_config(trust.as_ref())?;
         let endpoint = super::endpoint(Some(server), opts.listen, opts.socket)?;
         let seen = super::follower::load_seen_epoch(log.dir())?.max(log.epoch());
         let epoch = match opts.epoch {
@@ -412,6 +416,7 @@ impl Leader {
             },
             log,
             security,
+            trust,
             compression: opts.compression,
             compression_threads: opts.compression_threads,
             frame_bytes: opts.frame_bytes,
@@ -654,7 +659,13 @@ async fn upkeep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = tick.tick() => shared.maintain(),
+            _ = tick.tick() => {
+                // A changed revocation list is noticed here even if no handshake comes.
+                if let Some(t) = &shared.trust {
+                    t.refresh();
+                }
+                shared.maintain();
+            }
         }
     }
 }
@@ -740,6 +751,7 @@ async fn serve(
     } else {
         None
     };
+    let cert = peer_certificate(&conn);
     let _counted = match &cert_node {
         Some(n) => match PeerCount::take(shared, n) {
             Some(c) => Some(c),
@@ -784,6 +796,8 @@ async fn serve(
         })?,
         next: Lsn::ZERO,
         streaming: false,
+        cert,
+        trust_generation: shared.trust.as_ref().map_or(0, |t| t.generation()),
     };
     let mut fence = shared.fence.subscribe();
     let result = run
@@ -883,6 +897,9 @@ struct Run<'a> {
     /// Where the next frame starts: the end of the last one gathered (shipped or not).
     next: Lsn,
     streaming: bool,
+    /// The follower's certificate, checked again when the revocation list changes.
+    cert: Option<CertificateDer<'static>>,
+    trust_generation: u64,
 }
 
 impl Run<'_> {
@@ -912,6 +929,10 @@ impl Run<'_> {
             // Frames that finished compressing go out first, then everything queued.
             self.ship_ready(session)?;
             self.drain(session, send).await?;
+            if let Some(why) = self.no_longer_admitted() {
+                let err = session.refuse(RejectCode::NotMember, Lsn::ZERO, why, Instant::now());
+                return Err(self.session_err(err));
+            }
             if let Some(node) = &self.node {
                 match self.shared.must_end(node, self.id) {
                     None => {}
@@ -990,6 +1011,26 @@ impl Run<'_> {
                     .map_err(|e| self.session_err(e))?,
             }
         }
+    }
+
+    /// Why the follower's certificate would be refused now, if it would: checked again
+    /// whenever a new revocation list took effect since the handshake.
+    fn no_longer_admitted(&mut self) -> Option<String> {
+        let (trust, cert) = (self.shared.trust.as_ref()?, self.cert.as_ref()?);
+        let g = trust.generation();
+        if g == self.trust_generation {
+            return None;
+        }
+        self.trust_generation = g;
+        trust
+            .readmit_client(cert, &[crate::tls::Role::Node])
+            .err()
+            .map(|e| {
+                format!(
+                    "the certificate of {} is no longer admitted: {e}",
+                    self.peer
+                )
+            })
     }
 
     /// Acts on the session's events: sends, opens the reader, records progress.

@@ -152,18 +152,20 @@ impl Security {
         Ok(())
     }
 
-    fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
+    /// The listener's config, admitting what `trust` (this node's [`trust`](Self::trust))
+    /// admits.
+    fn server_config(&self, trust: Option<&Arc<Trust>>) -> Result<quinn::ServerConfig, TlsError> {
         self.check_own_certificate()?;
-        match self.trust()? {
-            Some(t) => tls::server_config_with(&self.identity, &t),
+        match trust {
+            Some(t) => tls::server_config_with(&self.identity, t),
             None => tls::insecure_server_config_for_tests_only(&self.identity),
         }
     }
 
-    fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
+    fn client_config(&self, trust: Option<&Arc<Trust>>) -> Result<quinn::ClientConfig, TlsError> {
         self.check_own_certificate()?;
-        match self.trust()? {
-            Some(t) => tls::client_config_with(&self.identity, &t),
+        match trust {
+            Some(t) => tls::client_config_with(&self.identity, t),
             None => tls::insecure_client_config_for_tests_only(),
         }
     }
@@ -290,6 +292,17 @@ pub enum TransportError {
         /// What went wrong.
         reason: String,
     },
+}
+
+/// The end-entity certificate the peer presented, if any.
+pub(crate) fn peer_certificate(
+    conn: &quinn::Connection,
+) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    conn.peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?
+        .first()
+        .cloned()
 }
 
 /// Microseconds since the Unix epoch, for heartbeats.

@@ -28,6 +28,7 @@ pub fn admin_server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![ADMIN_ALPN.to_vec()];
+    super::no_resumption_server(&mut tls);
     Ok(Arc::new(tls))
 }
 
@@ -59,6 +60,7 @@ pub fn admin_client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)?;
     tls.alpn_protocols = vec![ADMIN_ALPN.to_vec()];
+    super::no_resumption_client(&mut tls);
     Ok(Arc::new(tls))
 }
 

@@ -373,6 +373,19 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// No TLS session resumption, on either side: a resumed session skips the certificate
+/// checks, so a certificate revoked (or a node removed from the members) since the first
+/// handshake would come back in without them. Found by the test that revokes a
+/// follower's certificate mid-session: its reconnect resumed and was admitted.
+fn no_resumption_server(tls: &mut rustls::ServerConfig) {
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
+}
+
+fn no_resumption_client(tls: &mut rustls::ClientConfig) {
+    tls.resumption = rustls::client::Resumption::disabled();
+}
+
 /// A refusal inside the handshake, carrying our own error for the log.
 fn refusal(e: TlsError) -> rustls::Error {
     rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(

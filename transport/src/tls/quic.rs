@@ -75,6 +75,7 @@ pub fn server_config_with(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    super::no_resumption_server(&mut tls);
     finish_server(tls)
 }
 
@@ -107,6 +108,7 @@ pub fn client_config_with(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    super::no_resumption_client(&mut tls);
     finish_client(tls)
 }
 

@@ -15,13 +15,14 @@ use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateRevocationListDer;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DistinguishedName, RootCertStore};
@@ -126,7 +127,14 @@ struct Loaded {
     server: Arc<WebPkiServerVerifier>,
 }
 
-/// Whom a node trusts; see the [module docs](self).
+/// Whom a node trusts: the cluster CA, the members, the revocation list.
+///
+/// Inside each handshake it answers whether a certificate chains to the CA and is within
+/// its validity, is not revoked, names this cluster, carries an admitted role, and — for
+/// a node — names a member. The revocation list file is looked at on every handshake
+/// (and by [`refresh`](Self::refresh)) and re-read when it changed; one that cannot be
+/// used when given is an error, one that goes bad later is reported once and the last
+/// good list stays in force.
 pub struct Trust {
     cluster_id: String,
     ca_subject: Vec<u8>,
@@ -137,6 +145,9 @@ pub struct Trust {
     members: MemberSet,
     crl: Option<PathBuf>,
     loaded: Mutex<Loaded>,
+    /// Bumped whenever a new revocation list takes effect: sessions established before
+    /// re-check their peer then.
+    generation: AtomicU64,
 }
 
 impl fmt::Debug for Trust {
@@ -170,6 +181,7 @@ impl Trust {
             provider,
             members: MemberSet::any(),
             crl: None,
+            generation: AtomicU64::new(0),
             loaded: Mutex::new(Loaded {
                 stamp: None,
                 failed: None,
@@ -259,14 +271,61 @@ impl Trust {
 
     /// The verifiers for the revocation list as the file is now.
     pub(crate) fn verifiers(&self) -> (Arc<dyn ClientCertVerifier>, Arc<WebPkiServerVerifier>) {
-        if let Some(path) = &self.crl {
-            self.refresh(path);
-        }
+        self.refresh();
         let l = self.loaded();
         (Arc::clone(&l.client), Arc::clone(&l.server))
     }
 
-    fn refresh(&self, path: &Path) {
+    /// Looks at the revocation list file (one `stat`) and takes a changed one into
+    /// force; returns the [`generation`](Self::generation).
+    pub fn refresh(&self) -> u64 {
+        if let Some(path) = &self.crl {
+            self.refresh_from(path);
+        }
+        self.generation()
+    }
+
+    /// Grows whenever a new revocation list takes effect: a session established before
+    /// should check its peer again ([`readmit_client`](Self::readmit_client),
+    /// [`readmit_server`](Self::readmit_server)).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the client certificate `end_entity` of an established session would still
+    /// be admitted in one of `roles` (not revoked since, still a member, still valid).
+    pub fn readmit_client(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        roles: &[Role],
+    ) -> Result<(), TlsError> {
+        let (client, _) = self.verifiers();
+        client.verify_client_cert(end_entity, &[], UnixTime::now())?;
+        self.admit(&PeerId::from_cert_der(end_entity)?, roles)
+    }
+
+    /// Whether the server certificate `end_entity` of node `name`, the other end of an
+    /// established session, would still be admitted.
+    pub fn readmit_server(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        name: &str,
+    ) -> Result<(), TlsError> {
+        let (_, server) = self.verifiers();
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|_| TlsError::BadWalshipUri(name.to_owned()))?;
+        rustls::client::danger::ServerCertVerifier::verify_server_cert(
+            server.as_ref(),
+            end_entity,
+            &[],
+            &name,
+            &[],
+            UnixTime::now(),
+        )?;
+        self.admit(&PeerId::from_cert_der(end_entity)?, &[Role::Node])
+    }
+
+    fn refresh_from(&self, path: &Path) {
         let stamp = Stamp::of(path).ok();
         {
             let l = self.loaded();
@@ -289,6 +348,7 @@ impl Trust {
                 l.revoked = revoked;
                 l.client = client;
                 l.server = server;
+                self.generation.fetch_add(1, Ordering::AcqRel);
             }
             Err(e) => {
                 tracing::error!(error = %e, "the changed revocation list cannot be used; the last good one stays in force");

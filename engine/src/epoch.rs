@@ -153,10 +153,9 @@ impl EpochHistory {
     /// Reads the history of the log in `dir` (empty if the file does not exist).
     pub(crate) fn load(dir: &Path) -> Result<EpochHistory> {
         let path = dir.join(EPOCH_FILE);
-        match crate::layout::read_small_file(&path, MAX_FILE_BYTES) {
-            Ok(b) => EpochHistory::decode(&b).map_err(|r| Error::corruption(&path, 0, r)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(EpochHistory::default()),
-            Err(e) => Err(Error::io("read epoch history", &path, e)),
+        match crate::layout::read_state_file(&path, MAX_FILE_BYTES, "read epoch history")? {
+            Some(b) => EpochHistory::decode(&b).map_err(|r| Error::corruption(&path, 0, r)),
+            None => Ok(EpochHistory::default()),
         }
     }
 

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::{decode_identity, encode_identity, IDENTITY_LEN};
-use crate::layout::{read_small_file, IDENTITY_FILE};
+use crate::layout::{read_state_file, IDENTITY_FILE};
 
 /// The cluster and node a log belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -46,18 +46,15 @@ impl fmt::Display for LogIdentity {
 /// The identity recorded in `dir`, if any.
 pub(crate) fn load(dir: &Path) -> Result<Option<LogIdentity>> {
     let path = dir.join(IDENTITY_FILE);
-    match read_small_file(&path, IDENTITY_LEN as u64) {
-        Ok(b) => {
-            let (cluster_id, node_id) =
-                decode_identity(&b).map_err(|e| Error::corruption(&path, 0, e.to_string()))?;
-            Ok(Some(LogIdentity {
-                cluster_id,
-                node_id,
-            }))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read the log's identity", &path, e)),
-    }
+    let Some(b) = read_state_file(&path, IDENTITY_LEN as u64, "read the log's identity")? else {
+        return Ok(None);
+    };
+    let (cluster_id, node_id) =
+        decode_identity(&b).map_err(|e| Error::corruption(&path, 0, e.to_string()))?;
+    Ok(Some(LogIdentity {
+        cluster_id,
+        node_id,
+    }))
 }
 
 /// Records `id` in `dir`, atomically and durably.

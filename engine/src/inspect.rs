@@ -339,16 +339,27 @@ impl LogDir {
         let dir = dir.as_ref().to_path_buf();
         let files = list_segments(&dir)?;
         let meta = dir.join(META_FILE);
-        let capacity = match crate::layout::read_small_file(&meta, format::META_LEN as u64) {
-            Ok(b) => format::decode_meta(&b).map_err(|e| Error::meta(&meta, e))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !files.is_empty() => {
+        let capacity = match crate::layout::read_state_file(
+            &meta,
+            format::META_LEN as u64,
+            "read log meta file",
+        ) {
+            Ok(Some(b)) => format::decode_meta(&b).map_err(|e| Error::meta(&meta, e))?,
+            Ok(None) if !files.is_empty() => {
                 return Err(Error::corruption(
                     &meta,
                     0,
                     "missing, but the directory holds segments",
                 ));
             }
-            Err(e) => return Err(Error::io("read log meta file", &meta, e)),
+            Ok(None) => {
+                return Err(Error::io(
+                    "read log meta file",
+                    &meta,
+                    io::Error::from(io::ErrorKind::NotFound),
+                ))
+            }
+            Err(e) => return Err(e),
         };
         let geometry = Geometry::new(capacity);
         let epochs = EpochHistory::load(&dir)?;

@@ -185,6 +185,25 @@ pub fn read_small_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// One of the log's state files (meta, identity, epoch history): `None` if it does not
+/// exist; one longer than its format allows is damage ([`Error::Corruption`] naming it),
+/// like any other bad content; one that cannot be read as a regular file is an
+/// [`Error::Io`] naming it.
+pub(crate) fn read_state_file(
+    path: &Path,
+    max: u64,
+    what: &'static str,
+) -> Result<Option<Vec<u8>>> {
+    match read_small_file(path, max) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            Err(Error::corruption(path, max, e.to_string()))
+        }
+        Err(e) => Err(Error::io(what, path, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -294,34 +294,35 @@ impl Log {
         crate::layout::prepare(&dir)?;
         let lock_file = lock_dir(&dir)?;
         let meta_path = dir.join(META_FILE);
-        let (capacity, created, identity) =
-            match crate::layout::read_small_file(&meta_path, format::META_LEN as u64) {
-                Ok(b) => {
-                    let capacity =
-                        format::decode_meta(&b).map_err(|e| Error::meta(&meta_path, e))?;
-                    // An existing log is checked before recovery changes a byte of it.
-                    let identity = crate::identity::check(&dir, opts.identity.as_ref())?;
-                    (capacity, false, identity)
+        let (capacity, created, identity) = match crate::layout::read_state_file(
+            &meta_path,
+            format::META_LEN as u64,
+            "read the log's meta file",
+        )? {
+            Some(b) => {
+                let capacity = format::decode_meta(&b).map_err(|e| Error::meta(&meta_path, e))?;
+                // An existing log is checked before recovery changes a byte of it.
+                let identity = crate::identity::check(&dir, opts.identity.as_ref())?;
+                (capacity, false, identity)
+            }
+            None => {
+                if has_segments(&dir)? {
+                    return Err(Error::corruption(
+                        &meta_path,
+                        0,
+                        "missing, but the directory holds segments",
+                    ));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    if has_segments(&dir)? {
-                        return Err(Error::corruption(
-                            &meta_path,
-                            0,
-                            "missing, but the directory holds segments",
-                        ));
-                    }
-                    // The identity first: the meta file's existence says the log is complete.
-                    let identity = crate::identity::check(&dir, opts.identity.as_ref())?;
-                    crate::fsutil::atomic_write(
-                        &dir,
-                        META_FILE,
-                        &format::encode_meta(opts.segment_capacity),
-                    )?;
-                    (opts.segment_capacity, true, identity)
-                }
-                Err(e) => return Err(Error::io("read", &meta_path, e)),
-            };
+                // The identity first: the meta file's existence says the log is complete.
+                let identity = crate::identity::check(&dir, opts.identity.as_ref())?;
+                crate::fsutil::atomic_write(
+                    &dir,
+                    META_FILE,
+                    &format::encode_meta(opts.segment_capacity),
+                )?;
+                (opts.segment_capacity, true, identity)
+            }
+        };
         opts.validate_for(capacity)?;
         let geometry = Geometry::new(capacity);
         let mut epochs = EpochHistory::load(&dir)?;

@@ -141,6 +141,24 @@ fn three_served_nodes_replicate_fail_over_and_stop_cleanly() {
     let n1 = status_until(&admin[0], "n1 follows n2", |v| v["leader"] == "n2");
     assert_eq!(n1["role"], "follower");
 
+    // A follower stopped with SIGTERM closes its connection: the leader sees it gone at
+    // once, not after its idle timeout (10 s). A node still referenced at shutdown used
+    // to exit without closing anything.
+    let n3 = nodes.pop().expect("n3");
+    let stopped = std::time::Instant::now();
+    let (clean, last) = n3.stop();
+    assert!(clean && last.contains("stopped (SIGTERM)"), "{last}");
+    status_until(&admin[1], "n2 sees n3 gone", |v| {
+        v["leading"]["followers"].as_array().is_some_and(|f| {
+            f.iter()
+                .any(|f| f["node_id"] == "n3" && f["state"] == "disconnected")
+        })
+    });
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "the leader noticed after {:?}",
+        stopped.elapsed()
+    );
     for n in nodes.drain(..) {
         let (clean, last) = n.stop();
         assert!(clean, "exit status after SIGTERM");

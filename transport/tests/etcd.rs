@@ -108,6 +108,30 @@ async fn concurrent_candidates_elect_one_leader_per_epoch() {
     }
 }
 
+/// Options of the three-node etcd clusters below: ANY 1 (*), checks every 50 ms, an
+/// election needing two live members.
+fn node_opts(
+    c: &common::Cluster,
+    remote_commit_timeout: Duration,
+) -> walship_transport::NodeOptions {
+    use walship_transport::{LeaderOptions, NodeOptions, SyncPolicy};
+    NodeOptions {
+        leader: LeaderOptions {
+            sync: SyncPolicy::Any {
+                k: 1,
+                of: vec!["*".into()],
+            },
+            remote_commit_timeout,
+            ..LeaderOptions::default()
+        },
+        follower: c.follower_opts_to("", "127.0.0.1:1".parse().unwrap()),
+        check_interval: Duration::from_millis(50),
+        settle: Duration::from_millis(300),
+        election_quorum: 2,
+        ..NodeOptions::default()
+    }
+}
+
 /// Sends `signal` (`STOP`, `CONT`) to etcd: a frozen etcd answers no renewal.
 fn signal(etcd: &Etcd, signal: &str) {
     let ok = std::process::Command::new("kill")
@@ -122,27 +146,13 @@ fn signal(etcd: &Etcd, signal: &str) {
 async fn a_leader_cut_off_from_etcd_fences_itself_before_its_lease_can_expire() {
     use std::sync::Arc;
     use walship_engine::{Durability, Error, Record};
-    use walship_transport::{LeaderOptions, Node, NodeOptions, NodeRole, SyncPolicy};
+    use walship_transport::{Node, NodeRole};
 
     let Some(etcd) = Etcd::start() else { return };
     let c = common::Cluster::new(1 << 20);
     let mut nodes = Vec::new();
     for id in ["n1", "n2", "n3"] {
-        let opts = NodeOptions {
-            leader: LeaderOptions {
-                sync: SyncPolicy::Any {
-                    k: 1,
-                    of: vec!["*".into()],
-                },
-                remote_commit_timeout: Duration::from_secs(1),
-                ..LeaderOptions::default()
-            },
-            follower: c.follower_opts_to("", "127.0.0.1:1".parse().unwrap()),
-            check_interval: Duration::from_millis(50),
-            settle: Duration::from_millis(300),
-            election_quorum: 2,
-            ..NodeOptions::default()
-        };
+        let opts = node_opts(&c, Duration::from_secs(1));
         let coordinator = etcd.connect("fence", TTL).await;
         let node = Node::start(
             c.log(id),
@@ -225,7 +235,7 @@ async fn a_leader_cut_off_from_etcd_fences_itself_before_its_lease_can_expire() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_claiming_an_epoch_etcd_never_granted_moves_nobody() {
     use walship_engine::{Durability, Record};
-    use walship_transport::{LeaderOptions, Node, NodeOptions, NodeRole, SyncPolicy};
+    use walship_transport::{Node, NodeRole};
 
     let Some(etcd) = Etcd::start() else { return };
     let c = common::Cluster::new(1 << 20);
@@ -241,21 +251,7 @@ async fn a_member_claiming_an_epoch_etcd_never_granted_moves_nobody() {
     .unwrap();
     let mut nodes = Vec::new();
     for (id, log) in [("n1", c.log("n1")), ("n2", c.log("n2")), ("n3", n3)] {
-        let opts = NodeOptions {
-            leader: LeaderOptions {
-                sync: SyncPolicy::Any {
-                    k: 1,
-                    of: vec!["*".into()],
-                },
-                remote_commit_timeout: Duration::from_secs(2),
-                ..LeaderOptions::default()
-            },
-            follower: c.follower_opts_to("", "127.0.0.1:1".parse().unwrap()),
-            check_interval: Duration::from_millis(50),
-            settle: Duration::from_millis(300),
-            election_quorum: 2,
-            ..NodeOptions::default()
-        };
+        let opts = node_opts(&c, Duration::from_secs(2));
         let coordinator = etcd.connect("forged", TTL).await;
         nodes.push(
             Node::start(log, c.security(id), coordinator, opts, |_: &Record| {}).expect("node"),

@@ -41,6 +41,11 @@ impl Portable {
                             break;
                         }
                     }
+                    // Let go of the files before saying the flush is done: a truncation
+                    // that waited for it replaces a segment's file next, and no
+                    // descriptor of the old one may outlive that (the model test saw
+                    // this thread still holding one, once in a few hundred cases).
+                    drop(files);
                     if done_tx.send(res).is_err() {
                         return;
                     }

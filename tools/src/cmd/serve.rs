@@ -251,8 +251,13 @@ async fn run_node(
             return Err(error(&format!("`admin`: binding {}", cfg.admin), e));
         }
     };
+    // The listeners hold the node's only other references: once they are shut down, the
+    // node is ours alone again and can be shut down cleanly (`stop`).
     let plain = match cfg.admin_plain {
-        None => None,
+        None => {
+            drop(state);
+            None
+        }
         Some(addr) => match Admin::start(addr, Listener::PlainReadOnly, state).await {
             Ok(a) => Some(a),
             Err(e) => {
@@ -285,8 +290,14 @@ async fn run_node(
 }
 
 async fn stop(node: Arc<Node>, log: Arc<Log>) {
-    if let Ok(node) = Arc::try_unwrap(node) {
-        node.shutdown().await;
+    match Arc::try_unwrap(node) {
+        Ok(node) => node.shutdown().await,
+        // A bug: something still holds the node. Say so rather than exit without
+        // resigning and closing the followers' connections.
+        Err(node) => tracing::error!(
+            references = Arc::strong_count(&node),
+            "the node is still referenced at shutdown; stopping without resigning"
+        ),
     }
     if let Err(e) = log.close() {
         tracing::error!(error = %e, "closing the log");

@@ -22,14 +22,9 @@ pub fn admin_server_config(
         trust: Arc::clone(trust),
         roles: &[Role::Operator, Role::Monitor, Role::Node],
     });
-    let (chain, key) = identity.rustls_parts()?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::clone(trust.provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![ADMIN_ALPN.to_vec()];
-    super::no_resumption_server(&mut tls);
-    Ok(Arc::new(tls))
+    Ok(Arc::new(super::server_tls(
+        identity, trust, verifier, ADMIN_ALPN,
+    )?))
 }
 
 /// The CLI's client config: presents `identity`, trusts the CA in `ca_pem` (which must be
@@ -53,15 +48,9 @@ pub fn admin_client_config(
         trust: Arc::clone(&trust),
         name: ServerNameRule::Node(node.map(str::to_owned)),
     });
-    let (chain, key) = identity.rustls_parts()?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(trust.provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(chain, key)?;
-    tls.alpn_protocols = vec![ADMIN_ALPN.to_vec()];
-    super::no_resumption_client(&mut tls);
-    Ok(Arc::new(tls))
+    Ok(Arc::new(super::client_tls(
+        identity, &trust, verifier, ADMIN_ALPN,
+    )?))
 }
 
 /// Who is at the other end of an established TLS connection (the verified end-entity

@@ -386,6 +386,43 @@ fn no_resumption_client(tls: &mut rustls::ClientConfig) {
     tls.resumption = rustls::client::Resumption::disabled();
 }
 
+/// A TLS 1.3 server config presenting `identity`, verifying clients with `verifier`,
+/// speaking `alpn`, without resumption.
+fn server_tls(
+    identity: &NodeIdentity,
+    trust: &Trust,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig, TlsError> {
+    let (chain, key) = identity.rustls_parts()?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::clone(trust.provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    no_resumption_server(&mut tls);
+    Ok(tls)
+}
+
+/// A TLS 1.3 client config presenting `identity`, verifying the server with `verifier`,
+/// speaking `alpn`, without resumption.
+fn client_tls(
+    identity: &NodeIdentity,
+    trust: &Trust,
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let (chain, key) = identity.rustls_parts()?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(trust.provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    no_resumption_client(&mut tls);
+    Ok(tls)
+}
+
 /// A refusal inside the handshake, carrying our own error for the log.
 fn refusal(e: TlsError) -> rustls::Error {
     rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(

@@ -69,14 +69,7 @@ pub fn server_config_with(
         trust: Arc::clone(trust),
         roles: &[Role::Node],
     });
-    let (chain, key) = identity.rustls_parts()?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::clone(trust.provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    super::no_resumption_server(&mut tls);
-    finish_server(tls)
+    finish_server(super::server_tls(identity, trust, verifier, ALPN)?)
 }
 
 /// A quinn client config with mutual TLS: the client presents `identity`, and requires the
@@ -101,15 +94,7 @@ pub fn client_config_with(
         trust: Arc::clone(trust),
         name: ServerNameRule::AsConnected,
     });
-    let (chain, key) = identity.rustls_parts()?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(trust.provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(chain, key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    super::no_resumption_client(&mut tls);
-    finish_client(tls)
+    finish_client(super::client_tls(identity, trust, verifier, ALPN)?)
 }
 
 fn finish_server(tls: rustls::ServerConfig) -> Result<quinn::ServerConfig, TlsError> {

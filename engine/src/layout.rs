@@ -20,7 +20,26 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::segment::{parse_segment_name, TMP_SUFFIX};
+use crate::types::Lsn;
+
+/// File name suffix of segments.
+pub(crate) const SEGMENT_SUFFIX: &str = ".wal";
+/// Suffix of a segment being made (`<segment>.tmp`, `recycle-<segment>.tmp`).
+pub(crate) const TMP_SUFFIX: &str = ".tmp";
+
+/// The path of the segment starting at `base`: its base as 16 hex digits.
+pub(crate) fn segment_path(dir: &Path, base: Lsn) -> std::path::PathBuf {
+    dir.join(format!("{:016x}{SEGMENT_SUFFIX}", base.get()))
+}
+
+/// The base LSN encoded in a segment file name, if it is one.
+pub(crate) fn parse_segment_name(name: &str) -> Option<Lsn> {
+    let hex = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok().map(Lsn::new)
+}
 
 /// The log's meta file: created with the log, records its segment capacity.
 pub(crate) const META_FILE: &str = "walship.meta";

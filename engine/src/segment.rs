@@ -25,24 +25,7 @@ use crate::fsutil::{fsync_dir, rename_noreplace, write_zeros};
 use crate::mmap::{bytes_of, SegmentMap};
 use crate::types::Lsn;
 
-/// File name suffix of segments.
-pub(crate) const SEGMENT_SUFFIX: &str = ".wal";
-/// Suffix of files being prepared; deleted on open.
-pub(crate) const TMP_SUFFIX: &str = ".tmp";
-
-/// The path of the segment starting at `base`.
-pub(crate) fn segment_path(dir: &Path, base: Lsn) -> PathBuf {
-    dir.join(format!("{:016x}{SEGMENT_SUFFIX}", base.get()))
-}
-
-/// The base LSN encoded in a segment file name, if it is one.
-pub(crate) fn parse_segment_name(name: &str) -> Option<Lsn> {
-    let hex = name.strip_suffix(SEGMENT_SUFFIX)?;
-    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u64::from_str_radix(hex, 16).ok().map(Lsn::new)
-}
+pub(crate) use crate::layout::{parse_segment_name, segment_path, TMP_SUFFIX};
 
 /// An open segment: its mapping (for reads) and, while it may be written, its file.
 ///

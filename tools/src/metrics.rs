@@ -64,6 +64,8 @@ pub struct Metrics {
     commits: Family<Level, Histogram, fn() -> Histogram>,
     commit_failures: Family<Level, Counter>,
     certificate_expiry: Gauge,
+    /// The node's certificate, whose expiry is read at each scrape (it may be renewed).
+    credentials: Mutex<Option<std::sync::Arc<walship_transport::tls::Credentials>>>,
     /// Byte totals at the previous scrape, to advance the counters by the difference.
     last: Mutex<HashMap<(String, &'static str), u64>>,
 }
@@ -75,6 +77,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Reports the expiry of the certificate in force in `credentials` at every scrape.
+    pub fn follow_certificate(
+        &self,
+        credentials: std::sync::Arc<walship_transport::tls::Credentials>,
+    ) {
+        *self
+            .credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(credentials);
+    }
+
     /// Records when the node's certificate expires.
     pub fn set_certificate_expiry(&self, not_after: std::time::SystemTime) {
         let secs = not_after
@@ -99,6 +112,7 @@ impl Metrics {
             commits: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             commit_failures: Family::default(),
             certificate_expiry: Gauge::default(),
+            credentials: Mutex::new(None),
             last: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -188,6 +202,14 @@ impl Metrics {
 
     /// The metrics, as of `status` and `w`, in Prometheus text format.
     pub fn render(&self, status: &NodeStatus, w: &Watermarks) -> String {
+        let followed = self
+            .credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(info) = followed.and_then(|c| c.identity().info().ok()) {
+            self.set_certificate_expiry(info.not_after);
+        }
         self.is_leader
             .set(i64::from(matches!(status.role, NodeRole::Leader { .. })));
         for (kind, v) in [

@@ -123,6 +123,40 @@ fn three_served_nodes_replicate_fail_over_and_stop_cleanly() {
         "commit latencies are a histogram"
     );
 
+    // Renewing n1's certificate takes effect without a restart: /metrics reports the new
+    // expiry, and replication (new handshakes included) goes on.
+    let renewed = ok(&[
+        "certs",
+        "renew",
+        "--out",
+        certs.to_str().unwrap(),
+        "n1",
+        "--days",
+        "30",
+    ]);
+    assert!(renewed.contains("renewed 1 certificate(s)"), "{renewed}");
+    let expiry = || {
+        let body = common::client(&certs, "mon")
+            .get_text(&admin[0], "/metrics", Duration::from_secs(5))
+            .unwrap();
+        let scrape =
+            prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+        match scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "walship_certificate_expiry_timestamp_seconds")
+            .map(|s| s.value.clone())
+        {
+            Some(prometheus_parse::Value::Gauge(v)) => v,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(
+        expiry() < now + 31.0 * 86_400.0,
+        "the renewed certificate is in force"
+    );
+    ok(&["append", &admin[0], "-d", "remote-flush", "after-renewal"]);
+
     // Manual failover to n2; n1 and n3 are pointed at it.
     let promoted = ok(&[
         "promote",

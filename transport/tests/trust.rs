@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use quinn::Endpoint;
 use walship_transport::tls::{
-    client_config_with, server_config_with, ClusterCa, MemberSet, NodeIdentity, Revoked, Role,
-    TlsError, Trust, Validity,
+    client_config_with, server_config_with, ClusterCa, Credentials, MemberSet, NodeIdentity,
+    Revoked, Role, TlsError, Trust, Validity,
 };
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,7 +30,8 @@ async fn handshake(
     client: &NodeIdentity,
     client_trust: &Arc<Trust>,
 ) -> (bool, bool) {
-    let config = server_config_with(server, server_trust).expect("server config");
+    let config = server_config_with(&Credentials::fixed(server.clone()), server_trust)
+        .expect("server config");
     let server_ep = Endpoint::server(config, loopback()).expect("bind");
     let addr = server_ep.local_addr().unwrap();
     let accept = tokio::spawn({
@@ -58,7 +59,8 @@ async fn handshake(
         }
     });
     let client_ep = Endpoint::client(loopback()).unwrap();
-    let config = client_config_with(client, client_trust).expect("client config");
+    let config = client_config_with(&Credentials::fixed(client.clone()), client_trust)
+        .expect("client config");
     let client_ok = match client_ep
         .connect_with(config, addr, server.node_id())
         .unwrap()
@@ -134,7 +136,7 @@ async fn operator_and_monitor_certificates_cannot_replicate() {
         // Nor can an operator certificate serve as a leader: it is a client certificate.
         let op = ca.issue(Role::Operator, "n9", Validity::default()).unwrap();
         assert!(
-            server_config_with(&op, &t).is_ok(),
+            server_config_with(&Credentials::fixed(op.clone()), &t).is_ok(),
             "a config can be built…"
         );
         let (server_ok, client_ok) = handshake(&op, &t, &n1, &t).await;
@@ -372,4 +374,95 @@ async fn a_revocation_ends_established_sessions() {
         f.shutdown().await;
         leader.shutdown().await;
     }
+}
+
+/// `walship certs renew` needs no restart: a node's certificate files are read again when
+/// they change, and the next handshake presents the new certificate; a damaged file, a
+/// key that does not match or another node's certificate leaves the one in force.
+#[tokio::test]
+async fn a_renewed_certificate_is_presented_without_a_restart() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate("prod").unwrap();
+        let (cert, key) = (dir.path().join("n1.pem"), dir.path().join("n1.key"));
+        let write = |id: &NodeIdentity| {
+            std::fs::write(&cert, id.cert_chain_pem()).unwrap();
+            std::fs::write(&key, id.key_pem()).unwrap();
+        };
+        let first = ca.issue_node("n1").unwrap();
+        write(&first);
+        let creds = Credentials::from_files(&cert, &key).unwrap();
+        let t = trust(&ca);
+        let config = server_config_with(&creds, &t).unwrap();
+        let server = Endpoint::server(config, loopback()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let accept = tokio::spawn({
+            let server = server.clone();
+            async move {
+                while let Some(i) = server.accept().await {
+                    if let Ok(c) = i.await {
+                        tokio::spawn(async move { c.closed().await });
+                    }
+                }
+            }
+        });
+        let n2 = Credentials::fixed(ca.issue_node("n2").unwrap());
+        let client = Endpoint::client(loopback()).unwrap();
+        let serial_seen = || async {
+            let conn = client
+                .connect_with(client_config_with(&n2, &t).unwrap(), addr, "n1")
+                .unwrap()
+                .await
+                .expect("handshake");
+            let der = conn
+                .peer_identity()
+                .unwrap()
+                .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .unwrap()[0]
+                .clone();
+            conn.close(0u32.into(), b"done");
+            walship_transport::tls::CertInfo::from_der(&der)
+                .unwrap()
+                .serial
+        };
+        let serial = |id: &NodeIdentity| id.info().unwrap().serial;
+        assert_eq!(serial_seen().await, serial(&first));
+
+        let renewed = ca.issue(Role::Node, "n1", Validity::days(30)).unwrap();
+        write(&renewed);
+        assert_eq!(serial_seen().await, serial(&renewed), "the renewed one");
+        assert_eq!(creds.identity(), renewed);
+
+        let n3 = ca.issue_node("n3").unwrap();
+        for (what, c, k) in [
+            (
+                "garbage",
+                "not pem".to_string(),
+                renewed.key_pem().to_string(),
+            ),
+            (
+                "a key of another certificate",
+                ca.issue_node("n1").unwrap().cert_chain_pem().to_string(),
+                renewed.key_pem().to_string(),
+            ),
+            (
+                "another node's certificate",
+                n3.cert_chain_pem().to_string(),
+                n3.key_pem().to_string(),
+            ),
+        ] {
+            std::fs::write(&cert, &c).unwrap();
+            std::fs::write(&key, &k).unwrap();
+            assert_eq!(
+                serial_seen().await,
+                serial(&renewed),
+                "{what}: the one in force stays"
+            );
+        }
+        server.close(0u32.into(), b"done");
+        accept.abort();
+        client.wait_idle().await;
+    })
+    .await
+    .expect("timed out");
 }

@@ -90,8 +90,9 @@ enum Action {
     /// Re-issue certificates before they expire: same name and role, a new key
     ///
     /// Each NAME's <name>.pem in DIR says its role. The old certificate stays valid
-    /// until it expires (revoke it if its key may have leaked); a node loads its new
-    /// certificate when it restarts.
+    /// until it expires (revoke it if its key may have leaked). Copy the new files over a
+    /// node's `tls.cert` and `tls.key`: the node reads them again when they change, no
+    /// restart.
     #[command(verbatim_doc_comment)]
     Renew {
         /// The directory holding the CA and the certificates
@@ -322,7 +323,7 @@ fn renew(dir: &Path, names: &[String], days: u32, out: &mut dyn Write) -> Result
     }
     writeln!(
         out,
-        "renewed {} certificate(s); restart each node to load its new one",
+        "renewed {} certificate(s); copy each over its node's tls.cert and tls.key (read again when they change, no restart)",
         renewed.len()
     )?;
     table.write(out)?;

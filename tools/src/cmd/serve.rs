@@ -10,7 +10,7 @@ use walship_tools::config::{CoordinatorConfig, NodeConfig};
 use walship_tools::metrics::Metrics;
 use walship_tools::outcome::Failure;
 use walship_transport::coordinator::{Coordinator, LeaderInfo, StaticCoordinator};
-use walship_transport::tls::{admin_server_config, MemberSet, NodeIdentity, Role, Trust};
+use walship_transport::tls::{admin_server_config, Credentials, MemberSet, Role, Trust};
 use walship_transport::{CompressionOptions, LeaderOptions, Node, NodeOptions, Security};
 
 /// Run one node (leader or follower, as the coordinator says) from a TOML file
@@ -59,12 +59,14 @@ fn security(cfg: &NodeConfig) -> Result<(Security, Arc<Trust>), Failure> {
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).map_err(|e| error(&format!("reading {}", p.display()), e))
     };
-    let identity = NodeIdentity::from_pem(&read(&cfg.cert)?, &read(&cfg.key)?).map_err(|e| {
+    // Read again whenever the files change: `walship certs renew` needs no restart.
+    let credentials = Credentials::from_files(&cfg.cert, &cfg.key).map_err(|e| {
         error(
             &format!("{} / {}", cfg.cert.display(), cfg.key.display()),
             e,
         )
     })?;
+    let identity = credentials.identity();
     if identity.role() != Role::Node {
         return Err(Failure::Error(format!(
             "`tls.cert`: {} is a {} certificate; a node needs a node certificate \
@@ -91,7 +93,10 @@ fn security(cfg: &NodeConfig) -> Result<(Security, Arc<Trust>), Failure> {
             .map_err(|e| error("`tls.crl`", e))?;
     }
     let trust = Arc::new(trust);
-    Ok((Security::with_trust(identity, Arc::clone(&trust)), trust))
+    Ok((
+        Security::with_credentials(credentials, Arc::clone(&trust)),
+        trust,
+    ))
 }
 
 async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
@@ -209,9 +214,9 @@ async fn run_node(
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let metrics = Metrics::new();
+    metrics.follow_certificate(Arc::clone(security.credentials()));
     match security.identity().info() {
         Ok(info) => {
-            metrics.set_certificate_expiry(info.not_after);
             let left = info
                 .not_after
                 .duration_since(std::time::SystemTime::now())
@@ -225,7 +230,7 @@ async fn run_node(
         }
         Err(e) => tracing::warn!(error = %e, "cannot read this node's certificate's validity"),
     }
-    let https = admin_server_config(security.identity(), &trust)
+    let https = admin_server_config(security.credentials(), &trust)
         .map_err(|e| error("the admin endpoint's TLS", e))?;
     let node = Arc::new(
         Node::start(

@@ -27,7 +27,7 @@ use crate::compress::CodecError;
 use crate::quorum::PolicyError;
 use crate::session::SessionError;
 use crate::slots::SlotError;
-use crate::tls::{self, NodeIdentity, TlsError, Trust};
+use crate::tls::{self, Credentials, NodeIdentity, TlsError, Trust};
 
 /// Application close code: orderly shutdown.
 pub(crate) const CLOSE_SHUTDOWN: u32 = 0;
@@ -37,7 +37,7 @@ pub(crate) const CLOSE_ERROR: u32 = 1;
 /// How nodes authenticate each other: this node's certificate, and whom it trusts.
 #[derive(Debug, Clone)]
 pub struct Security {
-    identity: NodeIdentity,
+    credentials: Arc<Credentials>,
     mode: Mode,
 }
 
@@ -57,7 +57,7 @@ impl Security {
     /// [`with_trust`](Self::with_trust) to name the members and revoke certificates.
     pub fn mutual_tls(identity: NodeIdentity, ca_pem: &str) -> Security {
         Security {
-            identity,
+            credentials: Credentials::fixed(identity),
             mode: Mode::CaPem(ca_pem.to_owned()),
         }
     }
@@ -66,8 +66,15 @@ impl Security {
     /// revoked). One `Trust` is meant to be shared by every role a node takes, so a
     /// change of members or of the revocation list applies to all of them.
     pub fn with_trust(identity: NodeIdentity, trust: Arc<Trust>) -> Security {
+        Security::with_credentials(Credentials::fixed(identity), trust)
+    }
+
+    /// As [`with_trust`](Self::with_trust), presenting `credentials`: certificate files
+    /// re-read when they change ([`Credentials::from_files`]), so a renewed certificate
+    /// takes effect without a restart.
+    pub fn with_credentials(credentials: Arc<Credentials>, trust: Arc<Trust>) -> Security {
         Security {
-            identity,
+            credentials,
             mode: Mode::Trust(trust),
         }
     }
@@ -77,24 +84,29 @@ impl Security {
     /// `identity` is still presented by the leader, and ids come from it.
     pub fn insecure_for_tests_only(identity: NodeIdentity) -> Security {
         Security {
-            identity,
+            credentials: Credentials::fixed(identity),
             mode: Mode::InsecureForTestsOnly,
         }
     }
 
-    /// This node's certificate.
-    pub fn identity(&self) -> &NodeIdentity {
-        &self.identity
+    /// This node's certificate and key, as its handshakes present them.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    /// This node's certificate in force.
+    pub fn identity(&self) -> NodeIdentity {
+        self.credentials.identity()
     }
 
     /// This node's id.
     pub fn node_id(&self) -> &str {
-        self.identity.node_id()
+        &self.credentials.peer_id().node_id
     }
 
     /// The cluster's id.
     pub fn cluster_id(&self) -> &str {
-        self.identity.cluster_id()
+        &self.credentials.peer_id().cluster_id
     }
 
     /// Whom this node trusts (`None` in the insecure test mode).
@@ -142,10 +154,11 @@ impl Security {
     }
 
     fn check_own_certificate(&self) -> Result<(), TlsError> {
-        if self.identity.role() != tls::Role::Node {
+        let me = self.credentials.peer_id();
+        if me.role != tls::Role::Node {
             return Err(TlsError::WrongRole {
-                peer: self.identity.peer_id().to_string(),
-                role: self.identity.role(),
+                peer: me.to_string(),
+                role: me.role,
                 allowed: "node certificates".into(),
             });
         }
@@ -157,15 +170,15 @@ impl Security {
     fn server_config(&self, trust: Option<&Arc<Trust>>) -> Result<quinn::ServerConfig, TlsError> {
         self.check_own_certificate()?;
         match trust {
-            Some(t) => tls::server_config_with(&self.identity, t),
-            None => tls::insecure_server_config_for_tests_only(&self.identity),
+            Some(t) => tls::server_config_with(&self.credentials, t),
+            None => tls::insecure_server_config_for_tests_only(&self.credentials.identity()),
         }
     }
 
     fn client_config(&self, trust: Option<&Arc<Trust>>) -> Result<quinn::ClientConfig, TlsError> {
         self.check_own_certificate()?;
         match trust {
-            Some(t) => tls::client_config_with(&self.identity, t),
+            Some(t) => tls::client_config_with(&self.credentials, t),
             None => tls::insecure_client_config_for_tests_only(),
         }
     }

@@ -9,13 +9,15 @@ use std::sync::Arc;
 use rustls::pki_types::CertificateDer;
 
 use super::verify::{ClientVerifier, ServerNameRule, ServerVerifier};
-use super::{ca::cluster_of_ca, NodeIdentity, PeerId, Role, TlsError, Trust, ADMIN_ALPN};
+use super::{
+    ca::cluster_of_ca, Credentials, NodeIdentity, PeerId, Role, TlsError, Trust, ADMIN_ALPN,
+};
 
-/// The admin endpoint's server config: presents `identity` (the node's certificate) and
-/// requires a client certificate in any role that `trust` admits. TLS 1.3, ALPN
-/// `http/1.1`.
+/// The admin endpoint's server config: presents `creds` (the node's certificate, re-read
+/// when its files change) and requires a client certificate in any role that `trust`
+/// admits. TLS 1.3, ALPN `http/1.1`.
 pub fn admin_server_config(
-    identity: &NodeIdentity,
+    creds: &Arc<Credentials>,
     trust: &Arc<Trust>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let verifier = Arc::new(ClientVerifier {
@@ -23,7 +25,7 @@ pub fn admin_server_config(
         roles: &[Role::Operator, Role::Monitor, Role::Node],
     });
     Ok(Arc::new(super::server_tls(
-        identity, trust, verifier, ADMIN_ALPN,
+        creds, trust, verifier, ADMIN_ALPN,
     )?))
 }
 
@@ -49,7 +51,10 @@ pub fn admin_client_config(
         name: ServerNameRule::Node(node.map(str::to_owned)),
     });
     Ok(Arc::new(super::client_tls(
-        identity, &trust, verifier, ADMIN_ALPN,
+        &Credentials::fixed(identity.clone()),
+        &trust,
+        verifier,
+        ADMIN_ALPN,
     )?))
 }
 

@@ -33,6 +33,7 @@
 //! Exactly one crypto provider is built: *ring*, for rustls, quinn and rcgen alike.
 
 mod ca;
+mod credentials;
 mod https;
 mod identity;
 mod quic;
@@ -48,6 +49,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
 pub use ca::{read_revocation_list, ClusterCa, Revoked, Validity};
+pub use credentials::Credentials;
 pub use https::{admin_client_config, admin_server_config, peer_of_tls};
 pub use identity::{CertInfo, NodeIdentity};
 pub use quic::{
@@ -139,6 +141,16 @@ pub enum TlsError {
     #[error("certificate revocation list {path}: {reason}")]
     Crl {
         /// The CRL file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A certificate or key file cannot be used.
+    #[error("{what} {path}: {reason}")]
+    File {
+        /// Which file: "certificate" or "private key".
+        what: &'static str,
+        /// Its path.
         path: String,
         /// What is wrong.
         reason: String,
@@ -386,38 +398,63 @@ fn no_resumption_client(tls: &mut rustls::ClientConfig) {
     tls.resumption = rustls::client::Resumption::disabled();
 }
 
-/// A TLS 1.3 server config presenting `identity`, verifying clients with `verifier`,
+/// What identifies one version of a file (re-read when it changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: std::time::SystemTime,
+}
+
+impl FileStamp {
+    pub(crate) fn of(path: &std::path::Path) -> std::io::Result<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: m.modified()?,
+        })
+    }
+}
+
+/// A TLS 1.3 server config presenting `creds`, verifying clients with `verifier`,
 /// speaking `alpn`, without resumption.
 fn server_tls(
-    identity: &NodeIdentity,
+    creds: &Arc<Credentials>,
     trust: &Trust,
     verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     alpn: &[u8],
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let (chain, key) = identity.rustls_parts()?;
+    creds.certified()?;
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::clone(trust.provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(Arc::clone(creds) as Arc<dyn rustls::server::ResolvesServerCert>);
     tls.alpn_protocols = vec![alpn.to_vec()];
     no_resumption_server(&mut tls);
     Ok(tls)
 }
 
-/// A TLS 1.3 client config presenting `identity`, verifying the server with `verifier`,
+/// A TLS 1.3 client config presenting `creds`, verifying the server with `verifier`,
 /// speaking `alpn`, without resumption.
 fn client_tls(
-    identity: &NodeIdentity,
+    creds: &Arc<Credentials>,
     trust: &Trust,
     verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     alpn: &[u8],
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let (chain, key) = identity.rustls_parts()?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(trust.provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(chain, key)?;
+    creds.certified()?;
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(Arc::clone(trust.provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(
+                Arc::clone(creds) as Arc<dyn rustls::client::ResolvesClientCert>
+            );
     tls.alpn_protocols = vec![alpn.to_vec()];
     no_resumption_client(&mut tls);
     Ok(tls)

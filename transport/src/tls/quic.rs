@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::verify::{ClientVerifier, ServerNameRule, ServerVerifier};
-use super::{provider, NodeIdentity, Role, TlsError, Trust, ALPN};
+use super::{provider, Credentials, NodeIdentity, Role, TlsError, Trust, ALPN};
 
 /// Stream receive window: one stream may have this many unacknowledged bytes in flight.
 pub const STREAM_RECEIVE_WINDOW: u32 = 64 << 20;
@@ -55,21 +55,24 @@ pub fn server_config(
     ca_cert_pem: &str,
     cluster_id: &str,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    server_config_with(identity, &Arc::new(Trust::new(ca_cert_pem, cluster_id)?))
+    server_config_with(
+        &Credentials::fixed(identity.clone()),
+        &Arc::new(Trust::new(ca_cert_pem, cluster_id)?),
+    )
 }
 
-/// A quinn server config with mutual TLS: the server presents `identity` and admits the
-/// node certificates `trust` admits (members, not revoked); operator and monitor
-/// certificates are refused in the handshake.
+/// A quinn server config with mutual TLS: the server presents `creds` (re-read when its
+/// files change) and admits the node certificates `trust` admits (members, not revoked);
+/// operator and monitor certificates are refused in the handshake.
 pub fn server_config_with(
-    identity: &NodeIdentity,
+    creds: &Arc<Credentials>,
     trust: &Arc<Trust>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let verifier = Arc::new(ClientVerifier {
         trust: Arc::clone(trust),
         roles: &[Role::Node],
     });
-    finish_server(super::server_tls(identity, trust, verifier, ALPN)?)
+    finish_server(super::server_tls(creds, trust, verifier, ALPN)?)
 }
 
 /// A quinn client config with mutual TLS: the client presents `identity`, and requires the
@@ -81,20 +84,23 @@ pub fn client_config(
     ca_cert_pem: &str,
     cluster_id: &str,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    client_config_with(identity, &Arc::new(Trust::new(ca_cert_pem, cluster_id)?))
+    client_config_with(
+        &Credentials::fixed(identity.clone()),
+        &Arc::new(Trust::new(ca_cert_pem, cluster_id)?),
+    )
 }
 
-/// As [`client_config`], with the members and revocation list of `trust`: the server must
-/// be a member node whose certificate is not revoked.
+/// As [`client_config`], presenting `creds`, with the members and revocation list of
+/// `trust`: the server must be a member node whose certificate is not revoked.
 pub fn client_config_with(
-    identity: &NodeIdentity,
+    creds: &Arc<Credentials>,
     trust: &Arc<Trust>,
 ) -> Result<quinn::ClientConfig, TlsError> {
     let verifier = Arc::new(ServerVerifier {
         trust: Arc::clone(trust),
         name: ServerNameRule::AsConnected,
     });
-    finish_client(super::client_tls(identity, trust, verifier, ALPN)?)
+    finish_client(super::client_tls(creds, trust, verifier, ALPN)?)
 }
 
 fn finish_server(tls: rustls::ServerConfig) -> Result<quinn::ServerConfig, TlsError> {

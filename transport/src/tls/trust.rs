@@ -13,11 +13,9 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::SystemTime;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -27,7 +25,9 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DistinguishedName, RootCertStore};
 
-use super::{check_cluster, parse_cert_chain, provider, root_store, PeerId, Role, TlsError};
+use super::{
+    check_cluster, parse_cert_chain, provider, root_store, FileStamp, PeerId, Role, TlsError,
+};
 
 /// The largest revocation list file read.
 pub const MAX_CRL_BYTES: u64 = 16 << 20;
@@ -93,34 +93,13 @@ impl MemberSet {
     }
 }
 
-/// What identifies one version of a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: SystemTime,
-}
-
-impl Stamp {
-    fn of(path: &Path) -> std::io::Result<Stamp> {
-        let m = std::fs::metadata(path)?;
-        Ok(Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime: m.modified()?,
-        })
-    }
-}
-
 /// The webpki verifiers for the revocation list in force.
 struct Loaded {
     /// The CRL file's version they were built from.
-    stamp: Option<Stamp>,
+    stamp: Option<FileStamp>,
     /// A later version (`None`: the file was missing) that could not be used, reported
     /// once.
-    failed: Option<Option<Stamp>>,
+    failed: Option<Option<FileStamp>>,
     /// Serial numbers revoked, for the status.
     revoked: usize,
     client: Arc<dyn ClientCertVerifier>,
@@ -202,7 +181,7 @@ impl Trust {
     /// (an unusable one is an error) and again whenever it changes.
     pub fn with_crl_file(mut self, path: impl Into<PathBuf>) -> Result<Trust, TlsError> {
         let path = path.into();
-        let stamp = Stamp::of(&path).map_err(|e| crl_error(&path, e.to_string()))?;
+        let stamp = FileStamp::of(&path).map_err(|e| crl_error(&path, e.to_string()))?;
         let (crls, revoked) = self.read_crl(&path)?;
         let (client, server) = build(&self.roots, &self.provider, crls)?;
         self.loaded = Mutex::new(Loaded {
@@ -326,7 +305,7 @@ impl Trust {
     }
 
     fn refresh_from(&self, path: &Path) {
-        let stamp = Stamp::of(path).ok();
+        let stamp = FileStamp::of(path).ok();
         {
             let l = self.loaded();
             if (stamp.is_some() && stamp == l.stamp) || l.failed == Some(stamp) {

@@ -22,8 +22,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::log::{lock, read, Shared};
 use crate::segment::{parse_segment_name, TMP_SUFFIX};
+use crate::shared::Shared;
+use crate::sync::{lock, read};
 use crate::types::Lsn;
 
 /// The log's files, as [`Log::check_files`](crate::Log::check_files) found them, all

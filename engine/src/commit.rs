@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::log::{lock, Shared};
+use crate::shared::Shared;
 use crate::types::{Durability, Lsn};
 use crate::watermark::{block_on, next_waiter_id, Watermark};
 
@@ -178,10 +178,8 @@ impl Commit {
             }
             self.checked_end = true;
         }
-        if sh.failed.load(Ordering::Acquire) {
-            if let Some(e) = lock(&sh.failure).clone() {
-                return Poll::Ready(Err(e));
-            }
+        if let Some(e) = sh.life.poisoned() {
+            return Poll::Ready(Err(e));
         }
         let now_past = || self.deadline.is_some_and(|d| Instant::now() >= d);
         for &idx in self.stages() {
@@ -203,20 +201,19 @@ impl Commit {
             }
             // Registered first, then flags checked: whoever sets a flag wakes all waiters
             // afterwards, so this poll either sees the flag or is woken.
-            if (1..WRITTEN).contains(&idx) && sh.fenced.load(Ordering::Acquire) {
-                let reason = lock(&sh.fence).clone().unwrap_or_default();
-                return Poll::Ready(Err(Error::RemoteFenced {
-                    lsn: self.lsn,
-                    level: self.level,
-                    reason,
-                }));
-            }
-            if sh.failed.load(Ordering::Acquire) {
-                if let Some(e) = lock(&sh.failure).clone() {
-                    return Poll::Ready(Err(e));
+            if (1..WRITTEN).contains(&idx) {
+                if let Some(reason) = sh.life.fenced() {
+                    return Poll::Ready(Err(Error::RemoteFenced {
+                        lsn: self.lsn,
+                        level: self.level,
+                        reason,
+                    }));
                 }
             }
-            if sh.closed.load(Ordering::Acquire) {
+            if let Some(e) = sh.life.poisoned() {
+                return Poll::Ready(Err(e));
+            }
+            if sh.life.is_closed() {
                 return Poll::Ready(Err(Error::Closed {
                     path: sh.dir.clone(),
                 }));

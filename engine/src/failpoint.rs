@@ -52,6 +52,40 @@ pub(crate) fn set_after(name: &'static str, dir: &Path, errno: i32, pass: usize)
     });
 }
 
+#[cfg(test)]
+static PAUSED: std::sync::Mutex<Vec<(&'static str, std::path::PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
+#[cfg(test)]
+static RESUMED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Waits while `name` is paused for `dir` ([`pause`]).
+#[cfg_attr(not(test), inline(always))]
+pub(crate) fn wait_if_paused(name: &'static str, dir: &Path) {
+    #[cfg(test)]
+    {
+        let mut p = crate::sync::lock(&PAUSED);
+        while p.iter().any(|(n, d)| *n == name && d == dir) {
+            p = RESUMED
+                .wait(p)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+    let _ = (name, dir);
+}
+
+/// Holds every thread that reaches `name` for `dir` until [`resume`].
+#[cfg(test)]
+pub(crate) fn pause(name: &'static str, dir: &Path) {
+    crate::sync::lock(&PAUSED).push((name, dir.to_path_buf()));
+}
+
+/// Lets the threads held for `dir` go.
+#[cfg(test)]
+pub(crate) fn resume(dir: &Path) {
+    crate::sync::lock(&PAUSED).retain(|(_, d)| d != dir);
+    RESUMED.notify_all();
+}
+
 /// Disarms every failpoint of `dir`.
 #[cfg(test)]
 pub(crate) fn clear(dir: &Path) {

@@ -1,10 +1,9 @@
 //! The [`Log`] handle: the engine's public API, and the state its threads share.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
@@ -17,7 +16,7 @@ use crate::epoch::EpochHistory;
 use crate::error::{Error, Result};
 use crate::format::{self, Geometry, BATCH_HEADER_LEN, RECORD_PREFIX_LEN};
 use crate::group_commit::Assembler;
-use crate::io::{self, WriterWake};
+use crate::io;
 use crate::options::Options;
 use crate::preparer::Preparer;
 use crate::reader::{Reader, RecordReader};
@@ -30,182 +29,8 @@ use crate::writer;
 
 use crate::layout::{LOCK_FILE, META_FILE};
 
-pub(crate) use crate::sync::{lock, read, write};
-
-/// Truncations so far, so that commits and readers created before one can tell
-/// whether it removed what they wait on.
-#[derive(Default)]
-pub(crate) struct Truncations {
-    pub(crate) events: Vec<(u64, Lsn)>,
-}
-
-/// State shared by the `Log` handle, its writer and preparer threads, commits and readers.
-pub(crate) struct Shared {
-    pub(crate) dir: PathBuf,
-    pub(crate) geometry: Geometry,
-    pub(crate) opts: Options,
-    pub(crate) append: Mutex<Assembler>,
-    pub(crate) space: Condvar,
-    pub(crate) space_waiters: AtomicUsize,
-    pub(crate) has_pending: AtomicBool,
-    pub(crate) segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
-    pub(crate) start: AtomicU64,
-    pub(crate) end: AtomicU64,
-    pub(crate) written: Watermark,
-    pub(crate) flushed: Watermark,
-    pub(crate) remote_written: Watermark,
-    pub(crate) remote_flushed: Watermark,
-    pub(crate) remote_applied: Watermark,
-    pub(crate) flush_requested: AtomicU64,
-    pub(crate) wake: Arc<WriterWake>,
-    pub(crate) failure: Mutex<Option<Error>>,
-    pub(crate) failed: AtomicBool,
-    pub(crate) closing: AtomicBool,
-    pub(crate) closed: AtomicBool,
-    pub(crate) fence: Mutex<Option<String>>,
-    pub(crate) fenced: AtomicBool,
-    /// Why local appends are refused, if they are (read under the append lock).
-    pub(crate) sealed: Mutex<Option<String>>,
-    pub(crate) truncations: Mutex<Truncations>,
-    pub(crate) trunc_gen: AtomicU64,
-    pub(crate) timer: Timer,
-    pub(crate) epochs: Mutex<EpochHistory>,
-    pub(crate) prep: Preparer,
-    pub(crate) checkpoint: AtomicU64,
-    /// Lowest position another component (the followers' retention slots) still needs;
-    /// `u64::MAX` when nothing is held.
-    pub(crate) retention_floor: AtomicU64,
-    pub(crate) backend_name: &'static str,
-    pub(crate) counters: crate::stats::Counters,
-    /// Why segment retirement last stopped, if it did.
-    pub(crate) retire_error: Mutex<Option<Error>>,
-    /// The cluster and node the log belongs to, if it records them.
-    pub(crate) identity: Option<crate::LogIdentity>,
-}
-
-impl Shared {
-    pub(crate) fn end(&self) -> Lsn {
-        Lsn::new(self.end.load(Ordering::Acquire))
-    }
-
-    pub(crate) fn start(&self) -> Lsn {
-        Lsn::new(self.start.load(Ordering::Acquire))
-    }
-
-    /// The error to return if the log can no longer be used, if any.
-    pub(crate) fn unusable(&self) -> Option<Error> {
-        if self.failed.load(Ordering::Acquire) {
-            return lock(&self.failure).clone();
-        }
-        if self.closing.load(Ordering::Acquire) {
-            return Some(Error::Closed {
-                path: self.dir.clone(),
-            });
-        }
-        None
-    }
-
-    /// Stops the log after a failed write or flush: the state of the page cache is
-    /// unknown, so nothing more is acknowledged (PostgreSQL and raft-engine do the same).
-    pub(crate) fn poison(&self, op: &'static str, err: &std::io::Error) {
-        tracing::error!(dir = %self.dir.display(), op, error = %err, "log writer failed; the log refuses further work until reopened");
-        {
-            let mut f = lock(&self.failure);
-            if f.is_none() {
-                *f = Some(Error::Poisoned {
-                    path: self.dir.clone(),
-                    op,
-                    reason: err.to_string(),
-                });
-            }
-        }
-        self.failed.store(true, Ordering::Release);
-        self.wake_everyone();
-    }
-
-    pub(crate) fn wake_everyone(&self) {
-        for w in self.watermarks() {
-            w.wake_all();
-        }
-        drop(lock(&self.append));
-        self.space.notify_all();
-        self.prep.notify();
-        self.wake.notify();
-    }
-
-    fn watermarks(&self) -> [&Watermark; 5] {
-        [
-            &self.written,
-            &self.flushed,
-            &self.remote_written,
-            &self.remote_flushed,
-            &self.remote_applied,
-        ]
-    }
-
-    /// Asks the writer to flush through `lsn`.
-    pub(crate) fn request_flush(&self, lsn: Lsn) {
-        let old = self.flush_requested.fetch_max(lsn.get(), Ordering::AcqRel);
-        if old < lsn.get() {
-            self.wake.notify();
-        }
-    }
-
-    /// The lowest truncation point of truncations after generation `gen`, if any.
-    pub(crate) fn truncated_since(&self, gen: u64) -> Option<Lsn> {
-        if self.trunc_gen.load(Ordering::Acquire) == gen {
-            return None;
-        }
-        lock(&self.truncations)
-            .events
-            .iter()
-            .filter(|(g, _)| *g > gen)
-            .map(|(_, l)| *l)
-            .min()
-    }
-
-    pub(crate) fn segment(&self, base: Lsn) -> Option<Arc<Segment>> {
-        read(&self.segments).get(&base.get()).cloned()
-    }
-
-    /// Makes the segment at `base` available for appends (called under the append lock).
-    /// Segments are added strictly in order: `base` must already be in the log or be the
-    /// one right after its last segment, so no position can ever be skipped.
-    pub(crate) fn provision(&self, base: Lsn) -> Result<()> {
-        {
-            let segs = read(&self.segments);
-            if segs.contains_key(&base.get()) {
-                return Ok(());
-            }
-            let next = segs
-                .last_key_value()
-                .map(|(&last, _)| last.saturating_add(self.geometry.capacity()));
-            if next != Some(base.get()) {
-                return Err(Error::InvalidState {
-                    op: "provision a segment",
-                    reason: format!(
-                        "segment {base} is not the one after the log's last segment ({})",
-                        segs.last_key_value()
-                            .map_or("none".to_string(), |(&b, _)| Lsn::new(b).to_string())
-                    ),
-                });
-            }
-        }
-        let seg = self.prep.take(self, base)?;
-        write(&self.segments).insert(base.get(), Arc::new(seg));
-        Ok(())
-    }
-
-    /// Notifies appenders blocked on back-pressure, if any.
-    pub(crate) fn release_space(&self) {
-        if self.space_waiters.load(Ordering::Acquire) > 0 {
-            // Taking the lock orders this wake-up after a waiter's check; one waiter is
-            // woken, and each admitted appender wakes the next while room remains.
-            drop(lock(&self.append));
-            self.space.notify_one();
-        }
-    }
-}
+use crate::shared::{Shared, Truncations};
+use crate::sync::{lock, read};
 
 /// A write-ahead log in one directory: segmented, memory-mapped for reads, written by
 /// one log-writer thread with group commit.
@@ -396,13 +221,7 @@ impl Log {
             remote_applied: Watermark::new(Lsn::ZERO),
             flush_requested: AtomicU64::new(end.get()),
             wake: backend.wake(),
-            failure: Mutex::new(None),
-            failed: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            fence: Mutex::new(None),
-            fenced: AtomicBool::new(false),
-            sealed: Mutex::new(None),
+            life: crate::lifecycle::Lifecycle::default(),
             truncations: Mutex::new(Truncations::default()),
             trunc_gen: AtomicU64::new(0),
             timer: Timer::default(),
@@ -510,11 +329,19 @@ impl Log {
         mut st: MutexGuard<'a, Assembler>,
         bytes: u64,
         block: bool,
+        local: bool,
     ) -> Result<MutexGuard<'a, Assembler>> {
         let sh = &self.shared;
         let limit = sh.opts.max_pending_bytes;
         loop {
-            if let Some(e) = sh.unusable() {
+            // Asked each time the append lock is held again: waiting for room below
+            // releases it, and a seal (which takes it) may have come meanwhile.
+            let refused = if local {
+                sh.life.refuse_local(&sh.dir)
+            } else {
+                sh.unusable()
+            };
+            if let Some(e) = refused {
                 return Err(e);
             }
             let pending = st.end().bytes_after(sh.written.get());
@@ -547,11 +374,7 @@ impl Log {
     fn reserve(&self, records: &[&[u8]], block: bool, out: &mut dyn FnMut(Lsn)) -> Result<()> {
         let bytes = self.check_sizes(records)?;
         let sh = &*self.shared;
-        let st = lock(&sh.append);
-        if let Some(reason) = lock(&sh.sealed).clone() {
-            return Err(Error::Sealed { reason });
-        }
-        let mut st = self.admit(st, bytes, block)?;
+        let mut st = self.admit(lock(&sh.append), bytes, block, true)?;
         let before = st.end();
         if records.len() > 1 {
             // Make every segment the records could reach exist first, so that a failure
@@ -611,7 +434,7 @@ impl Log {
     /// are pending, and the errors of [`append`](Log::append).
     pub fn append_encoded(&self, bytes: Bytes) -> Result<Lsn> {
         let sh = &*self.shared;
-        let mut st = self.admit(lock(&sh.append), bytes.len() as u64, true)?;
+        let mut st = self.admit(lock(&sh.append), bytes.len() as u64, true, false)?;
         let plan = st.plan_encoded(&bytes)?;
         for base in &plan.provision {
             sh.provision(*base)?;
@@ -789,8 +612,7 @@ impl Log {
     /// or was fenced): commits waiting on remote levels fail at once with
     /// [`Error::RemoteFenced`], and so do new ones until [`unfence_remote`](Log::unfence_remote).
     pub fn fence_remote(&self, reason: impl Into<String>) {
-        *lock(&self.shared.fence) = Some(reason.into());
-        self.shared.fenced.store(true, Ordering::Release);
+        self.shared.life.fence(reason.into());
         for w in [
             &self.shared.remote_written,
             &self.shared.remote_flushed,
@@ -819,24 +641,23 @@ impl Log {
     pub fn seal(&self, reason: impl Into<String>) {
         // Taken under the append lock: an append that already holds it finishes first.
         let _append = lock(&self.shared.append);
-        *lock(&self.shared.sealed) = Some(reason.into());
+        self.shared.life.seal(reason.into());
     }
 
     /// Lifts [`seal`](Log::seal).
     pub fn unseal(&self) {
         let _append = lock(&self.shared.append);
-        *lock(&self.shared.sealed) = None;
+        self.shared.life.unseal();
     }
 
     /// Why local appends are refused, if they are.
     pub fn sealed(&self) -> Option<String> {
-        lock(&self.shared.sealed).clone()
+        self.shared.life.sealed()
     }
 
     /// Lifts [`fence_remote`](Log::fence_remote).
     pub fn unfence_remote(&self) {
-        self.shared.fenced.store(false, Ordering::Release);
-        *lock(&self.shared.fence) = None;
+        self.shared.life.unfence();
     }
 
     /// Why segment retirement last stopped, if it ever did: an I/O error renaming or
@@ -961,7 +782,7 @@ impl Log {
     pub fn close(&self) -> Result<()> {
         let sh = &*self.shared;
         let end = sh.end();
-        if !sh.closed.load(Ordering::Acquire) && !sh.failed.load(Ordering::Acquire) {
+        if !sh.life.is_closed() && !sh.life.is_poisoned() {
             // Let the writer drain: everything appended gets written and flushed.
             sh.request_flush(end);
             let _ = block_on(
@@ -969,7 +790,7 @@ impl Log {
                 Some(Instant::now() + Duration::from_secs(60)),
             );
         }
-        sh.closing.store(true, Ordering::Release);
+        sh.life.begin_close();
         sh.prep.shutdown();
         sh.wake_everyone();
         let threads: Vec<_> = lock(&self.threads).drain(..).collect();
@@ -978,19 +799,17 @@ impl Log {
             let _ = t.join();
         }
         sh.timer.shutdown();
-        if first_close && !sh.failed.load(Ordering::Acquire) && sh.flushed.get() >= sh.end() {
+        if first_close && !sh.life.is_poisoned() && sh.flushed.get() >= sh.end() {
             // Everything is durable: a later open may treat any invalid batch before the
             // end as damage, not as an unflushed tail.
             crate::marker::write(&sh.dir, sh.flushed.get())?;
         }
-        sh.closed.store(true, Ordering::Release);
+        sh.life.finish_close();
         sh.wake_everyone();
-        if sh.failed.load(Ordering::Acquire) {
-            if let Some(e) = lock(&sh.failure).clone() {
-                return Err(e);
-            }
+        match sh.life.poisoned() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -34,9 +34,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::log::{lock, read, write, Shared};
 use crate::segment::{self, Segment, TMP_SUFFIX};
+use crate::shared::Shared;
 use crate::stats::Counters;
+use crate::sync::{lock, read, write};
 use crate::types::Lsn;
 
 pub(crate) struct State {

@@ -18,8 +18,8 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::format::{check_batch, records, BatchHeader, Expect, Record, BATCH_HEADER_LEN};
-use crate::log::Shared;
 use crate::segment::Segment;
+use crate::shared::Shared;
 use crate::types::{Epoch, Lsn};
 use crate::watermark::{block_on, next_waiter_id};
 
@@ -256,12 +256,12 @@ impl Reader {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.shared.closed.load(Ordering::Acquire) {
+        if self.shared.life.is_closed() {
             return Err(Error::Closed {
                 path: self.shared.dir.clone(),
             });
         }
-        if self.shared.failed.load(Ordering::Acquire) {
+        if self.shared.life.is_poisoned() {
             if let Some(e) = self.shared.unusable() {
                 return Err(e);
             }
@@ -286,8 +286,8 @@ impl Reader {
             let id = self.id;
             let fut = poll_fn(|cx| {
                 if sh.written.poll_reached(target, id, cx.waker())
-                    || sh.closed.load(Ordering::Acquire)
-                    || sh.failed.load(Ordering::Acquire)
+                    || sh.life.is_closed()
+                    || sh.life.is_poisoned()
                     || sh.trunc_gen.load(Ordering::Acquire) != self.gen
                 {
                     Poll::Ready(())
@@ -319,8 +319,8 @@ impl Reader {
             let gen = self.gen;
             poll_fn(|cx| {
                 if sh.written.poll_reached(target, id, cx.waker())
-                    || sh.closed.load(Ordering::Acquire)
-                    || sh.failed.load(Ordering::Acquire)
+                    || sh.life.is_closed()
+                    || sh.life.is_poisoned()
                     || sh.trunc_gen.load(Ordering::Acquire) != gen
                 {
                     Poll::Ready(())

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::format::{BatchHeader, Geometry};
-use crate::log::{lock, write, Shared};
 use crate::segment;
+use crate::shared::Shared;
+use crate::sync::{lock, write};
 use crate::types::{Epoch, Lsn};
 use crate::watermark::block_on;
 
@@ -40,7 +41,7 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
             Some(Instant::now() + Duration::from_secs(1)),
         )
         .is_none()
-            && sh.failed.load(Ordering::Acquire)
+            && sh.life.is_poisoned()
         {
             return Err(sh.unusable().unwrap_or(Error::Closed {
                 path: sh.dir.clone(),
@@ -80,7 +81,7 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
 
     if lsn < end {
         let later: Vec<_> = {
-            let segs = crate::log::read(&sh.segments);
+            let segs = crate::sync::read(&sh.segments);
             segs.range(keep_base.get() + 1..)
                 .map(|(_, s)| Arc::clone(s))
                 .rev()

@@ -25,9 +25,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::format::{restamp, seal_header, BATCH_HEADER_LEN};
 use crate::group_commit::Chunk;
 use crate::io::Backend;
-use crate::log::{lock, Shared};
 use crate::segment::Segment;
+use crate::shared::Shared;
 use crate::stats::Counters;
+use crate::sync::lock;
 use crate::types::Lsn;
 
 static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
@@ -83,7 +84,7 @@ pub(crate) fn run(shared: Arc<Shared>, backend: Box<dyn Backend>) {
 impl Writer {
     fn finished(&self) -> bool {
         let sh = &self.shared;
-        (sh.closing.load(Ordering::Acquire) || sh.failed.load(Ordering::Acquire))
+        sh.life.is_stopping()
             && !sh.has_pending.load(Ordering::Acquire)
             && !self.backend.flush_in_flight()
             && sh.flushed.get() >= sh.written.get()
@@ -103,7 +104,7 @@ impl Writer {
         };
         let has_work = || {
             sh.has_pending.load(Ordering::Acquire)
-                || (!in_flight && sh.closing.load(Ordering::Acquire))
+                || (!in_flight && sh.life.is_closing())
                 || (!in_flight
                     && sh.flush_requested.load(Ordering::Acquire) > sh.flushed.get().get()
                     && sh.written.get() > sh.flushed.get())
@@ -178,7 +179,7 @@ impl Writer {
         let due = requested > flushed
             || written.bytes_after(flushed) >= sh.opts.async_flush_after_bytes
             || self.last_flush.elapsed() >= sh.opts.async_flush_interval
-            || sh.closing.load(Ordering::Acquire);
+            || sh.life.is_closing();
         if !due {
             return Ok(false);
         }
@@ -311,6 +312,7 @@ impl Writer {
                     std::io::Error::other(e.to_string()),
                 )
             })?;
+            crate::failpoint::wait_if_paused("writer::write", &self.shared.dir);
             crate::failpoint::hit("writer::write", &self.shared.dir)
                 .and_then(|()| self.backend.write_all_at(&file, offset, &slices))
                 .map_err(|e| ("write segment", e))?;

@@ -431,14 +431,17 @@ impl Node {
     ///
     /// # Errors
     /// [`TransportError::NotLeading`], or the slot file could not be saved.
-    pub fn drop_slot(&self, node: &str) -> Result<bool, TransportError> {
-        match self.shared.current().as_ref() {
-            Some(Current::Leading(l)) if l.fenced().is_none() => l.drop_slot(node),
-            _ => Err(TransportError::NotLeading {
-                node: self.shared.node_id.clone(),
-                role: self.role().as_str(),
-            }),
-        }
+    pub async fn drop_slot(&self, node: &str) -> Result<bool, TransportError> {
+        let control = match self.shared.current().as_ref() {
+            Some(Current::Leading(l)) if l.fenced().is_none() => l.slot_control(),
+            _ => {
+                return Err(TransportError::NotLeading {
+                    node: self.shared.node_id.clone(),
+                    role: self.role().as_str(),
+                })
+            }
+        };
+        control.drop_slot(node).await
     }
 
     async fn send(&self, c: Command) -> Result<(), TransportError> {

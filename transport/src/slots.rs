@@ -81,6 +81,8 @@ pub struct Slots {
     slots: BTreeMap<String, Slot>,
     segment_capacity: u64,
     dirty: bool,
+    /// Saves taken so far, to order their writes.
+    generation: u64,
 }
 
 impl Slots {
@@ -95,6 +97,7 @@ impl Slots {
             slots: BTreeMap::new(),
             segment_capacity: segment_capacity.max(1),
             dirty: false,
+            generation: 0,
         };
         let text = match crate::durable::load(&s.path) {
             Ok(Some(t)) => t,
@@ -205,13 +208,69 @@ impl Slots {
     /// # Errors
     /// [`SlotError::Save`]; the slots stay dirty and the next save retries.
     pub fn save(&mut self) -> Result<(), SlotError> {
+        match self.take_save() {
+            Some(job) => job
+                .write(&SlotWriter::default())
+                .inspect_err(|_| self.dirty = true),
+            None => Ok(()),
+        }
+    }
+
+    /// What must be written for the file to hold the slots as they are now, if anything
+    /// changed that must survive a restart: taken under the caller's lock, written
+    /// ([`SaveJob::write`]) without it and off the async runtime's workers (a write,
+    /// two fsyncs and a rename can take milliseconds on a slow disk, and every
+    /// follower's acks wait for that lock). If writing fails, call
+    /// [`mark_dirty`](Self::mark_dirty) so the next save retries.
+    pub fn take_save(&mut self) -> Option<SaveJob> {
         if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        self.generation += 1;
+        Some(SaveJob {
+            dir: self.path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            text: render(&self.slots),
+            generation: self.generation,
+        })
+    }
+
+    /// The slots changed in a way that must be saved (a save failed).
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+}
+
+/// The slots' file contents as they were when taken ([`Slots::take_save`]).
+#[derive(Debug)]
+pub struct SaveJob {
+    dir: PathBuf,
+    text: String,
+    generation: u64,
+}
+
+/// Writes [`SaveJob`]s of one slot file in order: a job older than the last one written
+/// is dropped, so two saves racing cannot leave the older contents in place.
+#[derive(Debug, Default)]
+pub struct SlotWriter {
+    written: std::sync::Mutex<u64>,
+}
+
+impl SaveJob {
+    /// Writes the file atomically and durably (blocking: call it off the async workers).
+    ///
+    /// # Errors
+    /// [`SlotError::Save`].
+    pub fn write(self, writer: &SlotWriter) -> Result<(), SlotError> {
+        let mut last = writer
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.generation <= *last {
             return Ok(());
         }
-        let text = render(&self.slots);
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        crate::durable::store(dir, SLOTS_FILE, &text).map_err(SlotError::Save)?;
-        self.dirty = false;
+        crate::durable::store(&self.dir, SLOTS_FILE, &self.text).map_err(SlotError::Save)?;
+        *last = self.generation;
         Ok(())
     }
 }

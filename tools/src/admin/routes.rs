@@ -237,7 +237,7 @@ pub(super) async fn handle(
             }
         }
         Route::SetLeader => set_leader(&ctx, req).await,
-        Route::DropSlot(n) => match node.drop_slot(&n) {
+        Route::DropSlot(n) => match node.drop_slot(&n).await {
             Ok(dropped) => json(
                 StatusCode::OK,
                 &SlotDropped {

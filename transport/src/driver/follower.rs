@@ -827,7 +827,15 @@ impl Stream<'_> {
                         .decode(ship.compression, ship.raw_len, ship.data)
                         .map_err(|source| TransportError::Codec { peer, source })?;
                     let n = raw.len();
-                    log.append_encoded(raw)?;
+                    // On a blocking thread: an append may wait for room (back-pressure) or
+                    // for its next segment to be made, which must not hold a tokio worker
+                    // (other sessions' acks and the leader's tasks run there).
+                    let l = Arc::clone(log);
+                    tokio::task::spawn_blocking(move || l.append_encoded(raw))
+                        .await
+                        .map_err(|e| {
+                            TransportError::InvalidOptions(format!("append task: {e}"))
+                        })??;
                     self.received = ship.end;
                     {
                         let mut s = self.shared.state();

@@ -19,7 +19,7 @@ use crate::lag::LagTracker;
 use crate::quorum::{Progress, QuorumTracker, SyncPolicy};
 use crate::session::leader::{LeaderConfig, LeaderEvent, LeaderSession, LogView};
 use crate::session::SessionError;
-use crate::slots::Slots;
+use crate::slots::{SaveJob, SlotWriter, Slots};
 use crate::status::{FollowerInfo, LeaderStatus, Role, StreamState};
 use crate::tls::{peer_identity, Trust};
 use crate::wire::RejectCode;
@@ -165,6 +165,8 @@ struct Shared {
     max_retained_bytes: u64,
     remote_commit_timeout: Duration,
     epoch_authority: Option<Arc<dyn EpochAuthority>>,
+    /// Writes the slot file, in order.
+    slot_writer: Arc<SlotWriter>,
     /// Connections per node id, for [`MAX_CONNECTIONS_PER_FOLLOWER`].
     per_peer: Mutex<BTreeMap<String, usize>>,
     repl: Mutex<Repl>,
@@ -298,8 +300,9 @@ impl Shared {
         r.quorum.disconnected(node);
     }
 
-    /// Slot upkeep: enforce the cap, move the retention floor, save what changed.
-    fn maintain(&self) {
+    /// Slot upkeep: enforce the cap, move the retention floor; returns what must be saved
+    /// (written by [`save_slots`], off the lock and off the async workers).
+    fn maintain(&self) -> Option<SaveJob> {
         let mut r = self.repl();
         let lost = r
             .slots
@@ -321,10 +324,32 @@ impl Shared {
             r.lost = Arc::new(r.slots.lost(self.max_retained_bytes));
         }
         self.log.set_retention_floor(r.slots.floor());
-        if let Err(e) = r.slots.save() {
-            tracing::error!(error = %e, "could not save retention slots; retrying");
-        }
+        r.slots.take_save()
     }
+
+    /// Drops `node`'s slot; returns whether it had one, and what must be saved.
+    fn drop_slot(&self, node: &str) -> (bool, Option<SaveJob>) {
+        let mut r = self.repl();
+        let had = r.slots.drop_slot(node);
+        r.lost = Arc::new(r.slots.lost(self.max_retained_bytes));
+        self.log.set_retention_floor(r.slots.floor());
+        (had, r.slots.take_save())
+    }
+}
+
+/// Writes a slot save on a blocking thread: a write, two fsyncs and a rename must not
+/// hold a tokio worker (nor the lock every follower's acks take). A failed save leaves
+/// the slots dirty, so the next upkeep tick retries.
+async fn save_slots(shared: &Arc<Shared>, job: SaveJob) -> Result<(), TransportError> {
+    let writer = Arc::clone(&shared.slot_writer);
+    let outcome = tokio::task::spawn_blocking(move || job.write(&writer)).await;
+    let failed = match outcome {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => TransportError::Slots(e),
+        Err(e) => TransportError::InvalidOptions(format!("slot save task: {e}")),
+    };
+    shared.repl().slots.mark_dirty();
+    Err(failed)
 }
 
 /// A leader streaming its log to followers; see the [module docs](super).
@@ -424,6 +449,7 @@ impl Leader {
             remote_commit_timeout: opts.remote_commit_timeout,
             epoch_authority: opts.epoch_authority.clone(),
             per_peer: Mutex::new(BTreeMap::new()),
+            slot_writer: Arc::new(SlotWriter::default()),
             fence: watch::channel(None).0,
             repl: Mutex::new(Repl {
                 quorum,
@@ -433,7 +459,10 @@ impl Leader {
                 next_session: 0,
             }),
         });
-        shared.maintain();
+        // At start, before anything is shipped: the one save made on the caller's thread.
+        if let Some(job) = shared.maintain() {
+            job.write(&shared.slot_writer)?;
+        }
         let (stop, stop_rx) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(
             endpoint.clone(),
@@ -551,17 +580,18 @@ impl Leader {
     }
 
     /// Drops `node`'s retention slot (for example after it was lost and the follower
-    /// was rebuilt); returns whether it had one.
+    /// was rebuilt); returns whether it had one, once the slot file says so.
     ///
     /// # Errors
-    /// The slot file could not be saved.
-    pub fn drop_slot(&self, node: &str) -> Result<bool, TransportError> {
-        let mut r = self.shared.repl();
-        let had = r.slots.drop_slot(node);
-        r.lost = Arc::new(r.slots.lost(self.shared.max_retained_bytes));
-        self.shared.log.set_retention_floor(r.slots.floor());
-        r.slots.save()?;
-        Ok(had)
+    /// The slot file could not be saved (the next upkeep tick retries).
+    pub async fn drop_slot(&self, node: &str) -> Result<bool, TransportError> {
+        self.slot_control().drop_slot(node).await
+    }
+
+    /// A handle that drops slots without borrowing the leader (the node keeps its leader
+    /// behind a lock that must not be held across the save).
+    pub(crate) fn slot_control(&self) -> SlotControl {
+        SlotControl(Arc::clone(&self.shared))
     }
 
     /// Replication as `pg_stat_replication` shows it.
@@ -639,11 +669,28 @@ impl Leader {
             b"leader shutting down",
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        self.shared.maintain();
+        if let Some(job) = self.shared.maintain() {
+            if let Err(e) = save_slots(&self.shared, job).await {
+                tracing::error!(error = %e, "could not save retention slots at shutdown");
+            }
+        }
         self.shared
             .log
             .fence_remote("the replication leader was shut down");
         tracing::info!(node = self.shared.cfg.node_id.as_str(), "leader stopped");
+    }
+}
+
+/// Drops slots of a running leader; see [`Leader::slot_control`].
+pub(crate) struct SlotControl(Arc<Shared>);
+
+impl SlotControl {
+    pub(crate) async fn drop_slot(&self, node: &str) -> Result<bool, TransportError> {
+        let (had, job) = self.0.drop_slot(node);
+        if let Some(job) = job {
+            save_slots(&self.0, job).await?;
+        }
+        Ok(had)
     }
 }
 
@@ -659,12 +706,15 @@ async fn upkeep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = tick.tick() => {
-                // A changed revocation list is noticed here even if no handshake comes.
-                if let Some(t) = &shared.trust {
-                    t.refresh();
-                }
-                shared.maintain();
+            _ = tick.tick() => {}
+        }
+        // A changed revocation list is noticed here even if no handshake comes.
+        if let Some(t) = &shared.trust {
+            t.refresh();
+        }
+        if let Some(job) = shared.maintain() {
+            if let Err(e) = save_slots(&shared, job).await {
+                tracing::error!(error = %e, "could not save retention slots; retrying");
             }
         }
     }

@@ -15,12 +15,12 @@ use super::pipeline::{Pipeline, Span};
 use super::{peer_certificate, Security, TransportError, CLOSE_ERROR, CLOSE_SHUTDOWN};
 use crate::compress::CompressionOptions;
 use crate::coordinator::{verify_epoch, EpochAuthority};
-use crate::lag::LagTracker;
-use crate::quorum::{Progress, QuorumTracker, SyncPolicy};
+use crate::quorum::{Progress, SyncPolicy};
 use crate::session::leader::{LeaderConfig, LeaderEvent, LeaderSession, LogView};
+use crate::session::registry::{self, Effect, Registry, SessionId};
 use crate::session::SessionError;
 use crate::slots::{SaveJob, SlotWriter, Slots};
-use crate::status::{FollowerInfo, LeaderStatus, Role, StreamState};
+use crate::status::{LeaderStatus, Role};
 use crate::tls::{peer_identity, Trust};
 use crate::wire::RejectCode;
 use rustls::pki_types::CertificateDer;
@@ -128,31 +128,6 @@ enum End {
     NotMember,
 }
 
-/// Per-follower bookkeeping behind [`FollowerInfo`].
-#[derive(Debug, Default)]
-struct Entry {
-    addr: Option<SocketAddr>,
-    session: u64,
-    state: Option<StreamState>,
-    sent: Lsn,
-    acked: Progress,
-    lag: LagTracker,
-    bytes_raw: u64,
-    bytes_wire: u64,
-    frames: u64,
-    last_error: Option<String>,
-    kick: Option<String>,
-}
-
-#[derive(Debug)]
-struct Repl {
-    quorum: QuorumTracker,
-    slots: Slots,
-    followers: BTreeMap<String, Entry>,
-    lost: Arc<BTreeMap<String, String>>,
-    next_session: u64,
-}
-
 struct Shared {
     log: Arc<Log>,
     cfg: LeaderConfig,
@@ -169,7 +144,7 @@ struct Shared {
     slot_writer: Arc<SlotWriter>,
     /// Connections per node id, for [`MAX_CONNECTIONS_PER_FOLLOWER`].
     per_peer: Mutex<BTreeMap<String, usize>>,
-    repl: Mutex<Repl>,
+    registry: Mutex<Registry>,
     /// Set once this leader steps down; never cleared (a new leadership is a new `Leader`).
     fence: watch::Sender<Option<String>>,
 }
@@ -187,12 +162,34 @@ impl Shared {
         self.fence.send_replace(Some(reason));
     }
 
-    fn repl(&self) -> MutexGuard<'_, Repl> {
-        self.repl.lock().unwrap_or_else(PoisonError::into_inner)
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the registry and carries out its effects: the retention floor and the
+    /// remote watermarks at once, under the lock; a slot save is returned, to be written
+    /// off the lock ([`save_slots`]).
+    fn with_registry<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> (T, Option<SaveJob>) {
+        let mut r = self.registry();
+        let out = f(&mut r);
+        let mut save = None;
+        while let Some(effect) = r.poll_effect() {
+            match effect {
+                Effect::RetentionFloor(floor) => self.log.set_retention_floor(floor),
+                Effect::Quorum(q) => {
+                    self.log.advance_remote_written(q.written);
+                    self.log.advance_remote_flushed(q.flushed);
+                    self.log.advance_remote_applied(q.applied);
+                }
+                // A later save covers an earlier one.
+                Effect::Save(job) => save = Some(job),
+            }
+        }
+        (out, save)
     }
 
     fn view(&self) -> LogView {
-        let lost = Arc::clone(&self.repl().lost);
+        let lost = self.registry().lost_slots();
         LogView {
             start: self.log.start_lsn(),
             end: self.log.end_lsn(),
@@ -201,139 +198,65 @@ impl Shared {
         }
     }
 
-    /// Pushes the quorum's positions into the engine's remote watermarks.
-    fn publish_quorum(&self, r: &Repl) {
-        let q = r.quorum.quorum();
-        self.log.advance_remote_written(q.written);
-        self.log.advance_remote_flushed(q.flushed);
-        self.log.advance_remote_applied(q.applied);
+    fn accepted(&self, node: &str, addr: SocketAddr, start: Lsn) -> SessionId {
+        self.with_registry(|r| r.accept(node, addr, start)).0
     }
 
-    fn accepted(&self, node: &str, addr: SocketAddr, start: Lsn) -> u64 {
-        let mut r = self.repl();
-        r.next_session += 1;
-        let id = r.next_session;
-        r.slots.accept(node, start);
-        // Hold the log for it now, not at the next upkeep tick: the embedder may checkpoint
-        // past `start` any moment.
-        self.log.set_retention_floor(r.slots.floor());
-        let e = r.followers.entry(node.to_string()).or_default();
-        *e = Entry {
-            addr: Some(addr),
-            session: id,
-            state: Some(StreamState::Catchup),
-            sent: start,
-            acked: Progress {
-                written: start,
-                flushed: start,
-                applied: Lsn::ZERO,
-            },
-            bytes_raw: e.bytes_raw,
-            bytes_wire: e.bytes_wire,
-            frames: e.frames,
-            ..Entry::default()
-        };
-        // Not streaming yet: PostgreSQL counts a standby for sync only once caught up.
-        r.quorum.disconnected(node);
-        id
+    fn progress(&self, node: &str, session: SessionId, p: Progress, now: Instant) {
+        self.with_registry(|r| r.progress(node, session, p, now));
     }
 
-    fn progress(&self, node: &str, session: u64, p: Progress, now: Instant) {
-        let mut r = self.repl();
-        let Some(e) = r.followers.get_mut(node).filter(|e| e.session == session) else {
-            return;
-        };
-        e.acked = p;
-        e.lag.acked(p, now);
-        let streaming = e.state == Some(StreamState::Streaming);
-        r.slots.advance(node, p.flushed);
-        if streaming {
-            r.quorum.update(node, true, p);
-            self.publish_quorum(&r);
+    fn shipped(
+        &self,
+        node: &str,
+        session: SessionId,
+        end: Lsn,
+        raw: usize,
+        wire: usize,
+        now: Instant,
+    ) {
+        self.with_registry(|r| r.shipped(node, session, end, raw, wire, now));
+    }
+
+    fn caught_up(&self, node: &str, session: SessionId) {
+        if self.with_registry(|r| r.caught_up(node, session)).0 {
+            tracing::info!(follower = node, "follower caught up; streaming");
         }
-    }
-
-    fn shipped(&self, node: &str, session: u64, end: Lsn, raw: usize, wire: usize, now: Instant) {
-        let mut r = self.repl();
-        if let Some(e) = r.followers.get_mut(node).filter(|e| e.session == session) {
-            e.sent = end;
-            e.lag.shipped(end, now);
-            e.bytes_raw += raw as u64;
-            e.bytes_wire += wire as u64;
-            e.frames += 1;
-        }
-    }
-
-    fn caught_up(&self, node: &str, session: u64) {
-        let mut r = self.repl();
-        let Some(e) = r.followers.get_mut(node).filter(|e| e.session == session) else {
-            return;
-        };
-        e.state = Some(StreamState::Streaming);
-        let p = e.acked;
-        r.quorum.update(node, true, p);
-        self.publish_quorum(&r);
-        tracing::info!(follower = node, "follower caught up; streaming");
     }
 
     /// Why this session must end, if it must.
-    fn must_end(&self, node: &str, session: u64) -> Option<End> {
+    fn must_end(&self, node: &str, session: SessionId) -> Option<End> {
         if !self.security.is_member(node) {
             return Some(End::NotMember);
         }
-        let r = self.repl();
-        match r.followers.get(node) {
-            Some(e) if e.session == session => e.kick.clone().map(End::SlotLost),
-            _ => Some(End::Superseded),
-        }
+        self.registry().must_end(node, session).map(|e| match e {
+            registry::End::Superseded => End::Superseded,
+            registry::End::SlotLost(why) => End::SlotLost(why),
+        })
     }
 
-    fn ended(&self, node: &str, session: u64, error: Option<String>) {
-        let mut r = self.repl();
-        let Some(e) = r.followers.get_mut(node).filter(|e| e.session == session) else {
-            return;
-        };
-        e.state = Some(StreamState::Disconnected);
-        e.addr = None;
-        e.kick = None;
-        e.last_error = error;
-        r.quorum.disconnected(node);
+    fn ended(&self, node: &str, session: SessionId, error: Option<String>) {
+        self.with_registry(|r| r.ended(node, session, error));
     }
 
     /// Slot upkeep: enforce the cap, move the retention floor; returns what must be saved
     /// (written by [`save_slots`], off the lock and off the async workers).
     fn maintain(&self) -> Option<SaveJob> {
-        let mut r = self.repl();
-        let lost = r
-            .slots
-            .enforce_cap(self.log.end_lsn(), self.max_retained_bytes);
+        let end = self.log.end_lsn();
+        let (lost, save) = self.with_registry(|r| r.maintain(end));
         for node in &lost {
             tracing::warn!(
                 follower = node.as_str(),
                 max_retained_bytes = self.max_retained_bytes,
                 "retention slot lost: follower too far behind"
             );
-            if let Some(e) = r.followers.get_mut(node) {
-                e.kick = Some(format!(
-                    "retention slot lost: more than max_retained_bytes = {} behind",
-                    self.max_retained_bytes
-                ));
-            }
         }
-        if !lost.is_empty() {
-            r.lost = Arc::new(r.slots.lost(self.max_retained_bytes));
-        }
-        self.log.set_retention_floor(r.slots.floor());
-        r.slots.take_save()
+        save
     }
 
     /// Drops `node`'s slot; returns whether it had one, and what must be saved.
     fn drop_slot(&self, node: &str) -> (bool, Option<SaveJob>) {
-        let mut r = self.repl();
-        let had = r.slots.drop_slot(node);
-        r.lost = Arc::new(r.slots.lost(self.max_retained_bytes));
-        self.log.set_retention_floor(r.slots.floor());
-        (had, r.slots.take_save())
+        self.with_registry(|r| r.drop_slot(node))
     }
 }
 
@@ -348,7 +271,7 @@ async fn save_slots(shared: &Arc<Shared>, job: SaveJob) -> Result<(), TransportE
         Ok(Err(e)) => TransportError::Slots(e),
         Err(e) => TransportError::InvalidOptions(format!("slot save task: {e}")),
     };
-    shared.repl().slots.mark_dirty();
+    shared.registry().save_failed();
     Err(failed)
 }
 
@@ -391,7 +314,7 @@ impl Leader {
         security: Security,
         opts: LeaderOptions,
     ) -> Result<Leader, TransportError> {
-        let quorum = QuorumTracker::new(opts.sync.clone())?;
+        opts.sync.validate()?;
         if opts.frame_bytes == 0 || opts.max_unacked_bytes == 0 {
             return Err(TransportError::InvalidOptions(
                 "frame_bytes and max_unacked_bytes must be positive".into(),
@@ -427,7 +350,7 @@ impl Leader {
         super::follower::store_seen_epoch(log.dir(), epoch)?;
         log.unseal();
         log.unfence_remote();
-        let lost = Arc::new(slots.lost(opts.max_retained_bytes));
+        let registry = Registry::new(opts.sync.clone(), slots, opts.max_retained_bytes)?;
         let shared = Arc::new(Shared {
             cfg: LeaderConfig {
                 cluster_id: security.cluster_id().to_owned(),
@@ -451,13 +374,7 @@ impl Leader {
             per_peer: Mutex::new(BTreeMap::new()),
             slot_writer: Arc::new(SlotWriter::default()),
             fence: watch::channel(None).0,
-            repl: Mutex::new(Repl {
-                quorum,
-                slots,
-                followers: BTreeMap::new(),
-                lost,
-                next_session: 0,
-            }),
+            registry: Mutex::new(registry),
         });
         // At start, before anything is shipped: the one save made on the caller's thread.
         if let Some(job) = shared.maintain() {
@@ -549,13 +466,7 @@ impl Leader {
         let end = log.end_lsn();
         let deadline = Instant::now() + timeout;
         loop {
-            let flushed = {
-                let r = self.shared.repl();
-                r.followers
-                    .get(node)
-                    .filter(|e| e.addr.is_some())
-                    .map(|e| e.acked.flushed)
-            };
+            let flushed = self.shared.registry().flushed_by(node);
             if flushed.is_some_and(|f| f >= end) {
                 break;
             }
@@ -599,42 +510,8 @@ impl Leader {
         let log = &self.shared.log;
         let watermarks = log.watermarks();
         let end = watermarks.end;
-        let r = self.shared.repl();
-        let mut names: Vec<&str> = r.followers.keys().map(String::as_str).collect();
-        for (n, _) in r.slots.iter() {
-            if !r.followers.contains_key(n) {
-                names.push(n);
-            }
-        }
-        let followers = names
-            .into_iter()
-            .map(|n| {
-                let e = r.followers.get(n);
-                let slot = r.slots.get(n);
-                let acked = e.map(|e| e.acked).unwrap_or_default();
-                let write = acked.written.max(slot.map_or(Lsn::ZERO, |s| s.restart));
-                FollowerInfo {
-                    node_id: n.to_string(),
-                    addr: e.and_then(|e| e.addr),
-                    state: e.and_then(|e| e.state).unwrap_or(StreamState::Disconnected),
-                    sync_state: r.quorum.sync_state(n),
-                    sent: e.map_or(write, |e| e.sent),
-                    write,
-                    flush: acked.flushed.max(slot.map_or(Lsn::ZERO, |s| s.restart)),
-                    apply: acked.applied,
-                    write_lag_bytes: end.bytes_after(write),
-                    flush_lag_bytes: end.bytes_after(acked.flushed),
-                    apply_lag_bytes: end.bytes_after(acked.applied),
-                    lag: e.map(|e| e.lag.lags()).unwrap_or_default(),
-                    bytes_raw: e.map_or(0, |e| e.bytes_raw),
-                    bytes_wire: e.map_or(0, |e| e.bytes_wire),
-                    frames: e.map_or(0, |e| e.frames),
-                    slot_restart: slot.map(|s| s.restart),
-                    slot_lost: slot.is_some_and(|s| s.lost_at.is_some()),
-                    last_error: e.and_then(|e| e.last_error.clone()),
-                }
-            })
-            .collect();
+        let r = self.shared.registry();
+        let followers = r.followers(end);
         let fenced = self.fenced();
         LeaderStatus {
             role: if fenced.is_some() {
@@ -646,7 +523,7 @@ impl Leader {
             node_id: self.shared.cfg.node_id.clone(),
             epoch: self.shared.cfg.epoch,
             watermarks,
-            sync_policy: r.quorum.policy().to_string(),
+            sync_policy: r.policy().to_string(),
             followers,
         }
     }

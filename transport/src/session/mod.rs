@@ -11,6 +11,7 @@
 
 pub mod follower;
 pub mod leader;
+pub mod registry;
 
 use bytes::BytesMut;
 use walship_engine::{Epoch, Lsn};

@@ -11,6 +11,7 @@
 //!   malformed, oversized, discontinuous or from an older epoch;
 //! - [`session`]: the leader's and follower's session logic as sans-I/O state machines;
 //! - [`quorum`]: PostgreSQL's `synchronous_standby_names` arithmetic (FIRST/ANY k);
+//! - [`role`]: a node's role decisions (lead, follow, step down, campaign), without I/O;
 //! - [`slots`]: retention slots, capped by `max_retained_bytes`;
 //! - [`compress`]: zstd for shipped data, skipped when it does not pay;
 //! - [`lag`]: write/flush/apply lag in time;
@@ -28,6 +29,7 @@ mod durable;
 pub mod lag;
 pub mod node;
 pub mod quorum;
+pub mod role;
 pub mod session;
 pub mod slots;
 pub mod status;

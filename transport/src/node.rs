@@ -42,6 +42,7 @@ use crate::driver::{
     load_seen_epoch, Apply, ApplyError, Follower, FollowerOptions, Leader, LeaderOptions, Security,
     TransportError,
 };
+use crate::role::{Decision, Doing, RoleDecider};
 use crate::status::{FollowerStatus, LeaderStatus};
 
 /// Settings of a [`Node`].
@@ -255,6 +256,7 @@ impl Node {
         let (commands, rx) = mpsc::channel(4);
         let (stop, stop_rx) = watch::channel(false);
         let runner = Runner {
+            decider: RoleDecider::new(opts.settle, opts.election_quorum),
             applied: opts.apply_from.unwrap_or_else(|| log.start_lsn()),
             shared: Arc::clone(&shared),
             coordinator,
@@ -263,8 +265,6 @@ impl Node {
             socket: Some(socket),
             advertise,
             opts,
-            absent_since: None,
-            hold_off_until: None,
         };
         let task = tokio::spawn(runner.run(rx, stop_rx));
         tracing::info!(node = node_id.as_str(), %listen, "node started");
@@ -522,10 +522,8 @@ struct Runner<C, A> {
     advertise: String,
     /// Where the embedder's state ends.
     applied: Lsn,
-    /// Since when no leader has been named.
-    absent_since: Option<Instant>,
-    /// No campaigning before this (after stepping down).
-    hold_off_until: Option<Instant>,
+    /// The role decisions.
+    decider: RoleDecider,
 }
 
 impl<C: Coordinator, A: Apply> Runner<C, A> {
@@ -639,35 +637,24 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
         }
     }
 
+    /// Asks the [`RoleDecider`] what to do, and asks the coordinator what a decision
+    /// needs answered (a campaign, a member count) before it becomes an action.
     async fn decide(&mut self, me: &MemberInfo, named: Option<LeaderInfo>) -> Action {
-        enum Now {
-            Leading(Option<String>),
-            Following(LeaderInfo),
-            Idle,
-        }
-        let now = match self.shared.current().as_ref() {
-            Some(Current::Leading(l)) => Now::Leading(l.fenced()),
-            Some(Current::Following(_, li)) => Now::Following(li.clone()),
-            _ => Now::Idle,
+        let doing = match self.shared.current().as_ref() {
+            Some(Current::Leading(l)) => Doing::Leading(l.fenced()),
+            Some(Current::Following(_, li)) => Doing::Following(li.clone()),
+            _ => Doing::Idle,
         };
-        if named.is_some() {
-            self.absent_since = None;
-        }
-        match (now, named) {
-            (Now::Leading(Some(why)), _) => Action::StepDown(why),
-            (Now::Leading(None), Some(l)) if l.node_id == me.node_id => Action::Stay,
-            (Now::Leading(None), Some(l)) => Action::StepDown(format!(
-                "the coordinator names {} the leader in epoch {}",
-                l.node_id, l.epoch
-            )),
-            (Now::Leading(None), None) => {
-                Action::StepDown("the coordinator no longer names this node the leader".into())
-            }
-            // Named but not leading: an operator's static configuration, or a grant
-            // whose start failed. A new epoch is led as granted; an old one (a claim
-            // from before a restart) is renewed by campaigning, or else released.
-            (_, Some(l)) if l.node_id == me.node_id && l.epoch > me.epoch => Action::Lead(l.epoch),
-            (_, Some(l)) if l.node_id == me.node_id => match self.campaign(me).await {
+        match self
+            .decider
+            .decide(Instant::now(), &doing, me, named.as_ref())
+        {
+            Decision::Stay => Action::Stay,
+            Decision::StepDown(why) => Action::StepDown(why),
+            Decision::Follow(l) => Action::Follow(l),
+            Decision::Lead(epoch) => Action::Lead(epoch),
+            Decision::Campaign => self.campaign(me).await,
+            Decision::RenewClaim => match self.campaign(me).await {
                 Action::Stay => {
                     if let Err(e) =
                         bounded(self.limit(), self.coordinator.resign(&me.node_id)).await
@@ -679,26 +666,15 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
                 }
                 other => other,
             },
-            (Now::Following(cur), Some(l)) if cur.node_id == l.node_id && cur.addr == l.addr => {
-                Action::Stay
-            }
-            (_, Some(l)) => Action::Follow(l),
-            (_, None) => {
-                let since = *self.absent_since.get_or_insert_with(Instant::now);
-                let held = self.hold_off_until.is_some_and(|t| Instant::now() < t);
-                if since.elapsed() < self.opts.settle || held {
-                    return Action::Stay;
-                }
+            Decision::CountMembers => {
                 match bounded(self.limit(), self.coordinator.members()).await {
-                    Ok(m) if m.len() >= self.opts.election_quorum => self.campaign(me).await,
-                    Ok(m) => {
-                        self.shared.note(format!(
-                            "no leader, and only {} of the {} members an election needs are live",
-                            m.len(),
-                            self.opts.election_quorum
-                        ));
-                        Action::Stay
-                    }
+                    Ok(m) => match self.decider.members(m.len()) {
+                        Ok(_) => self.campaign(me).await,
+                        Err(why) => {
+                            self.shared.note(why);
+                            Action::Stay
+                        }
+                    },
                     Err(e) => {
                         self.shared.note(format!("listing members: {e}"));
                         Action::Stay
@@ -751,7 +727,7 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
                     if let Err(e) = bounded(self.limit(), self.coordinator.resign(&me)).await {
                         self.shared.note(format!("resigning: {e}"));
                     }
-                    self.hold_off_until = Some(Instant::now() + self.opts.settle * 4);
+                    self.decider.stepped_down(Instant::now());
                 }
                 let _ = reply.send(());
             }
@@ -857,7 +833,7 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
         tracing::info!(node = self.shared.node_id.as_str(), %epoch, end = %self.shared.log.end_lsn(), "taking the lead");
         let l = self.start_leader(opts).await?;
         *self.shared.current() = Some(Current::Leading(l));
-        self.hold_off_until = None;
+        self.decider.leads();
         self.shared.role.send_replace(NodeRole::Leader { epoch });
         Ok(())
     }

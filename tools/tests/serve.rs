@@ -8,35 +8,16 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{certs, config, free_tcp, free_udp, ok, status_until, streaming, walship, Served};
+use common::{config, ok, status_until, streaming, walship};
 use serde_json::Value;
 
 #[test]
 fn three_served_nodes_replicate_fail_over_and_stop_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let certs = certs(dir, "t", "n1,n2,n3");
+    let (mut nodes, admin, _) = common::three_nodes(dir, "t", |_, _| {});
+    let certs = dir.join("certs");
     let ids = ["n1", "n2", "n3"];
-    let listen: Vec<String> = ids.iter().map(|_| free_udp()).collect();
-    let admin: Vec<String> = ids.iter().map(|_| free_tcp()).collect();
-    let peers = ids
-        .iter()
-        .zip(&listen)
-        .map(|(id, l)| format!("{id} = \"{l}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut nodes: Vec<Served> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let c = config(dir, id, &listen[i], &admin[i], &peers, "ANY 1 (*)");
-            Served::start(&c, &admin[i])
-        })
-        .collect();
-
-    status_until(&admin[0], "n1 leads with two streaming followers", |v| {
-        v["role"] == "leader" && streaming(v, 2)
-    });
     let appended = ok(&["append", &admin[0], "-d", "remote-flush", "hello", "world"]);
     assert_eq!(appended.lines().count(), 2, "{appended}");
     assert!(appended.contains("remote-flush"), "{appended}");

@@ -15,7 +15,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
 
-use super::{provider, FileStamp, NodeIdentity, PeerId, TlsError};
+use super::watch::FileWatch;
+use super::{provider, NodeIdentity, PeerId, TlsError};
 
 /// The largest certificate or key file read.
 const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -23,10 +24,8 @@ const MAX_PEM_BYTES: u64 = 1 << 20;
 struct State {
     identity: NodeIdentity,
     key: Option<Arc<CertifiedKey>>,
-    /// The files' versions `identity` was read from.
-    stamps: Option<(FileStamp, FileStamp)>,
-    /// A later version that could not be used, reported once.
-    failed: Option<(Option<FileStamp>, Option<FileStamp>)>,
+    /// The files' versions `identity` was read from, and the next to try (`None`: fixed).
+    watch: Option<FileWatch>,
 }
 
 /// What a node presents in its handshakes; see the [module docs](super) of `tls`.
@@ -65,8 +64,7 @@ impl Credentials {
             state: Mutex::new(State {
                 identity,
                 key: None,
-                stamps: None,
-                failed: None,
+                watch: None,
             }),
         })
     }
@@ -81,7 +79,7 @@ impl Credentials {
         key: impl Into<PathBuf>,
     ) -> Result<Arc<Credentials>, TlsError> {
         let (cert, key) = (cert.into(), key.into());
-        let stamps = (FileStamp::of(&cert), FileStamp::of(&key));
+        let watch = FileWatch::in_force_now(&[&cert, &key]);
         let identity =
             NodeIdentity::from_pem(&read("certificate", &cert)?, &read("private key", &key)?)?;
         let c = Credentials {
@@ -89,11 +87,7 @@ impl Credentials {
             state: Mutex::new(State {
                 identity,
                 key: None,
-                stamps: match stamps {
-                    (Ok(a), Ok(b)) => Some((a, b)),
-                    _ => None,
-                },
-                failed: None,
+                watch: Some(watch),
             }),
             files: Some((cert, key)),
         };
@@ -134,14 +128,10 @@ impl Credentials {
         let Some((cert, key)) = &self.files else {
             return;
         };
-        let now = (FileStamp::of(cert).ok(), FileStamp::of(key).ok());
-        {
-            let s = self.state();
-            let current = s.stamps.map(|(a, b)| (Some(a), Some(b)));
-            if current == Some(now) || s.failed == Some(now) {
-                return;
-            }
-        }
+        let paths: [&Path; 2] = [cert, key];
+        let Some(versions) = self.state().watch.as_ref().and_then(|w| w.changed(&paths)) else {
+            return;
+        };
         let loaded = (|| -> Result<(NodeIdentity, Arc<CertifiedKey>), TlsError> {
             let identity =
                 NodeIdentity::from_pem(&read("certificate", cert)?, &read("private key", key)?)?;
@@ -157,19 +147,21 @@ impl Credentials {
             Ok((identity, certified))
         })();
         let mut s = self.state();
-        match (loaded, now) {
-            (Ok((identity, certified)), (Some(a), Some(b))) => {
+        match loaded {
+            Ok((identity, certified)) => {
                 tracing::info!(cert = %cert.display(), "this node's certificate was replaced; the new one is in force");
                 s.identity = identity;
                 s.key = Some(certified);
-                s.stamps = Some((a, b));
-                s.failed = None;
+                if let Some(w) = s.watch.as_mut() {
+                    w.took(versions);
+                }
             }
-            (Err(e), _) => {
+            Err(e) => {
                 tracing::error!(cert = %cert.display(), error = %e, "the changed certificate or key cannot be used; the one in force stays");
-                s.failed = Some(now);
+                if let Some(w) = s.watch.as_mut() {
+                    w.refused(versions);
+                }
             }
-            (Ok(_), _) => s.failed = Some(now),
         }
     }
 }

@@ -39,6 +39,7 @@ mod identity;
 mod quic;
 mod trust;
 mod verify;
+mod watch;
 
 use std::fmt;
 use std::sync::Arc;
@@ -396,28 +397,6 @@ fn no_resumption_server(tls: &mut rustls::ServerConfig) {
 
 fn no_resumption_client(tls: &mut rustls::ClientConfig) {
     tls.resumption = rustls::client::Resumption::disabled();
-}
-
-/// What identifies one version of a file (re-read when it changes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileStamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: std::time::SystemTime,
-}
-
-impl FileStamp {
-    pub(crate) fn of(path: &std::path::Path) -> std::io::Result<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path)?;
-        Ok(FileStamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime: m.modified()?,
-        })
-    }
 }
 
 /// A TLS 1.3 server config presenting `creds`, verifying clients with `verifier`,

@@ -25,9 +25,8 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DistinguishedName, RootCertStore};
 
-use super::{
-    check_cluster, parse_cert_chain, provider, root_store, FileStamp, PeerId, Role, TlsError,
-};
+use super::watch::FileWatch;
+use super::{check_cluster, parse_cert_chain, provider, root_store, PeerId, Role, TlsError};
 
 /// The largest revocation list file read.
 pub const MAX_CRL_BYTES: u64 = 16 << 20;
@@ -95,11 +94,8 @@ impl MemberSet {
 
 /// The webpki verifiers for the revocation list in force.
 struct Loaded {
-    /// The CRL file's version they were built from.
-    stamp: Option<FileStamp>,
-    /// A later version (`None`: the file was missing) that could not be used, reported
-    /// once.
-    failed: Option<Option<FileStamp>>,
+    /// The CRL file's version they were built from, and the next to try.
+    watch: Option<FileWatch>,
     /// Serial numbers revoked, for the status.
     revoked: usize,
     client: Arc<dyn ClientCertVerifier>,
@@ -162,8 +158,7 @@ impl Trust {
             crl: None,
             generation: AtomicU64::new(0),
             loaded: Mutex::new(Loaded {
-                stamp: None,
-                failed: None,
+                watch: None,
                 revoked: 0,
                 client,
                 server,
@@ -181,12 +176,12 @@ impl Trust {
     /// (an unusable one is an error) and again whenever it changes.
     pub fn with_crl_file(mut self, path: impl Into<PathBuf>) -> Result<Trust, TlsError> {
         let path = path.into();
-        let stamp = FileStamp::of(&path).map_err(|e| crl_error(&path, e.to_string()))?;
+        std::fs::metadata(&path).map_err(|e| crl_error(&path, e.to_string()))?;
+        let watch = FileWatch::in_force_now(&[&path]);
         let (crls, revoked) = self.read_crl(&path)?;
         let (client, server) = build(&self.roots, &self.provider, crls)?;
         self.loaded = Mutex::new(Loaded {
-            stamp: Some(stamp),
-            failed: None,
+            watch: Some(watch),
             revoked,
             client,
             server,
@@ -305,25 +300,25 @@ impl Trust {
     }
 
     fn refresh_from(&self, path: &Path) {
-        let stamp = FileStamp::of(path).ok();
-        {
-            let l = self.loaded();
-            if (stamp.is_some() && stamp == l.stamp) || l.failed == Some(stamp) {
-                return;
-            }
-        }
-        let result = match stamp {
-            None => Err(crl_error(path, "cannot be read (was it removed?)".into())),
-            Some(_) => self.read_crl(path).and_then(|(crls, revoked)| {
-                build(&self.roots, &self.provider, crls).map(|v| (v, revoked))
-            }),
+        let Some(versions) = self
+            .loaded()
+            .watch
+            .as_ref()
+            .and_then(|w| w.changed(&[path]))
+        else {
+            return;
         };
+        let result = self.read_crl(path).and_then(|(crls, revoked)| {
+            build(&self.roots, &self.provider, crls).map(|v| (v, revoked))
+        });
         let mut l = self.loaded();
+        let Some(watch) = l.watch.as_mut() else {
+            return;
+        };
         match result {
             Ok(((client, server), revoked)) => {
                 tracing::info!(path = %path.display(), revoked, "certificate revocation list loaded");
-                l.stamp = stamp;
-                l.failed = None;
+                watch.took(versions);
                 l.revoked = revoked;
                 l.client = client;
                 l.server = server;
@@ -331,7 +326,7 @@ impl Trust {
             }
             Err(e) => {
                 tracing::error!(error = %e, "the changed revocation list cannot be used; the last good one stays in force");
-                l.failed = Some(stamp);
+                watch.refused(versions);
             }
         }
     }

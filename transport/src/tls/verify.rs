@@ -4,14 +4,17 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use super::{refusal, PeerId, Role, TlsError, Trust};
 
-fn tls12(
-    trust: &Trust,
+/// Handshake signatures are checked the same way by every verifier here (the trust
+/// decisions differ, not the signature algorithms).
+pub(crate) fn tls12(
+    provider: &CryptoProvider,
     message: &[u8],
     cert: &CertificateDer<'_>,
     dss: &DigitallySignedStruct,
@@ -20,12 +23,12 @@ fn tls12(
         message,
         cert,
         dss,
-        &trust.provider().signature_verification_algorithms,
+        &provider.signature_verification_algorithms,
     )
 }
 
-fn tls13(
-    trust: &Trust,
+pub(crate) fn tls13(
+    provider: &CryptoProvider,
     message: &[u8],
     cert: &CertificateDer<'_>,
     dss: &DigitallySignedStruct,
@@ -34,13 +37,12 @@ fn tls13(
         message,
         cert,
         dss,
-        &trust.provider().signature_verification_algorithms,
+        &provider.signature_verification_algorithms,
     )
 }
 
-fn schemes(trust: &Trust) -> Vec<SignatureScheme> {
-    trust
-        .provider()
+pub(crate) fn schemes(provider: &CryptoProvider) -> Vec<SignatureScheme> {
+    provider
         .signature_verification_algorithms
         .supported_schemes()
 }
@@ -87,7 +89,7 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls12(&self.trust, message, cert, dss)
+        tls12(self.trust.provider(), message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -96,11 +98,11 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13(&self.trust, message, cert, dss)
+        tls13(self.trust.provider(), message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes(&self.trust)
+        schemes(self.trust.provider())
     }
 }
 
@@ -159,7 +161,7 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls12(&self.trust, message, cert, dss)
+        tls12(self.trust.provider(), message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -168,10 +170,10 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13(&self.trust, message, cert, dss)
+        tls13(self.trust.provider(), message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes(&self.trust)
+        schemes(self.trust.provider())
     }
 }

@@ -16,14 +16,13 @@
 //! compares is a settled state.
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::segment::{parse_segment_name, TMP_SUFFIX};
 use crate::shared::Shared;
+use crate::storage::Storage;
 use crate::sync::{lock, read};
 use crate::types::Lsn;
 
@@ -47,14 +46,14 @@ fn mismatch(path: &Path, reason: impl Into<String>) -> Error {
 }
 
 /// `path` must be the file `id` (device, inode).
-fn same_file(path: &Path, id: (u64, u64), what: &str) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if (m.dev(), m.ino()) == id => Ok(()),
+fn same_file(fs: &dyn Storage, path: &Path, id: (u64, u64), what: &str) -> Result<()> {
+    match fs.stat(path) {
+        Ok(m) if m.id == id => Ok(()),
         Ok(m) => Err(mismatch(
             path,
             format!(
                 "another file (inode {}) has replaced the {what} the log maps and writes (inode {})",
-                m.ino(),
+                m.id.1,
                 id.1
             ),
         )),
@@ -74,7 +73,7 @@ pub(crate) fn check_files(sh: &Shared) -> Result<SegmentFiles> {
     let prep = sh.prep.quiesce();
     let segs = read(&sh.segments);
     for seg in segs.values() {
-        same_file(&seg.path, seg.id, "segment")?;
+        same_file(&*sh.fs, &seg.path, seg.id, "segment")?;
     }
     let spare = prep.spare();
     if let Some((base, path, id)) = spare {
@@ -84,20 +83,21 @@ pub(crate) fn check_files(sh: &Shared) -> Result<SegmentFiles> {
                 format!("segment {base} is both in the log and prepared as its next segment"),
             ));
         }
-        same_file(path, id, "prepared next segment")?;
+        same_file(&*sh.fs, path, id, "prepared next segment")?;
     }
     let pool: BTreeSet<PathBuf> = prep.pool().map(Path::to_path_buf).collect();
     for p in &pool {
-        if !p.exists() {
+        if sh.fs.stat(p).is_err() {
             return Err(mismatch(p, "in the recycle pool, but missing"));
         }
     }
-    let rd = fs::read_dir(&sh.dir).map_err(|e| Error::io("list log directory", &sh.dir, e))?;
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io("list log directory", &sh.dir, e))?;
-        let name = entry.file_name();
+    let names = sh
+        .fs
+        .list_dir(&sh.dir)
+        .map_err(|e| Error::io("list log directory", &sh.dir, e))?;
+    for name in names {
         let Some(name) = name.to_str() else { continue };
-        let path = entry.path();
+        let path = sh.dir.join(name);
         if let Some(base) = parse_segment_name(name) {
             let known = segs.contains_key(&base.get()) || spare.is_some_and(|(b, _, _)| b == base);
             if !known {

@@ -16,7 +16,8 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::fsutil::atomic_write;
+use crate::fsutil::atomic_write_in;
+use crate::storage::Storage;
 use crate::types::{Epoch, Lsn};
 
 pub(crate) const EPOCH_FILE: &str = "epochs";
@@ -151,17 +152,17 @@ impl EpochHistory {
     }
 
     /// Reads the history of the log in `dir` (empty if the file does not exist).
-    pub(crate) fn load(dir: &Path) -> Result<EpochHistory> {
+    pub(crate) fn load(fs: &dyn Storage, dir: &Path) -> Result<EpochHistory> {
         let path = dir.join(EPOCH_FILE);
-        match crate::layout::read_state_file(&path, MAX_FILE_BYTES, "read epoch history")? {
+        match crate::layout::read_state_file(fs, &path, MAX_FILE_BYTES, "read epoch history")? {
             Some(b) => EpochHistory::decode(&b).map_err(|r| Error::corruption(&path, 0, r)),
             None => Ok(EpochHistory::default()),
         }
     }
 
     /// Atomically replaces the history of the log in `dir`.
-    pub(crate) fn store(&self, dir: &Path) -> Result<()> {
-        atomic_write(dir, EPOCH_FILE, &self.encode())
+    pub(crate) fn store(&self, fs: &dyn Storage, dir: &Path) -> Result<()> {
+        atomic_write_in(fs, dir, EPOCH_FILE, &self.encode())
     }
 }
 
@@ -174,7 +175,7 @@ mod tests {
     fn store_load_truncate() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(
-            EpochHistory::load(d.path()).unwrap(),
+            EpochHistory::load(&crate::storage::OsStorage, d.path()).unwrap(),
             EpochHistory::default()
         );
         let mut h = EpochHistory::default();
@@ -182,13 +183,16 @@ mod tests {
         h.push(Epoch::new(2), Lsn::new(100)).unwrap();
         assert!(h.push(Epoch::new(2), Lsn::new(200)).is_err());
         assert!(h.push(Epoch::new(3), Lsn::new(99)).is_err());
-        h.store(d.path()).unwrap();
-        assert_eq!(EpochHistory::load(d.path()).unwrap(), h);
+        h.store(&crate::storage::OsStorage, d.path()).unwrap();
+        assert_eq!(
+            EpochHistory::load(&crate::storage::OsStorage, d.path()).unwrap(),
+            h
+        );
         assert!(h.truncate_after(Lsn::new(99)));
         assert_eq!(h.entries(), &[(Epoch::new(1), Lsn::new(64))]);
         std::fs::write(d.path().join(EPOCH_FILE), b"garbage").unwrap();
         assert!(matches!(
-            EpochHistory::load(d.path()),
+            EpochHistory::load(&crate::storage::OsStorage, d.path()),
             Err(Error::Corruption { .. })
         ));
     }

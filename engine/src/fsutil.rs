@@ -1,21 +1,17 @@
-//! Small file-system helpers with the durability rules the engine relies on: the
-//! directory is fsynced whenever a file is created, renamed or removed, small files are
-//! replaced atomically (write temp, fsync, rename, fsync directory), and a new segment
-//! is moved into place without ever replacing a file already under its name.
+//! Small file-system helpers with the durability rules the engine relies on, written once
+//! over [`Storage`]: the directory is fsynced whenever a file is created, renamed or
+//! removed, small files are replaced atomically (write temp, fsync, rename, fsync
+//! directory), and a new segment is moved into place without ever replacing a file
+//! already under its name (`Storage::rename_noreplace`).
 
-use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::storage::{Create, Storage, StorageFile};
 
 /// Fsyncs a directory so that entries created, renamed or removed in it are durable.
-pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+pub(crate) fn fsync_dir(fs: &dyn Storage, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
@@ -35,74 +31,49 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
 /// # Errors
 /// [`Error::Io`] naming the operation and the file.
 pub fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    atomic_write_in(&crate::storage::OsStorage, dir, name, bytes)
+}
+
+/// [`atomic_write`] on the storage `fs` (a log's, [`Log::storage`](crate::Log::storage)).
+///
+/// # Errors
+/// [`Error::Io`] naming the operation and the file.
+pub fn atomic_write_in(fs: &dyn Storage, dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(crate::layout::atomic_tmp_name(name));
     let dst = dir.join(name);
     // A leftover of a crash is ours to replace; anything else under the name (a symlink
-    // planted there) is not followed: O_NOFOLLOW fails on it, after unlinking ours only.
-    match fs::symlink_metadata(&tmp) {
-        Ok(m) if m.is_file() => fs::remove_file(&tmp).map_err(|e| Error::io("remove", &tmp, e))?,
-        _ => {}
+    // planted there) is not followed: the open refuses it, after unlinking ours only.
+    if let Ok(s) = fs.stat(&tmp) {
+        if s.kind == crate::storage::FileKind::File {
+            fs.remove_file(&tmp)
+                .map_err(|e| Error::io("remove", &tmp, e))?;
+        }
     }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(crate::layout::FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
+    let f = fs
+        .open(&tmp, true, Create::New)
         .map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_all(bytes)
+    f.write_all_at(&[bytes], 0)
         .and_then(|_| f.sync_all())
         .map_err(|e| Error::io("write", &tmp, e))?;
     drop(f);
-    fs::rename(&tmp, &dst).map_err(|e| Error::io("rename into place", &dst, e))?;
-    fsync_dir(dir)
-}
-
-/// Renames `from` to `to` only if nothing is named `to`: `renameat2(RENAME_NOREPLACE)`,
-/// or, on file systems without it, `link` then `unlink` (a link never replaces either).
-/// A segment made for a position must never replace the live file of that position (the
-/// writer would go on writing into an unlinked inode), so an existing `to` is an error
-/// (`AlreadyExists`), not something to overwrite. The caller fsyncs the directory.
-pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
-    };
-    let (f, t) = (c(from)?, c(to)?);
-    // SAFETY: both pointers are NUL-terminated strings that outlive the call; the
-    // directory descriptors are AT_FDCWD, so relative paths resolve as for rename(2).
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        // The file system (or kernel) does not support the flag: a hard link is just as
-        // unable to replace a name.
-        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
-            fs::hard_link(from, to)?;
-            fs::remove_file(from)
-        }
-        _ => Err(e),
-    }
+    fs.rename(&tmp, &dst)
+        .map_err(|e| Error::io("rename into place", &dst, e))?;
+    fsync_dir(fs, dir)
 }
 
 /// Writes `len` zero bytes at `offset`, in chunks, skipping nothing.
-pub(crate) fn write_zeros(file: &File, path: &Path, mut offset: u64, len: u64) -> Result<()> {
+pub(crate) fn write_zeros(
+    file: &dyn StorageFile,
+    path: &Path,
+    mut offset: u64,
+    len: u64,
+) -> Result<()> {
     const CHUNK: usize = 1 << 20;
-    let zeros = vec![0u8; CHUNK];
+    let zeros = vec![0u8; CHUNK.min(len as usize)];
     let end = offset + len;
     while offset < end {
         let n = ((end - offset) as usize).min(CHUNK);
-        file.write_all_at(&zeros[..n], offset)
+        file.write_all_at(&[&zeros[..n]], offset)
             .map_err(|e| Error::io("zero-fill", path, e))?;
         offset += n as u64;
     }
@@ -111,23 +82,63 @@ pub(crate) fn write_zeros(file: &File, path: &Path, mut offset: u64, len: u64) -
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+
+    use crate::storage::{OsStorage, SimDisk};
+
     use super::*;
+
+    fn never_replaces(fs: &dyn Storage, dir: &Path) {
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        let put = |p: &Path, bytes: &[u8]| {
+            fs.open(p, true, Create::Truncate)
+                .unwrap()
+                .write_all_at(&[bytes], 0)
+                .unwrap()
+        };
+        let get = |p: &Path| {
+            let f = fs.open(p, false, Create::No).unwrap();
+            crate::storage::read_bounded(&*f, 64).unwrap()
+        };
+        put(&a, b"new");
+        put(&b, b"live");
+        let e = fs.rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(get(&b), b"live");
+        assert_eq!(get(&a), b"new");
+        fs.remove_file(&b).unwrap();
+        fs.rename_noreplace(&a, &b).unwrap();
+        assert!(fs.stat(&a).is_err());
+        assert_eq!(get(&b), b"new");
+        let missing = fs.rename_noreplace(&a, &dir.join("c")).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn rename_noreplace_never_replaces() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        fs::write(&a, b"new").unwrap();
-        fs::write(&b, b"live").unwrap();
-        let e = rename_noreplace(&a, &b).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
-        assert_eq!(fs::read(&b).unwrap(), b"live");
-        assert_eq!(fs::read(&a).unwrap(), b"new");
-        fs::remove_file(&b).unwrap();
-        rename_noreplace(&a, &b).unwrap();
-        assert!(!a.exists());
-        assert_eq!(fs::read(&b).unwrap(), b"new");
-        let missing = rename_noreplace(&a, &dir.path().join("c")).unwrap_err();
-        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        never_replaces(&OsStorage, dir.path());
+        let disk = SimDisk::new(1);
+        let sim = disk.boot();
+        sim.create_dir(Path::new("/d"), 0o700).unwrap();
+        never_replaces(&*sim, Path::new("/d"));
+    }
+
+    #[test]
+    fn atomic_write_is_durable_on_the_simulated_disk() {
+        let disk = SimDisk::new(1);
+        let fs = disk.boot();
+        fs.create_dir(Path::new("/d"), 0o700).unwrap();
+        fs.sync_dir(Path::new("/")).unwrap();
+        atomic_write_in(&*fs, Path::new("/d"), "state", b"v1").unwrap();
+        disk.power_loss();
+        let fs = disk.boot();
+        let f = fs.open(Path::new("/d/state"), false, Create::No).unwrap();
+        assert_eq!(crate::storage::read_bounded(&*f, 8).unwrap(), b"v1");
+        assert_eq!(
+            fs.list_dir(Path::new("/d")).unwrap().len(),
+            1,
+            "no temporary left"
+        );
     }
 }

@@ -17,6 +17,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::format::{decode_identity, encode_identity, IDENTITY_LEN};
 use crate::layout::{read_state_file, IDENTITY_FILE};
+use crate::storage::Storage;
 
 /// The cluster and node a log belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -44,9 +45,10 @@ impl fmt::Display for LogIdentity {
 }
 
 /// The identity recorded in `dir`, if any.
-pub(crate) fn load(dir: &Path) -> Result<Option<LogIdentity>> {
+pub(crate) fn load(fs: &dyn Storage, dir: &Path) -> Result<Option<LogIdentity>> {
     let path = dir.join(IDENTITY_FILE);
-    let Some(b) = read_state_file(&path, IDENTITY_LEN as u64, "read the log's identity")? else {
+    let Some(b) = read_state_file(fs, &path, IDENTITY_LEN as u64, "read the log's identity")?
+    else {
         return Ok(None);
     };
     let (cluster_id, node_id) =
@@ -58,19 +60,23 @@ pub(crate) fn load(dir: &Path) -> Result<Option<LogIdentity>> {
 }
 
 /// Records `id` in `dir`, atomically and durably.
-pub(crate) fn store(dir: &Path, id: &LogIdentity) -> Result<()> {
+pub(crate) fn store(fs: &dyn Storage, dir: &Path, id: &LogIdentity) -> Result<()> {
     let bytes =
         encode_identity(&id.cluster_id, &id.node_id).map_err(|reason| Error::InvalidOptions {
             name: "identity",
             reason,
         })?;
-    crate::fsutil::atomic_write(dir, IDENTITY_FILE, &bytes)
+    crate::fsutil::atomic_write_in(fs, dir, IDENTITY_FILE, &bytes)
 }
 
 /// Compares what `dir` records with what the log is opened as, recording `wanted` where
 /// nothing is recorded yet; returns the identity in force.
-pub(crate) fn check(dir: &Path, wanted: Option<&LogIdentity>) -> Result<Option<LogIdentity>> {
-    let recorded = load(dir)?;
+pub(crate) fn check(
+    fs: &dyn Storage,
+    dir: &Path,
+    wanted: Option<&LogIdentity>,
+) -> Result<Option<LogIdentity>> {
+    let recorded = load(fs, dir)?;
     match (recorded, wanted) {
         (Some(r), Some(w)) if r != *w => Err(Error::IdentityMismatch {
             path: dir.join(IDENTITY_FILE),
@@ -79,7 +85,7 @@ pub(crate) fn check(dir: &Path, wanted: Option<&LogIdentity>) -> Result<Option<L
         }),
         (Some(r), _) => Ok(Some(r)),
         (None, Some(w)) => {
-            store(dir, w)?;
+            store(fs, dir, w)?;
             Ok(Some(w.clone()))
         }
         (None, None) => Ok(None),

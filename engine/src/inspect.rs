@@ -31,8 +31,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::epoch::{EpochHistory, EPOCH_FILE};
@@ -43,6 +42,7 @@ use crate::format::{
 };
 use crate::recovery::{claims_positions, scan_bytes, Evidence, SegmentScan, Verdict};
 use crate::segment::parse_segment_name;
+use crate::storage::OsStorage;
 use crate::types::{Epoch, Lsn};
 
 /// The log's meta file, named as [`Log::open`](crate::Log::open) writes it (a unit test
@@ -340,6 +340,7 @@ impl LogDir {
         let files = list_segments(&dir)?;
         let meta = dir.join(META_FILE);
         let capacity = match crate::layout::read_state_file(
+            &OsStorage,
             &meta,
             format::META_LEN as u64,
             "read log meta file",
@@ -362,8 +363,8 @@ impl LogDir {
             Err(e) => return Err(e),
         };
         let geometry = Geometry::new(capacity);
-        let epochs = EpochHistory::load(&dir)?;
-        let identity = crate::identity::load(&dir)?;
+        let epochs = EpochHistory::load(&OsStorage, &dir)?;
+        let identity = crate::identity::load(&OsStorage, &dir)?;
         let mut tail = 0;
         for (i, f) in files.iter().enumerate().rev() {
             if first_batch_valid(f, geometry)? {
@@ -371,7 +372,7 @@ impl LogDir {
                 break;
             }
         }
-        let closed = crate::marker::read(&dir);
+        let closed = crate::marker::read(&OsStorage, &dir);
         Ok(LogDir {
             dir,
             geometry,
@@ -774,29 +775,26 @@ fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>> {
 
 /// Up to `cap` bytes of the segment file, and the file's length.
 fn read_segment(path: &Path, cap: u64) -> Result<(Vec<u8>, u64)> {
-    let file =
-        crate::layout::open_regular(path, false).map_err(|e| Error::io("open segment", path, e))?;
+    let file = crate::layout::open_regular(&OsStorage, path, false)
+        .map_err(|e| Error::io("open segment", path, e))?;
     let len = file
-        .metadata()
+        .stat()
         .map_err(|e| Error::io("stat segment", path, e))?
-        .len();
-    let mut bytes = Vec::with_capacity(usize::try_from(len.min(cap)).unwrap_or(0));
-    (&file)
-        .take(cap)
-        .read_to_end(&mut bytes)
+        .len;
+    let mut bytes = crate::storage::read_bounded(&*file, cap.saturating_sub(1))
         .map_err(|e| Error::io("read segment", path, e))?;
+    bytes.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
     Ok((bytes, len))
 }
 
 /// Whether the segment's first batch is valid (recovery's test for "holds data"),
 /// reading only that batch.
 fn first_batch_valid(f: &SegmentFile, g: Geometry) -> Result<bool> {
-    let file = crate::layout::open_regular(&f.path, false)
+    let file = crate::layout::open_regular(&OsStorage, &f.path, false)
         .map_err(|e| Error::io("open segment", &f.path, e))?;
     let max_len = g.capacity() - SEGMENT_HEADER_LEN as u64;
-    let read_at = |buf: &mut [u8]| match file.read_exact_at(buf, SEGMENT_HEADER_LEN as u64) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+    let read_at = |buf: &mut [u8]| match file.read_at(buf, SEGMENT_HEADER_LEN as u64) {
+        Ok(n) => Ok(n == buf.len()),
         Err(e) => Err(Error::io("read segment", &f.path, e)),
     };
     let mut head = [0u8; BATCH_HEADER_LEN];
@@ -1173,7 +1171,7 @@ mod tests {
         h.push(Epoch::new(1), Lsn::new(64)).unwrap();
         h.push(Epoch::new(2), Lsn::new(first_of_2.get() + 1))
             .unwrap();
-        h.store(d.path()).unwrap();
+        h.store(&OsStorage, d.path()).unwrap();
         let report = LogDir::open(d.path()).unwrap().check().unwrap();
         let bad = report.first_corruption().unwrap();
         assert_eq!(
@@ -1187,7 +1185,7 @@ mod tests {
         h.push(Epoch::new(1), Lsn::new(64)).unwrap();
         h.push(Epoch::new(2), first_of_2).unwrap();
         h.push(Epoch::new(5), Lsn::new(end.get() + 1000)).unwrap();
-        h.store(d.path()).unwrap();
+        h.store(&OsStorage, d.path()).unwrap();
         let report = LogDir::open(d.path()).unwrap().check().unwrap();
         assert!(report.is_valid());
         let ahead = only_finding(&report);
@@ -1200,7 +1198,7 @@ mod tests {
         // No history at all for batches of epochs 1 and 2.
         let mut h = EpochHistory::default();
         h.push(Epoch::new(2), first_of_2).unwrap();
-        h.store(d.path()).unwrap();
+        h.store(&OsStorage, d.path()).unwrap();
         let report = LogDir::open(d.path()).unwrap().check().unwrap();
         let bad = report.first_corruption().unwrap();
         assert_eq!(bad.offset, 64);

@@ -14,12 +14,12 @@
 //!   a segment's name is an error naming it, not a hang), and small files are read with
 //!   the bound their format allows (a link to `/dev/zero` is an error, not an OOM).
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::storage::{read_bounded, Create, FileKind, OsStorage, Storage, StorageFile};
 use crate::types::Lsn;
 
 /// File name suffix of segments.
@@ -72,28 +72,27 @@ pub(crate) fn is_own_temporary(name: &str) -> bool {
     parse_segment_name(stem.strip_prefix("recycle-").unwrap_or(stem)).is_some()
 }
 
-/// Makes `dir` ready to hold a log: creates it (mode 0700) if missing; refuses it if the
-/// group or others may write into it, or if it holds anything but a walship log. A new
-/// (empty) directory is narrowed to 0700; an existing log readable by others is opened
-/// with a warning. Returns whether the directory already held a log.
-pub(crate) fn prepare(dir: &Path) -> Result<bool> {
-    match fs::metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(dir)
-            .map_err(|e| Error::io("create log directory", dir, e))?,
+/// Makes `dir` ready to hold a log: creates it (mode 0700) if missing, each directory it
+/// creates made durable in its parent; refuses it if the group or others may write into
+/// it, or if it holds anything but a walship log. A new (empty) directory is narrowed to
+/// 0700; an existing log readable by others is opened with a warning. Returns whether the
+/// directory already held a log.
+pub(crate) fn prepare(fs: &dyn Storage, dir: &Path) -> Result<bool> {
+    match fs.stat(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_dir_all(fs, dir)?,
         Err(e) => return Err(Error::io("inspect log directory", dir, e)),
         Ok(_) => {}
     }
-    let meta = fs::metadata(dir).map_err(|e| Error::io("inspect log directory", dir, e))?;
-    if !meta.is_dir() {
+    let meta = fs
+        .stat(dir)
+        .map_err(|e| Error::io("inspect log directory", dir, e))?;
+    if meta.kind != FileKind::Dir {
         return Err(Error::UnsafeDirectory {
             path: dir.to_path_buf(),
             reason: "is not a directory".into(),
         });
     }
-    let mode = meta.permissions().mode() & 0o7777;
+    let mode = meta.mode;
     if mode & 0o022 != 0 {
         return Err(Error::UnsafeDirectory {
             path: dir.to_path_buf(),
@@ -108,7 +107,7 @@ pub(crate) fn prepare(dir: &Path) -> Result<bool> {
             ),
         });
     }
-    let is_log = fs::symlink_metadata(dir.join(META_FILE)).is_ok();
+    let is_log = fs.stat(&dir.join(META_FILE)).is_ok();
     if is_log {
         if mode & 0o077 != 0 {
             tracing::warn!(dir = %dir.display(), mode = format!("{mode:04o}"), "the log directory is readable by others; `chmod 700` it");
@@ -117,10 +116,11 @@ pub(crate) fn prepare(dir: &Path) -> Result<bool> {
     }
     let mut foreign = Vec::new();
     let mut count = 0usize;
-    let rd = fs::read_dir(dir).map_err(|e| Error::io("list log directory", dir, e))?;
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io("list log directory", dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+    let names = fs
+        .list_dir(dir)
+        .map_err(|e| Error::io("list log directory", dir, e))?;
+    for name in names {
+        let name = name.to_string_lossy().into_owned();
         let ours = name == LOCK_FILE
             || name == IDENTITY_FILE
             || is_own_temporary(&name)
@@ -144,34 +144,55 @@ pub(crate) fn prepare(dir: &Path) -> Result<bool> {
         });
     }
     if mode & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+        fs.set_mode(dir, DIR_MODE)
             .map_err(|e| Error::io("restrict log directory to its owner", dir, e))?;
     }
     Ok(false)
 }
 
+/// Creates `dir` and its missing ancestors (mode 0700), fsyncing the parent of each one
+/// created: a log whose directory's name is not durable is lost, whole, by a power loss
+/// (PostgreSQL's `fsync_parent_path`; the simulated disk models exactly this).
+fn create_dir_all(fs: &dyn Storage, dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(p) = at {
+        if p.as_os_str().is_empty() {
+            break;
+        }
+        match fs.stat(p) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(p),
+            Err(e) => return Err(Error::io("inspect log directory", p, e)),
+        }
+        at = p.parent();
+    }
+    for p in missing.into_iter().rev() {
+        match fs.create_dir(p, DIR_MODE) {
+            Ok(()) => {}
+            // Someone else made it meanwhile; it is checked like any existing one.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io("create log directory", p, e)),
+        }
+        let parent = match p.parent() {
+            Some(q) if !q.as_os_str().is_empty() => q,
+            _ => Path::new("."),
+        };
+        if !crate::mutation::active(crate::mutation::SKIP_LOG_DIR_PARENT_FSYNC) {
+            crate::fsutil::fsync_dir(fs, parent)?;
+        }
+    }
+    Ok(())
+}
+
 /// Opens one of the log's files without following a symlink and without blocking, and
 /// refuses anything but a regular file.
-pub(crate) fn open_regular(path: &Path, write: bool) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(write)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "is a symbolic link; the log's files must be regular files",
-            ),
-            _ => e,
-        })?;
-    if !f.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "is not a regular file",
-        ));
-    }
-    Ok(f)
+pub(crate) fn open_regular(
+    fs: &dyn Storage,
+    path: &Path,
+    write: bool,
+) -> io::Result<Arc<dyn StorageFile>> {
+    fs.open(path, write, Create::No)
 }
 
 /// Reads a small state file (at most `max` bytes, as its format allows) of a log
@@ -191,10 +212,15 @@ pub(crate) fn open_regular(path: &Path, write: bool) -> io::Result<File> {
 /// The OS error (`NotFound` if it does not exist); `InvalidInput` for something other
 /// than a regular file; `InvalidData` for a file longer than `max`.
 pub fn read_small_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    open_regular(path, false)?
-        .take(max.saturating_add(1))
-        .read_to_end(&mut bytes)?;
+    read_small_file_in(&OsStorage, path, max)
+}
+
+/// [`read_small_file`] on the storage `fs` (a log's, [`Log::storage`](crate::Log::storage)).
+///
+/// # Errors
+/// As [`read_small_file`].
+pub fn read_small_file_in(fs: &dyn Storage, path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let bytes = read_bounded(&*open_regular(fs, path, false)?, max)?;
     if bytes.len() as u64 > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -209,11 +235,12 @@ pub fn read_small_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 /// like any other bad content; one that cannot be read as a regular file is an
 /// [`Error::Io`] naming it.
 pub(crate) fn read_state_file(
+    fs: &dyn Storage,
     path: &Path,
     max: u64,
     what: &'static str,
 ) -> Result<Option<Vec<u8>>> {
-    match read_small_file(path, max) {
+    match read_small_file_in(fs, path, max) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -226,6 +253,8 @@ pub(crate) fn read_state_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn only_the_engines_own_temporary_names_are_its_own() {
@@ -254,7 +283,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("thesis.tmp"), b"three years of work").unwrap();
         fs::write(d.path().join("notes.txt"), b"x").unwrap();
-        let e = prepare(d.path()).unwrap_err().to_string();
+        let e = prepare(&OsStorage, d.path()).unwrap_err().to_string();
         assert!(
             e.contains("is not a walship log")
                 && e.contains("thesis.tmp")
@@ -274,20 +303,20 @@ mod tests {
         let open = d.path().join("open");
         fs::create_dir(&open).unwrap();
         fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
-        let e = prepare(&open).unwrap_err().to_string();
+        let e = prepare(&OsStorage, &open).unwrap_err().to_string();
         assert!(e.contains("writable by everyone (mode 0777)"), "{e}");
         fs::set_permissions(&open, fs::Permissions::from_mode(0o775)).unwrap();
-        assert!(prepare(&open)
+        assert!(prepare(&OsStorage, &open)
             .unwrap_err()
             .to_string()
             .contains("its group"));
         // An empty directory readable by others is narrowed; a missing one is created so.
         fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(!prepare(&open).unwrap());
+        assert!(!prepare(&OsStorage, &open).unwrap());
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&open), 0o700);
         let new = d.path().join("a/b");
-        prepare(&new).unwrap();
+        prepare(&OsStorage, &new).unwrap();
         assert_eq!(mode(&new), 0o700);
     }
 

@@ -1,8 +1,5 @@
 //! The [`Log`] handle: the engine's public API, and the state its threads share.
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -22,6 +19,7 @@ use crate::preparer::Preparer;
 use crate::reader::{Reader, RecordReader};
 use crate::recovery;
 use crate::segment::{self, Segment};
+use crate::storage::{LockGuard, Storage};
 use crate::timer::Timer;
 use crate::types::{Durability, Epoch, Lsn};
 use crate::watermark::{block_on, Watermark};
@@ -56,7 +54,7 @@ use crate::sync::{lock, read};
 pub struct Log {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    _lock: File,
+    _lock: LockGuard,
 }
 
 /// A consistent-enough snapshot of a log's positions.
@@ -115,11 +113,13 @@ impl Log {
     pub fn open_with_report(dir: impl AsRef<Path>, opts: Options) -> Result<(Log, OpenReport)> {
         let dir = dir.as_ref().to_path_buf();
         opts.validate()?;
+        let fs = Arc::clone(&opts.storage);
         // Before anything is created in it: a directory that is not ours is refused.
-        crate::layout::prepare(&dir)?;
-        let lock_file = lock_dir(&dir)?;
+        crate::layout::prepare(&*fs, &dir)?;
+        let lock_file = lock_dir(&*fs, &dir)?;
         let meta_path = dir.join(META_FILE);
         let (capacity, created, identity) = match crate::layout::read_state_file(
+            &*fs,
             &meta_path,
             format::META_LEN as u64,
             "read the log's meta file",
@@ -127,11 +127,11 @@ impl Log {
             Some(b) => {
                 let capacity = format::decode_meta(&b).map_err(|e| Error::meta(&meta_path, e))?;
                 // An existing log is checked before recovery changes a byte of it.
-                let identity = crate::identity::check(&dir, opts.identity.as_ref())?;
+                let identity = crate::identity::check(&*fs, &dir, opts.identity.as_ref())?;
                 (capacity, false, identity)
             }
             None => {
-                if has_segments(&dir)? {
+                if has_segments(&*fs, &dir)? {
                     return Err(Error::corruption(
                         &meta_path,
                         0,
@@ -139,8 +139,9 @@ impl Log {
                     ));
                 }
                 // The identity first: the meta file's existence says the log is complete.
-                let identity = crate::identity::check(&dir, opts.identity.as_ref())?;
-                crate::fsutil::atomic_write(
+                let identity = crate::identity::check(&*fs, &dir, opts.identity.as_ref())?;
+                crate::fsutil::atomic_write_in(
+                    &*fs,
                     &dir,
                     META_FILE,
                     &format::encode_meta(opts.segment_capacity),
@@ -150,20 +151,21 @@ impl Log {
         };
         opts.validate_for(capacity)?;
         let geometry = Geometry::new(capacity);
-        let mut epochs = EpochHistory::load(&dir)?;
+        let mut epochs = EpochHistory::load(&*fs, &dir)?;
         let rec = recovery::recover(
+            &fs,
             &dir,
             geometry,
             opts.recovery,
             opts.verify_all_on_open,
             opts.create_at,
-            crate::marker::read(&dir),
+            crate::marker::read(&*fs, &dir),
         )?;
         // From here on the log is written again: the marker no longer holds (recovery
         // removed it already if it changed anything).
-        crate::marker::forget(&dir)?;
+        crate::marker::forget(&*fs, &dir)?;
         if epochs.truncate_after(rec.end) {
-            epochs.store(&dir)?;
+            epochs.store(&*fs, &dir)?;
         }
         let epoch = epochs
             .current()
@@ -187,17 +189,18 @@ impl Log {
         let mut removed = false;
         for path in rec.spares {
             if path == segment::segment_path(&dir, next_base) && ready.is_none() {
-                ready = Some(Segment::open(&path, next_base, geometry)?);
+                ready = Some(Segment::open(&fs, &path, next_base, geometry)?);
             } else {
-                std::fs::remove_file(&path)
+                fs.remove_file(&path)
                     .map_err(|e| Error::io("remove spare segment", &path, e))?;
                 removed = true;
             }
         }
         if removed {
-            crate::fsutil::fsync_dir(&dir)?;
+            crate::fsutil::fsync_dir(&*fs, &dir)?;
         }
-        let backend = io::open(opts.backend).map_err(|e| Error::io("open I/O backend", &dir, e))?;
+        let backend =
+            io::open(opts.backend, &*fs).map_err(|e| Error::io("open I/O backend", &dir, e))?;
         let backend_name = backend.name();
         let end = rec.end;
         let segments = rec
@@ -234,6 +237,7 @@ impl Log {
             retire_error: Mutex::new(None),
             identity,
             dir: dir.clone(),
+            fs,
             opts,
         });
         let mut threads = Vec::new();
@@ -333,10 +337,15 @@ impl Log {
     ) -> Result<MutexGuard<'a, Assembler>> {
         let sh = &self.shared;
         let limit = sh.opts.max_pending_bytes;
+        let mut first = true;
         loop {
             // Asked each time the append lock is held again: waiting for room below
             // releases it, and a seal (which takes it) may have come meanwhile.
-            let refused = if local {
+            let asked = first || !crate::mutation::active(crate::mutation::SEAL_BYPASS);
+            first = false;
+            let refused = if !asked {
+                None
+            } else if local {
                 sh.life.refuse_local(&sh.dir)
             } else {
                 sh.unusable()
@@ -385,6 +394,9 @@ impl Log {
             let g = sh.geometry;
             let reach = before.get().saturating_add(2 * bytes + g.capacity());
             let mut base = g.base_of(before);
+            if crate::mutation::active(crate::mutation::PROVISION_PAST_BOUNDARY) {
+                base = Lsn::new(base.get() + g.capacity());
+            }
             while base.get() < reach {
                 sh.provision(base)?;
                 base = Lsn::new(base.get() + g.capacity());
@@ -445,7 +457,7 @@ impl Log {
             for e in &plan.epochs {
                 next.push(e.epoch, e.start)?;
             }
-            next.store(&sh.dir)?;
+            next.store(&*sh.fs, &sh.dir)?;
             *h = next;
         }
         st.apply_encoded(plan);
@@ -536,7 +548,7 @@ impl Log {
             let mut h = lock(&sh.epochs);
             let mut next = h.clone();
             next.push(epoch, start)?;
-            next.store(&sh.dir)?;
+            next.store(&*sh.fs, &sh.dir)?;
             *h = next;
         }
         st.set_epoch(epoch);
@@ -763,6 +775,13 @@ impl Log {
         &self.shared.dir
     }
 
+    /// The storage the log's files live on ([`Options::storage`]): where state files kept
+    /// beside the log belong too ([`atomic_write_in`](crate::atomic_write_in),
+    /// [`read_small_file_in`](crate::read_small_file_in)).
+    pub fn storage(&self) -> &std::sync::Arc<dyn Storage> {
+        &self.shared.fs
+    }
+
     /// The cluster and node this log belongs to, if it records them (see
     /// [`Options::identity`]).
     pub fn identity(&self) -> Option<&crate::LogIdentity> {
@@ -785,8 +804,19 @@ impl Log {
         if !sh.life.is_closed() && !sh.life.is_poisoned() {
             // Let the writer drain: everything appended gets written and flushed.
             sh.request_flush(end);
+            // Until flushed, or until the writer fails (it then never will: a close after
+            // the disk went away used to wait out the whole minute).
+            let id = crate::watermark::next_waiter_id();
             let _ = block_on(
-                crate::commit::reach(&sh.flushed, end),
+                std::future::poll_fn(|cx| {
+                    // Registered first, then the lifecycle read: a poisoning after the
+                    // read wakes the registered waiter.
+                    if sh.flushed.poll_reached(end, id, cx.waker()) || sh.life.is_poisoned() {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                }),
                 Some(Instant::now() + Duration::from_secs(60)),
             );
         }
@@ -802,7 +832,7 @@ impl Log {
         if first_close && !sh.life.is_poisoned() && sh.flushed.get() >= sh.end() {
             // Everything is durable: a later open may treat any invalid batch before the
             // end as damage, not as an unflushed tail.
-            crate::marker::write(&sh.dir, sh.flushed.get())?;
+            crate::marker::write(&*sh.fs, &sh.dir, sh.flushed.get())?;
         }
         sh.life.finish_close();
         sh.wake_everyone();
@@ -840,11 +870,12 @@ fn poison_on_panic(shared: &Shared, thread: &'static str, body: impl FnOnce()) {
     }
 }
 
-fn has_segments(dir: &Path) -> Result<bool> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("list log directory", dir, e))?;
-    for e in rd {
-        let e = e.map_err(|e| Error::io("list log directory", dir, e))?;
-        if e.file_name()
+fn has_segments(fs: &dyn Storage, dir: &Path) -> Result<bool> {
+    let names = fs
+        .list_dir(dir)
+        .map_err(|e| Error::io("list log directory", dir, e))?;
+    for name in names {
+        if name
             .to_str()
             .and_then(segment::parse_segment_name)
             .is_some()
@@ -855,27 +886,13 @@ fn has_segments(dir: &Path) -> Result<bool> {
     Ok(false)
 }
 
-fn lock_dir(dir: &Path) -> Result<File> {
+fn lock_dir(fs: &dyn Storage, dir: &Path) -> Result<LockGuard> {
     let path = dir.join(LOCK_FILE);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(crate::layout::FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| Error::io("open lock file", &path, e))?;
-    // SAFETY: flock on a descriptor we own; no memory is passed.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(Error::Locked {
-                path: dir.to_path_buf(),
-            });
-        }
-        return Err(Error::io("lock log directory", &path, e));
+    match fs.lock(&path) {
+        Ok(Some(guard)) => Ok(guard),
+        Ok(None) => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(e) => Err(Error::io("lock log directory", &path, e)),
     }
-    Ok(f)
 }

@@ -14,22 +14,23 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::{decode_closed, encode_closed, CLOSED_LEN};
+use crate::storage::{FileKind, Storage};
 use crate::types::Lsn;
 
 /// The marker's file name in the log directory.
 pub(crate) const CLOSED_FILE: &str = "walship.closed";
 
 /// Records that everything before `flushed` is durable: the log was closed cleanly.
-pub(crate) fn write(dir: &Path, flushed: Lsn) -> Result<()> {
-    crate::fsutil::atomic_write(dir, CLOSED_FILE, &encode_closed(flushed))
+pub(crate) fn write(fs: &dyn Storage, dir: &Path, flushed: Lsn) -> Result<()> {
+    crate::fsutil::atomic_write_in(fs, dir, CLOSED_FILE, &encode_closed(flushed))
 }
 
 /// The end the marker in `dir` records, if there is a valid one.
-pub(crate) fn read(dir: &Path) -> Option<Lsn> {
+pub(crate) fn read(fs: &dyn Storage, dir: &Path) -> Option<Lsn> {
     let path = dir.join(CLOSED_FILE);
     // Only a regular file, and only a bounded read: a FIFO or a link to a device must not
     // hang or exhaust the open.
-    let bytes = match crate::layout::read_small_file(&path, CLOSED_LEN as u64) {
+    let bytes = match crate::layout::read_small_file_in(fs, &path, CLOSED_LEN as u64) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
@@ -49,14 +50,16 @@ pub(crate) fn read(dir: &Path) -> Option<Lsn> {
 /// Removes the marker, durably, if there is one: from here on the log changes. Removing
 /// a valid marker must succeed (a stale one would later make recovery refuse a healthy
 /// log); anything else under its name that cannot be removed is only logged.
-pub(crate) fn forget(dir: &Path) -> Result<()> {
+pub(crate) fn forget(fs: &dyn Storage, dir: &Path) -> Result<()> {
     let path = dir.join(CLOSED_FILE);
-    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+    let Ok(meta) = fs.stat(&path) else {
         return Ok(());
     };
-    match std::fs::remove_file(&path) {
-        Ok(()) => crate::fsutil::fsync_dir(dir),
-        Err(e) if meta.is_file() => Err(Error::io("remove clean-close marker", &path, e)),
+    match fs.remove_file(&path) {
+        Ok(()) => crate::fsutil::fsync_dir(fs, dir),
+        Err(e) if meta.kind == FileKind::File => {
+            Err(Error::io("remove clean-close marker", &path, e))
+        }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot remove a clean-close marker that is not a regular file");
             Ok(())
@@ -67,15 +70,16 @@ pub(crate) fn forget(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::OsStorage;
 
     #[test]
     fn written_read_and_forgotten() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read(dir.path()), None);
-        forget(dir.path()).unwrap();
-        write(dir.path(), Lsn::new(4242)).unwrap();
-        assert_eq!(read(dir.path()), Some(Lsn::new(4242)));
-        forget(dir.path()).unwrap();
+        assert_eq!(read(&OsStorage, dir.path()), None);
+        forget(&OsStorage, dir.path()).unwrap();
+        write(&OsStorage, dir.path(), Lsn::new(4242)).unwrap();
+        assert_eq!(read(&OsStorage, dir.path()), Some(Lsn::new(4242)));
+        forget(&OsStorage, dir.path()).unwrap();
         assert!(!dir.path().join(CLOSED_FILE).exists());
     }
 
@@ -84,19 +88,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(CLOSED_FILE);
         std::fs::write(&path, b"short").unwrap();
-        assert_eq!(read(dir.path()), None);
-        forget(dir.path()).unwrap();
+        assert_eq!(read(&OsStorage, dir.path()), None);
+        forget(&OsStorage, dir.path()).unwrap();
         assert!(!path.exists(), "an invalid marker is removed too");
         std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
-        assert_eq!(read(dir.path()), None, "a link to a device is not read");
-        forget(dir.path()).unwrap();
+        assert_eq!(
+            read(&OsStorage, dir.path()),
+            None,
+            "a link to a device is not read"
+        );
+        forget(&OsStorage, dir.path()).unwrap();
         assert!(
             std::fs::symlink_metadata(&path).is_err(),
             "the link is removed"
         );
         std::fs::create_dir(&path).unwrap();
-        assert_eq!(read(dir.path()), None);
-        forget(dir.path()).unwrap();
+        assert_eq!(read(&OsStorage, dir.path()), None);
+        forget(&OsStorage, dir.path()).unwrap();
         assert!(
             path.is_dir(),
             "what cannot be removed is left, and is no error"

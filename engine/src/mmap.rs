@@ -1,4 +1,6 @@
-//! Read-only shared mappings of segment files: the only place the engine maps memory.
+//! Read-only shared mappings of segment files: the only place the engine reads through a
+//! mapping (made by the [`Storage`](crate::storage::Storage)'s file: an `mmap` of the OS's
+//! page cache, or a simulated file's cache).
 //!
 //! # Why this is sound
 //! A mapped file can change underneath the mapping. The engine keeps that from being
@@ -15,27 +17,27 @@
 //! Other processes writing into a live log directory are outside this contract; the
 //! directory is locked against a second `Log`.
 
-use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use memmap2::{Mmap, MmapOptions};
+
+use crate::storage::{Mapped, StorageFile};
 
 /// A read-only mapping of a whole segment file.
 #[derive(Debug)]
 pub(crate) struct SegmentMap {
-    map: Mmap,
+    map: Box<dyn Mapped>,
 }
 
 impl SegmentMap {
     /// Maps the first `len` bytes of `file` (the file must be at least that long).
-    pub(crate) fn map(file: &File, len: usize) -> io::Result<SegmentMap> {
-        // SAFETY: the mapping is read-only and shared. Bytes of the file change only in
-        // the ways the module documentation lists, none of which modifies a range that a
-        // reference obtained through `slice` covers.
-        let map = unsafe { MmapOptions::new().len(len).map(file)? };
+    pub(crate) fn map(file: &dyn StorageFile, len: usize) -> io::Result<SegmentMap> {
+        let map = file.map(len)?;
+        if map.len() != len {
+            return Err(io::Error::other("the storage mapped a different length"));
+        }
         Ok(SegmentMap { map })
     }
 
@@ -89,13 +91,21 @@ pub(crate) fn bytes_of(map: &Arc<SegmentMap>, range: Range<usize>) -> Option<Byt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use crate::storage::Storage;
+
+    fn os_file(dir: &tempfile::TempDir) -> Arc<dyn StorageFile> {
+        crate::storage::os()
+            .open(&dir.path().join("f"), true, crate::storage::Create::New)
+            .unwrap()
+    }
 
     #[test]
     fn maps_and_slices_and_counts_views() {
-        let mut f = tempfile::tempfile().unwrap();
-        f.write_all(&(0u8..=255).collect::<Vec<_>>()).unwrap();
-        let map = Arc::new(SegmentMap::map(&f, 256).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let f = os_file(&dir);
+        f.write_all_at(&[&(0u8..=255).collect::<Vec<_>>()], 0)
+            .unwrap();
+        let map = Arc::new(SegmentMap::map(&*f, 256).unwrap());
         assert_eq!(map.len(), 256);
         assert_eq!(map.slice(10..13), Some(&[10u8, 11, 12][..]));
         assert_eq!(map.slice(250..257), None);
@@ -114,11 +124,25 @@ mod tests {
 
     #[test]
     fn sees_writes_made_through_the_file() {
-        use std::os::unix::fs::FileExt;
-        let f = tempfile::tempfile().unwrap();
-        f.set_len(4096).unwrap();
-        let map = SegmentMap::map(&f, 4096).unwrap();
-        f.write_all_at(b"hello", 100).unwrap();
-        assert_eq!(map.slice(100..105), Some(&b"hello"[..]));
+        let dir = tempfile::tempdir().unwrap();
+        let disk = crate::storage::SimDisk::new(1);
+        let sim = disk.boot();
+        sim.create_dir(std::path::Path::new("/d"), 0o700).unwrap();
+        let files = [
+            os_file(&dir),
+            crate::storage::Storage::open(
+                &*sim,
+                std::path::Path::new("/d/f"),
+                true,
+                crate::storage::Create::New,
+            )
+            .unwrap(),
+        ];
+        for f in files {
+            f.set_len(4096).unwrap();
+            let map = SegmentMap::map(&*f, 4096).unwrap();
+            f.write_all_at(&[b"hello"], 100).unwrap();
+            assert_eq!(map.slice(100..105), Some(&b"hello"[..]));
+        }
     }
 }

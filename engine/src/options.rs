@@ -59,6 +59,9 @@ pub struct Options {
     /// first opened with one), compared on every open; a mismatch is refused naming
     /// both. `None` checks nothing.
     pub identity: Option<crate::LogIdentity>,
+    /// Where the log's files live: the OS's file system (the default), or a simulated
+    /// disk ([`SimDisk`](crate::storage::SimDisk)) for tests of power loss and crashes.
+    pub storage: std::sync::Arc<dyn crate::storage::Storage>,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             recycle_pool: 2,
             create_at: Lsn::ZERO,
             identity: None,
+            storage: crate::storage::os(),
         }
     }
 }

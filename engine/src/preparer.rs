@@ -217,7 +217,7 @@ fn discard(shared: &Shared, seg: Segment) -> Result<()> {
     }
     let path = seg.path.clone();
     drop(seg);
-    match std::fs::remove_file(&path) {
+    match shared.fs.remove_file(&path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("remove unneeded prepared segment", &path, e)),
@@ -244,7 +244,7 @@ pub(crate) fn run(shared: &Arc<Shared>) {
             for p in recyclable {
                 if st.pool.len() < shared.opts.recycle_pool {
                     st.pool.push_back(p);
-                } else if let Err(e) = std::fs::remove_file(&p) {
+                } else if let Err(e) = shared.fs.remove_file(&p) {
                     tracing::warn!(path = %p.display(), error = %e, "cannot remove retired segment");
                 }
             }
@@ -296,14 +296,14 @@ pub(crate) fn run(shared: &Arc<Shared>) {
 fn prepare(shared: &Shared, base: Lsn, recycled: Option<&Path>) -> Result<Segment> {
     let c = &shared.counters;
     let create = || {
-        let r = segment::create(&shared.dir, base, shared.geometry);
+        let r = segment::create(&shared.fs, &shared.dir, base, shared.geometry);
         if r.is_ok() {
             Counters::add(&c.segments_created, 1);
         }
         r
     };
     match recycled {
-        Some(old) => match segment::recycle(&shared.dir, old, base, shared.geometry) {
+        Some(old) => match segment::recycle(&shared.fs, &shared.dir, old, base, shared.geometry) {
             Ok(seg) => {
                 Counters::add(&c.segments_recycled, 1);
                 Ok(seg)
@@ -362,7 +362,9 @@ fn retire(shared: &Shared) -> (Vec<PathBuf>, Option<Error>) {
         let outcome = if let Err(e) = crate::failpoint::hit("preparer::retire", &shared.dir) {
             Err(("retire segment", e))
         } else if referenced {
-            std::fs::remove_file(&path)
+            shared
+                .fs
+                .remove_file(&path)
                 .map(|()| None)
                 .map_err(|e| ("remove retired segment", e))
         } else {
@@ -371,7 +373,9 @@ fn retire(shared: &Shared) -> (Vec<PathBuf>, Option<Error>) {
                 .and_then(|n| n.to_str())
                 .unwrap_or("segment");
             let tmp = shared.dir.join(format!("recycle-{name}{TMP_SUFFIX}"));
-            std::fs::rename(&path, &tmp)
+            shared
+                .fs
+                .rename(&path, &tmp)
                 .map(|()| Some(tmp))
                 .map_err(|e| ("rename retired segment into the recycle pool", e))
         };
@@ -399,7 +403,7 @@ fn retire(shared: &Shared) -> (Vec<PathBuf>, Option<Error>) {
         }
     }
     if changed {
-        if let Err(e) = crate::fsutil::fsync_dir(&shared.dir) {
+        if let Err(e) = crate::fsutil::fsync_dir(&*shared.fs, &shared.dir) {
             error.get_or_insert(e);
         }
         tracing::debug!(start = %shared.start(), recyclable = recyclable.len(), "retired segments below the checkpoint");

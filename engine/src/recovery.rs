@@ -22,14 +22,15 @@
 //! scanned batch by batch unless `verify_all` asks for every one; earlier ones have their
 //! headers checked.
 
-use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::{
     check_batch, Expect, FormatError, Geometry, SegmentHeader, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::segment::{self, parse_segment_name, Segment};
+use crate::storage::Storage;
 use crate::types::{Epoch, Lsn};
 
 /// What to do about corruption that is not a torn tail.
@@ -383,18 +384,19 @@ pub(crate) struct Recovered {
     pub(crate) unflushed: Option<UnflushedCut>,
 }
 
-fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
+fn list(fs: &dyn Storage, dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
     let mut segs = Vec::new();
-    let rd = fs::read_dir(dir).map_err(|e| Error::io("list log directory", dir, e))?;
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io("list log directory", dir, e))?;
-        let name = entry.file_name();
+    let names = fs
+        .list_dir(dir)
+        .map_err(|e| Error::io("list log directory", dir, e))?;
+    for name in names {
         let Some(name) = name.to_str() else { continue };
+        let p = dir.join(name);
         if crate::layout::is_own_temporary(name) {
-            let p = entry.path();
-            fs::remove_file(&p).map_err(|e| Error::io("remove leftover temporary file", &p, e))?;
+            fs.remove_file(&p)
+                .map_err(|e| Error::io("remove leftover temporary file", &p, e))?;
         } else if let Some(base) = parse_segment_name(name) {
-            segs.push((base, entry.path()));
+            segs.push((base, p));
         }
     }
     segs.sort();
@@ -414,6 +416,7 @@ fn whole(s: &Segment) -> &[u8] {
 /// left out of order); one proving it flushed, and the bytes there are damage that
 /// `RecoveryMode::Strict` refuses and `TruncateCorrupt` cuts.
 pub(crate) fn recover(
+    fs: &Arc<dyn Storage>,
     dir: &Path,
     geometry: Geometry,
     mode: RecoveryMode,
@@ -421,9 +424,9 @@ pub(crate) fn recover(
     create_base: Lsn,
     closed: Option<Lsn>,
 ) -> Result<Recovered> {
-    let files = list(dir)?;
+    let files = list(&**fs, dir)?;
     if files.is_empty() {
-        let seg = segment::create(dir, create_base, geometry)?;
+        let seg = segment::create(fs, dir, create_base, geometry)?;
         let start = geometry.first_batch(create_base);
         return Ok(Recovered {
             segments: vec![seg],
@@ -449,7 +452,7 @@ pub(crate) fn recover(
                 ));
             }
         }
-        let seg = Segment::open(path, *base, geometry)?;
+        let seg = Segment::open(fs, path, *base, geometry)?;
         let hdr = seg
             .map
             .slice(0..SEGMENT_HEADER_LEN)
@@ -566,15 +569,15 @@ pub(crate) fn recover(
 
     // Everything below changes the directory: the clean-close marker must not outlive
     // that (a repair that a crash interrupts must not meet it again).
-    crate::marker::forget(dir)?;
+    crate::marker::forget(&**fs, dir)?;
     let mut spares = Vec::new();
     let mut zeroed = 0;
     if remove {
         for s in segs.drain(keep..).rev() {
-            fs::remove_file(&s.path)
+            fs.remove_file(&s.path)
                 .map_err(|e| Error::io("remove segment after repair point", &s.path, e))?;
         }
-        crate::fsutil::fsync_dir(dir)?;
+        crate::fsutil::fsync_dir(&**fs, dir)?;
     } else {
         for s in segs.drain(keep..) {
             if claims_positions(whole(&s), s.base) {
@@ -619,7 +622,7 @@ fn zero_nonzero(seg: &Segment, from: Lsn, to: Lsn) -> Result<u64> {
             .is_some_and(|b| b.iter().any(|&x| x != 0));
         if dirty {
             let off = at.get() - seg.base.get();
-            crate::fsutil::write_zeros(&file, &seg.path, off, next.get() - at.get())?;
+            crate::fsutil::write_zeros(&*file, &seg.path, off, next.get() - at.get())?;
             written += next.get() - at.get();
         }
         at = next;

@@ -34,6 +34,8 @@ pub(crate) struct Truncations {
 /// State shared by the `Log` handle, its writer and preparer threads, commits and readers.
 pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
+    /// Where every file operation of the log goes (`Options::storage`).
+    pub(crate) fs: Arc<dyn crate::storage::Storage>,
     pub(crate) geometry: Geometry,
     pub(crate) opts: Options,
     pub(crate) append: Mutex<Assembler>,

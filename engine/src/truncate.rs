@@ -88,12 +88,13 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
                 .collect()
         };
         for s in &later {
-            std::fs::remove_file(&s.path)
+            sh.fs
+                .remove_file(&s.path)
                 .map_err(|e| Error::io("remove truncated segment", &s.path, e))?;
-            crate::fsutil::fsync_dir(&sh.dir)?;
+            crate::fsutil::fsync_dir(&*sh.fs, &sh.dir)?;
             write(&sh.segments).remove(&s.base.get());
         }
-        let rewritten = segment::rewrite_prefix(&sh.dir, &keep, lsn, g)?;
+        let rewritten = segment::rewrite_prefix(&sh.fs, &sh.dir, &keep, lsn, g)?;
         write(&sh.segments).insert(keep_base.get(), Arc::new(rewritten));
     }
     drop(paused);
@@ -102,7 +103,7 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
         let mut h = lock(&sh.epochs);
         let mut next = h.clone();
         if next.truncate_after(lsn) {
-            next.store(&sh.dir)?;
+            next.store(&*sh.fs, &sh.dir)?;
             *h = next;
         }
         h.current().map_or(Epoch::ZERO, |(e, _)| e)

@@ -314,7 +314,7 @@ impl Writer {
             })?;
             crate::failpoint::wait_if_paused("writer::write", &self.shared.dir);
             crate::failpoint::hit("writer::write", &self.shared.dir)
-                .and_then(|()| self.backend.write_all_at(&file, offset, &slices))
+                .and_then(|()| self.backend.write_all_at(&*file, offset, &slices))
                 .map_err(|e| ("write segment", e))?;
             let end = chunks[j - 1].end();
             let c = &self.shared.counters;

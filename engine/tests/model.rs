@@ -52,17 +52,7 @@ const TAG: &str = "@@ ";
 
 /// The payload of record `seq` with `len` bytes: deterministic, so the worker reports
 /// a CRC and the model recomputes it.
-fn payload(seq: u64, len: usize) -> Vec<u8> {
-    let mut x = (seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len as u64) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use common::exact_payload as payload;
 
 fn crc_of(seq: u64, len: usize) -> u32 {
     crc32c::crc32c(&payload(seq, len))

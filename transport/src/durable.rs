@@ -1,13 +1,25 @@
 //! Small text files beside the log that must survive a crash whole or not at all: the
-//! engine's [`atomic_write`](walship_engine::atomic_write) replaces them, and each
-//! carries a CRC32C of its text, checked on load.
+//! engine's [`atomic_write_in`](walship_engine::atomic_write_in) replaces them, on the
+//! log's own storage, and each carries a CRC32C of its text, checked on load.
 
 use std::path::Path;
 
+use walship_engine::storage::Storage;
+
 /// Replaces `dir/name` with `text` plus a checksum line, atomically and durably.
-pub(crate) fn store(dir: &Path, name: &str, text: &str) -> walship_engine::Result<()> {
+pub(crate) fn store(
+    fs: &dyn Storage,
+    dir: &Path,
+    name: &str,
+    text: &str,
+) -> walship_engine::Result<()> {
     let crc = crc32c::crc32c(text.as_bytes());
-    walship_engine::atomic_write(dir, name, format!("{text}crc32c {crc:08x}\n").as_bytes())
+    walship_engine::atomic_write_in(
+        fs,
+        dir,
+        name,
+        format!("{text}crc32c {crc:08x}\n").as_bytes(),
+    )
 }
 
 /// What [`load`] found wrong.
@@ -24,8 +36,8 @@ pub(crate) const MAX_BYTES: u64 = 4 << 20;
 
 /// The text stored by [`store`] (without its checksum line), `None` if there is no file.
 /// Only a regular file is read, and at most [`MAX_BYTES`] of it.
-pub(crate) fn load(path: &Path) -> Result<Option<String>, LoadError> {
-    let bytes = match walship_engine::read_small_file(path, MAX_BYTES) {
+pub(crate) fn load(fs: &dyn Storage, path: &Path) -> Result<Option<String>, LoadError> {
+    let bytes = match walship_engine::read_small_file_in(fs, path, MAX_BYTES) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(LoadError::Io(e)),
@@ -58,21 +70,25 @@ pub(crate) fn load(path: &Path) -> Result<Option<String>, LoadError> {
 mod tests {
     use super::*;
     use std::fs;
+    use walship_engine::storage::OsStorage;
 
     #[test]
     fn round_trip_and_damage() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
-        assert!(load(&p).unwrap().is_none());
-        store(dir.path(), "f", "a 1\nb 2\n").unwrap();
-        assert_eq!(load(&p).unwrap().as_deref(), Some("a 1\nb 2\n"));
-        store(dir.path(), "f", "").unwrap();
-        assert_eq!(load(&p).unwrap().as_deref(), Some(""));
-        store(dir.path(), "f", "x 5\n").unwrap();
+        assert!(load(&OsStorage, &p).unwrap().is_none());
+        store(&OsStorage, dir.path(), "f", "a 1\nb 2\n").unwrap();
+        assert_eq!(load(&OsStorage, &p).unwrap().as_deref(), Some("a 1\nb 2\n"));
+        store(&OsStorage, dir.path(), "f", "").unwrap();
+        assert_eq!(load(&OsStorage, &p).unwrap().as_deref(), Some(""));
+        store(&OsStorage, dir.path(), "f", "x 5\n").unwrap();
         let t = fs::read_to_string(&p).unwrap();
         fs::write(&p, t.replace("x 5", "x 6")).unwrap();
-        assert!(matches!(load(&p), Err(LoadError::Corrupt(2, _))));
+        assert!(matches!(
+            load(&OsStorage, &p),
+            Err(LoadError::Corrupt(2, _))
+        ));
         fs::write(&p, "junk").unwrap();
-        assert!(matches!(load(&p), Err(LoadError::Corrupt(..))));
+        assert!(matches!(load(&OsStorage, &p), Err(LoadError::Corrupt(..))));
     }
 }

@@ -241,7 +241,7 @@ impl Node {
         })?;
         opts.leader.listen = listen;
         let advertise = opts.advertise.clone().unwrap_or_else(|| listen.to_string());
-        load_seen_epoch(log.dir())?;
+        load_seen_epoch(&**log.storage(), log.dir())?;
         log.seal("this node is not the leader");
         log.fence_remote("this node is not the leader");
         let node_id = security.node_id().to_owned();
@@ -571,7 +571,7 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
         let log = &self.shared.log;
         // An unreadable seen-epoch file only lowers what is published here; leading
         // reads it again (`Leader::start`) and refuses, naming the file.
-        let seen = load_seen_epoch(log.dir()).unwrap_or(Epoch::ZERO);
+        let seen = load_seen_epoch(&**log.storage(), log.dir()).unwrap_or(Epoch::ZERO);
         MemberInfo {
             node_id: self.shared.node_id.clone(),
             addr: self.advertise.clone(),

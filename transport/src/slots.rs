@@ -17,7 +17,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use walship_engine::storage::Storage;
 use walship_engine::Lsn;
 
 /// File name of the slot store inside the log directory.
@@ -77,6 +79,8 @@ impl Slot {
 /// The leader's slots; see the [module docs](self).
 #[derive(Debug)]
 pub struct Slots {
+    /// The log's storage, where the slot file lives beside it.
+    fs: Arc<dyn Storage>,
     path: PathBuf,
     slots: BTreeMap<String, Slot>,
     segment_capacity: u64,
@@ -90,16 +94,21 @@ impl Slots {
     ///
     /// # Errors
     /// [`SlotError`] if the file cannot be read or is damaged.
-    pub fn load(dir: &Path, segment_capacity: u64) -> Result<Slots, SlotError> {
+    pub fn load(
+        fs: &Arc<dyn Storage>,
+        dir: &Path,
+        segment_capacity: u64,
+    ) -> Result<Slots, SlotError> {
         let path = dir.join(SLOTS_FILE);
         let mut s = Slots {
+            fs: Arc::clone(fs),
             path,
             slots: BTreeMap::new(),
             segment_capacity: segment_capacity.max(1),
             dirty: false,
             generation: 0,
         };
-        let text = match crate::durable::load(&s.path) {
+        let text = match crate::durable::load(&*s.fs, &s.path) {
             Ok(Some(t)) => t,
             Ok(None) => return Ok(s),
             Err(crate::durable::LoadError::Io(source)) => {
@@ -229,6 +238,7 @@ impl Slots {
         self.dirty = false;
         self.generation += 1;
         Some(SaveJob {
+            fs: Arc::clone(&self.fs),
             dir: self.path.parent().unwrap_or(Path::new(".")).to_path_buf(),
             text: render(&self.slots),
             generation: self.generation,
@@ -244,6 +254,7 @@ impl Slots {
 /// The slots' file contents as they were when taken ([`Slots::take_save`]).
 #[derive(Debug)]
 pub struct SaveJob {
+    fs: Arc<dyn Storage>,
     dir: PathBuf,
     text: String,
     generation: u64,
@@ -269,7 +280,8 @@ impl SaveJob {
         if self.generation <= *last {
             return Ok(());
         }
-        crate::durable::store(&self.dir, SLOTS_FILE, &self.text).map_err(SlotError::Save)?;
+        crate::durable::store(&*self.fs, &self.dir, SLOTS_FILE, &self.text)
+            .map_err(SlotError::Save)?;
         *last = self.generation;
         Ok(())
     }
@@ -357,7 +369,7 @@ mod tests {
     #[test]
     fn slots_hold_the_floor_until_lost_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Slots::load(dir.path(), CAP).unwrap();
+        let mut s = Slots::load(&walship_engine::storage::os(), dir.path(), CAP).unwrap();
         assert_eq!(s.floor(), None);
         s.accept("a b", Lsn::new(100));
         s.accept("c", Lsn::new(5000));
@@ -382,7 +394,7 @@ mod tests {
         assert!(s.get("c").unwrap().lost_at.is_some());
         s.save().unwrap();
 
-        let again = Slots::load(dir.path(), CAP).unwrap();
+        let again = Slots::load(&walship_engine::storage::os(), dir.path(), CAP).unwrap();
         assert_eq!(again.slots, s.slots);
         assert!(s.drop_slot("c"));
         assert!(!s.drop_slot("c"));
@@ -391,20 +403,22 @@ mod tests {
     #[test]
     fn a_damaged_slot_file_is_refused_with_its_line() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Slots::load(dir.path(), CAP).unwrap();
+        let mut s = Slots::load(&walship_engine::storage::os(), dir.path(), CAP).unwrap();
         s.accept("n1", Lsn::new(64));
         s.save().unwrap();
         let path = dir.path().join(SLOTS_FILE);
         let text = fs::read_to_string(&path).unwrap();
         fs::write(&path, text.replace(" 64 ", " 65 ")).unwrap();
-        let err = Slots::load(dir.path(), CAP).unwrap_err().to_string();
+        let err = Slots::load(&walship_engine::storage::os(), dir.path(), CAP)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("checksum") && err.contains(SLOTS_FILE),
             "{err}"
         );
         fs::write(&path, "garbage").unwrap();
-        assert!(Slots::load(dir.path(), CAP).is_err());
+        assert!(Slots::load(&walship_engine::storage::os(), dir.path(), CAP).is_err());
         fs::write(&path, "").unwrap();
-        assert!(Slots::load(dir.path(), CAP).is_err());
+        assert!(Slots::load(&walship_engine::storage::os(), dir.path(), CAP).is_err());
     }
 }

@@ -13,13 +13,15 @@
 //!
 //! At most one flush is in flight; a flush covers everything written before it started.
 
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
+
+use crate::segment::SegmentFile;
+use crate::storage::{Storage, StorageFile};
 
 pub(crate) mod portable;
 pub(crate) mod uring;
@@ -117,10 +119,15 @@ pub(crate) trait Backend: Send {
 
     /// Writes all of `bufs` contiguously at `offset` of `file`; returns once the bytes
     /// are in the OS (page cache). Retries short writes and `EINTR`.
-    fn write_all_at(&mut self, file: &File, offset: u64, bufs: &[&[u8]]) -> io::Result<()>;
+    fn write_all_at(
+        &mut self,
+        file: &dyn StorageFile,
+        offset: u64,
+        bufs: &[&[u8]],
+    ) -> io::Result<()>;
 
     /// Starts an `fdatasync` of every file in `files`. At most one flush is in flight.
-    fn start_flush(&mut self, files: Vec<Arc<File>>) -> io::Result<()>;
+    fn start_flush(&mut self, files: Vec<SegmentFile>) -> io::Result<()>;
 
     /// Whether a flush is in flight.
     fn flush_in_flight(&self) -> bool;
@@ -137,8 +144,22 @@ pub(crate) trait Backend: Send {
     fn wake(&self) -> Arc<WriterWake>;
 }
 
-/// Opens the backend `kind`.
-pub(crate) fn open(kind: BackendKind) -> io::Result<Box<dyn Backend>> {
+/// Opens the backend `kind` for files of `storage`: on storage other than the OS's,
+/// `Auto` is the portable backend (its writes and flushes go through the storage) and
+/// `IoUring` an error.
+pub(crate) fn open(kind: BackendKind, storage: &dyn Storage) -> io::Result<Box<dyn Backend>> {
+    if !storage.os_files() {
+        return match kind {
+            BackendKind::IoUring => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the io_uring backend needs the OS's storage, not {:?}",
+                    storage.name()
+                ),
+            )),
+            BackendKind::Auto | BackendKind::Portable => Ok(Box::new(portable::Portable::new()?)),
+        };
+    }
     match kind {
         BackendKind::Portable => Ok(Box::new(portable::Portable::new()?)),
         BackendKind::IoUring => Ok(Box::new(uring::Uring::new()?)),
@@ -189,12 +210,15 @@ mod tests {
     use std::io::Read;
 
     fn exercise(mut b: Box<dyn Backend>) {
-        let mut f = tempfile::tempfile().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file: SegmentFile = crate::storage::os()
+            .open(&dir.path().join("f"), true, crate::storage::Create::New)
+            .unwrap();
+        let mut f = std::fs::File::open(dir.path().join("f")).unwrap();
         let many: Vec<Vec<u8>> = (0..2000u32).map(|i| i.to_le_bytes().to_vec()).collect();
         let refs: Vec<&[u8]> = many.iter().map(|v| v.as_slice()).collect();
-        b.write_all_at(&f, 10, &refs).unwrap();
-        b.write_all_at(&f, 0, &[b"0123456789"]).unwrap();
-        let file = Arc::new(f.try_clone().unwrap());
+        b.write_all_at(&*file, 10, &refs).unwrap();
+        b.write_all_at(&*file, 0, &[b"0123456789"]).unwrap();
         b.start_flush(vec![Arc::clone(&file), file]).unwrap();
         assert!(b.flush_in_flight());
         let mut done = None;
@@ -216,12 +240,12 @@ mod tests {
 
     #[test]
     fn portable_backend_writes_and_flushes() {
-        exercise(open(BackendKind::Portable).unwrap());
+        exercise(open(BackendKind::Portable, &crate::storage::OsStorage).unwrap());
     }
 
     #[test]
     fn uring_backend_writes_and_flushes() {
-        match open(BackendKind::IoUring) {
+        match open(BackendKind::IoUring, &crate::storage::OsStorage) {
             Ok(b) => exercise(b),
             Err(e) => eprintln!("SKIPPED: io_uring unavailable here: {e}"),
         }
@@ -230,7 +254,9 @@ mod tests {
     #[test]
     fn wake_interrupts_wait() {
         for kind in [BackendKind::Portable, BackendKind::IoUring] {
-            let Ok(mut b) = open(kind) else { continue };
+            let Ok(mut b) = open(kind, &crate::storage::OsStorage) else {
+                continue;
+            };
             let wake = b.wake();
             wake.bind_current_thread();
             let w2 = Arc::clone(&wake);

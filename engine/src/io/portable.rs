@@ -1,9 +1,7 @@
 //! The portable backend: `pwritev` on the writer thread and `fdatasync` on a flusher
 //! thread, so a write can proceed while the previous flush is in flight.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -11,9 +9,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::{advance_iovecs, iovecs, Backend, WriterWake, IOV_MAX};
+use crate::segment::SegmentFile;
+use crate::storage::StorageFile;
 
 pub(crate) struct Portable {
-    jobs: Option<Sender<Vec<Arc<File>>>>,
+    jobs: Option<Sender<Vec<SegmentFile>>>,
     done: Receiver<io::Result<()>>,
     in_flight: bool,
     /// Set by the flusher before it notifies, so a writer about to sleep sees it.
@@ -24,7 +24,7 @@ pub(crate) struct Portable {
 
 impl Portable {
     pub(crate) fn new() -> io::Result<Portable> {
-        let (jobs_tx, jobs_rx) = channel::<Vec<Arc<File>>>();
+        let (jobs_tx, jobs_rx) = channel::<Vec<SegmentFile>>();
         let (done_tx, done_rx) = channel();
         let wake = Arc::new(WriterWake::with_thread());
         let w = Arc::clone(&wake);
@@ -96,11 +96,17 @@ impl Backend for Portable {
         "portable"
     }
 
-    fn write_all_at(&mut self, file: &File, offset: u64, bufs: &[&[u8]]) -> io::Result<()> {
-        pwritev_all(file.as_raw_fd(), offset, bufs)
+    fn write_all_at(
+        &mut self,
+        file: &dyn StorageFile,
+        offset: u64,
+        bufs: &[&[u8]],
+    ) -> io::Result<()> {
+        // The storage's own write: `pwritev` for an OS file.
+        file.write_all_at(bufs, offset)
     }
 
-    fn start_flush(&mut self, files: Vec<Arc<File>>) -> io::Result<()> {
+    fn start_flush(&mut self, files: Vec<SegmentFile>) -> io::Result<()> {
         let jobs = self
             .jobs
             .as_ref()

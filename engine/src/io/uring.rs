@@ -11,13 +11,15 @@
 //! CQE has been reaped: writes are waited for before `write_all_at` returns, flushed
 //! files are held in `flush_files`, and `Drop` drains the flush in flight.
 
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::{opcode, types, IoUring};
+
+use crate::segment::SegmentFile;
+use crate::storage::StorageFile;
 
 use super::{advance_iovecs, iovecs, Backend, WriterWake, IOV_MAX};
 
@@ -31,11 +33,22 @@ pub(crate) struct Uring {
     wake_fd: RawFd,
     poll_armed: bool,
     /// Files of the flush in flight, and how many of their CQEs are still due.
-    flush_files: Vec<Arc<File>>,
+    flush_files: Vec<SegmentFile>,
     flush_due: usize,
     flush_error: Option<io::Error>,
     flush_done: Option<io::Result<()>>,
     write_result: Option<i32>,
+}
+
+/// The OS descriptor of `file`: io_uring submits system calls itself, so it runs only on
+/// the OS's storage (on any other, `Auto` picks the portable backend).
+fn os_fd(file: &dyn StorageFile) -> io::Result<RawFd> {
+    file.raw_fd().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the io_uring backend needs files of the OS's storage",
+        )
+    })
 }
 
 /// Adds 1 to an eventfd, waking a ring that polls it.
@@ -157,8 +170,13 @@ impl Backend for Uring {
         "io_uring"
     }
 
-    fn write_all_at(&mut self, file: &File, mut offset: u64, bufs: &[&[u8]]) -> io::Result<()> {
-        let fd = file.as_raw_fd();
+    fn write_all_at(
+        &mut self,
+        file: &dyn StorageFile,
+        mut offset: u64,
+        bufs: &[&[u8]],
+    ) -> io::Result<()> {
+        let fd = os_fd(file)?;
         let mut iov = iovecs(bufs);
         while !iov.is_empty() {
             let n = iov.len().min(IOV_MAX);
@@ -193,15 +211,19 @@ impl Backend for Uring {
         Ok(())
     }
 
-    fn start_flush(&mut self, files: Vec<Arc<File>>) -> io::Result<()> {
+    fn start_flush(&mut self, files: Vec<SegmentFile>) -> io::Result<()> {
         if files.is_empty() {
             self.flush_done = Some(Ok(()));
             return Ok(());
         }
+        let fds = files
+            .iter()
+            .map(|f| os_fd(&**f))
+            .collect::<io::Result<Vec<_>>>()?;
         self.flush_due = files.len();
         self.flush_error = None;
-        for f in &files {
-            let sqe = opcode::Fsync::new(types::Fd(f.as_raw_fd()))
+        for fd in fds {
+            let sqe = opcode::Fsync::new(types::Fd(fd))
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()
                 .user_data(TOKEN_FLUSH);

@@ -69,6 +69,20 @@ pub fn payload(seq: u64, max_len: usize) -> Vec<u8> {
     v
 }
 
+/// A payload of exactly `len` bytes, different for every `seq` (xorshift from it):
+/// for tests that choose record sizes to the byte.
+pub fn exact_payload(seq: u64, len: usize) -> Vec<u8> {
+    let mut x = (seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len as u64) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 struct CountingWaker(std::sync::atomic::AtomicUsize, std::thread::Thread);
 
 impl Wake for CountingWaker {

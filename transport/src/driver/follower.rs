@@ -22,14 +22,17 @@ use crate::status::{FollowerStatus, Role};
 pub const SEEN_EPOCH_FILE: &str = "replication.epoch";
 
 /// The highest epoch recorded in `dir`'s [`SEEN_EPOCH_FILE`], zero if none.
-pub(crate) fn load_seen_epoch(dir: &std::path::Path) -> Result<Epoch, TransportError> {
+pub(crate) fn load_seen_epoch(
+    fs: &dyn walship_engine::storage::Storage,
+    dir: &std::path::Path,
+) -> Result<Epoch, TransportError> {
     let path = dir.join(SEEN_EPOCH_FILE);
     let bad = |reason: String| TransportError::File {
         op: "read",
         path: path.clone(),
         reason,
     };
-    match crate::durable::load(&path) {
+    match crate::durable::load(fs, &path) {
         Ok(None) => Ok(Epoch::ZERO),
         Ok(Some(text)) => text
             .trim_end()
@@ -45,8 +48,13 @@ pub(crate) fn load_seen_epoch(dir: &std::path::Path) -> Result<Epoch, TransportE
 }
 
 /// Records durably that epoch `e` has been seen in `dir`.
-pub(crate) fn store_seen_epoch(dir: &std::path::Path, e: Epoch) -> Result<(), TransportError> {
+pub(crate) fn store_seen_epoch(
+    fs: &dyn walship_engine::storage::Storage,
+    dir: &std::path::Path,
+    e: Epoch,
+) -> Result<(), TransportError> {
     Ok(crate::durable::store(
+        fs,
         dir,
         SEEN_EPOCH_FILE,
         &format!("seen {}\n", e.get()),
@@ -259,7 +267,7 @@ impl Follower {
         let records = log.record_reader(apply_from)?;
         let endpoint = super::endpoint(None, bind, opts.socket.take())?;
         let (applied, _) = watch::channel(apply_from);
-        let epoch = load_seen_epoch(log.dir())?.max(log.epoch());
+        let epoch = load_seen_epoch(&**log.storage(), log.dir())?.max(log.epoch());
         let shared = Arc::new(Shared {
             cfg: FollowerConfig {
                 cluster_id: security.cluster_id().to_owned(),
@@ -855,7 +863,8 @@ impl Stream<'_> {
                     // Durable before anything of that epoch is acted on: after a crash this
                     // node still refuses leaders older than `e`.
                     let dir = log.dir().to_path_buf();
-                    tokio::task::spawn_blocking(move || store_seen_epoch(&dir, e))
+                    let fs = std::sync::Arc::clone(log.storage());
+                    tokio::task::spawn_blocking(move || store_seen_epoch(&*fs, &dir, e))
                         .await
                         .map_err(|err| {
                             TransportError::InvalidOptions(format!("epoch store task: {err}"))

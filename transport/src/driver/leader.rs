@@ -327,11 +327,11 @@ impl Leader {
             )));
         }
         security.check_log(&log)?;
-        let slots = Slots::load(log.dir(), log.segment_capacity())?;
+        let slots = Slots::load(log.storage(), log.dir(), log.segment_capacity())?;
         let trust = security.trust()?;
         let server = security.server_config(trust.as_ref())?;
         let endpoint = super::endpoint(Some(server), opts.listen, opts.socket)?;
-        let seen = super::follower::load_seen_epoch(log.dir())?.max(log.epoch());
+        let seen = super::follower::load_seen_epoch(&**log.storage(), log.dir())?.max(log.epoch());
         let epoch = match opts.epoch {
             Some(e) => e,
             None => seen.checked_next().ok_or_else(|| {
@@ -347,7 +347,7 @@ impl Leader {
             )));
         }
         log.begin_epoch(epoch)?;
-        super::follower::store_seen_epoch(log.dir(), epoch)?;
+        super::follower::store_seen_epoch(&**log.storage(), log.dir(), epoch)?;
         log.unseal();
         log.unfence_remote();
         let registry = Registry::new(opts.sync.clone(), slots, opts.max_retained_bytes)?;

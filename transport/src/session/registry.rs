@@ -330,7 +330,7 @@ mod tests {
                 k: 1,
                 of: vec!["*".into()],
             },
-            Slots::load(dir, CAP).unwrap(),
+            Slots::load(&walship_engine::storage::os(), dir, CAP).unwrap(),
             4 * CAP,
         )
         .unwrap()

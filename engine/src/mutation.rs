@@ -14,6 +14,21 @@ pub const ENGINE_MUTATIONS: &[&str] = &[
     PROVISION_PAST_BOUNDARY,
 ];
 
+/// Every mutation of the replication layer (its call sites are in `walship-transport`).
+pub const TRANSPORT_MUTATIONS: &[&str] = &[
+    HELLO_END_AS_FLUSHED,
+    WELCOME_EPOCH_UNCHECKED,
+    REMOTE_FLUSH_ON_WRITTEN,
+];
+
+/// A leader counts a reconnecting follower's log end (which may hold bytes it never
+/// flushed) as flushed.
+pub const HELLO_END_AS_FLUSHED: &str = "hello-end-as-flushed";
+/// A follower accepts a `Welcome` without checking its epoch against the newest it saw.
+pub const WELCOME_EPOCH_UNCHECKED: &str = "welcome-epoch-unchecked";
+/// The quorum confirms `RemoteFlush` on what followers wrote, not what they flushed.
+pub const REMOTE_FLUSH_ON_WRITTEN: &str = "remote-flush-on-written";
+
 /// Creating a segment skips the directory fsync that makes its name durable.
 pub const SKIP_SEGMENT_DIR_FSYNC: &str = "segment-create-skips-dir-fsync";
 /// Creating the log directory does not fsync its parent, as before issue 12 (found by

@@ -109,7 +109,7 @@ fn sigkill_never_loses_an_acknowledged_commit() {
                 .as_nanos() as u64
         });
     eprintln!("crash test seed {seed} (set WALSHIP_SEED to replay the kill timings)");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     for b in backends() {
         let dir = tempfile::tempdir().unwrap();
         let mut acked: Vec<(u64, Lsn)> = Vec::new();

@@ -1080,7 +1080,7 @@ fn pick(recs: &[Rec], pct: u8) -> u64 {
 fn tear_unflushed(dir: &Path, flushed: u64, end: u64, seed: u64) -> Result<(), String> {
     const PAGE: u64 = 4096;
     const SECTOR: u64 = 512;
-    let mut rng = common::Rng(seed);
+    let mut rng = common::Rng::new(seed);
     let mut pos = flushed;
     while pos < end {
         let base = pos / CAP * CAP;

@@ -340,10 +340,10 @@ impl Run {
 }
 
 fn run_seed(seed: u64, steps: usize) -> Result<u64, String> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let recycle_pool = rng.below(3) as usize;
     let mut run = Run {
-        disk: SimDisk::new(rng.next()),
+        disk: SimDisk::new(rng.next_u64()),
         rng,
         log: None,
         recs: Vec::new(),

@@ -122,7 +122,7 @@ fn torn_and_garbage_tails_keep_exactly_the_valid_prefix() {
             in_tail.len() >= 3,
             "test needs several batches in the tail segment"
         );
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         for trial in 0..60 {
             let dir = tempfile::tempdir().unwrap();
             copy_dir(template.path(), dir.path());
@@ -399,7 +399,7 @@ fn out_of_order_persistence_of_an_unflushed_tail_is_cut_not_refused() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5EED_0002);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     for b in backends() {
         // Acknowledged records, then a tail written batch by batch and never flushed
         // (the writer flushes only when asked).

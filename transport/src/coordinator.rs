@@ -214,10 +214,10 @@ pub trait Coordinator: Send {
     }
 }
 
-#[cfg(feature = "etcd")]
 /// Whether `me` is the best-placed live member: none has a log in a newer epoch, or in the
-/// same epoch flushed further (ties: the smaller id).
-fn best_placed(me: &MemberInfo, members: &[MemberInfo]) -> bool {
+/// same epoch flushed further (ties: the smaller id). The rule of a campaign (etcd's, and
+/// the simulator's coordinator's).
+pub fn best_placed(me: &MemberInfo, members: &[MemberInfo]) -> bool {
     let rank = |m: &MemberInfo| (m.log_epoch, m.flushed, std::cmp::Reverse(m.node_id.clone()));
     members
         .iter()

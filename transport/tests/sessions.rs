@@ -596,3 +596,49 @@ fn a_hello_must_name_the_certified_node_and_a_lost_slot_is_refused() {
         "{err}"
     );
 }
+
+/// The follower's own check, which the leader's `Hello` check makes redundant between
+/// honest peers (so the cluster simulator cannot catch its removal): a `Welcome` from a
+/// leader older than the newest epoch this follower has seen is refused, and nothing of
+/// it is acted on.
+#[test]
+fn a_welcome_from_an_older_epoch_than_seen_is_refused() {
+    let now = Instant::now();
+    let mut f = FollowerSession::with_seen_epoch(
+        follower_cfg(),
+        Epoch::new(3),
+        Epoch::new(5),
+        Lsn::new(64),
+        Progress::default(),
+        now,
+    );
+    while f.poll_event(now).is_some() {}
+    let mut welcome = BytesMut::new();
+    walship_transport::wire::Frame::Welcome(walship_transport::wire::Welcome {
+        epoch: Epoch::new(4),
+        truncate_to: Some(Lsn::new(64)),
+        start_lsn: Lsn::new(64),
+        leader_id: "stale".into(),
+    })
+    .encode(&mut welcome)
+    .unwrap();
+    let err = f.handle_bytes(now, &welcome).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Refused {
+                code: RejectCode::StaleEpoch,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!f.is_streaming());
+    let events: Vec<_> = std::iter::from_fn(|| f.poll_event(now)).collect();
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e, FollowerEvent::Transmit(_))),
+        "only the Reject goes out: no truncation, no streaming: {events:?}"
+    );
+}

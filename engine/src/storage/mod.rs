@@ -48,7 +48,7 @@ mod os;
 mod sim;
 
 pub use os::OsStorage;
-pub use sim::{PowerLoss, SimDisk, SimStats, SimStorage, SECTOR};
+pub use sim::{PowerLoss, SimDisk, SimRng, SimStats, SimStorage, SECTOR};
 
 /// What a name refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

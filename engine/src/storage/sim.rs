@@ -240,7 +240,7 @@ impl Data {
     }
 
     /// What a power loss leaves of this file.
-    fn after_power_loss(&self, rng: &mut Rng, report: &mut PowerLoss) -> Vec<u8> {
+    fn after_power_loss(&self, rng: &mut SimRng, report: &mut PowerLoss) -> Vec<u8> {
         let durable_len = self.durable.len() as u64;
         let len = if self.len != durable_len && rng.coin() {
             self.len
@@ -318,26 +318,62 @@ impl Dir {
     }
 }
 
-/// splitmix64: small, seedable, and the same everywhere.
-struct Rng(u64);
+/// A seeded generator (splitmix64: small, and the same everywhere): what the simulated
+/// disk decides a power loss with, and what simulations built on it draw from.
+///
+/// ```
+/// let mut a = walship_engine::storage::SimRng::new(7);
+/// let mut b = walship_engine::storage::SimRng::new(7);
+/// assert_eq!(a.next_u64(), b.next_u64());
+/// assert!(a.below(10) < 10);
+/// ```
+#[derive(Debug, Clone)]
+pub struct SimRng(u64);
 
-impl Rng {
-    fn next(&mut self) -> u64 {
+impl SimRng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> SimRng {
+        SimRng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+
+    /// Uniform in `0..n` (`0` for `n == 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True once in `n` times on average.
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.below(n) == 0
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi.saturating_sub(lo) + 1)
+    }
+
+    /// `n` random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+
     fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
+        self.next_u64() & 1 == 1
     }
 }
 
 struct World {
     /// The running process; views and handles of earlier ones are dead.
     generation: u64,
-    rng: Rng,
+    rng: SimRng,
     next_ino: u64,
     /// Every directory, by path; `/` always exists.
     dirs: BTreeMap<PathBuf, Dir>,
@@ -493,7 +529,7 @@ impl SimDisk {
             inner: Arc::new(DiskInner {
                 world: Mutex::new(World {
                     generation: 0,
-                    rng: Rng(seed),
+                    rng: SimRng::new(seed),
                     next_ino: 1,
                     dirs,
                     locks: BTreeSet::new(),

@@ -40,23 +40,8 @@ pub fn verified(backend: BackendKind) -> Options {
 }
 
 /// A deterministic PRNG (splitmix64) so failing seeds replay.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+#[allow(unused_imports)]
+pub use walship_engine::storage::SimRng as Rng;
 
 /// The payload of record `seq`: self-describing, of a length that varies with `seq`.
 pub fn payload(seq: u64, max_len: usize) -> Vec<u8> {

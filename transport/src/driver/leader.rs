@@ -198,8 +198,8 @@ impl Shared {
         }
     }
 
-    fn accepted(&self, node: &str, addr: SocketAddr, start: Lsn) -> SessionId {
-        self.with_registry(|r| r.accept(node, addr, start)).0
+    fn accepted(&self, node: &str, addr: SocketAddr, start: Lsn, acked: Progress) -> SessionId {
+        self.with_registry(|r| r.accept(node, addr, start, acked)).0
     }
 
     fn progress(&self, node: &str, session: SessionId, p: Progress, now: Instant) {
@@ -969,9 +969,13 @@ impl Run<'_> {
         while let Some(ev) = session.poll_event() {
             match ev {
                 LeaderEvent::Transmit(b) => write(send, b, self.peer).await?,
-                LeaderEvent::Accepted { follower, start } => {
+                LeaderEvent::Accepted {
+                    follower,
+                    start,
+                    progress,
+                } => {
                     // The slot first (it holds the log), then the reader.
-                    self.id = self.shared.accepted(&follower, self.peer, start);
+                    self.id = self.shared.accepted(&follower, self.peer, start, progress);
                     self.reader = Some(self.shared.log.reader(start)?);
                     self.next = start;
                     tracing::info!(follower = follower.as_str(), %start, peer = %self.peer, "follower accepted");

@@ -66,6 +66,10 @@ pub enum LeaderEvent {
         follower: String,
         /// Where its stream starts.
         start: Lsn,
+        /// What its `Hello` says it has written and flushed, up to `start`: what the
+        /// quorum may count for it until it acknowledges more. Not `start` itself: a
+        /// reconnecting follower's end may hold bytes it never flushed.
+        progress: Progress,
     },
     /// The follower reported progress: feed the quorum tracker.
     Progress {
@@ -282,9 +286,15 @@ impl LeaderSession {
         // Only what the follower says it wrote and flushed counts: its end may hold bytes
         // it has appended but not yet flushed (a RemoteFlush commit must not be confirmed
         // for those).
+        let flushed =
+            if walship_engine::mutation::active(walship_engine::mutation::HELLO_END_AS_FLUSHED) {
+                h.end_lsn
+            } else {
+                h.flushed_lsn
+            };
         self.acked = Progress {
             written: start.min(h.written_lsn),
-            flushed: start.min(h.flushed_lsn),
+            flushed: start.min(flushed),
             applied: Lsn::ZERO,
         };
         self.state = State::Streaming {
@@ -293,6 +303,7 @@ impl LeaderSession {
         self.events.push_back(LeaderEvent::Accepted {
             follower: h.node_id,
             start,
+            progress: self.acked,
         });
         Ok(())
     }

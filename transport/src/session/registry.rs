@@ -121,7 +121,11 @@ impl Registry {
     }
 
     fn publish_quorum(&mut self) {
-        self.effects.push_back(Effect::Quorum(self.quorum.quorum()));
+        let mut q = self.quorum.quorum();
+        if walship_engine::mutation::active(walship_engine::mutation::REMOTE_FLUSH_ON_WRITTEN) {
+            q.flushed = q.written;
+        }
+        self.effects.push_back(Effect::Quorum(q));
     }
 
     fn save(&mut self) {
@@ -130,10 +134,21 @@ impl Registry {
         }
     }
 
-    /// `node` was accepted from `addr` and is streamed from `start`; returns its new
-    /// session, which supersedes any earlier one. Its slot holds the log from `start` at
-    /// once.
-    pub fn accept(&mut self, node: &str, addr: SocketAddr, start: Lsn) -> SessionId {
+    /// `node` was accepted from `addr` and is streamed from `start`, having written and
+    /// flushed `acked` (its `Hello`'s word, at most `start`); returns its new session,
+    /// which supersedes any earlier one. Its slot holds the log from `start` at once.
+    ///
+    /// Until it acknowledges more, the quorum counts it for `acked`, not for `start`: a
+    /// reconnecting follower's end may hold bytes it wrote but never flushed, and counting
+    /// them would confirm `RemoteFlush` commits that are on no follower's disk (found by
+    /// the cluster simulator, issue 12).
+    pub fn accept(
+        &mut self,
+        node: &str,
+        addr: SocketAddr,
+        start: Lsn,
+        acked: Progress,
+    ) -> SessionId {
         self.next_session += 1;
         let id = self.next_session;
         self.slots.accept(node, start);
@@ -145,9 +160,9 @@ impl Registry {
             state: Some(StreamState::Catchup),
             sent: start,
             acked: Progress {
-                written: start,
-                flushed: start,
-                applied: Lsn::ZERO,
+                written: acked.written.min(start),
+                flushed: acked.flushed.min(acked.written).min(start),
+                applied: acked.applied.min(acked.flushed).min(start),
             },
             bytes_raw: e.bytes_raw,
             bytes_wire: e.bytes_wire,
@@ -357,7 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = registry(dir.path());
         let now = Instant::now();
-        let s1 = r.accept("n2", addr(), Lsn::new(64));
+        let s1 = r.accept("n2", addr(), Lsn::new(64), p(64, 64, 0));
         // Its slot holds the log at once.
         assert!(matches!(
             effects(&mut r).as_slice(),
@@ -376,7 +391,7 @@ mod tests {
             matches!(effects(&mut r).as_slice(), [Effect::Quorum(q)] if *q == p(900, 900, 800))
         );
         // A reconnect supersedes: the old session's acks count for nothing.
-        let s2 = r.accept("n2", addr(), Lsn::new(900));
+        let s2 = r.accept("n2", addr(), Lsn::new(900), p(900, 900, 0));
         let _ = effects(&mut r);
         assert_eq!(r.must_end("n2", s1), Some(End::Superseded));
         assert_eq!(r.must_end("n2", s2), None);
@@ -393,10 +408,33 @@ mod tests {
     }
 
     #[test]
+    fn a_reconnecting_follower_counts_only_for_what_it_flushed() {
+        // Its Hello: the log ends at 900, but only 500 of it is flushed. Caught up at
+        // once (nothing more to send), it must not confirm RemoteFlush past 500.
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = registry(dir.path());
+        let s = r.accept("n2", addr(), Lsn::new(900), p(900, 500, 0));
+        assert!(r.caught_up("n2", s));
+        let quorum: Vec<_> = effects(&mut r)
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Quorum(q) => Some(q),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(quorum, vec![p(900, 500, 0)], "written 900, flushed 500");
+        assert_eq!(r.flushed_by("n2"), Some(Lsn::new(500)));
+        // A Hello claiming more than its end is clipped to where it streams from.
+        let s = r.accept("n2", addr(), Lsn::new(900), p(2000, 2000, 2000));
+        assert!(r.caught_up("n2", s));
+        assert_eq!(r.flushed_by("n2"), Some(Lsn::new(900)));
+    }
+
+    #[test]
     fn a_slot_too_far_behind_is_lost_its_session_told_and_it_is_saved() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = registry(dir.path());
-        let s = r.accept("n3", addr(), Lsn::new(64));
+        let s = r.accept("n3", addr(), Lsn::new(64), p(64, 64, 0));
         let _ = effects(&mut r);
         assert!(r.maintain(Lsn::new(2 * CAP)).is_empty());
         assert!(effects(&mut r).iter().any(|e| matches!(e, Effect::Save(_))));

@@ -80,6 +80,29 @@ impl Coordinator {
         Some(next)
     }
 
+    /// The leader key, if any, without renewing anything (an operator looking).
+    pub fn peek_leader(&mut self, now: u64) -> Option<LeaderInfo> {
+        self.expire(now);
+        self.leader.as_ref().map(|(l, _)| l.clone())
+    }
+
+    /// An operator's promotion (`Coordinator::takeover`): `me` leads now, whoever holds
+    /// the leader key, in an epoch above every epoch granted or seen.
+    pub fn takeover(&mut self, now: u64, me: &MemberInfo, addr: &str) -> Option<Epoch> {
+        let next = Epoch::new(self.epoch.get().max(me.epoch.get()).checked_add(1)?);
+        self.epoch = next;
+        self.leader = Some((
+            LeaderInfo {
+                node_id: me.node_id.clone(),
+                addr: addr.to_string(),
+                epoch: next,
+            },
+            now + LEASE_TTL_MS,
+        ));
+        self.elections += 1;
+        Some(next)
+    }
+
     /// Gives up leadership if `node` holds it.
     pub fn resign(&mut self, node: &str) {
         if self.leader.as_ref().is_some_and(|(l, _)| l.node_id == node) {

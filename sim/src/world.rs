@@ -3,7 +3,8 @@
 //! `FollowerSession`), a simulated coordinator with etcd's rules, a simulated network,
 //! writers at `Local` and `RemoteFlush`, and faults: process crashes, power losses,
 //! isolations (a node cut off from the others and from the coordinator), dropped
-//! connections. Virtual time in milliseconds; the only real waiting is for the engine's
+//! connections, and operator promotions (the most caught-up live member, when the leader's
+//! node is down). Virtual time in milliseconds; the only real waiting is for the engine's
 //! own threads to finish what a step asked of them (see `sim/README.md`).
 //!
 //! Checked as it runs and at the end of every seed (the `check_*` functions):
@@ -72,6 +73,8 @@ pub struct Report {
     pub faults: u64,
     /// Power losses among them.
     pub power_losses: u64,
+    /// Operator promotions among them.
+    pub promotions: u64,
     /// Elections won.
     pub elections: u64,
     /// Truncations of divergent tails.
@@ -179,6 +182,7 @@ pub struct World {
     report: Report,
     trace: Vec<String>,
     verbose: bool,
+    live_promotions: bool,
 }
 
 /// The payload of record `seq`.
@@ -274,6 +278,7 @@ impl World {
             report: Report::default(),
             trace: Vec::new(),
             verbose: std::env::var_os("WALSHIP_SIM_VERBOSE").is_some(),
+            live_promotions: std::env::var_os("WALSHIP_SIM_LIVE_PROMOTIONS").is_some(),
         }
     }
 
@@ -433,6 +438,8 @@ impl World {
                 self.cut_links(n);
                 self.report.faults += 1;
             }
+            8..=9 if down == 1 && self.isolated.is_empty() => self.promote(false),
+            10 if self.live_promotions && impaired == 0 => self.promote(true),
             5..=7 => {
                 if let Some(&id) = self.links.keys().nth(self.rng.below(4) as usize) {
                     self.say(format!("connection {id} drops"));
@@ -443,6 +450,48 @@ impl World {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The operator's failover, as the Jepsen test does it: the leader's node is down, so
+    /// the most caught-up live member is promoted at once (the coordinator's `takeover`),
+    /// without waiting for the dead leader's lease to expire.
+    ///
+    /// With `live` (only when `WALSHIP_SIM_LIVE_PROMOTIONS` is set: the open problem of
+    /// sim/README.md), the leader is promoted over while it is alive.
+    fn promote(&mut self, alive: bool) {
+        let Some(named) = self.coord.peek_leader(self.t) else {
+            return;
+        };
+        let Some(old) = self.nodes.iter().position(|x| x.id == named.node_id) else {
+            return;
+        };
+        if self.up(old) != alive {
+            return;
+        }
+        let live: Vec<MemberInfo> = (0..self.nodes.len())
+            .filter_map(|n| self.member(n))
+            .collect();
+        let Some(best) = live
+            .iter()
+            .find(|m| walship_transport::coordinator::best_placed(m, &live))
+            .cloned()
+        else {
+            return;
+        };
+        if best.node_id == named.node_id {
+            // The leader is the best placed: nothing to promote.
+            return;
+        }
+        if let Some(e) = self.coord.takeover(self.t, &best, &best.addr) {
+            self.report.faults += 1;
+            self.report.promotions += 1;
+            self.say(format!(
+                "operator promotes {} (epoch {e}) over {} ({})",
+                best.node_id,
+                named.node_id,
+                if alive { "alive" } else { "down" }
+            ));
+        }
     }
 
     fn crash(&mut self, n: usize, power: bool) {

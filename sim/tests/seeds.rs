@@ -24,6 +24,7 @@ fn every_seed_keeps_every_acknowledged_commit_and_converges() {
                 total.acked_remote += r.acked_remote;
                 total.faults += r.faults;
                 total.power_losses += r.power_losses;
+                total.promotions += r.promotions;
                 total.elections += r.elections;
                 total.truncations += r.truncations;
             }
@@ -35,13 +36,14 @@ fn every_seed_keeps_every_acknowledged_commit_and_converges() {
         }
     }
     eprintln!(
-        "cluster simulator: seeds {first}..{} in {:.1} s: {} RemoteFlush and {} Local commits acknowledged, {} faults ({} power losses), {} elections, {} truncations",
+        "cluster simulator: seeds {first}..{} in {:.1} s: {} RemoteFlush and {} Local commits acknowledged, {} faults ({} power losses, {} promotions), {} elections, {} truncations",
         first + n,
         started.elapsed().as_secs_f64(),
         total.acked_remote,
         total.acked_local,
         total.faults,
         total.power_losses,
+        total.promotions,
         total.elections,
         total.truncations
     );

@@ -100,6 +100,17 @@ impl Commit {
         self
     }
 
+    /// Polls once, without blocking: `Some` once the commit resolved, `None` while it
+    /// waits (a flush it needs has been asked for). For a log its caller drives
+    /// ([`Drive::Manual`](crate::Drive)): poll, [`Log::step`](crate::Log::step), poll.
+    pub fn poll_now(&mut self) -> Option<Result<()>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(self).poll(&mut cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
+    }
+
     /// Blocks the calling thread until the commit resolves.
     ///
     /// # Errors

@@ -82,7 +82,7 @@ pub use identity::LogIdentity;
 pub use io::BackendKind;
 pub use layout::{read_small_file, read_small_file_in};
 pub use log::{Log, OpenReport, Watermarks};
-pub use options::Options;
+pub use options::{Drive, Options};
 pub use reader::{Batch, Reader, RecordReader};
 pub use recovery::{RecoveryMode, SegmentScan, UnflushedCut};
 pub use stats::Stats;

@@ -54,6 +54,8 @@ use crate::sync::{lock, read};
 pub struct Log {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The writer, when the caller drives the log ([`Drive::Manual`](crate::Drive)).
+    manual: Mutex<Option<writer::Writer>>,
     _lock: LockGuard,
 }
 
@@ -199,8 +201,12 @@ impl Log {
         if removed {
             crate::fsutil::fsync_dir(&*fs, &dir)?;
         }
-        let backend =
-            io::open(opts.backend, &*fs).map_err(|e| Error::io("open I/O backend", &dir, e))?;
+        let manual = opts.drive == crate::options::Drive::Manual;
+        let backend: Box<dyn io::Backend> = if manual {
+            Box::new(io::inline::Inline::new())
+        } else {
+            io::open(opts.backend, &*fs).map_err(|e| Error::io("open I/O backend", &dir, e))?
+        };
         let backend_name = backend.name();
         let end = rec.end;
         let segments = rec
@@ -241,26 +247,12 @@ impl Log {
             opts,
         });
         let mut threads = Vec::new();
-        let s = Arc::clone(&shared);
-        threads.push(
-            std::thread::Builder::new()
-                .name("walship-writer".into())
-                .spawn(move || {
-                    poison_on_panic(&Arc::clone(&s), "log writer thread", || {
-                        writer::run(s, backend)
-                    })
-                })
-                .map_err(|e| Error::io("spawn log writer thread", &dir, e))?,
-        );
-        let s = Arc::clone(&shared);
-        threads.push(
-            std::thread::Builder::new()
-                .name("walship-preparer".into())
-                .spawn(move || {
-                    poison_on_panic(&s, "segment preparer thread", || crate::preparer::run(&s))
-                })
-                .map_err(|e| Error::io("spawn segment preparer thread", &dir, e))?,
-        );
+        let mut manual_writer = None;
+        if manual {
+            manual_writer = Some(writer::Writer::new(Arc::clone(&shared), backend));
+        } else {
+            Log::spawn_threads(&shared, backend, &mut threads)?;
+        }
         tracing::info!(dir = %dir.display(), start = %rec.start, end = %end, epoch = %epoch, backend = backend_name, zeroed = rec.zeroed, "log opened");
         let report = OpenReport {
             zeroed_tail_bytes: rec.zeroed,
@@ -272,10 +264,97 @@ impl Log {
             Log {
                 shared,
                 threads: Mutex::new(threads),
+                manual: Mutex::new(manual_writer),
                 _lock: lock_file,
             },
             report,
         ))
+    }
+
+    fn spawn_threads(
+        shared: &Arc<Shared>,
+        backend: Box<dyn io::Backend>,
+        threads: &mut Vec<JoinHandle<()>>,
+    ) -> Result<()> {
+        let dir = &shared.dir;
+        let s = Arc::clone(shared);
+        threads.push(
+            std::thread::Builder::new()
+                .name("walship-writer".into())
+                .spawn(move || {
+                    poison_on_panic(&Arc::clone(&s), "log writer thread", || {
+                        writer::run(s, backend)
+                    })
+                })
+                .map_err(|e| Error::io("spawn log writer thread", dir, e))?,
+        );
+        let s = Arc::clone(shared);
+        threads.push(
+            std::thread::Builder::new()
+                .name("walship-preparer".into())
+                .spawn(move || {
+                    poison_on_panic(&s, "segment preparer thread", || crate::preparer::run(&s))
+                })
+                .map_err(|e| Error::io("spawn segment preparer thread", dir, e))?,
+        );
+        Ok(())
+    }
+
+    /// Does the log's pending background work on the calling thread, for a log opened
+    /// with [`Drive::Manual`](crate::Drive): writes what was appended, starts and
+    /// completes the flushes commits asked for (or that are due), prepares the next
+    /// segment and retires old ones. Returns whether anything was done. A log driven by
+    /// its own threads does nothing here and returns `false`.
+    ///
+    /// ```
+    /// use walship_engine::storage::SimDisk;
+    /// use walship_engine::{Drive, Durability, Log, Options};
+    /// let disk = SimDisk::new(1);
+    /// let log = Log::open("/log", Options { drive: Drive::Manual, storage: disk.boot(), ..Options::default() })?;
+    /// let lsn = log.append(b"hello")?;
+    /// assert!(log.watermarks().written < lsn, "nothing runs until stepped");
+    /// let mut commit = log.commit(lsn, Durability::Local);
+    /// assert!(commit.poll_now().is_none(), "asks for a flush");
+    /// log.step()?;
+    /// assert!(matches!(commit.poll_now(), Some(Ok(()))));
+    /// # Ok::<(), walship_engine::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The error that poisoned the log, if its work failed.
+    pub fn step(&self) -> Result<bool> {
+        let mut w = lock(&self.manual);
+        let Some(w) = w.as_mut() else {
+            return Ok(false);
+        };
+        let mut did = false;
+        loop {
+            let wrote = w.step();
+            let prepared = crate::preparer::step(&self.shared);
+            if !wrote && !prepared {
+                break;
+            }
+            did = true;
+        }
+        match self.shared.unusable() {
+            Some(e) if self.shared.life.is_poisoned() => Err(e),
+            _ => Ok(did),
+        }
+    }
+
+    /// Steps a manually driven log until everything appended is flushed (or it fails).
+    fn drain_manual(&self) {
+        if lock(&self.manual).is_none() {
+            return;
+        }
+        let end = self.shared.end();
+        self.shared.request_flush(end);
+        while self.shared.flushed.get() < end && !self.shared.life.is_poisoned() {
+            match self.step() {
+                Ok(true) => {}
+                _ => break,
+            }
+        }
     }
 
     /// Appends one record and returns the LSN just past it (its commit token). Blocks
@@ -365,7 +444,8 @@ impl Log {
                 }
                 return Ok(st);
             }
-            if !block {
+            if !block || self.shared.opts.drive == crate::options::Drive::Manual {
+                // Nobody but the caller would make room in a manually driven log.
                 return Err(Error::WouldBlock { pending, limit });
             }
             crate::stats::Counters::add(&sh.counters.back_pressure_waits, 1);
@@ -582,6 +662,9 @@ impl Log {
     /// # Errors
     /// [`Error::NotRetained`], [`Error::BeyondEnd`], [`Error::NotBoundary`], I/O errors.
     pub fn truncate_suffix(&self, lsn: Lsn) -> Result<()> {
+        // A manually driven log is drained here: no thread would do it for the wait
+        // inside.
+        self.drain_manual();
         crate::truncate::truncate_suffix(&self.shared, lsn)
     }
 
@@ -801,7 +884,10 @@ impl Log {
     pub fn close(&self) -> Result<()> {
         let sh = &*self.shared;
         let end = sh.end();
-        if !sh.life.is_closed() && !sh.life.is_poisoned() {
+        let manual = lock(&self.manual).is_some();
+        if manual && !sh.life.is_closed() && !sh.life.is_poisoned() {
+            self.drain_manual();
+        } else if !sh.life.is_closed() && !sh.life.is_poisoned() {
             // Let the writer drain: everything appended gets written and flushed.
             sh.request_flush(end);
             // Until flushed, or until the writer fails (it then never will: a close after
@@ -824,7 +910,8 @@ impl Log {
         sh.prep.shutdown();
         sh.wake_everyone();
         let threads: Vec<_> = lock(&self.threads).drain(..).collect();
-        let first_close = !threads.is_empty();
+        // A manual log's writer goes with its first close, as the threads do.
+        let first_close = !threads.is_empty() || lock(&self.manual).take().is_some();
         for t in threads {
             let _ = t.join();
         }

@@ -8,6 +8,24 @@ use crate::io::BackendKind;
 use crate::recovery::RecoveryMode;
 use crate::types::Lsn;
 
+/// Who runs the log's background work: writing and flushing appended records, preparing
+/// the next segment, retiring old ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Drive {
+    /// The log's own threads (a writer, a flusher, a segment preparer): the default.
+    #[default]
+    Threads,
+    /// The caller, through [`Log::step`](crate::Log::step): no thread is started, and
+    /// nothing is written, flushed or prepared except inside a call into the log. For
+    /// deterministic simulation: one thread, one order of events. In this mode a blocking
+    /// wait ([`Commit::wait`](crate::Commit::wait), back-pressure in `append`) is never
+    /// ended by anyone but the caller, so poll commits and step instead: `append` over
+    /// `max_pending_bytes` fails with [`WouldBlock`](crate::Error::WouldBlock), and
+    /// `truncate_suffix` and `close` step the log themselves. The I/O goes through the
+    /// storage on the calling thread (`backend` is not used).
+    Manual,
+}
+
 /// How to open (or create) a log. `Options::default()` suits most embedders.
 ///
 /// ```
@@ -62,6 +80,8 @@ pub struct Options {
     /// Where the log's files live: the OS's file system (the default), or a simulated
     /// disk ([`SimDisk`](crate::storage::SimDisk)) for tests of power loss and crashes.
     pub storage: std::sync::Arc<dyn crate::storage::Storage>,
+    /// Who runs the background work ([`Drive`]); the log's own threads by default.
+    pub drive: Drive,
 }
 
 impl Default for Options {
@@ -80,6 +100,7 @@ impl Default for Options {
             create_at: Lsn::ZERO,
             identity: None,
             storage: crate::storage::os(),
+            drive: Drive::Threads,
         }
     }
 }

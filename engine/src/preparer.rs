@@ -154,6 +154,18 @@ impl Preparer {
                 st.want = Some(base);
                 self.cv.notify_all();
             }
+            if shared.opts.drive == crate::options::Drive::Manual {
+                // No preparer thread: the appender makes the segment itself.
+                let (next, did) = work(shared, st);
+                st = next;
+                if !did && st.ready.is_none() {
+                    return Err(Error::InvalidState {
+                        op: "provision a segment",
+                        reason: "the preparer is paused (a truncation is under way)".into(),
+                    });
+                }
+                continue;
+            }
             st = self
                 .cv
                 .wait_timeout(st, Duration::from_millis(100))
@@ -231,64 +243,94 @@ pub(crate) fn run(shared: &Arc<Shared>) {
         if st.shutdown {
             return;
         }
-        if st.paused {
+        let (next, did) = work(shared, st);
+        st = next;
+        if !did {
             st = prep.cv.wait(st).unwrap_or_else(|p| p.into_inner());
-            continue;
         }
-        if st.retention {
-            st.retention = false;
-            st.busy = true;
-            drop(st);
-            let (recyclable, error) = retire(shared);
-            st = lock(&prep.state);
-            for p in recyclable {
-                if st.pool.len() < shared.opts.recycle_pool {
-                    st.pool.push_back(p);
-                } else if let Err(e) = shared.fs.remove_file(&p) {
-                    tracing::warn!(path = %p.display(), error = %e, "cannot remove retired segment");
-                }
-            }
-            if let Some(e) = error {
-                tracing::error!(error = %e, "segment retirement stopped; it resumes at the next checkpoint");
-                Counters::add(&shared.counters.retire_errors, 1);
-                *lock(&shared.retire_error) = Some(e);
-            }
-            st.busy = false;
-            prep.cv.notify_all();
-            continue;
-        }
-        if let (Some(base), None) = (st.want, st.ready.as_ref()) {
-            st.busy = true;
-            let already = read(&shared.segments).contains_key(&base.get());
-            let recycled = if already { None } else { st.pool.pop_front() };
-            drop(st);
-            let result = if already {
-                Err(Error::InvalidState {
-                    op: "prepare a segment",
-                    reason: format!("segment {base} is already part of the log"),
-                })
-            } else {
-                prepare(shared, base, recycled.as_deref())
-            };
-            if let Err(e) = &result {
-                tracing::warn!(base = %base, error = %e, "cannot prepare the next segment");
-            }
-            st = lock(&prep.state);
-            st.busy = false;
-            if st.want == Some(base) {
-                st.want = None;
-                st.ready = Some(result);
-            } else if let Ok(seg) = result {
-                // The log moved on (truncation) while this was prepared.
-                if let Err(e) = discard(shared, seg) {
-                    tracing::warn!(error = %e, "cannot remove an unneeded prepared segment");
-                }
-            }
-            prep.cv.notify_all();
-            continue;
-        }
-        st = prep.cv.wait(st).unwrap_or_else(|p| p.into_inner());
     }
+}
+
+/// For a log its caller drives: does whatever the preparer thread would (retire below
+/// the checkpoint, prepare the segment wanted next) on the calling thread, until nothing
+/// is left. Returns whether anything was done.
+pub(crate) fn step(shared: &Shared) -> bool {
+    let mut st = lock(&shared.prep.state);
+    let mut did = false;
+    loop {
+        if st.shutdown {
+            return did;
+        }
+        let (next, worked) = work(shared, st);
+        st = next;
+        if !worked {
+            return did;
+        }
+        did = true;
+    }
+}
+
+/// One unit of the preparer's work, if there is any: a retirement asked for, else the
+/// segment wanted next. Takes the state's lock and gives it back (it is released while
+/// files change); says whether it did anything.
+fn work<'a>(shared: &'a Shared, mut st: MutexGuard<'a, State>) -> (MutexGuard<'a, State>, bool) {
+    let prep = &shared.prep;
+    if st.paused {
+        return (st, false);
+    }
+    if st.retention {
+        st.retention = false;
+        st.busy = true;
+        drop(st);
+        let (recyclable, error) = retire(shared);
+        st = lock(&prep.state);
+        for p in recyclable {
+            if st.pool.len() < shared.opts.recycle_pool {
+                st.pool.push_back(p);
+            } else if let Err(e) = shared.fs.remove_file(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "cannot remove retired segment");
+            }
+        }
+        if let Some(e) = error {
+            tracing::error!(error = %e, "segment retirement stopped; it resumes at the next checkpoint");
+            Counters::add(&shared.counters.retire_errors, 1);
+            *lock(&shared.retire_error) = Some(e);
+        }
+        st.busy = false;
+        prep.cv.notify_all();
+        return (st, true);
+    }
+    if let (Some(base), None) = (st.want, st.ready.as_ref()) {
+        st.busy = true;
+        let already = read(&shared.segments).contains_key(&base.get());
+        let recycled = if already { None } else { st.pool.pop_front() };
+        drop(st);
+        let result = if already {
+            Err(Error::InvalidState {
+                op: "prepare a segment",
+                reason: format!("segment {base} is already part of the log"),
+            })
+        } else {
+            prepare(shared, base, recycled.as_deref())
+        };
+        if let Err(e) = &result {
+            tracing::warn!(base = %base, error = %e, "cannot prepare the next segment");
+        }
+        st = lock(&prep.state);
+        st.busy = false;
+        if st.want == Some(base) {
+            st.want = None;
+            st.ready = Some(result);
+        } else if let Ok(seg) = result {
+            // The log moved on (truncation) while this was prepared.
+            if let Err(e) = discard(shared, seg) {
+                tracing::warn!(error = %e, "cannot remove an unneeded prepared segment");
+            }
+        }
+        prep.cv.notify_all();
+        return (st, true);
+    }
+    (st, false)
 }
 
 /// Makes the segment at `base`: from the retired file `recycled` if there is one,

@@ -35,7 +35,7 @@ static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
 
 type OpResult<T> = Result<T, (&'static str, std::io::Error)>;
 
-struct Writer {
+pub(crate) struct Writer {
     shared: Arc<Shared>,
     backend: Box<dyn Backend>,
     chunks: Vec<Chunk>,
@@ -52,17 +52,7 @@ struct Writer {
 
 pub(crate) fn run(shared: Arc<Shared>, backend: Box<dyn Backend>) {
     shared.wake.bind_current_thread();
-    let mut w = Writer {
-        flush_target: shared.flushed.get(),
-        shared,
-        backend,
-        chunks: Vec::new(),
-        spent: Vec::new(),
-        dirty: Vec::new(),
-        current: None,
-        flush_started: Instant::now(),
-        last_flush: Instant::now(),
-    };
+    let mut w = Writer::new(shared, backend);
     loop {
         match w.turn() {
             Ok(true) => {}
@@ -82,6 +72,37 @@ pub(crate) fn run(shared: Arc<Shared>, backend: Box<dyn Backend>) {
 }
 
 impl Writer {
+    pub(crate) fn new(shared: Arc<Shared>, backend: Box<dyn Backend>) -> Writer {
+        Writer {
+            flush_target: shared.flushed.get(),
+            shared,
+            backend,
+            chunks: Vec::new(),
+            spent: Vec::new(),
+            dirty: Vec::new(),
+            current: None,
+            flush_started: Instant::now(),
+            last_flush: Instant::now(),
+        }
+    }
+
+    /// For a log its caller drives: turns until nothing is left to do (with the inline
+    /// backend a flush completes within a turn). Returns whether anything was done; an
+    /// error poisons the log, as on the writer thread.
+    pub(crate) fn step(&mut self) -> bool {
+        let mut did = false;
+        loop {
+            match self.turn() {
+                Ok(true) => did = true,
+                Ok(false) => return did,
+                Err((op, e)) => {
+                    self.shared.poison(op, &e);
+                    return did;
+                }
+            }
+        }
+    }
+
     fn finished(&self) -> bool {
         let sh = &self.shared;
         sh.life.is_stopping()

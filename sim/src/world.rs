@@ -4,8 +4,8 @@
 //! writers at `Local` and `RemoteFlush`, and faults: process crashes, power losses,
 //! isolations (a node cut off from the others and from the coordinator), dropped
 //! connections, and operator promotions (the most caught-up live member, when the leader's
-//! node is down). Virtual time in milliseconds; the only real waiting is for the engine's
-//! own threads to finish what a step asked of them (see `sim/README.md`).
+//! node is down). Virtual time in milliseconds, one thread: the logs are driven by the
+//! world (`Drive::Manual`), so nothing happens between its steps.
 //!
 //! Checked as it runs and at the end of every seed (the `check_*` functions):
 //! - one leader per epoch;
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use walship_engine::storage::{SimDisk, SimRng as Rng, Storage};
-use walship_engine::{Durability, Epoch, Log, Lsn, Options};
+use walship_engine::{Drive, Durability, Epoch, Log, Lsn, Options};
 use walship_transport::coordinator::{LeaderInfo, MemberInfo};
 use walship_transport::quorum::Progress;
 use walship_transport::role::{Decision, Doing, RoleDecider};
@@ -201,6 +201,8 @@ fn options(fs: Arc<dyn Storage>) -> Options {
         async_flush_interval: Duration::from_secs(3600),
         async_flush_after_bytes: u64::MAX / 2,
         storage: fs,
+        // No engine thread: everything the log does happens inside a step of this world.
+        drive: Drive::Manual,
         ..Options::default()
     }
 }
@@ -214,25 +216,26 @@ fn progress(log: &Log) -> Progress {
     }
 }
 
-/// Waits until the log's writer has written everything appended.
+/// Runs the log's writer and preparer until everything appended is written.
 fn settle(log: &Log) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let w = log.watermarks();
-        if w.written >= w.end {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the log writer did not go idle: {w:?}"));
-        }
-        std::thread::yield_now();
+    log.step().map_err(|e| format!("log step: {e}"))?;
+    let w = log.watermarks();
+    if w.written < w.end {
+        return Err(format!("a step left appended records unwritten: {w:?}"));
     }
+    Ok(())
 }
 
+/// Flushes everything appended: a `Local` commit of the end, stepped to completion.
 fn flush(log: &Log) -> Result<(), String> {
-    log.commit(log.end_lsn(), Durability::Local)
-        .wait_timeout(Duration::from_secs(20))
-        .map_err(|e| format!("flush: {e}"))
+    let mut commit = log.commit(log.end_lsn(), Durability::Local);
+    if commit.poll_now().is_none() {
+        log.step().map_err(|e| format!("log step: {e}"))?;
+    }
+    match commit.poll_now() {
+        Some(r) => r.map_err(|e| format!("flush: {e}")),
+        None => Err("a step did not complete the flush it was asked for".into()),
+    }
 }
 
 fn log_epoch(log: &Log) -> Epoch {

@@ -1,8 +1,12 @@
-//! The cluster simulator over a range of seeds: `WALSHIP_SIM_SEED` is the first seed
-//! (default 1), `WALSHIP_SIM_SEEDS` how many (default 30), and `WALSHIP_SIM_VERBOSE=1`
-//! prints every step of a run.
+//! The cluster simulator over a range of seeds, split into four shards that the test
+//! harness runs in parallel: `WALSHIP_SIM_SEED` is the first seed (default 1),
+//! `WALSHIP_SIM_SEEDS` how many in all (default 10,000), `WALSHIP_SIM_SECONDS` a time
+//! budget instead (seeds from the first on until it is spent: a long campaign), and
+//! `WALSHIP_SIM_VERBOSE=1` prints every step of a run (with `--nocapture`).
 
 use std::time::Instant;
+
+const SHARDS: u64 = 4;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -11,13 +15,27 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[test]
-fn every_seed_keeps_every_acknowledged_commit_and_converges() {
+/// Runs shard `shard` of the seed range: every seed `s` with `(s - first) % SHARDS ==
+/// shard`.
+fn shard(shard: u64) {
     let first = env("WALSHIP_SIM_SEED", 1);
-    let n = env("WALSHIP_SIM_SEEDS", 30);
+    let budget = std::env::var("WALSHIP_SIM_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
+    let n = if budget.is_some() {
+        u64::MAX - first
+    } else {
+        env("WALSHIP_SIM_SEEDS", 10_000)
+    };
     let started = Instant::now();
     let mut total = walship_sim::Report::default();
-    for seed in first..first + n {
+    let mut seeds = 0;
+    for seed in (first..first.saturating_add(n)).filter(|s| (s - first) % SHARDS == shard) {
+        if budget.is_some_and(|b| started.elapsed() >= b) {
+            break;
+        }
+        seeds += 1;
         match walship_sim::run_seed(seed, walship_sim::Config::default()) {
             Ok(r) => {
                 total.acked_local += r.acked_local;
@@ -29,15 +47,14 @@ fn every_seed_keeps_every_acknowledged_commit_and_converges() {
                 total.truncations += r.truncations;
             }
             Err(f) => panic!(
-                "seed {seed} failed: {}\n  replay: WALSHIP_SIM_SEED={seed} WALSHIP_SIM_SEEDS=1 WALSHIP_SIM_VERBOSE=1 cargo test -p walship-sim --test seeds\n  the last steps:\n    {}",
+                "seed {seed} failed: {}\n  replay: WALSHIP_SIM_SEED={seed} WALSHIP_SIM_SEEDS=1 WALSHIP_SIM_VERBOSE=1 cargo test -p walship-sim --test seeds -- --nocapture\n  the last steps:\n    {}",
                 f.what,
                 f.trace[f.trace.len().saturating_sub(60)..].join("\n    ")
             ),
         }
     }
     eprintln!(
-        "cluster simulator: seeds {first}..{} in {:.1} s: {} RemoteFlush and {} Local commits acknowledged, {} faults ({} power losses, {} promotions), {} elections, {} truncations",
-        first + n,
+        "cluster simulator, shard {shard} of seeds from {first}: {seeds} seeds in {:.1} s: {} RemoteFlush and {} Local commits acknowledged, {} faults ({} power losses, {} promotions), {} elections, {} truncations",
         started.elapsed().as_secs_f64(),
         total.acked_remote,
         total.acked_local,
@@ -47,4 +64,24 @@ fn every_seed_keeps_every_acknowledged_commit_and_converges() {
         total.elections,
         total.truncations
     );
+}
+
+#[test]
+fn seeds_shard_0() {
+    shard(0);
+}
+
+#[test]
+fn seeds_shard_1() {
+    shard(1);
+}
+
+#[test]
+fn seeds_shard_2() {
+    shard(2);
+}
+
+#[test]
+fn seeds_shard_3() {
+    shard(3);
 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 use crate::segment::SegmentFile;
 use crate::storage::{Storage, StorageFile};
 
+pub(crate) mod inline;
 pub(crate) mod portable;
 pub(crate) mod uring;
 

@@ -94,7 +94,17 @@ impl EpochHistory {
         Some((self.entries[idx].0, end))
     }
 
-    /// Drops entries starting after `end` (after a truncation). Returns whether any was.
+    /// Drops entries starting at or after `at` (a truncation to `at`: an epoch begun
+    /// there holds nothing any more, and a follower learns its leader's epochs again from
+    /// the batches). Returns whether any was.
+    pub(crate) fn truncate_from(&mut self, at: Lsn) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|(_, s)| *s < at);
+        self.entries.len() != before
+    }
+
+    /// Drops entries starting after `end` (recovery: an epoch begun at the end stays).
+    /// Returns whether any was.
     pub(crate) fn truncate_after(&mut self, end: Lsn) -> bool {
         let before = self.entries.len();
         self.entries.retain(|(_, s)| *s <= end);

@@ -653,7 +653,8 @@ impl Log {
     /// tail after failover. `lsn` must be a batch boundary between the start and the end.
     /// Waits for pending appends to be written first. Commits and readers waiting beyond
     /// `lsn` fail with [`Error::Truncated`]; the epoch history forgets epochs that started
-    /// after `lsn`.
+    /// at or after `lsn` (they hold nothing any more; a follower learns its leader's
+    /// epochs again from the batches it is sent).
     ///
     /// Crash-safe: the segment holding `lsn` is rewritten to a new file renamed over the
     /// old one and later segments are removed newest first, so after a crash the log is

@@ -102,7 +102,7 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
     let epoch = {
         let mut h = lock(&sh.epochs);
         let mut next = h.clone();
-        if next.truncate_after(lsn) {
+        if next.truncate_from(lsn) {
             next.store(&*sh.fs, &sh.dir)?;
             *h = next;
         }

@@ -66,6 +66,22 @@ fn shard(shard: u64) {
     );
 }
 
+/// Seeds that once failed, each kept with what it found.
+#[test]
+fn regression_seeds() {
+    for seed in [
+        // A follower with an empty epoch at its end (its leader began epoch 4 there and
+        // crashed) never caught up with a leader that had no epoch 4: it refused the
+        // leader's epoch-3 batches after its epoch-4 entry. The leader now tells it to
+        // forget the epoch.
+        22_005_738_277_791u64,
+    ] {
+        if let Err(f) = walship_sim::run_seed(seed, walship_sim::Config::default()) {
+            panic!("regression seed {seed} failed: {}", f.what);
+        }
+    }
+}
+
 #[test]
 fn seeds_shard_0() {
     shard(0);

@@ -220,7 +220,8 @@ impl FollowerSession {
                 }
                 let mut end = self.end;
                 if let Some(t) = w.truncate_to {
-                    if t < end {
+                    // At the end too: that only forgets epochs begun there.
+                    if t <= end {
                         self.events.push_back(FollowerEvent::Truncate(t));
                         end = t;
                         let clip = |l: Lsn| l.min(t);

@@ -124,12 +124,20 @@ pub fn divergence_point(
     last_epoch: Epoch,
     end: Lsn,
 ) -> (Lsn, Option<Lsn>) {
-    let epoch_end = match history.end_of(last_epoch, leader_end) {
-        Some((_, e)) => e,
-        None => history.entries().first().map_or(leader_end, |&(_, s)| s),
+    let (known, epoch_end) = match history.end_of(last_epoch, leader_end) {
+        Some((e, end)) => (e == last_epoch, end),
+        None => (
+            false,
+            history.entries().first().map_or(leader_end, |&(_, s)| s),
+        ),
     };
     let point = end.min(epoch_end).min(leader_end);
-    (point, (point < end).then_some(point))
+    // A follower whose last epoch this leader never had must forget it even when no byte
+    // goes (an epoch its old leader began at its end and wrote nothing in): else it
+    // refuses this leader's older-epoch batches after it forever (found by the cluster
+    // simulator, seed 22005738277791).
+    let forget = !known && last_epoch != Epoch::ZERO;
+    (point, (point < end || forget).then_some(point))
 }
 
 impl LeaderSession {

@@ -66,18 +66,7 @@ impl Coordinator {
         if !best_placed(me, &members) {
             return None;
         }
-        let next = Epoch::new(self.epoch.get().max(me.epoch.get()).checked_add(1)?);
-        self.epoch = next;
-        self.leader = Some((
-            LeaderInfo {
-                node_id: me.node_id.clone(),
-                addr: addr.to_string(),
-                epoch: next,
-            },
-            now + LEASE_TTL_MS,
-        ));
-        self.elections += 1;
-        Some(next)
+        self.grant(now, me, addr)
     }
 
     /// The leader key, if any, without renewing anything (an operator looking).
@@ -89,6 +78,11 @@ impl Coordinator {
     /// An operator's promotion (`Coordinator::takeover`): `me` leads now, whoever holds
     /// the leader key, in an epoch above every epoch granted or seen.
     pub fn takeover(&mut self, now: u64, me: &MemberInfo, addr: &str) -> Option<Epoch> {
+        self.grant(now, me, addr)
+    }
+
+    /// Grants `me` the next epoch (above every epoch granted or seen) and the leader key.
+    fn grant(&mut self, now: u64, me: &MemberInfo, addr: &str) -> Option<Epoch> {
         let next = Epoch::new(self.epoch.get().max(me.epoch.get()).checked_add(1)?);
         self.epoch = next;
         self.leader = Some((

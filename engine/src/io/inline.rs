@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use super::{Backend, WriterWake};
 use crate::segment::SegmentFile;
-use crate::storage::StorageFile;
 
 pub(crate) struct Inline {
     done: Option<io::Result<()>>,
@@ -28,15 +27,6 @@ impl Inline {
 impl Backend for Inline {
     fn name(&self) -> &'static str {
         "inline"
-    }
-
-    fn write_all_at(
-        &mut self,
-        file: &dyn StorageFile,
-        offset: u64,
-        bufs: &[&[u8]],
-    ) -> io::Result<()> {
-        file.write_all_at(bufs, offset)
     }
 
     fn start_flush(&mut self, files: Vec<SegmentFile>) -> io::Result<()> {

@@ -119,13 +119,16 @@ pub(crate) trait Backend: Send {
     fn name(&self) -> &'static str;
 
     /// Writes all of `bufs` contiguously at `offset` of `file`; returns once the bytes
-    /// are in the OS (page cache). Retries short writes and `EINTR`.
+    /// are in the OS (page cache). Retries short writes and `EINTR`. The default is the
+    /// storage's own write (`pwritev` for an OS file); io_uring submits its own.
     fn write_all_at(
         &mut self,
         file: &dyn StorageFile,
         offset: u64,
         bufs: &[&[u8]],
-    ) -> io::Result<()>;
+    ) -> io::Result<()> {
+        file.write_all_at(bufs, offset)
+    }
 
     /// Starts an `fdatasync` of every file in `files`. At most one flush is in flight.
     fn start_flush(&mut self, files: Vec<SegmentFile>) -> io::Result<()>;

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use super::{advance_iovecs, iovecs, Backend, WriterWake, IOV_MAX};
 use crate::segment::SegmentFile;
-use crate::storage::StorageFile;
 
 pub(crate) struct Portable {
     jobs: Option<Sender<Vec<SegmentFile>>>,
@@ -94,16 +93,6 @@ pub(crate) fn pwritev_all(fd: i32, mut offset: u64, bufs: &[&[u8]]) -> io::Resul
 impl Backend for Portable {
     fn name(&self) -> &'static str {
         "portable"
-    }
-
-    fn write_all_at(
-        &mut self,
-        file: &dyn StorageFile,
-        offset: u64,
-        bufs: &[&[u8]],
-    ) -> io::Result<()> {
-        // The storage's own write: `pwritev` for an OS file.
-        file.write_all_at(bufs, offset)
     }
 
     fn start_flush(&mut self, files: Vec<SegmentFile>) -> io::Result<()> {

@@ -64,13 +64,36 @@ pub(crate) fn wait_if_paused(name: &'static str, dir: &Path) {
     #[cfg(test)]
     {
         let mut p = crate::sync::lock(&PAUSED);
+        let mut held = false;
         while p.iter().any(|(n, d)| *n == name && d == dir) {
+            if !held {
+                held = true;
+                crate::sync::lock(&HELD).push((name, dir.to_path_buf()));
+            }
             p = RESUMED
                 .wait(p)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+        if held {
+            let mut h = crate::sync::lock(&HELD);
+            if let Some(i) = h.iter().position(|(n, d)| *n == name && d == dir) {
+                h.swap_remove(i);
+            }
+        }
     }
     let _ = (name, dir);
+}
+
+#[cfg(test)]
+static HELD: std::sync::Mutex<Vec<(&'static str, std::path::PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Whether a thread is being held at `name` for `dir` right now.
+#[cfg(test)]
+pub(crate) fn is_held(name: &'static str, dir: &Path) -> bool {
+    crate::sync::lock(&HELD)
+        .iter()
+        .any(|(n, d)| *n == name && d == dir)
 }
 
 /// Holds every thread that reaches `name` for `dir` until [`resume`].

@@ -19,6 +19,7 @@ pub const TRANSPORT_MUTATIONS: &[&str] = &[
     HELLO_END_AS_FLUSHED,
     WELCOME_EPOCH_UNCHECKED,
     REMOTE_FLUSH_ON_WRITTEN,
+    UNCONFIRMED_TRUNCATES,
 ];
 
 /// A leader counts a reconnecting follower's log end (which may hold bytes it never
@@ -28,6 +29,11 @@ pub const HELLO_END_AS_FLUSHED: &str = "hello-end-as-flushed";
 pub const WELCOME_EPOCH_UNCHECKED: &str = "welcome-epoch-unchecked";
 /// The quorum confirms `RemoteFlush` on what followers wrote, not what they flushed.
 pub const REMOTE_FLUSH_ON_WRITTEN: &str = "remote-flush-on-written";
+
+/// A leader not yet confirmed by a quorum in its epoch welcomes a follower that holds
+/// flushed records it lacks (and so cuts them), as before issue 12: an operator's
+/// promotion over a live leader then loses what the old leader acknowledged meanwhile.
+pub const UNCONFIRMED_TRUNCATES: &str = "unconfirmed-leader-truncates";
 
 /// Creating a segment skips the directory fsync that makes its name durable.
 pub const SKIP_SEGMENT_DIR_FSYNC: &str = "segment-create-skips-dir-fsync";

@@ -3,7 +3,8 @@
 //! Order of operations, each step leaving a valid log if the process dies after it:
 //! 1. wait until everything appended is written and flushed (the writer is then idle,
 //!    and stays so: the append lock is held from here on);
-//! 2. pause the segment preparer and delete the prepared spare, then remove segments
+//! 2. pause the segment preparer (before the start is checked: a retirement must not
+//!    move it under the truncation) and delete the prepared spare, then remove segments
 //!    after the one holding the new end, newest first (a crash leaves a shorter but valid
 //!    log, never a hole: no spare lies beyond a removed segment);
 //! 3. rewrite the segment holding the new end into a new file that keeps the prefix and
@@ -49,6 +50,11 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
         }
     };
     let end = asm.end();
+    // The preparer stops first: a retirement running meanwhile would move the start and
+    // take the segment that keeps the new end out of the map between the check of one
+    // and the lookup of the other. No segment is prepared or retired from here on, and
+    // the spare is gone.
+    let paused = sh.prep.pause(sh)?;
     let start = sh.start();
     if lsn < start {
         return Err(Error::NotRetained { lsn, start });
@@ -56,6 +62,7 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
     if lsn > end {
         return Err(Error::BeyondEnd { lsn, end });
     }
+    crate::failpoint::wait_if_paused("truncate::checked", &sh.dir);
     // The segment that keeps the new end: an end exactly on a boundary belongs to the
     // segment before it.
     let keep_base = if g.offset_of(lsn) == 0 && lsn > start {
@@ -76,8 +83,6 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
         lsn,
         end.min(Lsn::new(keep_base.get() + g.capacity())),
     )?;
-    // No segment is prepared or retired meanwhile, and the spare is gone first.
-    let paused = sh.prep.pause(sh)?;
 
     if lsn < end {
         let later: Vec<_> = {
@@ -153,5 +158,72 @@ fn check_boundary(seg: &segment::Segment, g: Geometry, lsn: Lsn, limit: Lsn) -> 
             expected: "batch",
             before: prev,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::{failpoint, Error, Log, Lsn, Options};
+
+    /// A checkpoint's retirement racing a truncation into the segment it retires: the
+    /// truncation either finds the segment or reports `NotRetained`, never a corrupt log
+    /// (found by `tests/sim_power.rs` on CI, seed 27450039550692: the start was checked
+    /// before the preparer paused, and the segment was gone at the lookup).
+    #[test]
+    fn a_retirement_cannot_take_the_segment_a_truncation_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::sync::Arc::new(
+            Log::open(
+                dir.path(),
+                Options {
+                    segment_capacity: 64 << 10,
+                    ..Options::default()
+                },
+            )
+            .unwrap(),
+        );
+        let mut ends = Vec::new();
+        // One batch per record (each committed before the next): every end is a
+        // batch boundary.
+        while log.end_lsn().get() < 3 * (64 << 10) {
+            let lsn = log.append(&[9u8; 3000]).unwrap();
+            log.commit(lsn, crate::Durability::Local).wait().unwrap();
+            ends.push(lsn);
+        }
+        let target = ends[3];
+        assert!(target.get() < 64 << 10, "in the first segment");
+
+        failpoint::pause("truncate::checked", dir.path());
+        let truncating = std::thread::spawn({
+            let log = std::sync::Arc::clone(&log);
+            move || log.truncate_suffix(target)
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !failpoint::is_held("truncate::checked", dir.path()) {
+            assert!(Instant::now() < deadline, "the truncation never got there");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The checkpoint retires the first segment unless the truncation holds the
+        // preparer; give it the time it would need.
+        log.set_checkpoint(ends[ends.len() - 1]);
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while log.start_lsn().get() < 64 << 10 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        failpoint::resume(dir.path());
+        let result = truncating.join().unwrap();
+        assert!(
+            matches!(result, Ok(()) | Err(Error::NotRetained { .. })),
+            "a truncation racing a retirement: {result:?}"
+        );
+        if result.is_ok() {
+            assert_eq!(log.end_lsn(), target);
+        }
+        log.check_files().unwrap();
+        let lsn = log.append(b"after").unwrap();
+        log.commit(lsn, crate::Durability::Local).wait().unwrap();
+        assert!(lsn > Lsn::ZERO);
     }
 }

@@ -592,6 +592,7 @@ fn frame_decoder(dir: &Path) {
                 written_lsn: Lsn::new(4000),
                 flushed_lsn: Lsn::new(2048),
                 segment_capacity: 1 << 26,
+                epochs: vec![(Epoch::new(1), Lsn::new(64)), (e, Lsn::new(2000))],
             })],
         ),
         (

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use walship_engine::storage::{SimDisk, SimRng as Rng, Storage};
-use walship_engine::{Drive, Durability, Epoch, Log, Lsn, Options};
+use walship_engine::{Drive, Durability, Epoch, EpochHistory, Log, Lsn, Options};
 use walship_transport::coordinator::{LeaderInfo, MemberInfo};
 use walship_transport::quorum::Progress;
 use walship_transport::role::{Decision, Doing, RoleDecider};
@@ -51,6 +51,9 @@ pub struct Config {
     pub fault_ms: u64,
     /// Virtual milliseconds after the faults stop within which a leader must commit.
     pub settle_ms: u64,
+    /// Whether operators also promote over a leader that is alive (on by default;
+    /// `WALSHIP_SIM_LIVE_PROMOTIONS=0` turns it off for a run of the seeds test).
+    pub live_promotions: bool,
 }
 
 impl Default for Config {
@@ -58,6 +61,7 @@ impl Default for Config {
         Config {
             fault_ms: 1500,
             settle_ms: 3000,
+            live_promotions: true,
         }
     }
 }
@@ -79,6 +83,9 @@ pub struct Report {
     pub elections: u64,
     /// Truncations of divergent tails.
     pub truncations: u64,
+    /// Leaders that yielded: not yet confirmed, they met a follower holding flushed
+    /// records they lacked, and undid their epoch.
+    pub yields: u64,
 }
 
 /// A failed seed: what broke, and the run up to it.
@@ -155,7 +162,7 @@ struct Node {
     reported_flushed: Lsn,
     /// While down: the epoch its log was in and how far it was flushed when it went
     /// down (what its disk still holds: checked when it comes back).
-    down_with: Option<(Epoch, Lsn)>,
+    down_with: Option<(EpochHistory, Lsn)>,
 }
 
 struct Link {
@@ -179,6 +186,9 @@ pub struct World {
     seq: u64,
     acked: Vec<Acked>,
     epoch_leaders: BTreeMap<Epoch, usize>,
+    /// Epochs an operator granted over a live leader: their leader may lack what that
+    /// leader acknowledges until a quorum confirms it, so the check waits for that.
+    live_takeovers: std::collections::BTreeSet<Epoch>,
     report: Report,
     trace: Vec<String>,
     verbose: bool,
@@ -278,10 +288,11 @@ impl World {
             seq: 0,
             acked: Vec::new(),
             epoch_leaders: BTreeMap::new(),
+            live_takeovers: std::collections::BTreeSet::new(),
             report: Report::default(),
             trace: Vec::new(),
             verbose: std::env::var_os("WALSHIP_SIM_VERBOSE").is_some(),
-            live_promotions: std::env::var_os("WALSHIP_SIM_LIVE_PROMOTIONS").is_some(),
+            live_promotions: true,
         }
     }
 
@@ -317,6 +328,7 @@ impl World {
     /// # Errors
     /// The first invariant that broke.
     pub fn run(mut self, cfg: Config) -> Result<Report, Failure> {
+        self.live_promotions = cfg.live_promotions;
         for n in 0..self.nodes.len() {
             self.boot(n).map_err(|e| self.fail(e))?;
         }
@@ -459,8 +471,9 @@ impl World {
     /// the most caught-up live member is promoted at once (the coordinator's `takeover`),
     /// without waiting for the dead leader's lease to expire.
     ///
-    /// With `live` (only when `WALSHIP_SIM_LIVE_PROMOTIONS` is set: the open problem of
-    /// sim/README.md), the leader is promoted over while it is alive.
+    /// With `live`, the leader is promoted over while it is alive: the promoted node then
+    /// leads unconfirmed until a quorum turns to its epoch, and yields if a follower shows
+    /// it records the live leader may have acknowledged meanwhile.
     fn promote(&mut self, alive: bool) {
         let Some(named) = self.coord.peek_leader(self.t) else {
             return;
@@ -471,9 +484,15 @@ impl World {
         if self.up(old) != alive {
             return;
         }
-        let live: Vec<MemberInfo> = (0..self.nodes.len())
-            .filter_map(|n| self.member(n))
-            .collect();
+        // Over a dead leader, the positions are final: the operator reads them. Over a
+        // live one, it sees what the members last published, as an operator would.
+        let live: Vec<MemberInfo> = if alive {
+            self.coord.members(self.t)
+        } else {
+            (0..self.nodes.len())
+                .filter_map(|n| self.member(n))
+                .collect()
+        };
         let Some(best) = live
             .iter()
             .find(|m| walship_transport::coordinator::best_placed(m, &live))
@@ -485,7 +504,18 @@ impl World {
             // The leader is the best placed: nothing to promote.
             return;
         }
+        if self
+            .nodes
+            .iter()
+            .position(|x| x.id == best.node_id)
+            .is_none_or(|b| !self.up(b))
+        {
+            return;
+        }
         if let Some(e) = self.coord.takeover(self.t, &best, &best.addr) {
+            if alive {
+                self.live_takeovers.insert(e);
+            }
             self.report.faults += 1;
             self.report.promotions += 1;
             self.say(format!(
@@ -517,7 +547,7 @@ impl World {
         node.down_with = node
             .log
             .as_ref()
-            .map(|log| (log_epoch(log), log.watermarks().flushed));
+            .map(|log| (log.epoch_history(), log.watermarks().flushed));
         node.log = None;
         node.role = Role::Idle;
         node.pending.clear();
@@ -679,8 +709,11 @@ impl World {
         self.store_seen(n, epoch)?;
         let log = self.nodes[n].log.clone().ok_or("down")?;
         // Every commit acknowledged at RemoteFlush so far is here: a majority had it and
-        // the best-placed member won.
-        self.check_has_acked(n)?;
+        // the best-placed member won. Over a live leader, that leader may still
+        // acknowledge until a quorum turns to this epoch: checked at the confirmation.
+        if !self.live_takeovers.contains(&epoch) {
+            self.check_has_acked(n)?;
+        }
         log.begin_epoch(epoch)
             .map_err(|e| format!("begin epoch: {e}"))?;
         flush(&log)?;
@@ -802,7 +835,7 @@ impl World {
         let now = self.now();
         let session = FollowerSession::with_seen_epoch(
             self.follower_cfg(n),
-            log_epoch(&log),
+            log.epoch_history().entries(),
             self.nodes[n].seen,
             log.end_lsn(),
             progress(&log),
@@ -904,19 +937,21 @@ impl World {
             end: log.end_lsn(),
             history: log.epoch_history(),
             lost_slots: s.registry.lost_slots(),
+            confirmed: s.registry.confirmed(),
         };
         let Some(c) = s.conns.iter_mut().find(|c| c.link == link) else {
             return Ok(());
         };
         if let Err(e) = c.session.handle_bytes(now, bytes, &view) {
-            let newer = matches!(
-                e,
-                walship_transport::session::SessionError::NewerEpoch { .. }
-            );
+            use walship_transport::session::SessionError;
+            let newer = matches!(e, SessionError::NewerEpoch { .. });
+            let yielded = matches!(e, SessionError::Yield { .. });
             self.flush_leader_events(l)?;
             let id = self.nodes[l].id.clone();
             self.say(format!("{id}: session on connection {link} ends: {e}"));
-            if newer {
+            if yielded {
+                self.yield_epoch(l, &e.to_string())?;
+            } else if newer {
                 self.step_down(l, &e.to_string())?;
             } else {
                 self.close_link(link);
@@ -942,6 +977,7 @@ impl World {
         let Role::Leading(s) = &mut self.nodes[l].role else {
             return Ok(());
         };
+        let mut confirmed = None;
         while let Some(effect) = s.registry.poll_effect() {
             match effect {
                 Effect::RetentionFloor(floor) => log.set_retention_floor(floor),
@@ -953,8 +989,44 @@ impl World {
                 Effect::Save(job) => job
                     .write(&s.slot_writer)
                     .map_err(|e| format!("slot save: {e}"))?,
+                Effect::Confirmed => confirmed = Some(s.epoch),
             }
         }
+        if let Some(epoch) = confirmed {
+            let id = self.nodes[l].id.clone();
+            self.say(format!("{id}: epoch {epoch} confirmed by a quorum"));
+            // From here on no leader before it can acknowledge anything it lacks.
+            self.check_has_acked(l)?;
+        }
+        Ok(())
+    }
+
+    /// A leader not yet confirmed met a follower with flushed records it lacks: it steps
+    /// down, undoes its epoch (truncating where the epoch began forgets it), gives up its
+    /// claim and stays out of elections for a while, as `Node` does.
+    fn yield_epoch(&mut self, l: usize, why: &str) -> Result<(), String> {
+        let Role::Leading(s) = &self.nodes[l].role else {
+            return Ok(());
+        };
+        let epoch = s.epoch;
+        self.step_down(l, why)?;
+        self.report.yields += 1;
+        let log = self.nodes[l].log.clone().ok_or("down")?;
+        let start = log
+            .epoch_history()
+            .entries()
+            .iter()
+            .find(|(e, _)| *e == epoch)
+            .map(|&(_, s)| s);
+        if let Some(start) = start {
+            log.truncate_suffix(start)
+                .map_err(|e| format!("{}: undo epoch {epoch}: {e}", self.nodes[l].id))?;
+            self.nodes[l].local.retain(|&(lsn, _)| lsn <= start);
+            let id = self.nodes[l].id.clone();
+            self.say(format!("{id} undoes epoch {epoch} from {start}"));
+        }
+        let now = self.now();
+        self.nodes[l].decider.stepped_down(now);
         Ok(())
     }
 
@@ -1238,6 +1310,7 @@ impl World {
                 self.nodes[n].local.push((p.lsn, p.seq));
                 if p.remote {
                     self.check_on_a_majority(n, p)?;
+                    self.check_successors_hold(n, p)?;
                     self.report.acked_remote += 1;
                     self.acked.push(Acked {
                         lsn: p.lsn,
@@ -1275,11 +1348,21 @@ impl World {
             .filter(|&n| n != leader)
             .filter(|&n| {
                 let node = &self.nodes[n];
-                let (epoch, flushed) = match &node.log {
-                    Some(log) => (log_epoch(log), log.watermarks().flushed),
-                    None => node.down_with.unwrap_or((Epoch::ZERO, Lsn::ZERO)),
+                let (history, flushed) = match &node.log {
+                    Some(log) => (log.epoch_history(), log.watermarks().flushed),
+                    None => node
+                        .down_with
+                        .clone()
+                        .unwrap_or((EpochHistory::default(), Lsn::ZERO)),
                 };
-                epoch == p.epoch && flushed >= p.lsn
+                // The record ending at `lsn` lies in the epoch that began last before it.
+                let epoch_at = history
+                    .entries()
+                    .iter()
+                    .rev()
+                    .find(|&&(_, s)| s < p.lsn)
+                    .map(|&(e, _)| e);
+                epoch_at == Some(p.epoch) && flushed >= p.lsn
             })
             .count();
         if followers == 0 {
@@ -1287,6 +1370,28 @@ impl World {
                 "{} acknowledged record {} at {} at RemoteFlush in epoch {}, but no follower has it on disk",
                 self.nodes[leader].id, p.seq, p.lsn, p.epoch
             ));
+        }
+        Ok(())
+    }
+
+    /// A leader acknowledging after a newer epoch was confirmed (its follower's ack was
+    /// in flight) acknowledges only what that epoch's leader already holds: a confirmed
+    /// epoch's leader has every record any older leader can still acknowledge.
+    fn check_successors_hold(&self, leader: usize, p: Pending) -> Result<(), String> {
+        for (m, node) in self.nodes.iter().enumerate() {
+            let (Role::Leading(s), Some(log)) = (&node.role, &node.log) else {
+                continue;
+            };
+            if m == leader || s.epoch <= p.epoch || !s.registry.confirmed() {
+                continue;
+            }
+            let have = Self::records(log)?;
+            if have.get(&p.lsn).map(|d| &d[..]) != Some(&payload(p.seq)[..]) {
+                return Err(format!(
+                    "{} acknowledged record {} at {} at RemoteFlush in epoch {} after epoch {} was confirmed, and {}, its leader, lacks it",
+                    self.nodes[leader].id, p.seq, p.lsn, p.epoch, s.epoch, node.id
+                ));
+            }
         }
         Ok(())
     }

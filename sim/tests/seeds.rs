@@ -36,7 +36,12 @@ fn shard(shard: u64) {
             break;
         }
         seeds += 1;
-        match walship_sim::run_seed(seed, walship_sim::Config::default()) {
+        let cfg = walship_sim::Config {
+            live_promotions: std::env::var("WALSHIP_SIM_LIVE_PROMOTIONS")
+                .map_or(true, |v| v != "0"),
+            ..walship_sim::Config::default()
+        };
+        match walship_sim::run_seed(seed, cfg) {
             Ok(r) => {
                 total.acked_local += r.acked_local;
                 total.acked_remote += r.acked_remote;
@@ -45,6 +50,7 @@ fn shard(shard: u64) {
                 total.promotions += r.promotions;
                 total.elections += r.elections;
                 total.truncations += r.truncations;
+                total.yields += r.yields;
             }
             Err(f) => panic!(
                 "seed {seed} failed: {}\n  replay: WALSHIP_SIM_SEED={seed} WALSHIP_SIM_SEEDS=1 WALSHIP_SIM_VERBOSE=1 cargo test -p walship-sim --test seeds -- --nocapture\n  the last steps:\n    {}",
@@ -54,7 +60,7 @@ fn shard(shard: u64) {
         }
     }
     eprintln!(
-        "cluster simulator, shard {shard} of seeds from {first}: {seeds} seeds in {:.1} s: {} RemoteFlush and {} Local commits acknowledged, {} faults ({} power losses, {} promotions), {} elections, {} truncations",
+        "cluster simulator, shard {shard} of seeds from {first}: {seeds} seeds in {:.1} s: {} RemoteFlush and {} Local commits acknowledged, {} faults ({} power losses, {} promotions), {} elections, {} truncations, {} yields",
         started.elapsed().as_secs_f64(),
         total.acked_remote,
         total.acked_local,
@@ -62,21 +68,36 @@ fn shard(shard: u64) {
         total.power_losses,
         total.promotions,
         total.elections,
-        total.truncations
+        total.truncations,
+        total.yields
     );
 }
 
 /// Seeds that once failed, each kept with what it found.
 #[test]
 fn regression_seeds() {
-    for seed in [
+    let without_live = walship_sim::Config {
+        live_promotions: false,
+        ..walship_sim::Config::default()
+    };
+    for (seed, cfg) in [
         // A follower with an empty epoch at its end (its leader began epoch 4 there and
         // crashed) never caught up with a leader that had no epoch 4: it refused the
         // leader's epoch-3 batches after its epoch-4 entry. The leader now tells it to
-        // forget the epoch.
-        22_005_738_277_791u64,
+        // forget the epoch. (Found before promotions over live leaders were simulated.)
+        (22_005_738_277_791u64, without_live),
+        // Promoted over a live leader, n3 began epoch 3 at its end and wrote in it; the
+        // next leader never had epoch 3 and, knowing only that n3's last epoch was 3,
+        // took the end of its own epoch 2 as the point where their logs part: n3 would
+        // have kept epoch-3 records under epoch 4 (the engine refused the cut as not on a
+        // batch boundary). `Hello` now carries the follower's epoch history (protocol 3).
+        (249, walship_sim::Config::default()),
+        // An epoch that begins on a segment boundary is recorded there by its leader and
+        // after the segment header by its followers: matching epochs by start as well
+        // made a re-elected leader yield to followers of its own epoch, forever.
+        (2000, walship_sim::Config::default()),
     ] {
-        if let Err(f) = walship_sim::run_seed(seed, walship_sim::Config::default()) {
+        if let Err(f) = walship_sim::run_seed(seed, cfg) {
             panic!("regression seed {seed} failed: {}", f.what);
         }
     }

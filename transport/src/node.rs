@@ -792,12 +792,59 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
                 f.shutdown().await;
             }
             Some(Current::Leading(l)) => {
+                let (yielded, epoch) = (l.yielded(), l.epoch());
                 l.fence(why);
                 l.shutdown().await;
                 self.became_idle();
+                if yielded {
+                    self.undo_epoch(epoch).await;
+                }
             }
             _ => {}
         }
+    }
+
+    /// After yielding (see [`Leader::yielded`]): truncates the log where `epoch` began,
+    /// which forgets the epoch and whatever was written in it (no remote level can have
+    /// confirmed any of it: the epoch was never confirmed), tells the embedder, gives up
+    /// the claim and stays out of elections for a while, so the member that holds what
+    /// this one lacked is elected.
+    async fn undo_epoch(&mut self, epoch: Epoch) {
+        let log = Arc::clone(&self.shared.log);
+        let Some(start) = log
+            .epoch_history()
+            .entries()
+            .iter()
+            .find(|(e, _)| *e == epoch)
+            .map(|&(_, s)| s)
+        else {
+            return;
+        };
+        let cut = tokio::task::spawn_blocking(move || log.truncate_suffix(start)).await;
+        match cut {
+            Ok(Ok(())) => {
+                tracing::warn!(node = self.shared.node_id.as_str(), %epoch, %start, "yielded: the unconfirmed epoch is undone");
+                if start < self.applied {
+                    self.applied = start;
+                    if let Err(e) = SharedApply(Arc::clone(&self.apply)).truncated(start) {
+                        self.shared.note(format!(
+                            "undoing epoch {epoch}: the embedder's truncated: {e}"
+                        ));
+                    }
+                }
+            }
+            Ok(Err(e)) => self
+                .shared
+                .note(format!("undoing epoch {epoch} from {start}: {e}")),
+            Err(e) => self
+                .shared
+                .note(format!("undoing epoch {epoch}: truncation task: {e}")),
+        }
+        let me = self.shared.node_id.clone();
+        if let Err(e) = bounded(self.limit(), self.coordinator.resign(&me)).await {
+            self.shared.note(format!("resigning after yielding: {e}"));
+        }
+        self.decider.stepped_down(Instant::now());
     }
 
     async fn follow(&mut self, li: LeaderInfo, addr: SocketAddr) -> Result<(), TransportError> {

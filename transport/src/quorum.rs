@@ -92,6 +92,16 @@ impl SyncPolicy {
         Ok(())
     }
 
+    /// How many standbys must confirm (`k`).
+    pub fn required(&self) -> usize {
+        self.parts().0
+    }
+
+    /// Whether `node` is one of the standbys the policy counts.
+    pub fn counts(&self, node: &str) -> bool {
+        self.priority(node).is_some()
+    }
+
     /// The position of `node` in the list (its priority, 0 = highest), if listed,
     /// falling back to the position of `*`.
     fn priority(&self, node: &str) -> Option<usize> {

@@ -23,7 +23,7 @@
 //!
 //! | kind | frame | payload |
 //! | --- | --- | --- |
-//! | 1 | [`Hello`] | cluster id, node id, last epoch u64, seen epoch u64, end LSN u64, written LSN u64, flushed LSN u64, segment capacity u64 |
+//! | 1 | [`Hello`] | cluster id, node id, last epoch u64, seen epoch u64, end LSN u64, written LSN u64, flushed LSN u64, segment capacity u64, epoch count u8 (at most [`MAX_HELLO_EPOCHS`]) then that many (epoch u64, start LSN u64) |
 //! | 2 | [`Welcome`] | epoch u64, truncate-to flag u8 + LSN u64, start LSN u64, leader id |
 //! | 3 | [`Reject`] | code u8, epoch u64, LSN u64, reason |
 //! | 4 | [`Ship`] | epoch u64, base LSN u64, end LSN u64, raw length u32, compression u8, data |
@@ -42,8 +42,12 @@ pub const CONTROL_FRAME_LIMIT: u32 = 4 * 1024;
 pub const MAX_REASON_BYTES: usize = MAX_STRING;
 
 /// The protocol version this build speaks (2: batches carry the engine's format-2 header
-/// with its flush stamp, which a follower rewrites for its own copy).
-pub const PROTOCOL_VERSION: u8 = 2;
+/// with its flush stamp, which a follower rewrites for its own copy; 3: a `Hello` carries
+/// the newest entries of the follower's epoch history, so the leader finds the point
+/// where the logs part even when the follower's last epoch is one it never had).
+pub const PROTOCOL_VERSION: u8 = 3;
+/// The most epoch-history entries a `Hello` carries (the newest ones).
+pub const MAX_HELLO_EPOCHS: usize = 64;
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 8;
 const MAGIC: u16 = 0x5753;
@@ -70,6 +74,10 @@ pub struct Hello {
     pub flushed_lsn: Lsn,
     /// The follower's segment capacity; must match for identical logs.
     pub segment_capacity: u64,
+    /// The newest entries of the follower's epoch history, oldest first (at most
+    /// [`MAX_HELLO_EPOCHS`]): each epoch and where it starts in the follower's log. The
+    /// last is `last_epoch` (none if `last_epoch` is zero).
+    pub epochs: Vec<(Epoch, Lsn)>,
 }
 
 /// The leader's acceptance.
@@ -298,6 +306,21 @@ impl Frame {
                 out.put_u64_le(h.written_lsn.get());
                 out.put_u64_le(h.flushed_lsn.get());
                 out.put_u64_le(h.segment_capacity);
+                let count = u8::try_from(h.epochs.len())
+                    .ok()
+                    .filter(|&n| usize::from(n) <= MAX_HELLO_EPOCHS)
+                    .ok_or(WireError::Malformed {
+                        kind: "Hello",
+                        reason: format!(
+                            "{} epoch-history entries, more than {MAX_HELLO_EPOCHS}",
+                            h.epochs.len()
+                        ),
+                    })?;
+                out.put_u8(count);
+                for (e, s) in &h.epochs {
+                    out.put_u64_le(e.get());
+                    out.put_u64_le(s.get());
+                }
             }
             Frame::Welcome(w) => {
                 out.put_u64_le(w.epoch.get());
@@ -566,6 +589,7 @@ impl Decoder {
                         ),
                     });
                 }
+                check_hello_epochs(h)?;
                 self.see_epoch(h.seen_epoch.max(h.last_epoch))
             }
             Frame::Welcome(w) => {
@@ -629,6 +653,34 @@ impl Decoder {
 struct Payload {
     kind: &'static str,
     b: Bytes,
+}
+
+/// A `Hello`'s epoch history is a history: epochs rising, starts not falling and within
+/// the follower's log, ending with its last epoch.
+fn check_hello_epochs(h: &Hello) -> Result<(), WireError> {
+    let bad = |reason: String| WireError::Malformed {
+        kind: "Hello",
+        reason,
+    };
+    for w in h.epochs.windows(2) {
+        if w[1].0 <= w[0].0 || w[1].1 < w[0].1 {
+            return Err(bad(format!(
+                "epoch history goes backwards: epoch {} from {} after epoch {} from {}",
+                w[1].0, w[1].1, w[0].0, w[0].1
+            )));
+        }
+    }
+    match h.epochs.last() {
+        Some(&(e, s)) if e != h.last_epoch || s > h.end_lsn => Err(bad(format!(
+            "epoch history ends with epoch {e} from {s}, but the last epoch is {} and the log ends at {}",
+            h.last_epoch, h.end_lsn
+        ))),
+        None if h.last_epoch != Epoch::ZERO => Err(bad(format!(
+            "no epoch history, but the last epoch is {}",
+            h.last_epoch
+        ))),
+        _ => Ok(()),
+    }
 }
 
 impl Payload {
@@ -695,16 +747,30 @@ fn decode_payload(kind: u8, b: Bytes) -> Result<Frame, WireError> {
     };
     let mut p = Payload { kind: name, b };
     let frame = match kind {
-        1 => Frame::Hello(Hello {
-            cluster_id: p.string()?,
-            node_id: p.string()?,
-            last_epoch: Epoch::new(p.u64()?),
-            seen_epoch: Epoch::new(p.u64()?),
-            end_lsn: Lsn::new(p.u64()?),
-            written_lsn: Lsn::new(p.u64()?),
-            flushed_lsn: Lsn::new(p.u64()?),
-            segment_capacity: p.u64()?,
-        }),
+        1 => {
+            let mut h = Hello {
+                cluster_id: p.string()?,
+                node_id: p.string()?,
+                last_epoch: Epoch::new(p.u64()?),
+                seen_epoch: Epoch::new(p.u64()?),
+                end_lsn: Lsn::new(p.u64()?),
+                written_lsn: Lsn::new(p.u64()?),
+                flushed_lsn: Lsn::new(p.u64()?),
+                segment_capacity: p.u64()?,
+                epochs: Vec::new(),
+            };
+            let count = usize::from(p.u8()?);
+            if count > MAX_HELLO_EPOCHS {
+                return Err(WireError::Malformed {
+                    kind: "Hello",
+                    reason: format!("{count} epoch-history entries, more than {MAX_HELLO_EPOCHS}"),
+                });
+            }
+            for _ in 0..count {
+                h.epochs.push((Epoch::new(p.u64()?), Lsn::new(p.u64()?)));
+            }
+            Frame::Hello(h)
+        }
         2 => {
             let epoch = Epoch::new(p.u64()?);
             let has_truncate = p.flag()?;
@@ -791,19 +857,34 @@ mod tests {
                 any::<u64>(),
                 any::<u64>(),
                 any::<[u64; 3]>(),
-                any::<u64>()
+                any::<u64>(),
+                proptest::collection::vec((1..1000u64, any::<u64>()), 0..=MAX_HELLO_EPOCHS)
             )
-                .prop_map(|(c, n, e, seen, mut lsns, cap)| {
+                .prop_map(|(c, n, e, seen, mut lsns, cap, steps)| {
                     lsns.sort_unstable();
+                    // A history: epochs rising from `e`, starts rising within the log.
+                    let end = lsns[2];
+                    let mut epoch = e % (u64::MAX / 2);
+                    let mut starts: Vec<u64> = steps.iter().map(|&(_, s)| s % (end + 1)).collect();
+                    starts.sort_unstable();
+                    let epochs: Vec<(Epoch, Lsn)> = steps
+                        .iter()
+                        .zip(starts)
+                        .map(|(&(de, _), s)| {
+                            epoch += de;
+                            (Epoch::new(epoch), Lsn::new(s))
+                        })
+                        .collect();
                     Frame::Hello(Hello {
                         cluster_id: c,
                         node_id: n,
-                        last_epoch: Epoch::new(e),
+                        last_epoch: epochs.last().map_or(Epoch::ZERO, |&(e, _)| e),
                         seen_epoch: Epoch::new(seen),
-                        end_lsn: Lsn::new(lsns[2]),
+                        end_lsn: Lsn::new(end),
                         written_lsn: Lsn::new(lsns[1]),
                         flushed_lsn: Lsn::new(lsns[0]),
                         segment_capacity: cap,
+                        epochs,
                     })
                 }),
             (any::<u64>(), any::<Option<u64>>(), any::<u64>(), s).prop_map(|(e, t, st, id)| {

@@ -1,5 +1,6 @@
 //! Manual failover in one process over real QUIC: promotion into a new epoch, an old
-//! leader rejoining as a follower with its divergent tail truncated, a stale leader made
+//! leader rejoining as a follower with its divergent tail truncated once a quorum has
+//! confirmed the new epoch (and, before that, the new leader yielding to it), a stale leader made
 //! to step down by a follower that has seen a newer epoch, read-your-writes on a lagging
 //! follower.
 
@@ -55,26 +56,35 @@ fn follower_of(c: &Cluster, node: &str, leader: &walship_transport::Leader) -> F
     .expect("follower")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Result<(), Error> {
-    let c = Cluster::new(1 << 20);
-    let old_log = c.log("n1");
-    let old = c.leader_named(Arc::clone(&old_log), any_one_leader());
-    let f2 = follower_of(&c, "n2", &old);
+/// Leader n1 and followers n2, n3 share a history; n2 and n3 are cut off; n1 goes on
+/// alone with a tail nobody else receives (Local commits only: no remote level can be
+/// confirmed), then dies. Returns n1's log, n2's and n3's logs, the end of the common
+/// history and n1's last epoch.
+async fn old_leader_with_a_divergent_tail(
+    c: &Cluster,
+) -> Result<
+    (
+        Arc<walship_engine::Log>,
+        [Arc<walship_engine::Log>; 2],
+        Lsn,
+        walship_engine::Epoch,
+    ),
+    Error,
+> {
+    let (old_log, old, f2, f3) = three_nodes(c);
     let mut last = Lsn::ZERO;
     for i in 0..500 {
         last = old_log.append(format!("common {i}").as_bytes())?;
     }
     old.commit(last, Durability::RemoteFlush).await?;
     let common_end = last;
-    eventually("n2 has everything acknowledged", WAIT, || {
-        f2.log().watermarks().flushed >= common_end
+    eventually("n2 and n3 have everything acknowledged", WAIT, || {
+        f2.log().watermarks().flushed >= common_end && f3.log().watermarks().flushed >= common_end
     })
     .await;
-    // n2 is cut off; n1 goes on alone and writes a tail nobody else receives (Local
-    // commits only: no remote level can be confirmed), then dies.
-    let n2_log = Arc::clone(f2.log());
+    let (n2_log, n3_log) = (Arc::clone(f2.log()), Arc::clone(f3.log()));
     f2.shutdown().await;
+    f3.shutdown().await;
     for i in 0..200 {
         last = old_log.append(format!("divergent {i}").as_bytes())?;
     }
@@ -87,6 +97,16 @@ async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Res
     assert!(matches!(err, Error::RemoteUnconfirmed { .. }), "{err}");
     let old_epoch = old.epoch();
     old.shutdown().await;
+    Ok((old_log, [n2_log, n3_log], common_end, old_epoch))
+}
+
+/// n2, promoted over the dead n1, is confirmed by n3 first; then n1 rejoins as its
+/// follower, and its divergent tail is cut and undone in its embedder's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Result<(), Error> {
+    let c = Cluster::new(1 << 20);
+    let (old_log, [n2_log, n3_log], common_end, old_epoch) =
+        old_leader_with_a_divergent_tail(&c).await?;
 
     // n2 is promoted: a new epoch at its end.
     let f2 = Follower::start(
@@ -107,9 +127,20 @@ async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Res
         common_end,
         "the new leader has exactly what was acknowledged"
     );
+    let mut last = Lsn::ZERO;
     for i in 0..300 {
         last = new_log.append(format!("new leader {i}").as_bytes())?;
     }
+    // n3 follows it first: with ANY 1 that confirms the new epoch, so the old leader's
+    // tail may be cut from now on (before, n2 would yield to it: see the next test).
+    let f3 = Follower::start(
+        n3_log,
+        c.security("n3"),
+        c.follower_opts_to("n2", new.local_addr().unwrap()),
+        |_: &Record| {},
+    )
+    .expect("n3 as a follower");
+    new.commit(last, Durability::RemoteFlush).await?;
 
     // The old leader comes back as a follower of the new one; its embedder state already
     // holds everything it wrote as leader.
@@ -125,7 +156,6 @@ async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Res
         embedder.clone(),
     )
     .expect("n1 as a follower");
-    new.commit(last, Durability::RemoteFlush).await?;
     eventually("n1 applied the new leader's records", WAIT, || {
         rejoined.applied() >= last
     })
@@ -138,7 +168,55 @@ async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Res
     assert_eq!(state, records(&new_log));
     assert!(state.iter().all(|(_, d)| !d.starts_with(b"divergent")));
     assert_eq!(rejoined.status().epoch, new.epoch());
+    assert!(new.fenced().is_none() && !new.yielded());
     rejoined.shutdown().await;
+    f3.shutdown().await;
+    new.shutdown().await;
+    Ok(())
+}
+
+/// n2, promoted over n1, has not been confirmed by any follower when n1 comes back with
+/// flushed records n2 lacks: records n1 may have acknowledged through a follower n2
+/// never heard from. n2 refuses to cut them: it yields (steps down, fenced, `yielded`),
+/// and n1's log is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_leader_yields_to_a_follower_with_more_flushed() -> Result<(), Error> {
+    let c = Cluster::new(1 << 20);
+    let (old_log, [n2_log, _], common_end, _) = old_leader_with_a_divergent_tail(&c).await?;
+    let old_end = old_log.end_lsn();
+    let f2 = Follower::start(
+        n2_log,
+        c.security("n2"),
+        c.follower_opts_to("n1", "127.0.0.1:9".parse().unwrap()),
+        |_: &Record| {},
+    )
+    .expect("n2 as a follower");
+    let new = f2
+        .promote(c.security("n2"), any_one_leader())
+        .await
+        .expect("promote");
+    let lsn = new
+        .log()
+        .append(b"written before any follower confirmed the epoch")?;
+    let rejoined = Follower::start(
+        Arc::clone(&old_log),
+        c.security("n1"),
+        c.follower_opts_to("n2", new.local_addr().unwrap()),
+        |_: &Record| {},
+    )
+    .expect("n1 as a follower");
+    eventually("n2 yields", WAIT, || new.yielded()).await;
+    let why = new.fenced().expect("a leader that yields is fenced");
+    assert!(why.contains("yields") && why.contains("n1"), "{why}");
+    // Nothing remote can be confirmed there, and n1 kept everything.
+    let err = new.commit(lsn, Durability::RemoteFlush).await.unwrap_err();
+    assert!(matches!(err, Error::RemoteFenced { .. }), "{err}");
+    rejoined.shutdown().await;
+    assert_eq!(old_log.end_lsn(), old_end);
+    assert!(records(&old_log)
+        .iter()
+        .any(|(_, d)| d.starts_with(b"divergent")));
+    assert!(new.log().end_lsn() > common_end);
     new.shutdown().await;
     Ok(())
 }

@@ -36,6 +36,9 @@ fn view(log: &Log) -> LogView {
         end: log.end_lsn(),
         history: log.epoch_history(),
         lost_slots: Default::default(),
+        // Confirmed: these tests are about what a leader does once a quorum follows it;
+        // `an_unconfirmed_leader_*` below are about before.
+        confirmed: true,
     }
 }
 
@@ -93,15 +96,11 @@ struct Pair<'a> {
 impl<'a> Pair<'a> {
     fn new(leader_log: &'a Log, follower_log: &'a Log, leader_epoch: u64) -> Pair<'a> {
         let now = Instant::now();
-        let epoch = follower_log
-            .epoch_history()
-            .current()
-            .map_or(Epoch::ZERO, |(e, _)| e);
         Pair {
             leader: LeaderSession::new(leader_cfg(leader_epoch), now),
             follower: FollowerSession::new(
                 follower_cfg(),
-                epoch,
+                follower_log.epoch_history().entries(),
                 follower_log.end_lsn(),
                 progress(follower_log),
                 now,
@@ -345,7 +344,7 @@ fn refusals_stale_leaders_and_missing_log() {
             cluster_id: "other".into(),
             ..follower_cfg()
         },
-        Epoch::ZERO,
+        &[],
         Lsn::new(64),
         Progress::default(),
         now,
@@ -374,7 +373,7 @@ fn refusals_stale_leaders_and_missing_log() {
     let mut l = LeaderSession::new(leader_cfg(1), now);
     let mut f = FollowerSession::new(
         follower_cfg(),
-        Epoch::new(1),
+        &[(Epoch::new(1), Lsn::new(64))],
         Lsn::new(64),
         Progress::default(),
         now,
@@ -405,13 +404,7 @@ fn the_unacknowledged_window_bounds_what_is_in_flight_and_heartbeats_keep_it_ali
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), opts()).unwrap();
     let mut l = LeaderSession::new(leader_cfg(1), now);
-    let mut f = FollowerSession::new(
-        follower_cfg(),
-        Epoch::ZERO,
-        log.end_lsn(),
-        Progress::default(),
-        now,
-    );
+    let mut f = FollowerSession::new(follower_cfg(), &[], log.end_lsn(), Progress::default(), now);
     let Some(FollowerEvent::Transmit(hello)) = f.poll_event(now) else {
         panic!("hello")
     };
@@ -538,7 +531,7 @@ fn a_hello_must_name_the_certified_node_and_a_lost_slot_is_refused() {
     };
     let mut f = FollowerSession::new(
         follower_cfg(),
-        Epoch::ZERO,
+        &[],
         follower.end_lsn(),
         Progress::default(),
         now,
@@ -561,7 +554,7 @@ fn a_hello_must_name_the_certified_node_and_a_lost_slot_is_refused() {
     // A follower whose slot was lost is told so, with the reason.
     let mut f = FollowerSession::new(
         follower_cfg(),
-        Epoch::ZERO,
+        &[],
         follower.end_lsn(),
         Progress::default(),
         now,
@@ -606,7 +599,7 @@ fn a_welcome_from_an_older_epoch_than_seen_is_refused() {
     let now = Instant::now();
     let mut f = FollowerSession::with_seen_epoch(
         follower_cfg(),
-        Epoch::new(3),
+        &[(Epoch::new(3), Lsn::new(64))],
         Epoch::new(5),
         Lsn::new(64),
         Progress::default(),

@@ -630,13 +630,10 @@ async fn session(
     shared.state().connects += 1;
     let log = &shared.log;
     let seen = shared.state().epoch;
-    let log_epoch = log
-        .epoch_history()
-        .current()
-        .map_or(Epoch::ZERO, |(e, _)| e);
+    let history = log.epoch_history();
     let mut session = FollowerSession::with_seen_epoch(
         shared.cfg.clone(),
-        log_epoch,
+        history.entries(),
         seen,
         log.end_lsn(),
         shared.progress(),

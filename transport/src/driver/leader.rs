@@ -147,6 +147,9 @@ struct Shared {
     registry: Mutex<Registry>,
     /// Set once this leader steps down; never cleared (a new leadership is a new `Leader`).
     fence: watch::Sender<Option<String>>,
+    /// Set if it stepped down because, before a quorum confirmed it, a follower showed
+    /// flushed records it lacks ([`Leader::yielded`]).
+    yielded: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -183,18 +186,27 @@ impl Shared {
                 }
                 // A later save covers an earlier one.
                 Effect::Save(job) => save = Some(job),
+                Effect::Confirmed => tracing::info!(
+                    node = self.cfg.node_id.as_str(),
+                    epoch = %self.cfg.epoch,
+                    "leadership confirmed: a quorum of followers turned to this epoch"
+                ),
             }
         }
         (out, save)
     }
 
     fn view(&self) -> LogView {
-        let lost = self.registry().lost_slots();
+        let (lost, confirmed) = {
+            let r = self.registry();
+            (r.lost_slots(), r.confirmed())
+        };
         LogView {
             start: self.log.start_lsn(),
             end: self.log.end_lsn(),
             history: self.log.epoch_history(),
             lost_slots: lost,
+            confirmed,
         }
     }
 
@@ -374,6 +386,7 @@ impl Leader {
             per_peer: Mutex::new(BTreeMap::new()),
             slot_writer: Arc::new(SlotWriter::default()),
             fence: watch::channel(None).0,
+            yielded: std::sync::atomic::AtomicBool::new(false),
             registry: Mutex::new(registry),
         });
         // At start, before anything is shipped: the one save made on the caller's thread.
@@ -488,6 +501,18 @@ impl Leader {
     /// Why this leader stepped down, if it did.
     pub fn fenced(&self) -> Option<String> {
         self.shared.fence.borrow().clone()
+    }
+
+    /// Whether this leader stepped down because, before a quorum of followers confirmed
+    /// its epoch, one showed flushed records it lacks: records the leader before it may
+    /// have acknowledged (an operator promoted this node while that leader was alive).
+    /// Its own epoch must then be undone — truncate the log where the epoch began, which
+    /// also forgets the epoch — so the election ranks it by what it held before; the
+    /// [`Node`](crate::Node) does that, announcing the cut through `Apply::truncated`.
+    pub fn yielded(&self) -> bool {
+        self.shared
+            .yielded
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Drops `node`'s retention slot (for example after it was lost and the follower
@@ -746,6 +771,16 @@ async fn serve(
                 "a follower claims a newer epoch that is not believed; not stepping down"
             ),
         }
+    }
+    if let Err(TransportError::Session {
+        source: e @ SessionError::Yield { .. },
+        ..
+    }) = &result
+    {
+        shared
+            .yielded
+            .store(true, std::sync::atomic::Ordering::Release);
+        shared.step_down(format!("{e}"));
     }
     // Whatever ended the session, the follower hears why: a queued Reject goes out first.
     let mut goodbye = false;

@@ -91,16 +91,18 @@ pub struct FollowerSession {
 }
 
 impl FollowerSession {
-    /// Starts a session for a local log whose last epoch is `epoch` and which ends at
-    /// `end`, with `progress` its current watermarks. Queues the `Hello`.
+    /// Starts a session for a local log whose epoch history is `epochs` (oldest first;
+    /// [`EpochHistory::entries`](walship_engine::EpochHistory::entries)) and which ends at
+    /// `end`, with `progress` its current watermarks. Queues the `Hello`, which carries the
+    /// newest [`MAX_HELLO_EPOCHS`](crate::wire::MAX_HELLO_EPOCHS) entries of the history.
     pub fn new(
         cfg: FollowerConfig,
-        epoch: Epoch,
+        epochs: &[(Epoch, Lsn)],
         end: Lsn,
         progress: Progress,
         now: Instant,
     ) -> FollowerSession {
-        FollowerSession::with_seen_epoch(cfg, epoch, epoch, end, progress, now)
+        FollowerSession::with_seen_epoch(cfg, epochs, Epoch::ZERO, end, progress, now)
     }
 
     /// As [`new`](Self::new), for a follower that has durably seen epoch `seen` (higher
@@ -108,12 +110,20 @@ impl FollowerSession {
     /// nothing from it yet): leaders older than `seen` are refused and told to step down.
     pub fn with_seen_epoch(
         cfg: FollowerConfig,
-        epoch: Epoch,
+        epochs: &[(Epoch, Lsn)],
         seen: Epoch,
         end: Lsn,
         progress: Progress,
         now: Instant,
     ) -> FollowerSession {
+        // An epoch that begins past the end (its first records were lost) is sent as
+        // beginning at the end: the leader then shares nothing of it with this log.
+        let epochs: Vec<(Epoch, Lsn)> = epochs
+            [epochs.len().saturating_sub(crate::wire::MAX_HELLO_EPOCHS)..]
+            .iter()
+            .map(|&(e, s)| (e, s.min(end)))
+            .collect();
+        let epoch = epochs.last().map_or(Epoch::ZERO, |&(e, _)| e);
         let log_epoch = epoch;
         let epoch = seen.max(log_epoch);
         let mut s = FollowerSession {
@@ -139,6 +149,7 @@ impl FollowerSession {
             written_lsn: s.progress.written.min(end),
             flushed_lsn: s.progress.flushed.min(s.progress.written).min(end),
             segment_capacity: s.cfg.segment_capacity,
+            epochs,
         });
         s.transmit(&hello);
         s

@@ -53,6 +53,13 @@ pub struct LogView {
     pub history: EpochHistory,
     /// Followers whose retention slot was lost, with the reason: refused on `Hello`.
     pub lost_slots: Arc<BTreeMap<String, String>>,
+    /// Whether the leadership is confirmed ([`Registry::confirmed`](super::Registry::confirmed)).
+    /// Until it is, a follower whose `Hello` shows flushed records this leader lacks, in
+    /// an epoch at least as new as the last this leader wrote in before its own, is
+    /// refused, and the session ends with [`SessionError::Yield`]: the leader must step
+    /// down and undo its epoch, since those records may have been acknowledged by the
+    /// leader before it (an operator's promotion over a live leader).
+    pub confirmed: bool,
 }
 
 /// What the driver must do for the leader.
@@ -114,29 +121,67 @@ pub struct LeaderSession {
     peer: Option<String>,
 }
 
-/// Where a follower with `last_epoch` ending at `end` must continue from, and whether it
-/// must first truncate: the end of `last_epoch` in the leader's history, capped by the
-/// follower's end. A follower that never had an epoch continues from the start of the
-/// leader's first one.
+/// The newest epoch in `history` before `epoch` (the epoch a leader of `epoch` wrote in
+/// before its own): a follower whose last epoch is older holds, past where the logs
+/// part, only what a newer leader overwrote, so an unconfirmed leader cuts it; one whose
+/// last epoch is as new or newer may hold what the leader before acknowledged, so the
+/// unconfirmed leader yields to it (Raft's "at least as up to date": last epoch first).
+fn last_epoch_before(history: &EpochHistory, epoch: Epoch) -> Epoch {
+    history
+        .entries()
+        .iter()
+        .rev()
+        .find(|(e, _)| *e < epoch)
+        .map_or(Epoch::ZERO, |&(e, _)| e)
+}
+
+/// Where a follower whose epoch history ends with `follower` (oldest first, as its
+/// `Hello` carries it) and whose log ends at `end` must continue from, and whether it
+/// must first truncate there.
+///
+/// Two logs that hold records of the same epoch hold the same bytes before them (each epoch's records come from its one leader, which began it at its own end), so
+/// they agree up to where the newest epoch they share ends in either of them: Kafka's
+/// leader-epoch rule, Raft's log matching. With no epoch in common, only what precedes
+/// both first epochs can agree. Before protocol 3 the leader knew only the follower's
+/// last epoch and took the end of the newest of its own epochs below it: a follower that
+/// had led an epoch this leader never had kept that epoch's records up to there (found
+/// by the cluster simulator with promotions over a live leader, seed 249).
 pub fn divergence_point(
     history: &EpochHistory,
     leader_end: Lsn,
-    last_epoch: Epoch,
+    follower: &[(Epoch, Lsn)],
     end: Lsn,
 ) -> (Lsn, Option<Lsn>) {
-    let (known, epoch_end) = match history.end_of(last_epoch, leader_end) {
-        Some((e, end)) => (e == last_epoch, end),
-        None => (
-            false,
-            history.entries().first().map_or(leader_end, |&(_, s)| s),
-        ),
-    };
-    let point = end.min(epoch_end).min(leader_end);
+    let leader = history.entries();
+    let next_start =
+        |h: &[(Epoch, Lsn)], i: usize, log_end: Lsn| h.get(i + 1).map_or(log_end, |&(_, s)| s);
+    // By epoch alone: where an epoch begins may differ by a segment header (a leader
+    // begins it at its end, which may be a segment boundary; a follower records where
+    // the epoch's first batch lies).
+    let shared = follower.iter().enumerate().rev().find_map(|(fi, (fe, _))| {
+        leader
+            .iter()
+            .position(|(le, _)| le == fe)
+            .map(|li| (fi, li))
+    });
+    let point = match shared {
+        Some((fi, li)) => next_start(follower, fi, end).min(next_start(leader, li, leader_end)),
+        None => leader
+            .first()
+            .map_or(leader_end, |&(_, s)| s)
+            .min(follower.first().map_or(end, |&(_, s)| s)),
+    }
+    .min(end)
+    .min(leader_end);
     // A follower whose last epoch this leader never had must forget it even when no byte
     // goes (an epoch its old leader began at its end and wrote nothing in): else it
     // refuses this leader's older-epoch batches after it forever (found by the cluster
     // simulator, seed 22005738277791).
-    let forget = !known && last_epoch != Epoch::ZERO;
+    let forget = match (follower.last(), shared) {
+        (None, _) => false,
+        (Some(_), Some((fi, _))) => fi + 1 < follower.len(),
+        (Some(_), None) => true,
+    };
     (point, (point < end || forget).then_some(point))
 }
 
@@ -273,7 +318,26 @@ impl LeaderSession {
                 seen,
             });
         }
-        let (start, truncate_to) = divergence_point(&log.history, log.end, h.last_epoch, h.end_lsn);
+        let (start, truncate_to) = divergence_point(&log.history, log.end, &h.epochs, h.end_lsn);
+        if !log.confirmed
+            && h.flushed_lsn > start
+            && h.last_epoch >= last_epoch_before(&log.history, self.cfg.epoch)
+            && !walship_engine::mutation::active(walship_engine::mutation::UNCONFIRMED_TRUNCATES)
+        {
+            let why = format!(
+                "follower {} has flushed up to {} (its last epoch {}), past {start} where this \
+                 leader's log parts from it, and this leader is not yet confirmed by a quorum \
+                 in epoch {}: it yields",
+                h.node_id, h.flushed_lsn, h.last_epoch, self.cfg.epoch
+            );
+            let _ = self.refuse(RejectCode::NotLeader, start, why, now);
+            return Err(SessionError::Yield {
+                follower: h.node_id,
+                epoch: h.last_epoch,
+                flushed: h.flushed_lsn,
+                from: start,
+            });
+        }
         if start < log.start {
             let why = format!(
                 "follower needs the log from {start}, but it is retained only from {}: it needs a snapshot",
@@ -514,39 +578,37 @@ mod tests {
         h
     }
 
+    fn entries(e: &[(u64, u64)]) -> Vec<(Epoch, Lsn)> {
+        e.iter()
+            .map(|&(e, s)| (Epoch::new(e), Lsn::new(s)))
+            .collect()
+    }
+
     #[test]
     fn divergence_follows_the_epoch_histories() {
         // Leader: epoch 1 from 64, epoch 3 from 5000; its log ends at 9000.
         let h = history(&[(1, 64), (3, 5000)]);
         let end = Lsn::new(9000);
         let l = Lsn::new;
+        let at = |f: &[(u64, u64)], fend: u64| divergence_point(&h, end, &entries(f), l(fend));
         // A follower in epoch 1 that got further than epoch 1 lasted: truncate to 5000.
-        assert_eq!(
-            divergence_point(&h, end, Epoch::new(1), l(7000)),
-            (l(5000), Some(l(5000)))
-        );
+        assert_eq!(at(&[(1, 64)], 7000), (l(5000), Some(l(5000))));
         // A follower in epoch 1 that is behind: no truncation, continue from its end.
-        assert_eq!(
-            divergence_point(&h, end, Epoch::new(1), l(4000)),
-            (l(4000), None)
-        );
-        // A follower that led epoch 2, which this leader never saw: epoch 1's end.
-        assert_eq!(
-            divergence_point(&h, end, Epoch::new(2), l(6000)),
-            (l(5000), Some(l(5000)))
-        );
+        assert_eq!(at(&[(1, 64)], 4000), (l(4000), None));
+        // A follower that led epoch 2 from 4500, which this leader never had: everything
+        // of epoch 2 goes, though epoch 1 lasted until 5000 here.
+        assert_eq!(at(&[(1, 64), (2, 4500)], 6000), (l(4500), Some(l(4500))));
+        // ... and so does an epoch 2 it began at its end and wrote nothing in.
+        assert_eq!(at(&[(1, 64), (2, 4500)], 4500), (l(4500), Some(l(4500))));
         // A follower in the current epoch: continue from its end.
-        assert_eq!(
-            divergence_point(&h, end, Epoch::new(3), l(8000)),
-            (l(8000), None)
-        );
+        assert_eq!(at(&[(1, 64), (3, 5000)], 8000), (l(8000), None));
         // A follower with an empty log.
-        assert_eq!(divergence_point(&h, end, Epoch::ZERO, l(64)), (l(64), None));
+        assert_eq!(at(&[], 64), (l(64), None));
         // A follower with data but no epoch: everything after the first epoch's start goes.
-        assert_eq!(
-            divergence_point(&h, end, Epoch::ZERO, l(300)),
-            (l(64), Some(l(64)))
-        );
+        assert_eq!(at(&[], 300), (l(64), Some(l(64))));
+        // No epoch in common (its history reaches further back than it sends): only what
+        // precedes both first epochs can agree.
+        assert_eq!(at(&[(2, 1000)], 3000), (l(64), Some(l(64))));
     }
 
     fn frame_bytes(f: Frame) -> Vec<u8> {
@@ -576,6 +638,7 @@ mod tests {
             end: Lsn::new(64),
             history: EpochHistory::default(),
             lost_slots: Arc::default(),
+            confirmed: true,
         };
         let mut s = LeaderSession::new(cfg, now);
         let mut header = Vec::new();
@@ -625,6 +688,7 @@ mod tests {
             end: Lsn::new(9000),
             history: history(&[(1, 64)]),
             lost_slots: Arc::default(),
+            confirmed: true,
         };
         let mut s = LeaderSession::new(cfg, now);
         let hello = Frame::Hello(Hello {
@@ -636,6 +700,7 @@ mod tests {
             written_lsn: Lsn::new(7000),
             flushed_lsn: Lsn::new(5000),
             segment_capacity: 1 << 20,
+            epochs: vec![(Epoch::new(1), Lsn::new(64))],
         });
         s.handle_bytes(now, &frame_bytes(hello), &log).unwrap();
         assert_eq!(s.follower(), Some("n2"));

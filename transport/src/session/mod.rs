@@ -102,6 +102,22 @@ pub enum SessionError {
     /// Nothing arrived from the peer for longer than the idle timeout.
     #[error("peer silent for longer than the idle timeout")]
     IdleTimeout,
+    /// A follower holds flushed records this leader lacks, and the leadership is not yet
+    /// confirmed: the leader must step down and undo its epoch (see
+    /// [`LogView::confirmed`](leader::LogView::confirmed)).
+    #[error(
+        "follower {follower} has flushed up to {flushed} in epoch {epoch}, past {from} where this unconfirmed leader's log parts from it: the leader yields"
+    )]
+    Yield {
+        /// The follower.
+        follower: String,
+        /// The follower's last epoch.
+        epoch: Epoch,
+        /// What it has flushed.
+        flushed: Lsn,
+        /// Where this leader's log parts from it.
+        from: Lsn,
+    },
 }
 
 /// `reason`, cut at a character boundary to at most [`MAX_REASON_BYTES`] bytes, so a

@@ -14,7 +14,14 @@
 //! - a follower counts for the quorum only once it streams (caught up), as PostgreSQL
 //!   counts a standby for sync only then;
 //! - a slot further behind the end than `max_retained_bytes` is lost for good, and its
-//!   session is told to end.
+//!   session is told to end;
+//! - the leadership is **confirmed** once `k` of the policy's standbys have been accepted
+//!   in it ([`confirmed`](Registry::confirmed)). Until then each session checks that its
+//!   follower holds no flushed record the leader lacks, and the leader yields if one does
+//!   (`LeaderSession`, [`LogView::confirmed`](super::LogView::confirmed)). Those `k`
+//!   followers and the leader are a majority that has turned to this epoch, so no older
+//!   leader can acknowledge anything after it, and each older acknowledgement is on one
+//!   of them, hence here: from then on a follower's divergent tail may be cut.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -40,6 +47,8 @@ pub enum Effect {
     Quorum(Progress),
     /// Write the slot file (off the lock; call [`Registry::save_failed`] if it fails).
     Save(SaveJob),
+    /// The leadership is confirmed (once per registry): `k` standbys were accepted in it.
+    Confirmed,
 }
 
 /// Why the registry wants a session to end.
@@ -76,6 +85,9 @@ pub struct Registry {
     next_session: SessionId,
     max_retained_bytes: u64,
     effects: VecDeque<Effect>,
+    /// The standbys accepted in this leadership, until `k` confirm it.
+    confirmers: std::collections::BTreeSet<String>,
+    confirmed: bool,
 }
 
 impl Registry {
@@ -97,12 +109,20 @@ impl Registry {
             next_session: 0,
             max_retained_bytes,
             effects: VecDeque::new(),
+            confirmers: std::collections::BTreeSet::new(),
+            confirmed: false,
         })
     }
 
     /// The next effect to carry out.
     pub fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
+    }
+
+    /// Whether `k` of the policy's standbys have been accepted in this leadership (see the
+    /// [module docs](self)). Never goes back.
+    pub fn confirmed(&self) -> bool {
+        self.confirmed
     }
 
     /// Followers whose slot was lost, with the reason (refused on `Hello`).
@@ -171,6 +191,14 @@ impl Registry {
         };
         // Not streaming yet: PostgreSQL counts a standby for sync only once caught up.
         self.quorum.disconnected(node);
+        if !self.confirmed && self.quorum.policy().counts(node) {
+            self.confirmers.insert(node.to_string());
+            if self.confirmers.len() >= self.quorum.policy().required() {
+                self.confirmed = true;
+                self.confirmers.clear();
+                self.effects.push_back(Effect::Confirmed);
+            }
+        }
         id
     }
 
@@ -368,16 +396,44 @@ mod tests {
     }
 
     #[test]
+    fn a_leadership_is_confirmed_by_k_distinct_listed_standbys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::new(
+            SyncPolicy::Any {
+                k: 2,
+                of: vec!["n2".into(), "n3".into(), "n4".into()],
+            },
+            Slots::load(&walship_engine::storage::os(), dir.path(), CAP).unwrap(),
+            4 * CAP,
+        )
+        .unwrap();
+        let confirmed =
+            |r: &mut Registry| effects(r).iter().any(|e| matches!(e, Effect::Confirmed));
+        // An unlisted follower, and the same follower twice, do not count twice.
+        r.accept("n9", addr(), Lsn::new(64), p(64, 64, 0));
+        r.accept("n2", addr(), Lsn::new(64), p(64, 64, 0));
+        r.accept("n2", addr(), Lsn::new(64), p(64, 64, 0));
+        assert!(!confirmed(&mut r) && !r.confirmed());
+        r.accept("n3", addr(), Lsn::new(64), p(64, 64, 0));
+        assert!(confirmed(&mut r) && r.confirmed());
+        r.accept("n4", addr(), Lsn::new(64), p(64, 64, 0));
+        assert!(!confirmed(&mut r), "confirmed once");
+    }
+
+    #[test]
     fn a_follower_confirms_only_once_it_streams_and_only_in_its_newest_session() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = registry(dir.path());
         let now = Instant::now();
+        assert!(!r.confirmed());
         let s1 = r.accept("n2", addr(), Lsn::new(64), p(64, 64, 0));
-        // Its slot holds the log at once.
+        // Its slot holds the log at once; with `ANY 1`, one accepted follower confirms the
+        // leadership (once).
         assert!(matches!(
             effects(&mut r).as_slice(),
-            [Effect::RetentionFloor(Some(l))] if *l == Lsn::new(64)
+            [Effect::RetentionFloor(Some(l)), Effect::Confirmed] if *l == Lsn::new(64)
         ));
+        assert!(r.confirmed());
         // Catching up, its acks move its slot but confirm nothing.
         r.progress("n2", s1, p(500, 400, 0), now);
         assert!(effects(&mut r).is_empty());

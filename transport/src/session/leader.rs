@@ -53,7 +53,7 @@ pub struct LogView {
     pub history: EpochHistory,
     /// Followers whose retention slot was lost, with the reason: refused on `Hello`.
     pub lost_slots: Arc<BTreeMap<String, String>>,
-    /// Whether the leadership is confirmed ([`Registry::confirmed`](super::Registry::confirmed)).
+    /// Whether the leadership is confirmed ([`Registry::confirmed`](super::registry::Registry::confirmed)).
     /// Until it is, a follower whose `Hello` shows flushed records this leader lacks, in
     /// an epoch at least as new as the last this leader wrote in before its own, is
     /// refused, and the session ends with [`SessionError::Yield`]: the leader must step

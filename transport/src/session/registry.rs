@@ -18,7 +18,7 @@
 //! - the leadership is **confirmed** once `k` of the policy's standbys have been accepted
 //!   in it ([`confirmed`](Registry::confirmed)). Until then each session checks that its
 //!   follower holds no flushed record the leader lacks, and the leader yields if one does
-//!   (`LeaderSession`, [`LogView::confirmed`](super::LogView::confirmed)). Those `k`
+//!   (`LeaderSession`, [`LogView::confirmed`](super::leader::LogView::confirmed)). Those `k`
 //!   followers and the leader are a majority that has turned to this epoch, so no older
 //!   leader can acknowledge anything after it, and each older acknowledgement is on one
 //!   of them, hence here: from then on a follower's divergent tail may be cut.

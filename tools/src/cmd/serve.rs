@@ -275,6 +275,11 @@ async fn run_node(
     let plain_note = plain.as_ref().map_or(String::new(), |p| {
         format!(", read-only on http://{}", p.local_addr())
     });
+    // The handlers are in place before the node announces itself: a SIGTERM right after
+    // the announcement (a supervisor, a test) gets the clean shutdown, not the default
+    // action that ends the process at once (found by a test that stopped a node as soon
+    // as it announced itself, on a loaded machine).
+    let signals = signals();
     writeln!(
         out,
         "walship: node {} replicating on {}, admin on https://{}{plain_note}",
@@ -283,7 +288,7 @@ async fn run_node(
         admin.local_addr()
     )?;
     out.flush()?;
-    let signal = wait_for_signal().await;
+    let signal = wait_for_signal(signals).await;
     tracing::info!(signal, "shutting down");
     admin.shutdown().await;
     if let Some(p) = plain {
@@ -309,12 +314,22 @@ async fn stop(node: Arc<Node>, log: Arc<Log>) {
     }
 }
 
-async fn wait_for_signal() -> &'static str {
+type Signals = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;
+
+/// SIGTERM's and SIGINT's handlers, installed now.
+fn signals() -> Signals {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
+    ) {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => None,
+    }
+}
+
+async fn wait_for_signal(signals: Signals) -> &'static str {
+    let Some((mut term, mut int)) = signals else {
         // Without signal handlers, Ctrl-C still ends the process (the OS default).
         return std::future::pending().await;
     };

@@ -125,6 +125,9 @@ struct LeaderConn {
 
 struct Leading {
     epoch: Epoch,
+    /// Confirmed by a quorum, the epoch begun and the log unsealed (as the `Node`'s
+    /// leader with `write_after_confirmation`): only then do writers write.
+    writable: bool,
     registry: Registry,
     slot_writer: SlotWriter,
     conns: Vec<LeaderConn>,
@@ -714,10 +717,9 @@ impl World {
         if !self.live_takeovers.contains(&epoch) {
             self.check_has_acked(n)?;
         }
-        log.begin_epoch(epoch)
-            .map_err(|e| format!("begin epoch: {e}"))?;
-        flush(&log)?;
-        log.unseal();
+        // As the Node's leader: the epoch begins, and the log takes appends, only once a
+        // quorum confirmed it.
+        log.seal("leading, not yet confirmed");
         log.unfence_remote();
         let slots =
             Slots::load(log.storage(), log.dir(), CAP).map_err(|e| format!("slots: {e}"))?;
@@ -732,6 +734,7 @@ impl World {
         .map_err(|e| format!("registry: {e}"))?;
         self.nodes[n].role = Role::Leading(Box::new(Leading {
             epoch,
+            writable: false,
             registry,
             slot_writer: SlotWriter::default(),
             conns: Vec::new(),
@@ -997,6 +1000,13 @@ impl World {
             self.say(format!("{id}: epoch {epoch} confirmed by a quorum"));
             // From here on no leader before it can acknowledge anything it lacks.
             self.check_has_acked(l)?;
+            log.begin_epoch(epoch)
+                .map_err(|e| format!("begin epoch: {e}"))?;
+            flush(&log)?;
+            log.unseal();
+            if let Role::Leading(s) = &mut self.nodes[l].role {
+                s.writable = true;
+            }
         }
         Ok(())
     }
@@ -1241,6 +1251,9 @@ impl World {
                 continue;
             };
             if let Role::Leading(s) = &self.nodes[n].role {
+                if !s.writable {
+                    continue;
+                }
                 let epoch = s.epoch;
                 if self.rng.one_in(3) {
                     // One record or a batch of them; written before the next step, so

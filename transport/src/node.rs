@@ -23,7 +23,14 @@
 //! fences itself before its lease can have expired on the server.
 //!
 //! While the node does not lead, its log is sealed (local appends fail with `Sealed`) and
-//! remote durability is fenced (such commits fail at once with `RemoteFenced`).
+//! remote durability is fenced (such commits fail at once with `RemoteFenced`). A node
+//! granted an epoch leads it **unconfirmed** until `k` standbys of its sync policy have
+//! joined it in that epoch (`LeaderOptions::write_after_confirmation`): it ships what it
+//! has, but its log stays sealed and the epoch is not begun, and its role turns to
+//! `Leader` only then. Until then it yields to a follower that holds flushed records it
+//! lacks (records the leader before it may have acknowledged, if an operator promoted
+//! this node over a live leader): it steps down, resigns, and stays out of elections for
+//! a while. As in Raft, records of an epoch exist only once a majority turned to it.
 //!
 //! The embedder's [`Apply`] lives across role changes: it sees each replicated record
 //! once, in order; records this node wrote as leader count as applied (the embedder
@@ -91,7 +98,8 @@ impl Default for NodeOptions {
 /// What a node is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeRole {
-    /// Leading `epoch`.
+    /// Leading `epoch`, confirmed by a quorum: the log takes appends. (Between being
+    /// granted an epoch and its confirmation the role stays `Candidate`.)
     Leader {
         /// The epoch led.
         epoch: Epoch,
@@ -257,6 +265,7 @@ impl Node {
         let (stop, stop_rx) = watch::channel(false);
         let runner = Runner {
             decider: RoleDecider::new(opts.settle, opts.election_quorum),
+            confirming: None,
             applied: opts.apply_from.unwrap_or_else(|| log.start_lsn()),
             shared: Arc::clone(&shared),
             coordinator,
@@ -524,6 +533,9 @@ struct Runner<C, A> {
     applied: Lsn,
     /// The role decisions.
     decider: RoleDecider,
+    /// While leading an epoch not yet confirmed: when it becomes writable, the node's
+    /// role turns to `Leader`.
+    confirming: Option<(Epoch, watch::Receiver<bool>)>,
 }
 
 impl<C: Coordinator, A: Apply> Runner<C, A> {
@@ -537,9 +549,18 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
                     .map_or(next_check, |d| d.min(next_check)),
                 _ => next_check,
             };
+            let confirmed = async {
+                match self.confirming.as_mut() {
+                    Some((_, rx)) => {
+                        let _ = rx.wait_for(|w| *w).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = stop.changed() => break,
                 Some(c) = commands.recv() => self.command(c).await,
+                () = confirmed => self.confirmed(),
                 () = tokio::time::sleep_until(wake.into()) => {}
             }
             if *stop.borrow() {
@@ -878,11 +899,25 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
         opts.epoch_authority = self.coordinator.epoch_authority();
         self.release(format!("leading epoch {epoch} instead")).await;
         tracing::info!(node = self.shared.node_id.as_str(), %epoch, end = %self.shared.log.end_lsn(), "taking the lead");
+        opts.write_after_confirmation = true;
         let l = self.start_leader(opts).await?;
+        self.confirming = Some((epoch, l.subscribe_writable()));
         *self.shared.current() = Some(Current::Leading(l));
         self.decider.leads();
-        self.shared.role.send_replace(NodeRole::Leader { epoch });
+        tracing::info!(node = self.shared.node_id.as_str(), %epoch, "leading, until a quorum of followers confirms the epoch without taking appends");
         Ok(())
+    }
+
+    /// The epoch being led was confirmed and begun: the node is the leader now (its role
+    /// says so only from here: `Leader` means it takes appends).
+    fn confirmed(&mut self) {
+        let Some((epoch, _)) = self.confirming.take() else {
+            return;
+        };
+        if matches!(self.shared.current().as_ref(), Some(Current::Leading(l)) if l.epoch() == epoch && l.fenced().is_none())
+        {
+            self.shared.role.send_replace(NodeRole::Leader { epoch });
+        }
     }
 
     /// After leading: everything in the log was the embedder's own writes.

@@ -117,7 +117,10 @@ async fn an_operator_promotion_moves_the_cluster() -> Result<(), Error> {
     .await;
 
     let epoch = n2.promote().await.expect("promote");
-    assert_eq!(n2.role(), NodeRole::Leader { epoch });
+    // The role is `Leader` (and the log takes appends) once a follower confirmed the epoch.
+    n2.wait_for_role(|r| *r == NodeRole::Leader { epoch }, WAIT)
+        .await
+        .unwrap();
     n1.wait_for_role(follows("n2"), WAIT).await.unwrap();
     n3.wait_for_role(follows("n2"), WAIT).await.unwrap();
     acked.extend(write(&n2, "second", 200).await);

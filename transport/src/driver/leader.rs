@@ -64,6 +64,14 @@ pub struct LeaderOptions {
     /// Where a newer epoch a follower claims is verified before this leader steps down
     /// for it (the coordinator's, see [`EpochAuthority`]); `None` believes members.
     pub epoch_authority: Option<Arc<dyn EpochAuthority>>,
+    /// Write in the new epoch only once a quorum has confirmed it (Raft's rule that a
+    /// term has entries only once a majority elected its leader): until `k` standbys of
+    /// `sync` have been accepted, the log stays sealed and the epoch is not begun, so no
+    /// record of an unconfirmed epoch exists anywhere to rank a node above members that
+    /// hold what an older leader acknowledged. The [`Node`](crate::Node) sets it; `false`
+    /// (the default) begins the epoch and takes appends at once, for an embedder that
+    /// drives failover itself and wants a lone leader to take `Local` writes.
+    pub write_after_confirmation: bool,
 }
 
 impl LeaderOptions {
@@ -84,6 +92,7 @@ impl LeaderOptions {
             idle_timeout: self.idle_timeout,
             remote_commit_timeout: self.remote_commit_timeout,
             epoch_authority: self.epoch_authority.clone(),
+            write_after_confirmation: self.write_after_confirmation,
         }
     }
 }
@@ -108,6 +117,7 @@ impl Default for LeaderOptions {
             idle_timeout: Duration::from_secs(10),
             remote_commit_timeout: Duration::from_secs(10),
             epoch_authority: None,
+            write_after_confirmation: false,
         }
     }
 }
@@ -150,12 +160,23 @@ struct Shared {
     /// Set if it stepped down because, before a quorum confirmed it, a follower showed
     /// flushed records it lacks ([`Leader::yielded`]).
     yielded: std::sync::atomic::AtomicBool,
+    /// Whether the epoch is begun and the log takes appends ([`Leader::writable`]).
+    writable: watch::Sender<bool>,
+    /// Held while the log is sealed or unsealed for this leadership: a step-down and the
+    /// unsealing at confirmation never interleave.
+    lifecycle: Mutex<()>,
+    /// Confirmed, and the epoch still to begin (`write_after_confirmation`).
+    confirmed_unbegun: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     /// Steps down: remote durability can no longer be confirmed (waiting commits fail at
     /// once with `RemoteFenced`), and every session ends with a `NotLeader` refusal.
     fn step_down(&self, reason: String) {
+        let _life = self
+            .lifecycle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if self.fence.borrow().is_some() {
             return;
         }
@@ -186,11 +207,17 @@ impl Shared {
                 }
                 // A later save covers an earlier one.
                 Effect::Save(job) => save = Some(job),
-                Effect::Confirmed => tracing::info!(
-                    node = self.cfg.node_id.as_str(),
-                    epoch = %self.cfg.epoch,
-                    "leadership confirmed: a quorum of followers turned to this epoch"
-                ),
+                Effect::Confirmed => {
+                    tracing::info!(
+                        node = self.cfg.node_id.as_str(),
+                        epoch = %self.cfg.epoch,
+                        "leadership confirmed: a quorum of followers turned to this epoch"
+                    );
+                    if !*self.writable.borrow() {
+                        self.confirmed_unbegun
+                            .store(true, std::sync::atomic::Ordering::Release);
+                    }
+                }
             }
         }
         (out, save)
@@ -212,6 +239,34 @@ impl Shared {
 
     fn accepted(&self, node: &str, addr: SocketAddr, start: Lsn, acked: Progress) -> SessionId {
         self.with_registry(|r| r.accept(node, addr, start, acked)).0
+    }
+
+    /// Once confirmed (`write_after_confirmation`): begins the epoch (a durable write, off
+    /// the runtime's workers) and unseals the log, unless this leader stepped down
+    /// meanwhile.
+    async fn begin_writing(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.confirmed_unbegun.swap(false, Ordering::AcqRel) || self.fence.borrow().is_some() {
+            return;
+        }
+        let (log, epoch) = (Arc::clone(&self.log), self.cfg.epoch);
+        let begun = match tokio::task::spawn_blocking(move || log.begin_epoch(epoch)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("task: {e}")),
+        };
+        if let Err(e) = begun {
+            self.step_down(format!("cannot begin confirmed epoch {epoch}: {e}"));
+            return;
+        }
+        let _life = self
+            .lifecycle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.fence.borrow().is_none() {
+            self.log.unseal();
+            self.writable.send_replace(true);
+            tracing::info!(node = self.cfg.node_id.as_str(), %epoch, "epoch begun: the log takes appends");
+        }
     }
 
     fn progress(&self, node: &str, session: SessionId, p: Progress, now: Instant) {
@@ -358,9 +413,15 @@ impl Leader {
                 "cannot lead epoch {epoch}: epoch {seen} has already been seen here"
             )));
         }
-        log.begin_epoch(epoch)?;
         super::follower::store_seen_epoch(&**log.storage(), log.dir(), epoch)?;
-        log.unseal();
+        if opts.write_after_confirmation {
+            log.seal(format!(
+                "leading epoch {epoch}, not yet confirmed by a quorum of followers"
+            ));
+        } else {
+            log.begin_epoch(epoch)?;
+            log.unseal();
+        }
         log.unfence_remote();
         let registry = Registry::new(opts.sync.clone(), slots, opts.max_retained_bytes)?;
         let shared = Arc::new(Shared {
@@ -387,6 +448,9 @@ impl Leader {
             slot_writer: Arc::new(SlotWriter::default()),
             fence: watch::channel(None).0,
             yielded: std::sync::atomic::AtomicBool::new(false),
+            writable: watch::channel(!opts.write_after_confirmation).0,
+            lifecycle: Mutex::new(()),
+            confirmed_unbegun: std::sync::atomic::AtomicBool::new(false),
             registry: Mutex::new(registry),
         });
         // At start, before anything is shipped: the one save made on the caller's thread.
@@ -501,6 +565,36 @@ impl Leader {
     /// Why this leader stepped down, if it did.
     pub fn fenced(&self) -> Option<String> {
         self.shared.fence.borrow().clone()
+    }
+
+    /// Whether the epoch is begun and the log takes appends: at once, or with
+    /// [`LeaderOptions::write_after_confirmation`] once a quorum confirmed the epoch.
+    pub fn writable(&self) -> bool {
+        *self.shared.writable.borrow()
+    }
+
+    /// A receiver of [`writable`](Leader::writable)'s changes.
+    pub fn subscribe_writable(&self) -> watch::Receiver<bool> {
+        self.shared.writable.subscribe()
+    }
+
+    /// Waits until [`writable`](Leader::writable) (at once without
+    /// `write_after_confirmation`), or this leader steps down first (`false`).
+    pub async fn wait_writable(&self) -> bool {
+        let mut w = self.shared.writable.subscribe();
+        let mut fence = self.shared.fence.subscribe();
+        loop {
+            if *w.borrow_and_update() {
+                return true;
+            }
+            if fence.borrow_and_update().is_some() {
+                return false;
+            }
+            tokio::select! {
+                r = w.changed() => if r.is_err() { return false },
+                r = fence.changed() => if r.is_err() { return false },
+            }
+        }
     }
 
     /// Whether this leader stepped down because, before a quorum of followers confirmed
@@ -1011,6 +1105,7 @@ impl Run<'_> {
                 } => {
                     // The slot first (it holds the log), then the reader.
                     self.id = self.shared.accepted(&follower, self.peer, start, progress);
+                    self.shared.begin_writing().await;
                     self.reader = Some(self.shared.log.reader(start)?);
                     self.next = start;
                     tracing::info!(follower = follower.as_str(), %start, peer = %self.peer, "follower accepted");

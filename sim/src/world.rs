@@ -43,6 +43,9 @@ const DIR: &str = "/var/lib/walship/log";
 const SEEN_FILE: &str = "sim.seen";
 /// How often a node talks to the coordinator, ms.
 const CHECK_MS: u64 = 10;
+/// How long an unconfirmed leader that refused a follower ahead of it waits for a quorum
+/// to confirm it before it yields, ms (`LeaderOptions::confirm_timeout`).
+const CONFIRM_MS: u64 = 150;
 
 /// The shape of one run.
 #[derive(Debug, Clone, Copy)]
@@ -128,6 +131,9 @@ struct Leading {
     /// Confirmed by a quorum, the epoch begun and the log unsealed (as the `Node`'s
     /// leader with `write_after_confirmation`): only then do writers write.
     writable: bool,
+    /// When (and why) it first refused a follower holding records it lacks, while
+    /// unconfirmed: it yields if no quorum confirms it within `CONFIRM_MS`.
+    ahead_since: Option<(u64, String)>,
     registry: Registry,
     slot_writer: SlotWriter,
     conns: Vec<LeaderConn>,
@@ -735,6 +741,7 @@ impl World {
         self.nodes[n].role = Role::Leading(Box::new(Leading {
             epoch,
             writable: false,
+            ahead_since: None,
             registry,
             slot_writer: SlotWriter::default(),
             conns: Vec::new(),
@@ -948,12 +955,16 @@ impl World {
         if let Err(e) = c.session.handle_bytes(now, bytes, &view) {
             use walship_transport::session::SessionError;
             let newer = matches!(e, SessionError::NewerEpoch { .. });
-            let yielded = matches!(e, SessionError::Yield { .. });
+            let ahead = matches!(e, SessionError::FollowerAhead { .. });
             self.flush_leader_events(l)?;
             let id = self.nodes[l].id.clone();
             self.say(format!("{id}: session on connection {link} ends: {e}"));
-            if yielded {
-                self.yield_epoch(l, &e.to_string())?;
+            if ahead {
+                let t = self.t;
+                if let Role::Leading(s) = &mut self.nodes[l].role {
+                    s.ahead_since.get_or_insert((t, e.to_string()));
+                }
+                self.close_link(link);
             } else if newer {
                 self.step_down(l, &e.to_string())?;
             } else {
@@ -1088,6 +1099,20 @@ impl World {
 
     fn drive_leader(&mut self, l: usize) -> Result<(), String> {
         self.flush_leader_events(l)?;
+        let overdue = match &self.nodes[l].role {
+            Role::Leading(s) if !s.registry.confirmed() => s
+                .ahead_since
+                .as_ref()
+                .filter(|(t, _)| t + CONFIRM_MS <= self.t)
+                .map(|(_, why)| why.clone()),
+            _ => None,
+        };
+        if let Some(why) = overdue {
+            return self.yield_epoch(
+                l,
+                &format!("no quorum confirmed the epoch within {CONFIRM_MS} ms of refusing a follower ahead ({why})"),
+            );
+        }
         let now = self.now();
         let now_us = self.t * 1000;
         let Some(log) = self.nodes[l].log.clone() else {

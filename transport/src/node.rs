@@ -83,7 +83,11 @@ pub struct NodeOptions {
 impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
-            leader: LeaderOptions::default(),
+            // A node writes in an epoch only once a quorum confirmed it (module docs).
+            leader: LeaderOptions {
+                write_after_confirmation: true,
+                ..LeaderOptions::default()
+            },
             follower: FollowerOptions::default(),
             advertise: None,
             check_interval: Duration::from_millis(200),
@@ -187,7 +191,7 @@ enum Command {
 /// use walship_engine::{Durability, Log, Options, Record};
 /// use walship_transport::coordinator::{LeaderInfo, StaticCoordinator};
 /// use walship_transport::node::{Node, NodeOptions, NodeRole};
-/// use walship_transport::{tls::ClusterCa, Security};
+/// use walship_transport::{tls::ClusterCa, LeaderOptions, Security};
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let ca = ClusterCa::generate("demo")?;
 /// let dir = tempfile::tempdir()?;
@@ -202,7 +206,12 @@ enum Command {
 ///     Arc::clone(&log),
 ///     Security::mutual_tls(ca.issue_node("n1")?, ca.cert_pem()),
 ///     coordinator,
-///     NodeOptions::default(),
+///     NodeOptions {
+///         // A cluster of one: the leader alone is the majority, with no follower to
+///         // confirm its epoch (a node of a larger cluster leaves this `true`).
+///         leader: LeaderOptions { write_after_confirmation: false, ..LeaderOptions::default() },
+///         ..NodeOptions::default()
+///     },
 ///     |_: &Record| {},
 /// )?;
 /// node.wait_for_role(|r| matches!(r, NodeRole::Leader { .. }), std::time::Duration::from_secs(5)).await?;
@@ -899,11 +908,15 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
         opts.epoch_authority = self.coordinator.epoch_authority();
         self.release(format!("leading epoch {epoch} instead")).await;
         tracing::info!(node = self.shared.node_id.as_str(), %epoch, end = %self.shared.log.end_lsn(), "taking the lead");
-        opts.write_after_confirmation = true;
         let l = self.start_leader(opts).await?;
-        self.confirming = Some((epoch, l.subscribe_writable()));
+        let writable = l.writable();
+        self.confirming = (!writable).then(|| (epoch, l.subscribe_writable()));
         *self.shared.current() = Some(Current::Leading(l));
         self.decider.leads();
+        if writable {
+            self.shared.role.send_replace(NodeRole::Leader { epoch });
+            return Ok(());
+        }
         tracing::info!(node = self.shared.node_id.as_str(), %epoch, "leading, until a quorum of followers confirms the epoch without taking appends");
         Ok(())
     }

@@ -100,8 +100,9 @@ async fn old_leader_with_a_divergent_tail(
     Ok((old_log, [n2_log, n3_log], common_end, old_epoch))
 }
 
-/// n2, promoted over the dead n1, is confirmed by n3 first; then n1 rejoins as its
-/// follower, and its divergent tail is cut and undone in its embedder's state.
+/// n2, promoted over the dead n1: n1 comes back first, holding a tail n2 lacks, and is
+/// refused while n2 is unconfirmed; n3 confirms n2, and n1's divergent tail is then cut
+/// and undone in its embedder's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Result<(), Error> {
     let c = Cluster::new(1 << 20);
@@ -131,19 +132,9 @@ async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Res
     for i in 0..300 {
         last = new_log.append(format!("new leader {i}").as_bytes())?;
     }
-    // n3 follows it first: with ANY 1 that confirms the new epoch, so the old leader's
-    // tail may be cut from now on (before, n2 would yield to it: see the next test).
-    let f3 = Follower::start(
-        n3_log,
-        c.security("n3"),
-        c.follower_opts_to("n2", new.local_addr().unwrap()),
-        |_: &Record| {},
-    )
-    .expect("n3 as a follower");
-    new.commit(last, Durability::RemoteFlush).await?;
-
-    // The old leader comes back as a follower of the new one; its embedder state already
-    // holds everything it wrote as leader.
+    // The old leader comes back as a follower of the new one first; its embedder state
+    // already holds everything it wrote as leader. It holds records n2 lacks, and n2 is
+    // not yet confirmed: it is refused (and retries).
     let embedder = Undoable::default();
     *embedder.state.lock().unwrap() = records(&old_log);
     let rejoined = Follower::start(
@@ -156,6 +147,21 @@ async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Res
         embedder.clone(),
     )
     .expect("n1 as a follower");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        embedder.truncations.lock().unwrap().is_empty(),
+        "an unconfirmed leader cuts nothing"
+    );
+    // n3 follows it: with ANY 1 that confirms the new epoch (n3 holds nothing n2 lacks),
+    // so n1's tail cannot have been acknowledged, and is cut when n1 comes back.
+    let f3 = Follower::start(
+        n3_log,
+        c.security("n3"),
+        c.follower_opts_to("n2", new.local_addr().unwrap()),
+        |_: &Record| {},
+    )
+    .expect("n3 as a follower");
+    new.commit(last, Durability::RemoteFlush).await?;
     eventually("n1 applied the new leader's records", WAIT, || {
         rejoined.applied() >= last
     })
@@ -177,8 +183,9 @@ async fn a_promoted_follower_leads_and_the_old_leader_rejoins_truncated() -> Res
 
 /// n2, promoted over n1, has not been confirmed by any follower when n1 comes back with
 /// flushed records n2 lacks: records n1 may have acknowledged through a follower n2
-/// never heard from. n2 refuses to cut them: it yields (steps down, fenced, `yielded`),
-/// and n1's log is untouched.
+/// never heard from. n2 refuses to cut them, and when no other follower confirms it
+/// within `confirm_timeout`, it yields (steps down, fenced, `yielded`); n1's log is
+/// untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unconfirmed_leader_yields_to_a_follower_with_more_flushed() -> Result<(), Error> {
     let c = Cluster::new(1 << 20);
@@ -207,7 +214,7 @@ async fn an_unconfirmed_leader_yields_to_a_follower_with_more_flushed() -> Resul
     .expect("n1 as a follower");
     eventually("n2 yields", WAIT, || new.yielded()).await;
     let why = new.fenced().expect("a leader that yields is fenced");
-    assert!(why.contains("yields") && why.contains("n1"), "{why}");
+    assert!(why.contains("yielding") && why.contains("n1"), "{why}");
     // Nothing remote can be confirmed there, and n1 kept everything.
     let err = new.commit(lsn, Durability::RemoteFlush).await.unwrap_err();
     assert!(matches!(err, Error::RemoteFenced { .. }), "{err}");

@@ -641,12 +641,15 @@ fn manual_failover_under_sigkill_loses_no_acknowledged_write() {
         let pause = h.random(200);
         std::thread::sleep(Duration::from_millis(pause));
         h.kill(&leader);
-        // The operator promotes the most caught-up survivor into a new epoch.
+        // The operator promotes the most caught-up survivor into a new epoch: the one
+        // whose log reaches furthest (epoch, then end). Not by what was flushed when it
+        // looked: a survivor with more written goes on flushing it, and the promoted
+        // node, unconfirmed until the other joins, would then yield to it.
         let survivors: Vec<&str> = NODES.iter().copied().filter(|n| *n != leader).collect();
         let mut best = ("", (0, 0, 0));
         for n in &survivors {
             let s = h.status(n);
-            if best.0.is_empty() || (s.0, s.1) > (best.1 .0, best.1 .1) {
+            if best.0.is_empty() || (s.0, s.2) > (best.1 .0, best.1 .2) {
                 best = (n, s);
             }
         }

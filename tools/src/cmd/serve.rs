@@ -118,6 +118,9 @@ async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
         listen: cfg.listen,
         sync: cfg.sync.clone(),
         remote_commit_timeout: cfg.remote_commit_timeout,
+        // With other members, an epoch is written in only once a quorum of them confirmed
+        // it; a cluster of one is its own majority.
+        write_after_confirmation: cfg.members.len() > 1,
         ..LeaderOptions::default()
     };
     if let Some(m) = cfg.max_retained_bytes {

@@ -72,6 +72,10 @@ pub struct LeaderOptions {
     /// (the default) begins the epoch and takes appends at once, for an embedder that
     /// drives failover itself and wants a lone leader to take `Local` writes.
     pub write_after_confirmation: bool,
+    /// How long an unconfirmed leader that refused a follower holding records it lacks
+    /// waits for other followers to confirm its epoch before it yields
+    /// ([`Leader::yielded`]).
+    pub confirm_timeout: Duration,
 }
 
 impl LeaderOptions {
@@ -93,6 +97,7 @@ impl LeaderOptions {
             remote_commit_timeout: self.remote_commit_timeout,
             epoch_authority: self.epoch_authority.clone(),
             write_after_confirmation: self.write_after_confirmation,
+            confirm_timeout: self.confirm_timeout,
         }
     }
 }
@@ -118,6 +123,7 @@ impl Default for LeaderOptions {
             remote_commit_timeout: Duration::from_secs(10),
             epoch_authority: None,
             write_after_confirmation: false,
+            confirm_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -167,6 +173,10 @@ struct Shared {
     lifecycle: Mutex<()>,
     /// Confirmed, and the epoch still to begin (`write_after_confirmation`).
     confirmed_unbegun: std::sync::atomic::AtomicBool,
+    /// Since when, and why, a follower holding records this unconfirmed leader lacks was
+    /// first refused.
+    ahead_since: Mutex<Option<(Instant, String)>>,
+    confirm_timeout: Duration,
 }
 
 impl Shared {
@@ -239,6 +249,30 @@ impl Shared {
 
     fn accepted(&self, node: &str, addr: SocketAddr, start: Lsn, acked: Progress) -> SessionId {
         self.with_registry(|r| r.accept(node, addr, start, acked)).0
+    }
+
+    /// Yields if a follower holding records this leader lacks was refused more than
+    /// `confirm_timeout` ago and no quorum confirmed the epoch since.
+    fn yield_if_unconfirmed(&self) {
+        let why = {
+            let a = self
+                .ahead_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match &*a {
+                Some((since, why)) if since.elapsed() >= self.confirm_timeout => why.clone(),
+                _ => return,
+            }
+        };
+        if self.registry().confirmed() || self.fence.borrow().is_some() {
+            return;
+        }
+        self.yielded
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.step_down(format!(
+            "no quorum confirmed epoch {} within {:?} of refusing a follower that holds records this leader lacks ({why}): yielding",
+            self.cfg.epoch, self.confirm_timeout
+        ));
     }
 
     /// Once confirmed (`write_after_confirmation`): begins the epoch (a durable write, off
@@ -451,6 +485,8 @@ impl Leader {
             writable: watch::channel(!opts.write_after_confirmation).0,
             lifecycle: Mutex::new(()),
             confirmed_unbegun: std::sync::atomic::AtomicBool::new(false),
+            ahead_since: Mutex::new(None),
+            confirm_timeout: opts.confirm_timeout,
             registry: Mutex::new(registry),
         });
         // At start, before anything is shipped: the one save made on the caller's thread.
@@ -713,6 +749,7 @@ async fn upkeep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 tracing::error!(error = %e, "could not save retention slots; retrying");
             }
         }
+        shared.yield_if_unconfirmed();
     }
 }
 
@@ -867,14 +904,15 @@ async fn serve(
         }
     }
     if let Err(TransportError::Session {
-        source: e @ SessionError::Yield { .. },
+        source: e @ SessionError::FollowerAhead { .. },
         ..
     }) = &result
     {
-        shared
-            .yielded
-            .store(true, std::sync::atomic::Ordering::Release);
-        shared.step_down(format!("{e}"));
+        let mut a = shared
+            .ahead_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        a.get_or_insert_with(|| (Instant::now(), e.to_string()));
     }
     // Whatever ended the session, the follower hears why: a queued Reject goes out first.
     let mut goodbye = false;

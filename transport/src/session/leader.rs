@@ -56,9 +56,11 @@ pub struct LogView {
     /// Whether the leadership is confirmed ([`Registry::confirmed`](super::registry::Registry::confirmed)).
     /// Until it is, a follower whose `Hello` shows flushed records this leader lacks, in
     /// an epoch at least as new as the last this leader wrote in before its own, is
-    /// refused, and the session ends with [`SessionError::Yield`]: the leader must step
-    /// down and undo its epoch, since those records may have been acknowledged by the
-    /// leader before it (an operator's promotion over a live leader).
+    /// refused, and the session ends with [`SessionError::FollowerAhead`]: those records may
+    /// have been acknowledged by the leader before it (an operator's promotion over a live
+    /// leader). If other followers confirm the epoch, they were not (every acknowledgement
+    /// is on one of them), and the refused follower is cut when it comes back; if none do
+    /// in time, the leader yields.
     pub confirmed: bool,
 }
 
@@ -327,11 +329,11 @@ impl LeaderSession {
             let why = format!(
                 "follower {} has flushed up to {} (its last epoch {}), past {start} where this \
                  leader's log parts from it, and this leader is not yet confirmed by a quorum \
-                 in epoch {}: it yields",
+                 in epoch {}: refused until one is",
                 h.node_id, h.flushed_lsn, h.last_epoch, self.cfg.epoch
             );
             let _ = self.refuse(RejectCode::NotLeader, start, why, now);
-            return Err(SessionError::Yield {
+            return Err(SessionError::FollowerAhead {
                 follower: h.node_id,
                 epoch: h.last_epoch,
                 flushed: h.flushed_lsn,

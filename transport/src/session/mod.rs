@@ -103,12 +103,13 @@ pub enum SessionError {
     #[error("peer silent for longer than the idle timeout")]
     IdleTimeout,
     /// A follower holds flushed records this leader lacks, and the leadership is not yet
-    /// confirmed: the leader must step down and undo its epoch (see
+    /// confirmed: the follower was refused (it retries). The leader waits for other
+    /// followers to confirm it and yields if none do in time (see
     /// [`LogView::confirmed`](leader::LogView::confirmed)).
     #[error(
-        "follower {follower} has flushed up to {flushed} in epoch {epoch}, past {from} where this unconfirmed leader's log parts from it: the leader yields"
+        "follower {follower} has flushed up to {flushed} in epoch {epoch}, past {from} where this unconfirmed leader's log parts from it: refused until a quorum confirms the epoch"
     )]
-    Yield {
+    FollowerAhead {
         /// The follower.
         follower: String,
         /// The follower's last epoch.

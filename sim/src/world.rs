@@ -57,6 +57,9 @@ pub struct Config {
     /// Whether operators also promote over a leader that is alive (on by default;
     /// `WALSHIP_SIM_LIVE_PROMOTIONS=0` turns it off for a run of the seeds test).
     pub live_promotions: bool,
+    /// Whether two nodes may lose each other (each keeping the third and the
+    /// coordinator), and a node the coordinator (keeping its peers). On by default.
+    pub partitions: bool,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             fault_ms: 1500,
             settle_ms: 3000,
             live_promotions: true,
+            partitions: true,
         }
     }
 }
@@ -74,8 +78,14 @@ impl Default for Config {
 pub struct Report {
     /// Commits acknowledged at `Local`.
     pub acked_local: u64,
-    /// Commits acknowledged at `RemoteFlush`.
+    /// Commits acknowledged at `RemoteFlush` or `RemoteApply`.
     pub acked_remote: u64,
+    /// Commits acknowledged at `RemoteWrite`.
+    pub acked_remote_write: u64,
+    /// Commits acknowledged at `RemoteApply` (among `acked_remote`).
+    pub acked_remote_apply: u64,
+    /// Read-your-writes waits on followers that returned (each checked).
+    pub ryw_reads: u64,
     /// Crashes, power losses, isolations and dropped connections injected.
     pub faults: u64,
     /// Power losses among them.
@@ -104,7 +114,7 @@ pub struct Failure {
 struct Pending {
     lsn: Lsn,
     seq: u64,
-    remote: bool,
+    level: Durability,
     epoch: Epoch,
 }
 
@@ -166,6 +176,14 @@ struct Node {
     pending: Vec<Pending>,
     /// `(lsn, seq)` acknowledged at `Local` here and not cut by a truncation here since.
     local: Vec<(Lsn, u64)>,
+    /// The embedder's state: the records applied, by LSN, in LSN order (a follower applies
+    /// what it flushed; a leader's own writes count as applied). Rebuilt from the log
+    /// after a restart; cut by a truncation.
+    applied: BTreeMap<Lsn, u64>,
+    /// Where the state ends.
+    applied_to: Lsn,
+    /// Read-your-writes waits here: `(token, seq, give up at ms)`.
+    ryw: Vec<(Lsn, u64, u64)>,
     /// The highest flushed position this node, as a follower, reported to a leader (and
     /// not cut by a truncation since): it must survive a crash or power loss.
     reported_flushed: Lsn,
@@ -192,6 +210,13 @@ pub struct World {
     next_link: u64,
     /// Nodes cut off from everything until the given time.
     isolated: BTreeMap<usize, u64>,
+    /// Pairs of nodes that cannot reach each other until the given time (both reach the
+    /// coordinator and the third node).
+    cut: BTreeMap<(usize, usize), u64>,
+    /// Nodes that cannot reach the coordinator until the given time (they reach their
+    /// peers).
+    coord_cut: BTreeMap<usize, u64>,
+    partitions: bool,
     seq: u64,
     acked: Vec<Acked>,
     epoch_leaders: BTreeMap<Epoch, usize>,
@@ -226,13 +251,28 @@ fn options(fs: Arc<dyn Storage>) -> Options {
     }
 }
 
-fn progress(log: &Log) -> Progress {
+fn progress(log: &Log, applied: Lsn) -> Progress {
     let w = log.watermarks();
     Progress {
         written: w.written,
         flushed: w.flushed,
-        applied: w.flushed,
+        applied: applied.min(w.flushed),
     }
+}
+
+/// The epoch of the record that ends at `lsn`: the one that began last before it.
+fn epoch_at(history: &EpochHistory, lsn: Lsn) -> Option<Epoch> {
+    history
+        .entries()
+        .iter()
+        .rev()
+        .find(|&&(_, s)| s < lsn)
+        .map(|&(e, _)| e)
+}
+
+/// The seq a payload was made from.
+fn seq_of(data: &[u8]) -> Option<u64> {
+    std::str::from_utf8(data.get(4..14)?).ok()?.parse().ok()
 }
 
 /// Runs the log's writer and preparer until everything appended is written.
@@ -281,6 +321,9 @@ impl World {
                 renewed: 0,
                 pending: Vec::new(),
                 local: Vec::new(),
+                applied: BTreeMap::new(),
+                applied_to: Lsn::ZERO,
+                ryw: Vec::new(),
                 reported_flushed: Lsn::ZERO,
                 down_with: None,
             })
@@ -294,6 +337,9 @@ impl World {
             links: BTreeMap::new(),
             next_link: 1,
             isolated: BTreeMap::new(),
+            cut: BTreeMap::new(),
+            coord_cut: BTreeMap::new(),
+            partitions: true,
             seq: 0,
             acked: Vec::new(),
             epoch_leaders: BTreeMap::new(),
@@ -325,7 +371,9 @@ impl World {
     }
 
     fn reachable(&self, a: usize, b: usize) -> bool {
-        !self.isolated.contains_key(&a) && !self.isolated.contains_key(&b)
+        !self.isolated.contains_key(&a)
+            && !self.isolated.contains_key(&b)
+            && !self.cut.contains_key(&(a.min(b), a.max(b)))
     }
 
     fn up(&self, n: usize) -> bool {
@@ -338,6 +386,7 @@ impl World {
     /// The first invariant that broke.
     pub fn run(mut self, cfg: Config) -> Result<Report, Failure> {
         self.live_promotions = cfg.live_promotions;
+        self.partitions = cfg.partitions;
         for n in 0..self.nodes.len() {
             self.boot(n).map_err(|e| self.fail(e))?;
         }
@@ -348,6 +397,8 @@ impl World {
         }
         self.say("faults stop; every node up and connected".into());
         self.isolated.clear();
+        self.cut.clear();
+        self.coord_cut.clear();
         for n in 0..self.nodes.len() {
             if !self.up(n) {
                 self.boot(n).map_err(|e| self.fail(e))?;
@@ -425,6 +476,10 @@ impl World {
         log.seal("not leading");
         log.fence_remote("not leading");
         let node = &mut self.nodes[n];
+        // The embedder's state did not survive the process: it is rebuilt from the log.
+        node.applied.clear();
+        node.applied_to = log.start_lsn();
+        node.ryw.clear();
         node.log = Some(Arc::new(log));
         node.down_with = None;
         node.seen = seen;
@@ -439,6 +494,9 @@ impl World {
 
     fn faults(&mut self) -> Result<(), String> {
         self.isolated.retain(|_, until| *until > self.t);
+        let t = self.t;
+        self.cut.retain(|_, until| *until > t);
+        self.coord_cut.retain(|_, until| *until > t);
         let down = (0..self.nodes.len()).filter(|&n| !self.up(n)).count();
         for n in 0..self.nodes.len() {
             if !self.up(n) && self.nodes[n].up_at <= self.t {
@@ -446,7 +504,7 @@ impl World {
             }
         }
         // At most one node down or cut off at a time: a majority always remains.
-        let impaired = down + self.isolated.len();
+        let impaired = down + self.isolated.len() + self.cut.len() + self.coord_cut.len();
         match self.rng.below(1000) {
             0..=2 if impaired == 0 => {
                 let n = self.rng.below(3) as usize;
@@ -462,7 +520,32 @@ impl World {
                 self.cut_links(n);
                 self.report.faults += 1;
             }
-            8..=9 if down == 1 && self.isolated.is_empty() => self.promote(false),
+            8..=9 if down == 1 && impaired == 1 => self.promote(false),
+            11..=12 if self.partitions && impaired == 0 => {
+                // Two nodes lose each other; each still reaches the third and the
+                // coordinator.
+                let a = self.rng.below(3) as usize;
+                let b = (a + 1 + self.rng.below(2) as usize) % 3;
+                let until = self.t + self.rng.between(50, 400);
+                let (x, y) = (self.nodes[a].id.clone(), self.nodes[b].id.clone());
+                self.say(format!(
+                    "{x} and {y} cannot reach each other until {until} ms"
+                ));
+                self.cut.insert((a.min(b), a.max(b)), until);
+                self.cut_pair(a, b);
+                self.report.faults += 1;
+            }
+            13 if self.partitions && impaired == 0 => {
+                // A node loses the coordinator but keeps its peers.
+                let n = self.rng.below(3) as usize;
+                let until = self.t + self.rng.between(50, 400);
+                self.say(format!(
+                    "{} cannot reach the coordinator until {until} ms",
+                    self.nodes[n].id
+                ));
+                self.coord_cut.insert(n, until);
+                self.report.faults += 1;
+            }
             10 if self.live_promotions && impaired == 0 => self.promote(true),
             5..=7 => {
                 if let Some(&id) = self.links.keys().nth(self.rng.below(4) as usize) {
@@ -560,9 +643,25 @@ impl World {
         node.log = None;
         node.role = Role::Idle;
         node.pending.clear();
+        node.ryw.clear();
         node.up_at = self.t + self.rng.between(30, 300);
         // A dead process resigns nothing: its claim lasts until its lease expires.
         self.cut_links(n);
+    }
+
+    /// Closes the connections between `a` and `b`.
+    fn cut_pair(&mut self, a: usize, b: usize) {
+        let ids: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                (l.follower == a && l.leader == b) || (l.follower == b && l.leader == a)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.close_link(id);
+        }
     }
 
     fn cut_links(&mut self, n: usize) {
@@ -629,13 +728,101 @@ impl World {
             }
         }
         self.clients()?;
+        self.apply_all()?;
         self.acks()?;
+        self.reads()?;
+        Ok(())
+    }
+
+    /// Each node's embedder applies what it may, in LSN order: a follower what it has
+    /// flushed (a few records a step, so it lags), a leader its own writes at once.
+    fn apply_all(&mut self) -> Result<(), String> {
+        for n in 0..self.nodes.len() {
+            let Some(log) = self.nodes[n].log.clone() else {
+                continue;
+            };
+            let (limit, budget) = match self.nodes[n].role {
+                Role::Leading(_) => (log.end_lsn(), usize::MAX),
+                Role::Following(_) => (log.watermarks().flushed, self.rng.between(0, 6) as usize),
+                Role::Idle => continue,
+            };
+            let from = self.nodes[n].applied_to;
+            if from >= limit || budget == 0 {
+                continue;
+            }
+            let mut r = log
+                .record_reader(from.max(log.start_lsn()))
+                .map_err(|e| format!("{}: apply reader at {from}: {e}", self.nodes[n].id))?;
+            let mut done = 0;
+            while done < budget {
+                let Some(rec) = r.try_next().map_err(|e| format!("apply read: {e}"))? else {
+                    break;
+                };
+                if rec.lsn > limit {
+                    break;
+                }
+                let node = &mut self.nodes[n];
+                // In LSN order, and never twice without a truncation in between.
+                if let Some((&last, _)) = node.applied.last_key_value() {
+                    if rec.lsn <= last {
+                        return Err(format!(
+                            "{} applied the record at {} after the one at {last}: out of order, or twice",
+                            node.id, rec.lsn
+                        ));
+                    }
+                }
+                let seq = seq_of(&rec.data).ok_or_else(|| {
+                    format!(
+                        "{}: an applied record at {} is no payload",
+                        node.id, rec.lsn
+                    )
+                })?;
+                node.applied.insert(rec.lsn, seq);
+                node.applied_to = rec.lsn;
+                done += 1;
+            }
+            if done > 0 && matches!(self.nodes[n].role, Role::Following(_)) {
+                self.follower_progress(n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Read-your-writes: a wait for a token on a node returns once the node applied up to
+    /// it, and then its state holds the acknowledged record there.
+    fn reads(&mut self) -> Result<(), String> {
+        let t = self.t;
+        for n in 0..self.nodes.len() {
+            let node = &mut self.nodes[n];
+            let mut done = 0;
+            let mut error = None;
+            node.ryw.retain(|&(token, seq, until)| {
+                if node.applied_to >= token {
+                    done += 1;
+                    if node.applied.get(&token) != Some(&seq) {
+                        error.get_or_insert(format!(
+                            "a read-your-writes wait on {} for token {token} (record {seq}) returned, but its state holds {:?} there",
+                            node.id,
+                            node.applied.get(&token)
+                        ));
+                    }
+                    false
+                } else {
+                    // A wait may time out; it never returns early.
+                    until > t
+                }
+            });
+            self.report.ryw_reads += done;
+            if let Some(e) = error {
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
     fn check_role(&mut self, n: usize) -> Result<(), String> {
         let now_ms = self.t;
-        if self.isolated.contains_key(&n) {
+        if self.isolated.contains_key(&n) || self.coord_cut.contains_key(&n) {
             // No coordinator: a leader that cannot renew fences itself before its lease
             // could expire and another be elected.
             if let Role::Leading(_) = self.nodes[n].role {
@@ -771,7 +958,7 @@ impl World {
         if let Role::Leading(_) = self.nodes[n].role {
             let id = self.nodes[n].id.clone();
             self.say(format!("{id} steps down: {why}"));
-            if !self.isolated.contains_key(&n) {
+            if !self.isolated.contains_key(&n) && !self.coord_cut.contains_key(&n) {
                 self.coord.resign(&id);
             }
         }
@@ -848,7 +1035,7 @@ impl World {
             log.epoch_history().entries(),
             self.nodes[n].seen,
             log.end_lsn(),
-            progress(&log),
+            progress(&log, self.nodes[n].applied_to),
             now,
         );
         let leader_session = LeaderSession::new(self.leader_cfg(l, epoch), now)
@@ -1043,6 +1230,9 @@ impl World {
             log.truncate_suffix(start)
                 .map_err(|e| format!("{}: undo epoch {epoch}: {e}", self.nodes[l].id))?;
             self.nodes[l].local.retain(|&(lsn, _)| lsn <= start);
+            self.nodes[l].applied.retain(|&lsn, _| lsn <= start);
+            let a = &mut self.nodes[l].applied_to;
+            *a = (*a).min(start);
             let id = self.nodes[l].id.clone();
             self.say(format!("{id} undoes epoch {epoch} from {start}"));
         }
@@ -1211,6 +1401,9 @@ impl World {
                     log.truncate_suffix(to)
                         .map_err(|e| format!("{}: truncate to {to}: {e}", self.nodes[f].id))?;
                     self.nodes[f].local.retain(|&(lsn, _)| lsn <= to);
+                    self.nodes[f].applied.retain(|&lsn, _| lsn <= to);
+                    let a = &mut self.nodes[f].applied_to;
+                    *a = (*a).min(to);
                     let r = &mut self.nodes[f].reported_flushed;
                     *r = (*r).min(to);
                     self.report.truncations += 1;
@@ -1259,7 +1452,7 @@ impl World {
         let Some(log) = self.nodes[f].log.clone() else {
             return Ok(());
         };
-        let p = progress(&log);
+        let p = progress(&log, self.nodes[f].applied_to);
         if let Role::Following(s) = &mut self.nodes[f].role {
             if let Some((_, session)) = &mut s.conn {
                 session.handle_progress(p);
@@ -1299,11 +1492,16 @@ impl World {
                             .map_err(|e| format!("append_batch: {e}"))?
                     };
                     for (seq, lsn) in seqs.into_iter().zip(lsns) {
-                        let remote = !self.rng.one_in(4);
+                        let level = match self.rng.below(20) {
+                            0..=4 => Durability::Local,
+                            5..=7 => Durability::RemoteWrite,
+                            8..=15 => Durability::RemoteFlush,
+                            _ => Durability::RemoteApply,
+                        };
                         self.nodes[n].pending.push(Pending {
                             lsn,
                             seq,
-                            remote,
+                            level,
                             epoch,
                         });
                     }
@@ -1335,29 +1533,47 @@ impl World {
             let w = log.watermarks();
             let mut still = Vec::new();
             for p in std::mem::take(&mut self.nodes[n].pending) {
-                let local_ok = w.flushed >= p.lsn;
-                let ok = if p.remote {
-                    local_ok && w.remote_flushed >= p.lsn && leading == Some(p.epoch)
-                } else {
-                    local_ok
+                let here = w.flushed >= p.lsn && leading == Some(p.epoch);
+                let ok = match p.level {
+                    Durability::Local => w.flushed >= p.lsn,
+                    Durability::RemoteWrite => here && w.remote_written >= p.lsn,
+                    Durability::RemoteFlush => here && w.remote_flushed >= p.lsn,
+                    _ => here && w.remote_flushed >= p.lsn && w.remote_applied >= p.lsn,
                 };
                 if !ok {
                     still.push(p);
                     continue;
                 }
                 self.nodes[n].local.push((p.lsn, p.seq));
-                if p.remote {
-                    self.check_on_a_majority(n, p)?;
-                    self.check_successors_hold(n, p)?;
-                    self.report.acked_remote += 1;
-                    self.acked.push(Acked {
-                        lsn: p.lsn,
-                        seq: p.seq,
-                        node: n,
-                        epoch: p.epoch,
-                    });
-                } else {
-                    self.report.acked_local += 1;
+                match p.level {
+                    Durability::Local => self.report.acked_local += 1,
+                    Durability::RemoteWrite => {
+                        self.check_written_on_a_follower(n, p)?;
+                        self.report.acked_remote_write += 1;
+                    }
+                    level => {
+                        self.check_on_a_majority(n, p)?;
+                        self.check_successors_hold(n, p)?;
+                        if level == Durability::RemoteApply {
+                            self.check_applied_on_a_follower(n, p)?;
+                            self.report.acked_remote_apply += 1;
+                        }
+                        self.report.acked_remote += 1;
+                        self.acked.push(Acked {
+                            lsn: p.lsn,
+                            seq: p.seq,
+                            node: n,
+                            epoch: p.epoch,
+                        });
+                        // Sometimes the writer reads its write back on a follower.
+                        if self.rng.one_in(4) {
+                            let f = (n + 1 + self.rng.below(2) as usize) % self.nodes.len();
+                            if self.up(f) {
+                                let until = self.t + 400;
+                                self.nodes[f].ryw.push((p.lsn, p.seq, until));
+                            }
+                        }
+                    }
                 }
             }
             self.nodes[n].pending = still;
@@ -1374,6 +1590,41 @@ impl World {
             have.insert(rec.lsn, rec.data);
         }
         Ok(have)
+    }
+
+    /// A commit acknowledged at `RemoteWrite` is, at that moment, written (handed to the
+    /// OS) by at least one follower in the commit's epoch.
+    fn check_written_on_a_follower(&self, leader: usize, p: Pending) -> Result<(), String> {
+        let holds = (0..self.nodes.len()).filter(|&n| n != leader).any(|n| {
+            self.nodes[n].log.as_ref().is_some_and(|log| {
+                log.watermarks().written >= p.lsn
+                    && epoch_at(&log.epoch_history(), p.lsn) == Some(p.epoch)
+            })
+        });
+        if holds {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} acknowledged record {} at {} at RemoteWrite in epoch {}, but no follower has written it",
+                self.nodes[leader].id, p.seq, p.lsn, p.epoch
+            ))
+        }
+    }
+
+    /// A commit acknowledged at `RemoteApply` is, at that moment, in the applied state of
+    /// at least one follower.
+    fn check_applied_on_a_follower(&self, leader: usize, p: Pending) -> Result<(), String> {
+        let holds = (0..self.nodes.len())
+            .filter(|&n| n != leader)
+            .any(|n| self.nodes[n].applied.get(&p.lsn) == Some(&p.seq));
+        if holds {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} acknowledged record {} at {} at RemoteApply in epoch {}, but no follower has applied it",
+                self.nodes[leader].id, p.seq, p.lsn, p.epoch
+            ))
+        }
     }
 
     /// A commit acknowledged at `RemoteFlush` is, at that moment, on the disk of the
@@ -1393,14 +1644,7 @@ impl World {
                         .clone()
                         .unwrap_or((EpochHistory::default(), Lsn::ZERO)),
                 };
-                // The record ending at `lsn` lies in the epoch that began last before it.
-                let epoch_at = history
-                    .entries()
-                    .iter()
-                    .rev()
-                    .find(|&&(_, s)| s < p.lsn)
-                    .map(|&(e, _)| e);
-                epoch_at == Some(p.epoch) && flushed >= p.lsn
+                epoch_at(&history, p.lsn) == Some(p.epoch) && flushed >= p.lsn
             })
             .count();
         if followers == 0 {

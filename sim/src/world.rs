@@ -115,6 +115,8 @@ struct Pending {
     lsn: Lsn,
     seq: u64,
     level: Durability,
+    /// When it was appended, ms.
+    at: u64,
     epoch: Epoch,
 }
 
@@ -154,6 +156,9 @@ struct Following {
     leader: LeaderInfo,
     conn: Option<(u64, FollowerSession)>,
     retry_at: u64,
+    /// Welcomed by this leader at least once (any divergent tail is cut then): only
+    /// from here does a read-your-writes wait trust the applied position.
+    welcomed: bool,
 }
 
 enum Role {
@@ -182,8 +187,11 @@ struct Node {
     applied: BTreeMap<Lsn, u64>,
     /// Where the state ends.
     applied_to: Lsn,
-    /// Read-your-writes waits here: `(token, seq, give up at ms)`.
-    ryw: Vec<(Lsn, u64, u64)>,
+    /// Read-your-writes waits here: `(token, its epoch, seq, give up at ms)`.
+    ryw: Vec<(Lsn, Epoch, u64, u64)>,
+    /// When it last crashed or lost power, ms (what it wrote to its OS, or applied in
+    /// memory, may be gone since).
+    went_down_at: Option<u64>,
     /// The highest flushed position this node, as a follower, reported to a leader (and
     /// not cut by a truncation since): it must survive a crash or power loss.
     reported_flushed: Lsn,
@@ -324,6 +332,7 @@ impl World {
                 applied: BTreeMap::new(),
                 applied_to: Lsn::ZERO,
                 ryw: Vec::new(),
+                went_down_at: None,
                 reported_flushed: Lsn::ZERO,
                 down_with: None,
             })
@@ -644,6 +653,7 @@ impl World {
         node.role = Role::Idle;
         node.pending.clear();
         node.ryw.clear();
+        node.went_down_at = Some(self.t);
         node.up_at = self.t + self.rng.between(30, 300);
         // A dead process resigns nothing: its claim lasts until its lease expires.
         self.cut_links(n);
@@ -684,6 +694,9 @@ impl World {
             if f.conn.as_ref().is_some_and(|(l, _)| *l == id) {
                 f.conn = None;
                 f.retry_at = self.t + 20;
+                // The next session may cut a tail: until it is welcomed, nothing applied
+                // is trusted for reads.
+                f.welcomed = false;
             }
         }
         let follower_id = self.nodes[link.follower].id.clone();
@@ -741,10 +754,12 @@ impl World {
             let Some(log) = self.nodes[n].log.clone() else {
                 continue;
             };
+            // A follower applies in bursts (so it lags), a leader at once; each burst
+            // reads the log once.
             let (limit, budget) = match self.nodes[n].role {
                 Role::Leading(_) => (log.end_lsn(), usize::MAX),
-                Role::Following(_) => (log.watermarks().flushed, self.rng.between(0, 6) as usize),
-                Role::Idle => continue,
+                Role::Following(_) if self.rng.one_in(8) => (log.watermarks().flushed, usize::MAX),
+                _ => continue,
             };
             let from = self.nodes[n].applied_to;
             if from >= limit || budget == 0 {
@@ -793,11 +808,31 @@ impl World {
     fn reads(&mut self) -> Result<(), String> {
         let t = self.t;
         for n in 0..self.nodes.len() {
+            if self.nodes[n].ryw.is_empty() {
+                continue;
+            }
             let node = &mut self.nodes[n];
             let mut done = 0;
             let mut error = None;
-            node.ryw.retain(|&(token, seq, until)| {
-                if node.applied_to >= token {
+            // As `Node::wait_for_applied`: a leader answers once the record is in its log
+            // (its own writes are applied), a follower once it applied it; a node doing
+            // neither does not answer. A follower's applied position counts only once its
+            // leader welcomed it (before, it may be a divergent tail about to be cut).
+            let readable = match &node.role {
+                Role::Leading(_) => node.log.as_ref().map_or(Lsn::ZERO, |l| l.end_lsn()),
+                Role::Following(f) if f.welcomed => node.applied_to,
+                _ => Lsn::ZERO,
+            };
+            // The token carries its epoch: a node answers only once its log holds, at
+            // the token, a record of that epoch (by log matching, the acknowledged one).
+            // Without it a deposed leader, or a follower holding a divergent tail, answers
+            // from records that are not the write (see sim/README.md, open items).
+            let history = node.log.as_ref().map(|l| l.epoch_history());
+            node.ryw.retain(|&(token, epoch, seq, until)| {
+                let same = history
+                    .as_ref()
+                    .is_some_and(|h| epoch_at(h, token) == Some(epoch));
+                if readable >= token && same {
                     done += 1;
                     if node.applied.get(&token) != Some(&seq) {
                         error.get_or_insert(format!(
@@ -977,6 +1012,7 @@ impl World {
             leader,
             conn: None,
             retry_at: self.t,
+            welcomed: false,
         }));
         Ok(())
     }
@@ -1432,7 +1468,11 @@ impl World {
                     }
                     self.store_seen(f, e)?;
                 }
-                FollowerEvent::Streaming { .. } => {}
+                FollowerEvent::Streaming { .. } => {
+                    if let Role::Following(s) = &mut self.nodes[f].role {
+                        s.welcomed = true;
+                    }
+                }
             }
         }
         Ok(())
@@ -1498,11 +1538,13 @@ impl World {
                             8..=15 => Durability::RemoteFlush,
                             _ => Durability::RemoteApply,
                         };
+                        let at = self.t;
                         self.nodes[n].pending.push(Pending {
                             lsn,
                             seq,
                             level,
                             epoch,
+                            at,
                         });
                     }
                     settle(&log)?;
@@ -1570,7 +1612,7 @@ impl World {
                             let f = (n + 1 + self.rng.below(2) as usize) % self.nodes.len();
                             if self.up(f) {
                                 let until = self.t + 400;
-                                self.nodes[f].ryw.push((p.lsn, p.seq, until));
+                                self.nodes[f].ryw.push((p.lsn, p.epoch, p.seq, until));
                             }
                         }
                     }
@@ -1592,9 +1634,21 @@ impl World {
         Ok(have)
     }
 
+    fn follower_went_down_since(&self, leader: usize, t: u64) -> bool {
+        (0..self.nodes.len())
+            .filter(|&n| n != leader)
+            .any(|n| self.nodes[n].went_down_at.is_some_and(|d| d >= t))
+    }
+
     /// A commit acknowledged at `RemoteWrite` is, at that moment, written (handed to the
     /// OS) by at least one follower in the commit's epoch.
+    /// (Unless a follower went down since the record was appended: written, not flushed,
+    /// is what a power loss takes, and the leader's remote-written watermark never goes
+    /// back; what it believed is checked against each follower in `check_beliefs`.)
     fn check_written_on_a_follower(&self, leader: usize, p: Pending) -> Result<(), String> {
+        if self.follower_went_down_since(leader, p.at) {
+            return Ok(());
+        }
         let holds = (0..self.nodes.len()).filter(|&n| n != leader).any(|n| {
             self.nodes[n].log.as_ref().is_some_and(|log| {
                 log.watermarks().written >= p.lsn
@@ -1614,6 +1668,10 @@ impl World {
     /// A commit acknowledged at `RemoteApply` is, at that moment, in the applied state of
     /// at least one follower.
     fn check_applied_on_a_follower(&self, leader: usize, p: Pending) -> Result<(), String> {
+        // A state in memory does not survive its process.
+        if self.follower_went_down_since(leader, p.at) {
+            return Ok(());
+        }
         let holds = (0..self.nodes.len())
             .filter(|&n| n != leader)
             .any(|n| self.nodes[n].applied.get(&p.lsn) == Some(&p.seq));

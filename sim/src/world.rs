@@ -82,6 +82,8 @@ pub struct Report {
     pub acked_remote: u64,
     /// Commits acknowledged at `RemoteWrite`.
     pub acked_remote_write: u64,
+    /// Appends at `Async` (acknowledged at once; nothing is checked of them).
+    pub acked_async: u64,
     /// Commits acknowledged at `RemoteApply` (among `acked_remote`).
     pub acked_remote_apply: u64,
     /// Read-your-writes waits on followers that returned (each checked).
@@ -1533,7 +1535,8 @@ impl World {
                     };
                     for (seq, lsn) in seqs.into_iter().zip(lsns) {
                         let level = match self.rng.below(20) {
-                            0..=4 => Durability::Local,
+                            0..=1 => Durability::Async,
+                            2..=4 => Durability::Local,
                             5..=7 => Durability::RemoteWrite,
                             8..=15 => Durability::RemoteFlush,
                             _ => Durability::RemoteApply,
@@ -1577,6 +1580,7 @@ impl World {
             for p in std::mem::take(&mut self.nodes[n].pending) {
                 let here = w.flushed >= p.lsn && leading == Some(p.epoch);
                 let ok = match p.level {
+                    Durability::Async => true,
                     Durability::Local => w.flushed >= p.lsn,
                     Durability::RemoteWrite => here && w.remote_written >= p.lsn,
                     Durability::RemoteFlush => here && w.remote_flushed >= p.lsn,
@@ -1584,6 +1588,11 @@ impl World {
                 };
                 if !ok {
                     still.push(p);
+                    continue;
+                }
+                if p.level == Durability::Async {
+                    // Promises nothing past the append.
+                    self.report.acked_async += 1;
                     continue;
                 }
                 self.nodes[n].local.push((p.lsn, p.seq));

@@ -41,5 +41,5 @@ pub use driver::{
     Apply, ApplyError, Follower, FollowerOptions, Leader, LeaderOptions, Security, TransportError,
     MAX_CONNECTIONS_PER_FOLLOWER, MAX_FOLLOWER_CONNECTIONS, SEEN_EPOCH_FILE,
 };
-pub use node::{Node, NodeOptions, NodeRole, NodeStatus};
+pub use node::{Node, NodeOptions, NodeRole, NodeStatus, ReadToken};
 pub use quorum::SyncPolicy;

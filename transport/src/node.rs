@@ -99,6 +99,51 @@ impl Default for NodeOptions {
     }
 }
 
+/// A read-your-writes token: a commit token and the epoch of the record that ends there
+/// ([`Node::read_token`], [`Node::wait_for_token`]). Written `epoch@lsn`, e.g. `3@0/4B7EF`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadToken {
+    /// The epoch the record was written in.
+    pub epoch: Epoch,
+    /// Where it ends (its commit token).
+    pub lsn: Lsn,
+}
+
+impl std::fmt::Display for ReadToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.epoch, self.lsn)
+    }
+}
+
+impl std::str::FromStr for ReadToken {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ReadToken, String> {
+        let (e, l) = s
+            .split_once('@')
+            .ok_or_else(|| format!("read token {s:?} is not epoch@lsn"))?;
+        Ok(ReadToken {
+            epoch: Epoch::new(
+                e.parse()
+                    .map_err(|_| format!("read token {s:?}: epoch {e:?} is not a number"))?,
+            ),
+            lsn: l
+                .parse()
+                .map_err(|err| format!("read token {s:?}: LSN {l:?}: {err}"))?,
+        })
+    }
+}
+
+/// The epoch of the record that ends at `lsn`: the one that began last before it.
+fn epoch_at(history: &walship_engine::EpochHistory, lsn: Lsn) -> Option<Epoch> {
+    history
+        .entries()
+        .iter()
+        .rev()
+        .find(|&&(_, s)| s < lsn)
+        .map(|&(e, _)| e)
+}
+
 /// What a node is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeRole {
@@ -351,9 +396,10 @@ impl Node {
         }
     }
 
-    /// Waits until the embedder has applied `lsn` here (read-your-writes with the token
-    /// a commit returned). On the leader, whose writes the embedder applied as it made
-    /// them, that is as soon as the record is in the log.
+    /// Waits until the embedder has applied `lsn` here. On the leader, whose writes the
+    /// embedder applied as it made them, that is as soon as the record is in the log.
+    /// A bare LSN does not say which record: across a failover another record may end
+    /// there, so for read-your-writes use [`wait_for_token`](Node::wait_for_token).
     ///
     /// # Errors
     /// [`walship_engine::Error::Timeout`] naming the LSN.
@@ -389,6 +435,57 @@ impl Node {
                 }
                 None => tokio::time::sleep(slice).await,
             }
+        }
+    }
+
+    /// The read-your-writes token of the record that ends at `lsn` in this node's log (a
+    /// commit token): its epoch and `lsn`. `None` if the log does not reach `lsn`.
+    pub fn read_token(&self, lsn: Lsn) -> Option<ReadToken> {
+        let log = &self.shared.log;
+        (log.end_lsn() >= lsn)
+            .then(|| epoch_at(&log.epoch_history(), lsn))
+            .flatten()
+            .map(|epoch| ReadToken { epoch, lsn })
+    }
+
+    /// Waits until this node's state holds the write `token` names (read-your-writes,
+    /// with a token from [`read_token`](Node::read_token) on the node that committed).
+    /// Unlike [`wait_for_applied`](Node::wait_for_applied), it answers only once this
+    /// node's log holds, at the token, a record of the token's epoch — by log matching,
+    /// the write itself — so neither a leader deposed without knowing it yet nor a
+    /// follower whose divergent tail is still to be cut answers from other records (both
+    /// found by the cluster simulator). A follower answers once its current session was
+    /// welcomed and it applied the record; a leader once the record is in its log.
+    ///
+    /// # Errors
+    /// [`walship_engine::Error::Timeout`] naming the LSN.
+    pub async fn wait_for_token(
+        &self,
+        token: ReadToken,
+        timeout: Duration,
+    ) -> Result<(), walship_engine::Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = &self.shared.log;
+            let same = log.end_lsn() >= token.lsn
+                && epoch_at(&log.epoch_history(), token.lsn) == Some(token.epoch);
+            let ready = same
+                && match self.shared.current().as_ref() {
+                    Some(Current::Leading(l)) => l.fenced().is_none(),
+                    Some(Current::Following(f, _)) => f.welcomed() && f.applied() >= token.lsn,
+                    _ => false,
+                };
+            if ready {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(walship_engine::Error::Timeout {
+                    lsn: token.lsn,
+                    level: Durability::RemoteApply,
+                });
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(5))).await;
         }
     }
 

@@ -127,6 +127,28 @@ async fn an_operator_promotion_moves_the_cluster() -> Result<(), Error> {
     let token = acked.last().unwrap().0;
     n3.wait_for_applied(token, WAIT).await?;
     n1.wait_for_applied(token, WAIT).await?;
+    // The same write as a read token (its epoch with it): answered on both followers.
+    let read = n2.read_token(token).expect("n2's log holds its own write");
+    assert_eq!(read.epoch, epoch);
+    assert_eq!(
+        read.to_string().parse::<walship_transport::ReadToken>(),
+        Ok(read)
+    );
+    n3.wait_for_token(read, WAIT).await?;
+    n1.wait_for_token(read, WAIT).await?;
+    // A token naming another epoch at that position names another write: n1 applied
+    // past the LSN, yet does not answer (a bare LSN would).
+    let other = walship_transport::ReadToken {
+        epoch: walship_engine::Epoch::new(epoch.get() + 7),
+        lsn: token,
+    };
+    let err = n1
+        .wait_for_token(other, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    n1.wait_for_applied(token, Duration::from_millis(200))
+        .await?;
 
     assert_holds(&l2, &acked);
     same_bytes(&l2, &l1);

@@ -345,15 +345,30 @@ async fn append(ctx: &Ctx, req: Request<Incoming>) -> Reply {
 }
 
 async fn wait(state: &AdminState, req: &Request<Incoming>) -> Reply {
-    let lsn = match query(req, "lsn").map(str::parse::<Lsn>) {
-        Some(Ok(l)) => l,
-        Some(Err(e)) => return fail(StatusCode::BAD_REQUEST, e.to_string()),
-        None => return fail(StatusCode::BAD_REQUEST, "missing ?lsn="),
-    };
     let timeout = query(req, "timeout_ms")
         .and_then(|t| t.parse().ok())
         .map_or(Duration::from_secs(10), Duration::from_millis)
         .min(MAX_WAIT);
+    // `?token=epoch@lsn` names the write (read-your-writes across failovers); a bare
+    // `?lsn=` only a position.
+    if let Some(t) = query(req, "token") {
+        let token = match t.parse::<walship_transport::ReadToken>() {
+            Ok(t) => t,
+            Err(e) => return fail(StatusCode::BAD_REQUEST, e),
+        };
+        return match state.node.wait_for_token(token, timeout).await {
+            Ok(()) => json(
+                StatusCode::OK,
+                &serde_json::json!({"applied": token.lsn.to_string(), "token": token.to_string()}),
+            ),
+            Err(e) => fail(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+        };
+    }
+    let lsn = match query(req, "lsn").map(str::parse::<Lsn>) {
+        Some(Ok(l)) => l,
+        Some(Err(e)) => return fail(StatusCode::BAD_REQUEST, e.to_string()),
+        None => return fail(StatusCode::BAD_REQUEST, "missing ?token= or ?lsn="),
+    };
     match state.node.wait_for_applied(lsn, timeout).await {
         Ok(()) => json(
             StatusCode::OK,

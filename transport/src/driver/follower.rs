@@ -325,6 +325,12 @@ impl Follower {
         *self.shared.applied.borrow()
     }
 
+    /// Whether the current session was welcomed by the leader (any divergent tail of this
+    /// log is cut by then): until it is, the applied position may be a tail about to go.
+    pub(crate) fn welcomed(&self) -> bool {
+        self.shared.state().connected
+    }
+
     /// The applied position as it moves.
     pub(crate) fn applied_changes(&self) -> watch::Receiver<Lsn> {
         self.shared.applied.subscribe()

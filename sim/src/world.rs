@@ -557,7 +557,7 @@ impl World {
                 self.coord_cut.insert(n, until);
                 self.report.faults += 1;
             }
-            10 if self.live_promotions && impaired == 0 => self.promote(true),
+            10 | 14 | 15 if self.live_promotions && impaired == 0 => self.promote(true),
             5..=7 => {
                 if let Some(&id) = self.links.keys().nth(self.rng.below(4) as usize) {
                     self.say(format!("connection {id} drops"));

@@ -101,6 +101,16 @@ impl Default for NodeOptions {
 
 /// A read-your-writes token: a commit token and the epoch of the record that ends there
 /// ([`Node::read_token`], [`Node::wait_for_token`]). Written `epoch@lsn`, e.g. `3@0/4B7EF`.
+///
+/// ```
+/// use walship_transport::ReadToken;
+/// let t: ReadToken = "3@0/4B7EF".parse()?;
+/// assert_eq!((t.epoch.get(), t.lsn.get()), (3, 0x4B7EF));
+/// assert_eq!(t.to_string(), "3@0/4B7EF");
+/// assert!("0/4B7EF".parse::<ReadToken>().unwrap_err().contains("not epoch@lsn"));
+/// assert!("x@0/4B7EF".parse::<ReadToken>().unwrap_err().contains("not a number"));
+/// # Ok::<(), String>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadToken {
     /// The epoch the record was written in.

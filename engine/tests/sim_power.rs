@@ -52,6 +52,13 @@ struct Rec {
 fn options(fs: Arc<dyn Storage>, recycle_pool: usize, drive: Drive) -> Options {
     Options {
         drive,
+        // On the log's threads, little room: appenders wait for the writer when the disk
+        // is slow (the seal step). Stepped, an append never waits (it would fail).
+        max_pending_bytes: if drive == Drive::Threads {
+            256 << 10
+        } else {
+            Options::default().max_pending_bytes
+        },
         segment_capacity: CAP,
         backend: BackendKind::Auto,
         recycle_pool,
@@ -269,6 +276,65 @@ impl Run {
         }
     }
 
+    /// The writer cannot keep up (slow writes), an appender thread waits for room, and
+    /// the log is sealed meanwhile: nothing may be appended after the seal returned
+    /// (the seal-bypass mutation lets the waiting appender through).
+    fn seal_while_an_appender_waits(&mut self) -> Result<(), String> {
+        self.settle()?;
+        let log = self.log.take().ok_or("open")?;
+        let base = self.seq;
+        let waits = log.stats().back_pressure_waits;
+        self.disk.slow_writes(Duration::from_millis(1));
+        let outcome = std::thread::scope(|scope| {
+            let appender = scope.spawn(|| {
+                let mut done = Vec::new();
+                for i in 1..=32u64 {
+                    match log.append(&payload(base + i, 12_000)) {
+                        Ok(lsn) => done.push((base + i, lsn.get())),
+                        Err(e) => return (done, Some(e)),
+                    }
+                }
+                (done, None)
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while log.stats().back_pressure_waits == waits && !appender.is_finished() {
+                if Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            log.seal("a seal while an appender waits");
+            let sealed_at = log.end_lsn();
+            self.disk.slow_writes(Duration::ZERO);
+            let (done, err) = appender.join().unwrap_or((Vec::new(), None));
+            (sealed_at, done, err)
+        });
+        let (sealed_at, done, err) = outcome;
+        let end = log.end_lsn();
+        log.unseal();
+        self.log = Some(log);
+        for &(seq, lsn) in &done {
+            self.recs.push(Rec {
+                lsn,
+                seq,
+                len: 12_000,
+                durable: false,
+            });
+        }
+        self.seq = base + done.len() as u64;
+        self.say(format!(
+            "seal while an appender waits: {} appended before the seal at {sealed_at}, then {}",
+            done.len(),
+            err.as_ref().map_or("none refused".to_string(), |e| e.to_string())
+        ));
+        if end != sealed_at {
+            return Err(format!(
+                "the log grew from {sealed_at} to {end} after the seal returned (an appender that waited for room appended)"
+            ));
+        }
+        Ok(())
+    }
+
     fn step(&mut self) -> Result<(), String> {
         match self.rng.below(20) {
             0..=7 => {
@@ -351,6 +417,7 @@ impl Run {
                 self.say("crash".into());
                 self.open()
             }
+            19 if self.drive == Drive::Threads => self.seal_while_an_appender_waits(),
             _ => {
                 self.settle()?;
                 let r = self.disk.power_loss();

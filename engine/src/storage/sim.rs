@@ -381,6 +381,8 @@ struct World {
     stats: SimStats,
     /// Real-time delays of file syncs, by a part of the path a file was opened under.
     slow_syncs: Vec<(String, std::time::Duration)>,
+    /// A real-time delay of every file write, from now on ([`SimDisk::slow_writes`]).
+    write_delay: std::time::Duration,
 }
 
 impl World {
@@ -535,6 +537,7 @@ impl SimDisk {
                     locks: BTreeSet::new(),
                     stats: SimStats::default(),
                     slow_syncs: Vec::new(),
+                    write_delay: std::time::Duration::ZERO,
                 }),
             }),
         }
@@ -582,6 +585,13 @@ impl SimDisk {
     /// must not stall; the wait holds no lock of the disk).
     pub fn slow_syncs(&self, part: &str, delay: std::time::Duration) {
         self.inner.world().slow_syncs.push((part.to_owned(), delay));
+    }
+
+    /// Makes every file write from now on take `delay` longer, in real time (zero ends
+    /// it): for tests of threaded code that must meet a writer that cannot keep up, such
+    /// as appenders waiting for room. The wait holds no lock of the disk.
+    pub fn slow_writes(&self, delay: std::time::Duration) {
+        self.inner.world().write_delay = delay;
     }
 
     /// What the disk has seen so far.
@@ -879,6 +889,10 @@ impl SimFile {
 impl StorageFile for SimFile {
     fn write_all_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
         self.writable()?;
+        let delay = self.disk.world().write_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         self.data()?.write(offset, bufs)
     }
 

@@ -325,7 +325,8 @@ impl Run {
         self.say(format!(
             "seal while an appender waits: {} appended before the seal at {sealed_at}, then {}",
             done.len(),
-            err.as_ref().map_or("none refused".to_string(), |e| e.to_string())
+            err.as_ref()
+                .map_or("none refused".to_string(), |e| e.to_string())
         ));
         if end != sealed_at {
             return Err(format!(

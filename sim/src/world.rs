@@ -1089,8 +1089,31 @@ impl World {
                 to_follower: VecDeque::new(),
             },
         );
+        let session_epoch = session.epoch();
         if let Role::Following(f) = &mut self.nodes[n].role {
             f.conn = Some((id, session));
+        }
+        // Rarely, a peer that breaks the protocol answers instead: a Welcome of an epoch
+        // older than the follower has seen, telling it to cut its whole log. The
+        // follower must refuse it (the `welcome-epoch-unchecked` mutation accepts it).
+        if session_epoch.get() >= 2 && self.rng.one_in(150) {
+            let lie = walship_transport::wire::Frame::Welcome(walship_transport::wire::Welcome {
+                epoch: Epoch::new(session_epoch.get() - 1),
+                truncate_to: Some(log.start_lsn()),
+                start_lsn: log.start_lsn(),
+                leader_id: self.nodes[l].id.clone(),
+            });
+            let mut b = BytesMut::new();
+            lie.encode(&mut b)
+                .map_err(|e| format!("encode a forged Welcome: {e}"))?;
+            self.send(id, false, b.freeze());
+            let (a, liar) = (self.nodes[n].id.clone(), self.nodes[l].id.clone());
+            self.say(format!(
+                "{a} connects to {liar} (connection {id}), which answers with a Welcome of epoch {} (older than {session_epoch}) telling it to cut its log",
+                session_epoch.get() - 1
+            ));
+            self.report.faults += 1;
+            return Ok(());
         }
         if let Role::Leading(s) = &mut self.nodes[l].role {
             s.conns.push(LeaderConn {
@@ -1436,6 +1459,7 @@ impl World {
             match ev {
                 FollowerEvent::Transmit(b) => self.send(link, true, b),
                 FollowerEvent::Truncate(to) => {
+                    self.check_cut_keeps_acked(f, &log, to)?;
                     log.truncate_suffix(to)
                         .map_err(|e| format!("{}: truncate to {to}: {e}", self.nodes[f].id))?;
                     self.nodes[f].local.retain(|&(lsn, _)| lsn <= to);
@@ -1647,6 +1671,25 @@ impl World {
         (0..self.nodes.len())
             .filter(|&n| n != leader)
             .any(|n| self.nodes[n].went_down_at.is_some_and(|d| d >= t))
+    }
+
+    /// No truncation cuts a record acknowledged at `RemoteFlush` or `RemoteApply`: every
+    /// leader after it holds it at the same position, so no follower's copy of it is ever
+    /// a divergent tail.
+    fn check_cut_keeps_acked(&self, f: usize, log: &Log, to: Lsn) -> Result<(), String> {
+        if !self.acked.iter().any(|a| a.lsn > to) {
+            return Ok(());
+        }
+        let have = Self::records(log)?;
+        for a in self.acked.iter().filter(|a| a.lsn > to) {
+            if have.get(&a.lsn).map(|d| &d[..]) == Some(&payload(a.seq)[..]) {
+                return Err(format!(
+                    "{} was told to cut its log after {to}, which would cut record {} at {}, acknowledged at RemoteFlush by {} in epoch {}",
+                    self.nodes[f].id, a.seq, a.lsn, self.nodes[a.node].id, a.epoch
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A commit acknowledged at `RemoteWrite` is, at that moment, written (handed to the

@@ -185,6 +185,12 @@ struct Shared {
     cfg: FollowerConfig,
     state: Mutex<State>,
     applied: watch::Sender<Lsn>,
+    /// Truncations asked of the apply thread: how many, and the lowest point among those
+    /// it has not yet undone.
+    cuts: Mutex<(u64, Option<Lsn>)>,
+    /// How many of them the apply thread has undone (the embedder's state no longer holds
+    /// anything past the point).
+    cuts_undone: watch::Sender<u64>,
     stop_apply: AtomicBool,
     epoch_authority: Option<Arc<dyn EpochAuthority>>,
     /// Whom this follower admits as its leader; the session re-checks the leader when it
@@ -284,6 +290,8 @@ impl Follower {
                 ..State::default()
             }),
             applied,
+            cuts: Mutex::new((0, None)),
+            cuts_undone: watch::channel(0).0,
             stop_apply: AtomicBool::new(false),
             epoch_authority: opts.epoch_authority.clone(),
             trust,
@@ -461,7 +469,24 @@ fn apply_loop(
         tracing::error!(error = e.as_str(), "apply stopped");
         shared.state().apply_error = Some(e);
     };
+    let mut undone = 0;
     while !shared.stop_apply.load(Ordering::Acquire) {
+        // A truncation the session made: undone here before the session goes on.
+        let cut = {
+            let mut c = shared.cuts.lock().unwrap_or_else(PoisonError::into_inner);
+            (c.0 != undone).then(|| (c.0, c.1.take()))
+        };
+        if let Some((n, to)) = cut {
+            if let Some(to) = to {
+                flushed = flushed.min(to);
+                match reopen(shared, &mut apply, &mut applied, to) {
+                    Ok(r) => records = r,
+                    Err(e) => return fail(e),
+                }
+            }
+            undone = n;
+            shared.cuts_undone.send_replace(n);
+        }
         let next = match records.try_next() {
             Ok(Some(r)) => Ok(Some(r)),
             Ok(None) => {
@@ -830,6 +855,33 @@ impl Stream<'_> {
                             TransportError::InvalidOptions(format!("truncation task: {e}"))
                         })??;
                     self.received = to;
+                    // The embedder's state is cut too before anything more happens: until
+                    // then a read-your-writes wait could see the cut records.
+                    let n = {
+                        let mut c = self
+                            .shared
+                            .cuts
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        c.0 += 1;
+                        c.1 = Some(c.1.map_or(to, |t| t.min(to)));
+                        c.0
+                    };
+                    // (An apply thread that stopped on an error undoes nothing; the error
+                    // is in the status already.)
+                    let mut undone = self.shared.cuts_undone.subscribe();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while *undone.borrow_and_update() < n
+                        && self.shared.state().apply_error.is_none()
+                    {
+                        if Instant::now() >= deadline {
+                            return Err(TransportError::InvalidOptions(format!(
+                                "the apply thread did not undo the truncation to {to} within 10 s"
+                            )));
+                        }
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(50), undone.changed()).await;
+                    }
                 }
                 FollowerEvent::Append(ship) => {
                     let wire = ship.data.len();

@@ -80,6 +80,27 @@ impl EpochHistory {
         Ok(())
     }
 
+    /// The epoch of the record that ends at `lsn` (a commit token): the one that began
+    /// last before it. `None` before the first epoch.
+    ///
+    /// ```
+    /// # use walship_engine::{Epoch, EpochHistory, Lsn};
+    /// let mut h = EpochHistory::default();
+    /// h.push(Epoch::new(1), Lsn::new(64))?;
+    /// h.push(Epoch::new(3), Lsn::new(5000))?;
+    /// assert_eq!(h.epoch_at(Lsn::new(5000)), Some(Epoch::new(1)));
+    /// assert_eq!(h.epoch_at(Lsn::new(5001)), Some(Epoch::new(3)));
+    /// assert_eq!(h.epoch_at(Lsn::new(64)), None);
+    /// # Ok::<(), walship_engine::Error>(())
+    /// ```
+    pub fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|&&(_, s)| s < lsn)
+            .map(|&(e, _)| e)
+    }
+
     /// Where `epoch` ends in a log that ends at `log_end`: the largest epoch in the
     /// history not above `epoch`, and the start of the next one (or `log_end`).
     /// `None` if `epoch` precedes every entry. This is the answer a leader gives a

@@ -270,16 +270,6 @@ fn progress(log: &Log, applied: Lsn) -> Progress {
     }
 }
 
-/// The epoch of the record that ends at `lsn`: the one that began last before it.
-fn epoch_at(history: &EpochHistory, lsn: Lsn) -> Option<Epoch> {
-    history
-        .entries()
-        .iter()
-        .rev()
-        .find(|&&(_, s)| s < lsn)
-        .map(|&(e, _)| e)
-}
-
 /// The seq a payload was made from.
 fn seq_of(data: &[u8]) -> Option<u64> {
     std::str::from_utf8(data.get(4..14)?).ok()?.parse().ok()
@@ -833,7 +823,7 @@ impl World {
             node.ryw.retain(|&(token, epoch, seq, until)| {
                 let same = history
                     .as_ref()
-                    .is_some_and(|h| epoch_at(h, token) == Some(epoch));
+                    .is_some_and(|h| h.epoch_at(token) == Some(epoch));
                 if readable >= token && same {
                     done += 1;
                     if node.applied.get(&token) != Some(&seq) {
@@ -1704,7 +1694,7 @@ impl World {
         let holds = (0..self.nodes.len()).filter(|&n| n != leader).any(|n| {
             self.nodes[n].log.as_ref().is_some_and(|log| {
                 log.watermarks().written >= p.lsn
-                    && epoch_at(&log.epoch_history(), p.lsn) == Some(p.epoch)
+                    && log.epoch_history().epoch_at(p.lsn) == Some(p.epoch)
             })
         });
         if holds {
@@ -1754,7 +1744,7 @@ impl World {
                         .clone()
                         .unwrap_or((EpochHistory::default(), Lsn::ZERO)),
                 };
-                epoch_at(&history, p.lsn) == Some(p.epoch) && flushed >= p.lsn
+                history.epoch_at(p.lsn) == Some(p.epoch) && flushed >= p.lsn
             })
             .count();
         if followers == 0 {

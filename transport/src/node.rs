@@ -144,16 +144,6 @@ impl std::str::FromStr for ReadToken {
     }
 }
 
-/// The epoch of the record that ends at `lsn`: the one that began last before it.
-fn epoch_at(history: &walship_engine::EpochHistory, lsn: Lsn) -> Option<Epoch> {
-    history
-        .entries()
-        .iter()
-        .rev()
-        .find(|&&(_, s)| s < lsn)
-        .map(|&(e, _)| e)
-}
-
 /// What a node is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeRole {
@@ -453,7 +443,7 @@ impl Node {
     pub fn read_token(&self, lsn: Lsn) -> Option<ReadToken> {
         let log = &self.shared.log;
         (log.end_lsn() >= lsn)
-            .then(|| epoch_at(&log.epoch_history(), lsn))
+            .then(|| log.epoch_history().epoch_at(lsn))
             .flatten()
             .map(|epoch| ReadToken { epoch, lsn })
     }
@@ -478,7 +468,7 @@ impl Node {
         loop {
             let log = &self.shared.log;
             let same = log.end_lsn() >= token.lsn
-                && epoch_at(&log.epoch_history(), token.lsn) == Some(token.epoch);
+                && log.epoch_history().epoch_at(token.lsn) == Some(token.epoch);
             let ready = same
                 && match self.shared.current().as_ref() {
                     Some(Current::Leading(l)) => l.fenced().is_none(),

@@ -188,6 +188,9 @@ struct Shared {
     /// Truncations asked of the apply thread: how many, and the lowest point among those
     /// it has not yet undone.
     cuts: Mutex<(u64, Option<Lsn>)>,
+    /// The count of `cuts`, readable without its lock: the apply thread looks at it for
+    /// every record and takes the lock only when it moved.
+    cuts_asked: std::sync::atomic::AtomicU64,
     /// How many of them the apply thread has undone (the embedder's state no longer holds
     /// anything past the point).
     cuts_undone: watch::Sender<u64>,
@@ -291,6 +294,7 @@ impl Follower {
             }),
             applied,
             cuts: Mutex::new((0, None)),
+            cuts_asked: std::sync::atomic::AtomicU64::new(0),
             cuts_undone: watch::channel(0).0,
             stop_apply: AtomicBool::new(false),
             epoch_authority: opts.epoch_authority.clone(),
@@ -472,10 +476,12 @@ fn apply_loop(
     let mut undone = 0;
     while !shared.stop_apply.load(Ordering::Acquire) {
         // A truncation the session made: undone here before the session goes on.
-        let cut = {
-            let mut c = shared.cuts.lock().unwrap_or_else(PoisonError::into_inner);
-            (c.0 != undone).then(|| (c.0, c.1.take()))
-        };
+        let cut = (shared.cuts_asked.load(Ordering::Acquire) != undone)
+            .then(|| {
+                let mut c = shared.cuts.lock().unwrap_or_else(PoisonError::into_inner);
+                (c.0 != undone).then(|| (c.0, c.1.take()))
+            })
+            .flatten();
         if let Some((n, to)) = cut {
             if let Some(to) = to {
                 flushed = flushed.min(to);
@@ -865,6 +871,7 @@ impl Stream<'_> {
                             .unwrap_or_else(PoisonError::into_inner);
                         c.0 += 1;
                         c.1 = Some(c.1.map_or(to, |t| t.min(to)));
+                        self.shared.cuts_asked.store(c.0, Ordering::Release);
                         c.0
                     };
                     // (An apply thread that stopped on an error undoes nothing; the error

@@ -1261,8 +1261,13 @@ mod tests {
         let batches = build(d.path(), 400);
         let tail_base = Geometry::new(CAP).base_of(batches.last().unwrap().0);
 
-        // A spare holding a valid batch (not at its start).
-        let spare_base = Lsn::new(tail_base.get() + 2 * CAP);
+        // A spare holding a valid batch (not at its start), placed in the first
+        // segment after the tail that the preparer has not made: whether it made
+        // the next one before the close is timing, and a hole would add a gap.
+        let mut spare_base = Lsn::new(tail_base.get() + CAP);
+        while crate::segment::segment_path(d.path(), spare_base).exists() {
+            spare_base = Lsn::new(spare_base.get() + CAP);
+        }
         let spare = crate::segment::segment_path(d.path(), spare_base);
         let mut img = vec![0u8; CAP as usize];
         img[..SEGMENT_HEADER_LEN].copy_from_slice(

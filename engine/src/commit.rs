@@ -16,6 +16,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::flush_gate::Outcome;
 use crate::shared::Shared;
 use crate::types::{Durability, Lsn};
 use crate::watermark::{block_on, next_waiter_id, Watermark};
@@ -132,6 +133,11 @@ impl Commit {
 
     fn run_blocking(mut self, deadline: Option<Instant>) -> Result<()> {
         self.deadline = deadline;
+        if self.stages().first() == Some(&0)
+            && self.shared.opts.drive != crate::options::Drive::Manual
+        {
+            self.flush_here(deadline)?;
+        }
         // Parking with a timeout serves the deadline; no timer thread is involved.
         let mut fut = Blocking(self);
         loop {
@@ -145,6 +151,36 @@ impl Commit {
                     }
                 }
             }
+        }
+    }
+
+    /// The local stage of a blocking commit, on the committer's own thread: write and
+    /// flush as the leader of a group, or wait for the flush that covers this record
+    /// (`flush_gate.rs`). The later stages (remote watermarks) are waited for as before.
+    fn flush_here(&mut self, deadline: Option<Instant>) -> Result<()> {
+        let sh = Arc::clone(&self.shared);
+        if let Some(t) = sh.truncated_since(self.gen).filter(|t| self.lsn > *t) {
+            return Err(Error::Truncated {
+                lsn: self.lsn,
+                truncated_to: t,
+            });
+        }
+        let end = sh.end();
+        if self.lsn > end {
+            return Err(Error::BeyondEnd { lsn: self.lsn, end });
+        }
+        self.checked_end = true;
+        match crate::writer::flush_through(&sh, self.lsn, deadline, self.gen) {
+            Outcome::Durable => {
+                // Nothing to ask the flusher for: the stage is done.
+                self.flush_requested = true;
+                Ok(())
+            }
+            Outcome::TimedOut => Err(Error::Timeout {
+                lsn: self.lsn,
+                level: self.level,
+            }),
+            Outcome::Refused(e) => Err(e),
         }
     }
 
@@ -204,6 +240,9 @@ impl Commit {
                     self.registered = None;
                 }
                 continue;
+            }
+            if idx == WRITTEN {
+                sh.want_written();
             }
             if let Some(prev) = self.registered.replace(idx) {
                 if prev != idx {

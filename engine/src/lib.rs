@@ -45,6 +45,7 @@ mod commit;
 mod epoch;
 mod error;
 mod failpoint;
+mod flush_gate;
 pub mod format;
 mod fsutil;
 mod group_commit;

@@ -55,7 +55,7 @@ pub struct Log {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The writer, when the caller drives the log ([`Drive::Manual`](crate::Drive)).
-    manual: Mutex<Option<writer::Writer>>,
+    manual: Mutex<Option<writer::Manual>>,
     _lock: LockGuard,
 }
 
@@ -203,7 +203,7 @@ impl Log {
         }
         let manual = opts.drive == crate::options::Drive::Manual;
         let backend: Box<dyn io::Backend> = if manual {
-            Box::new(io::inline::Inline::new())
+            Box::new(io::inline::Inline)
         } else {
             io::open(opts.backend, &*fs).map_err(|e| Error::io("open I/O backend", &dir, e))?
         };
@@ -229,7 +229,10 @@ impl Log {
             remote_flushed: Watermark::new(Lsn::ZERO),
             remote_applied: Watermark::new(Lsn::ZERO),
             flush_requested: AtomicU64::new(end.get()),
-            wake: backend.wake(),
+            writing: Mutex::new(writer::WriteState::new(backend)),
+            gate: crate::flush_gate::FlushGate::default(),
+            wake: io::WriterWake::new(),
+            flush_wake: io::WriterWake::new(),
             life: crate::lifecycle::Lifecycle::default(),
             truncations: Mutex::new(Truncations::default()),
             trunc_gen: AtomicU64::new(0),
@@ -249,9 +252,9 @@ impl Log {
         let mut threads = Vec::new();
         let mut manual_writer = None;
         if manual {
-            manual_writer = Some(writer::Writer::new(Arc::clone(&shared), backend));
+            manual_writer = Some(writer::Manual::new());
         } else {
-            Log::spawn_threads(&shared, backend, &mut threads)?;
+            Log::spawn_threads(&shared, &mut threads)?;
         }
         tracing::info!(dir = %dir.display(), start = %rec.start, end = %end, epoch = %epoch, backend = backend_name, zeroed = rec.zeroed, "log opened");
         let report = OpenReport {
@@ -271,11 +274,7 @@ impl Log {
         ))
     }
 
-    fn spawn_threads(
-        shared: &Arc<Shared>,
-        backend: Box<dyn io::Backend>,
-        threads: &mut Vec<JoinHandle<()>>,
-    ) -> Result<()> {
+    fn spawn_threads(shared: &Arc<Shared>, threads: &mut Vec<JoinHandle<()>>) -> Result<()> {
         let dir = &shared.dir;
         let s = Arc::clone(shared);
         threads.push(
@@ -283,10 +282,21 @@ impl Log {
                 .name("walship-writer".into())
                 .spawn(move || {
                     poison_on_panic(&Arc::clone(&s), "log writer thread", || {
-                        writer::run(s, backend)
+                        writer::run_writer(s)
                     })
                 })
                 .map_err(|e| Error::io("spawn log writer thread", dir, e))?,
+        );
+        let s = Arc::clone(shared);
+        threads.push(
+            std::thread::Builder::new()
+                .name("walship-flusher".into())
+                .spawn(move || {
+                    poison_on_panic(&Arc::clone(&s), "log flusher thread", || {
+                        writer::run_flusher(s)
+                    })
+                })
+                .map_err(|e| Error::io("spawn log flusher thread", dir, e))?,
         );
         let s = Arc::clone(shared);
         threads.push(
@@ -329,7 +339,7 @@ impl Log {
         };
         let mut did = false;
         loop {
-            let wrote = w.step();
+            let wrote = w.step(&self.shared);
             let prepared = crate::preparer::step(&self.shared);
             if !wrote && !prepared {
                 break;
@@ -496,18 +506,18 @@ impl Log {
                     // happen, the appended part stays queued (the caller gets an error, not
                     // the LSNs) and is written like any other.
                     sh.end.store(st.end().get(), Ordering::Release);
-                    sh.has_pending.store(true, Ordering::Release);
+                    sh.has_pending.store(true, Ordering::SeqCst);
                     drop(st);
-                    sh.wake.notify();
+                    sh.appended();
                     tracing::warn!(from = %before, error = %e, "multi-record append failed part-way");
                     return Err(e);
                 }
             }
         }
         sh.end.store(st.end().get(), Ordering::Release);
-        sh.has_pending.store(true, Ordering::Release);
+        sh.has_pending.store(true, Ordering::SeqCst);
         drop(st);
-        sh.wake.notify();
+        sh.appended();
         crate::stats::Counters::add(&sh.counters.records_appended, appended);
         Ok(())
     }
@@ -543,9 +553,9 @@ impl Log {
         st.apply_encoded(plan);
         let end = st.end();
         sh.end.store(end.get(), Ordering::Release);
-        sh.has_pending.store(true, Ordering::Release);
+        sh.has_pending.store(true, Ordering::SeqCst);
         drop(st);
-        sh.wake.notify();
+        sh.appended();
         Ok(end)
     }
 
@@ -556,6 +566,11 @@ impl Log {
     /// [`Commit::timeout`]; on expiry a remote level reports
     /// [`Error::RemoteUnconfirmed`] once the record is durable locally.
     pub fn commit(&self, lsn: Lsn, level: Durability) -> Commit {
+        if level == Durability::Async {
+            // An async commit asks for nothing but to be written soon: the writer thread
+            // does that (a `Local` committer writes its own records instead).
+            self.shared.want_written();
+        }
         Commit::new(Arc::clone(&self.shared), lsn, level)
     }
 
@@ -633,8 +648,9 @@ impl Log {
         }
         st.set_epoch(epoch);
         if st.has_pending() {
-            sh.has_pending.store(true, Ordering::Release);
-            sh.wake.notify();
+            sh.has_pending.store(true, Ordering::SeqCst);
+            drop(st);
+            sh.appended();
         }
         Ok(start)
     }

@@ -191,6 +191,7 @@ impl Reader {
         let written = sh.written.get();
         let mut pos = self.pos;
         if pos >= written {
+            sh.want_written();
             return Ok(None);
         }
         if g.offset_of(pos) == 0 {
@@ -292,6 +293,8 @@ impl Reader {
                 {
                     Poll::Ready(())
                 } else {
+                    // Registered: make sure the writer knows somebody waits.
+                    sh.want_written();
                     Poll::Pending
                 }
             });
@@ -325,6 +328,8 @@ impl Reader {
                 {
                     Poll::Ready(())
                 } else {
+                    // Registered: make sure the writer knows somebody waits.
+                    sh.want_written();
                     Poll::Pending
                 }
             })

@@ -51,7 +51,14 @@ pub(crate) struct Shared {
     pub(crate) remote_flushed: Watermark,
     pub(crate) remote_applied: Watermark,
     pub(crate) flush_requested: AtomicU64,
-    pub(crate) wake: Arc<WriterWake>,
+    /// The write lock: held while writing what was appended (`writer::write_pending`).
+    pub(crate) writing: Mutex<crate::writer::WriteState>,
+    /// Where committers meet to flush (`flush_gate.rs`).
+    pub(crate) gate: crate::flush_gate::FlushGate,
+    /// Wakes the writer thread.
+    pub(crate) wake: WriterWake,
+    /// Wakes the flusher thread.
+    pub(crate) flush_wake: WriterWake,
     /// What the log accepts: local appends (sealed or not), remote confirmation (fenced
     /// or not), and whether it runs, failed or is closing.
     pub(crate) life: crate::lifecycle::Lifecycle,
@@ -105,7 +112,9 @@ impl Shared {
         drop(lock(&self.append));
         self.space.notify_all();
         self.prep.notify();
+        self.gate.wake_all();
         self.wake.notify();
+        self.flush_wake.notify();
     }
 
     fn watermarks(&self) -> [&Watermark; 5] {
@@ -118,10 +127,30 @@ impl Shared {
         ]
     }
 
-    /// Asks the writer to flush through `lsn`.
+    /// Asks the flusher thread to flush through `lsn` (an async commit; a blocking one
+    /// flushes on its own thread).
     pub(crate) fn request_flush(&self, lsn: Lsn) {
         let old = self.flush_requested.fetch_max(lsn.get(), Ordering::AcqRel);
         if old < lsn.get() {
+            self.flush_wake.notify();
+        }
+    }
+
+    /// Called after appending (`has_pending` set under the append lock): wakes the writer thread if anybody waits for the new
+    /// bytes to be written or enough is pending (`writer::write_wanted`). A committer
+    /// writes its own records, so a lone committer pays no hand-off to the writer.
+    pub(crate) fn appended(&self) {
+        if crate::writer::write_wanted(self) {
+            self.wake.notify();
+        }
+    }
+
+    /// Called by whoever just registered to wait on `written`: wakes the writer if
+    /// something is pending. (`appended` stores `has_pending` then reads the waiters;
+    /// this registers then reads `has_pending`: both sequentially consistent, so one of
+    /// the two sees the other.)
+    pub(crate) fn want_written(&self) {
+        if self.has_pending.load(Ordering::SeqCst) {
             self.wake.notify();
         }
     }

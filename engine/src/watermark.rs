@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::sync::lock;
@@ -28,6 +28,9 @@ struct Waiter {
 pub(crate) struct Watermark {
     value: AtomicU64,
     waiters: Mutex<Vec<Waiter>>,
+    /// Whether `waiters` is non-empty, readable without the lock (stored under it,
+    /// sequentially consistent: see `Shared::want_written`).
+    waited: AtomicBool,
 }
 
 /// Waiter ids, unique per process, so a future can find and replace its registration.
@@ -41,11 +44,21 @@ impl Watermark {
         Watermark {
             value: AtomicU64::new(value.get()),
             waiters: Mutex::new(Vec::new()),
+            waited: AtomicBool::new(false),
         }
     }
 
     pub(crate) fn get(&self) -> Lsn {
         Lsn::new(self.value.load(Ordering::Acquire))
+    }
+
+    /// Whether anybody waits on this watermark.
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.waited.load(Ordering::SeqCst)
+    }
+
+    fn note_waiters(&self, w: &[Waiter]) {
+        self.waited.store(!w.is_empty(), Ordering::SeqCst);
     }
 
     /// Raises the watermark to `to` (never lowers it) and wakes waiters it satisfies.
@@ -66,6 +79,7 @@ impl Watermark {
                         true
                     }
                 });
+                self.note_waiters(&w);
                 ready
             };
             ready.into_iter().for_each(Waker::wake);
@@ -81,7 +95,11 @@ impl Watermark {
 
     /// Wakes every waiter (close, poison, fencing, truncation).
     pub(crate) fn wake_all(&self) {
-        let ready: Vec<Waiter> = std::mem::take(&mut *lock(&self.waiters));
+        let ready: Vec<Waiter> = {
+            let mut w = lock(&self.waiters);
+            self.waited.store(false, Ordering::SeqCst);
+            std::mem::take(&mut *w)
+        };
         ready.into_iter().for_each(|w| w.waker.wake());
     }
 
@@ -94,6 +112,7 @@ impl Watermark {
         let mut w = lock(&self.waiters);
         if self.value.load(Ordering::Acquire) >= target.get() {
             w.retain(|x| x.id != id);
+            self.note_waiters(&w);
             return true;
         }
         match w.iter_mut().find(|x| x.id == id) {
@@ -109,6 +128,7 @@ impl Watermark {
                 waker: waker.clone(),
             }),
         }
+        self.note_waiters(&w);
         false
     }
 
@@ -117,6 +137,7 @@ impl Watermark {
         let mut w = lock(&self.waiters);
         if !w.is_empty() {
             w.retain(|x| x.id != id);
+            self.note_waiters(&w);
         }
     }
 }

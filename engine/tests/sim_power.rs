@@ -116,17 +116,11 @@ impl Run {
         if self.drive == Drive::Manual {
             while log.step().map_err(|e| format!("step: {e}"))? {}
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let w = log.watermarks();
-            if w.written >= w.end {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("the writer did not go idle: {w:?}"));
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        // Appends nobody committed are written when somebody waits for them.
+        let end = log.watermarks().end;
+        log.written(end)
+            .wait_timeout(Duration::from_secs(30))
+            .map_err(|e| format!("the writer did not go idle: {e}: {:?}", log.watermarks()))?;
         log.check_files()
             .map(drop)
             .map_err(|e| format!("check_files: {e}"))

@@ -1,26 +1,20 @@
-//! I/O backends for the log writer: one trait, two implementations.
+//! I/O backends: how the write path puts a batch into the page cache.
 //!
-//! - [`portable`]: `pwritev` on the writer thread, `fdatasync` on a flusher thread so
-//!   the next write overlaps the flush in flight.
-//! - [`uring`]: `io-uring`. The batch is one `Writev` submission (measured here: one
-//!   vectored write beats many small SQEs by ~1.5×); the flush is an `Fsync(DATASYNC)`
-//!   left in flight while the writer goes on gathering and writing the next batch on the
-//!   same thread; the writer sleeps in `io_uring_enter`, woken by a flush completion or
-//!   by an appender through an eventfd that the ring polls.
+//! - [`portable`]: `pwritev` through the storage (the default).
+//! - [`uring`]: one `Writev` submission to an io_uring, waited for.
+//! - [`inline`]: a manually driven log's (the storage's write, on the caller's thread).
 //!
-//! [`BackendKind::Auto`] tries io_uring and falls back to portable with one log line
-//! when the kernel or a seccomp profile refuses it.
-//!
-//! At most one flush is in flight; a flush covers everything written before it started.
+//! Flushes are not the backend's: whoever leads a flush (`flush_gate.rs`) calls
+//! `fdatasync` on its own thread, since a committer waiting for its own flush gains
+//! nothing from handing it to a ring or another thread (bench/RESULTS.md, issue 13).
+//! [`BackendKind::IoUring`] stays for comparison; [`BackendKind::Auto`] is the portable
+//! backend, because io_uring measured no faster for a synchronous write (issue 13).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::thread::Thread;
-use std::time::Duration;
 
-use crate::segment::SegmentFile;
 use crate::storage::{Storage, StorageFile};
 
 pub(crate) mod inline;
@@ -30,12 +24,12 @@ pub(crate) mod uring;
 /// Which I/O backend the log writer uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendKind {
-    /// io_uring if the kernel allows it, else portable (logged once).
+    /// The best measured here: portable (see the module documentation).
     #[default]
     Auto,
     /// io_uring; opening the log fails if it is unavailable.
     IoUring,
-    /// `pwritev` + `fdatasync` on a flusher thread.
+    /// `pwritev` through the storage.
     Portable,
 }
 
@@ -53,28 +47,18 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
-/// How appenders wake a sleeping log writer. Only the first notification after the
+/// How a background thread (writer or flusher) is woken. Only the first notification after the
 /// writer announced it is going to sleep costs a system call.
 pub(crate) struct WriterWake {
     sleeping: AtomicBool,
     thread: OnceLock<Thread>,
-    eventfd: Option<OwnedFd>,
 }
 
 impl WriterWake {
-    pub(crate) fn with_thread() -> WriterWake {
+    pub(crate) fn new() -> WriterWake {
         WriterWake {
             sleeping: AtomicBool::new(false),
             thread: OnceLock::new(),
-            eventfd: None,
-        }
-    }
-
-    pub(crate) fn with_eventfd(fd: OwnedFd) -> WriterWake {
-        WriterWake {
-            sleeping: AtomicBool::new(false),
-            thread: OnceLock::new(),
-            eventfd: Some(fd),
         }
     }
 
@@ -86,13 +70,8 @@ impl WriterWake {
     /// Wakes the writer if it is asleep or about to sleep.
     pub(crate) fn notify(&self) {
         if self.sleeping.swap(false, Ordering::SeqCst) {
-            match &self.eventfd {
-                Some(fd) => uring::signal_eventfd(fd.as_raw_fd()),
-                None => {
-                    if let Some(t) = self.thread.get() {
-                        t.unpark();
-                    }
-                }
+            if let Some(t) = self.thread.get() {
+                t.unpark();
             }
         }
     }
@@ -113,7 +92,7 @@ impl WriterWake {
     }
 }
 
-/// What the log writer needs from the operating system.
+/// How the write path writes a batch.
 pub(crate) trait Backend: Send {
     /// The backend's name, for logs and benchmarks.
     fn name(&self) -> &'static str;
@@ -129,23 +108,6 @@ pub(crate) trait Backend: Send {
     ) -> io::Result<()> {
         file.write_all_at(bufs, offset)
     }
-
-    /// Starts an `fdatasync` of every file in `files`. At most one flush is in flight.
-    fn start_flush(&mut self, files: Vec<SegmentFile>) -> io::Result<()>;
-
-    /// Whether a flush is in flight.
-    fn flush_in_flight(&self) -> bool;
-
-    /// The outcome of the flush in flight, if it has completed.
-    fn poll_flush(&mut self) -> Option<io::Result<()>>;
-
-    /// Sleeps until an appender notifies the writer, the flush in flight completes, or
-    /// `timeout` passes. `has_work` is re-checked after announcing sleep, so no wake-up is
-    /// lost.
-    fn wait(&mut self, timeout: Option<Duration>, has_work: &dyn Fn() -> bool);
-
-    /// How appenders wake this writer.
-    fn wake(&self) -> Arc<WriterWake>;
 }
 
 /// Opens the backend `kind` for files of `storage`: on storage other than the OS's,
@@ -161,19 +123,12 @@ pub(crate) fn open(kind: BackendKind, storage: &dyn Storage) -> io::Result<Box<d
                     storage.name()
                 ),
             )),
-            BackendKind::Auto | BackendKind::Portable => Ok(Box::new(portable::Portable::new()?)),
+            BackendKind::Auto | BackendKind::Portable => Ok(Box::new(portable::Portable)),
         };
     }
     match kind {
-        BackendKind::Portable => Ok(Box::new(portable::Portable::new()?)),
+        BackendKind::Auto | BackendKind::Portable => Ok(Box::new(portable::Portable)),
         BackendKind::IoUring => Ok(Box::new(uring::Uring::new()?)),
-        BackendKind::Auto => match uring::Uring::new() {
-            Ok(u) => Ok(Box::new(u)),
-            Err(e) => {
-                tracing::warn!(error = %e, "io_uring unavailable (kernel or seccomp refused it); using the portable pwritev+fdatasync backend");
-                Ok(Box::new(portable::Portable::new()?))
-            }
-        },
     }
 }
 
@@ -211,6 +166,7 @@ pub(crate) const IOV_MAX: usize = 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::segment::SegmentFile;
     use std::io::Read;
 
     fn exercise(mut b: Box<dyn Backend>) {
@@ -219,22 +175,11 @@ mod tests {
             .open(&dir.path().join("f"), true, crate::storage::Create::New)
             .unwrap();
         let mut f = std::fs::File::open(dir.path().join("f")).unwrap();
+        // More slices than one system call takes.
         let many: Vec<Vec<u8>> = (0..2000u32).map(|i| i.to_le_bytes().to_vec()).collect();
         let refs: Vec<&[u8]> = many.iter().map(|v| v.as_slice()).collect();
         b.write_all_at(&*file, 10, &refs).unwrap();
         b.write_all_at(&*file, 0, &[b"0123456789"]).unwrap();
-        b.start_flush(vec![Arc::clone(&file), file]).unwrap();
-        assert!(b.flush_in_flight());
-        let mut done = None;
-        for _ in 0..1000 {
-            if let Some(r) = b.poll_flush() {
-                done = Some(r);
-                break;
-            }
-            b.wait(Some(Duration::from_millis(10)), &|| false);
-        }
-        done.expect("flush completes").unwrap();
-        assert!(!b.flush_in_flight());
         let mut all = Vec::new();
         f.read_to_end(&mut all).unwrap();
         assert_eq!(&all[..10], b"0123456789");
@@ -243,12 +188,12 @@ mod tests {
     }
 
     #[test]
-    fn portable_backend_writes_and_flushes() {
+    fn portable_backend_writes() {
         exercise(open(BackendKind::Portable, &crate::storage::OsStorage).unwrap());
     }
 
     #[test]
-    fn uring_backend_writes_and_flushes() {
+    fn uring_backend_writes() {
         match open(BackendKind::IoUring, &crate::storage::OsStorage) {
             Ok(b) => exercise(b),
             Err(e) => eprintln!("SKIPPED: io_uring unavailable here: {e}"),
@@ -256,26 +201,22 @@ mod tests {
     }
 
     #[test]
-    fn wake_interrupts_wait() {
-        for kind in [BackendKind::Portable, BackendKind::IoUring] {
-            let Ok(mut b) = open(kind, &crate::storage::OsStorage) else {
-                continue;
-            };
-            let wake = b.wake();
-            wake.bind_current_thread();
-            let w2 = Arc::clone(&wake);
-            let t = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                w2.notify();
-            });
-            let start = std::time::Instant::now();
-            b.wait(Some(Duration::from_secs(10)), &|| false);
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "{kind:?} woke on notify"
-            );
-            t.join().unwrap();
+    fn wake_unparks_a_sleeping_thread() {
+        let wake = std::sync::Arc::new(WriterWake::new());
+        let w2 = std::sync::Arc::clone(&wake);
+        let t = std::thread::spawn(move || {
+            w2.bind_current_thread();
+            assert!(w2.prepare_sleep(&|| false));
+            std::thread::park_timeout(std::time::Duration::from_secs(10));
+            w2.woke();
+        });
+        let start = std::time::Instant::now();
+        while !t.is_finished() {
+            wake.notify();
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        t.join().unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

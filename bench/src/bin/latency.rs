@@ -881,6 +881,8 @@ fn fmt_rate(v: f64) -> String {
 fn fmt_ratio(v: f64) -> String {
     if v >= 10.0 {
         format!("{v:.1}×")
+    } else if v < 0.1 {
+        format!("{v:.3}×")
     } else {
         format!("{v:.2}×")
     }

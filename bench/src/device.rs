@@ -33,7 +33,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 /// Writes `bytes` of zeros to a new file at `path` in 1 MiB writes and fsyncs it.
-fn preallocate(path: &Path, bytes: u64) -> io::Result<File> {
+pub(crate) fn preallocate(path: &Path, bytes: u64) -> io::Result<File> {
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)

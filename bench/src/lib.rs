@@ -7,7 +7,8 @@
 //! - `src/bin/latency.rs`: the closed-loop commit latency harness, which first measures
 //!   the device under the log directory ([`device`]) and then a matrix of writer counts ×
 //!   durability levels × record sizes × backends, reported as Markdown tables and `.hgrm`
-//!   percentile files.
+//!   percentile files, next to peers (okaywal, raft-engine and the bare device, [`peers`])
+//!   run in the same closed loop, with one percentile chart per local cell ([`svg`]).
 //!
 //! This library holds the parts that are not specific to one binary: the device
 //! baseline, HDR histogram output, and the OS counters used to explain results.
@@ -17,7 +18,9 @@
 pub mod device;
 pub mod hgrm;
 pub mod netns;
+pub mod peers;
 pub mod rawquic;
+pub mod svg;
 pub mod sys;
 pub mod waldata;
 pub mod zstd_speed;

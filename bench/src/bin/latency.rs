@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release -p walship-bench --bin latency -- --quick
 //! cargo run --release -p walship-bench --bin latency -- --writers 1,64 --sizes 128 --levels local
+//! # walship against its peers (okaywal, raft-engine, pwrite + fdatasync per commit):
+//! cargo run --release -p walship-bench --bin latency -- --levels local --writers 1,64 --sizes 128,4096
 //! ```
 //!
 //! 1. Device baseline on the file system of `--dir`: 4 KiB `pwrite` + `fdatasync`
@@ -17,6 +19,15 @@
 //!    machine conditions.
 //! 3. The device fsync latency again, to show drift over the run.
 //!
+//! Peers (`--peers`, default `okaywal,raft-engine,device`; `none` skips them): every
+//! local cell (`Durability::Local`, 0 followers) also runs the same closed loop — same
+//! writers × record size, warm-up and measured time, a fresh directory per repetition,
+//! an HDR histogram of its own — through `walship_bench::peers::DurableLog` for okaywal
+//! 0.3.1, raft-engine 0.4.2 and the bare device (one `pwrite` + `fdatasync` per commit),
+//! interleaved with walship's repetitions of that cell (A B C D A B C D). Peer rows join
+//! the results table, and each walship Local cell is given as ratios to each peer
+//! (throughput, p50, p99, p99.9: "1.23× okaywal").
+//!
 //! Remote levels (`remote-write`, `remote-flush`, `remote-apply`) run the same closed loop
 //! against a leader with 1 and 2 followers (`--followers`) in this process, over loopback
 //! QUIC with mutual TLS (walship-transport), each follower with its own log on the same
@@ -24,8 +35,10 @@
 //! use the first backend only: the backend comparison is in the local cells.
 //!
 //! Output: Markdown on stdout (progress on stderr), and in `--out` one `.hgrm` file per
-//! cell, the device baseline, `table.md` (the results table) and `report.md` (all of
-//! stdout).
+//! cell and per peer of a local cell, the device baseline, one SVG chart per local cell
+//! (`local-<writers>w-<size>B.svg`: latency percentile curves drawn as HdrHistogram's
+//! plotter does, one line per walship backend and per peer), `table.md` (the results
+//! table) and `report.md` (all of stdout).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -37,6 +50,8 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use std::sync::Arc;
 use walship_bench::device::{self, Bandwidth, FsyncLatency};
+use walship_bench::peers::{self, PeerKind, PeerOptions};
+use walship_bench::svg;
 use walship_bench::sys::{BlockDevice, DiskCounters, MachineCpu, ThreadTimes, Usage};
 use walship_bench::{hgrm, us, utc_timestamp, MB};
 use walship_engine::{BackendKind, Durability, Log, Options};
@@ -104,6 +119,15 @@ struct Args {
     /// How often the checkpoint thread advances the checkpoint to `flushed`, ms.
     #[arg(long, default_value_t = 10)]
     checkpoint_ms: u64,
+    /// Peers run in the same closed loop as every local cell (0 followers), their
+    /// repetitions interleaved with walship's: okaywal, raft-engine, device (one pwrite +
+    /// fdatasync per commit), comma-separated, or `none`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "okaywal,raft-engine,device"
+    )]
+    peers: Vec<String>,
 }
 
 /// Settings after defaults.
@@ -121,6 +145,7 @@ struct Config {
     fsync_iterations: usize,
     bandwidth_bytes: u64,
     bandwidth_reps: usize,
+    peer_opts: PeerOptions,
 }
 
 impl Config {
@@ -145,6 +170,9 @@ impl Config {
             fsync_iterations: if q { 1_000 } else { 5_000 },
             bandwidth_bytes: if q { 64 << 20 } else { 256 << 20 },
             bandwidth_reps: if q { 2 } else { 3 },
+            peer_opts: PeerOptions {
+                device_file_bytes: if q { 16 << 20 } else { 64 << 20 },
+            },
         }
     }
 }
@@ -202,6 +230,49 @@ impl Rep {
     }
 }
 
+/// Figures of repetitions and their merged latency histogram (ns): a walship cell's or a
+/// peer's.
+trait Measured {
+    fn reps(&self) -> &[Rep];
+    fn hist(&self) -> &Histogram<u64>;
+    /// Record size, bytes.
+    fn size(&self) -> usize;
+
+    fn elapsed(&self) -> f64 {
+        self.reps().iter().map(|r| r.elapsed.as_secs_f64()).sum()
+    }
+
+    fn commits(&self) -> u64 {
+        self.reps().iter().map(|r| r.commits).sum()
+    }
+
+    fn commits_per_sec(&self) -> f64 {
+        self.commits() as f64 / self.elapsed()
+    }
+
+    /// Appended payload, MB/s.
+    fn mb_s(&self) -> f64 {
+        self.commits() as f64 * self.size() as f64 / MB / self.elapsed()
+    }
+
+    fn p(&self, q: f64) -> u64 {
+        self.hist().value_at_quantile(q)
+    }
+
+    /// (max − min) / mean of per-repetition throughput, percent.
+    fn spread_pct(&self) -> Option<f64> {
+        if self.reps().len() < 2 {
+            return None;
+        }
+        let v: Vec<f64> = self.reps().iter().map(Rep::commits_per_sec).collect();
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        Some((hi - lo) / mean * 100.0)
+    }
+}
+
 /// A cell's repetitions and merged latency histogram (ns).
 #[derive(Debug, Clone)]
 struct CellResult {
@@ -211,41 +282,55 @@ struct CellResult {
     hist: Histogram<u64>,
 }
 
+impl Measured for CellResult {
+    fn reps(&self) -> &[Rep] {
+        &self.reps
+    }
+    fn hist(&self) -> &Histogram<u64> {
+        &self.hist
+    }
+    fn size(&self) -> usize {
+        self.cell.size
+    }
+}
+
+/// A peer's repetitions in one local cell (writers × record size) and its merged latency
+/// histogram (ns).
+#[derive(Debug, Clone)]
+struct PeerResult {
+    kind: PeerKind,
+    writers: usize,
+    size: usize,
+    reps: Vec<Rep>,
+    hist: Histogram<u64>,
+}
+
+impl PeerResult {
+    /// As [`Cell::name`], with the peer in place of the backend.
+    fn name(&self) -> String {
+        format!(
+            "{}-{}-0f-{}w-{}B",
+            self.kind,
+            Durability::Local,
+            self.writers,
+            self.size
+        )
+    }
+}
+
+impl Measured for PeerResult {
+    fn reps(&self) -> &[Rep] {
+        &self.reps
+    }
+    fn hist(&self) -> &Histogram<u64> {
+        &self.hist
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+}
+
 impl CellResult {
-    fn elapsed(&self) -> f64 {
-        self.reps.iter().map(|r| r.elapsed.as_secs_f64()).sum()
-    }
-
-    fn commits(&self) -> u64 {
-        self.reps.iter().map(|r| r.commits).sum()
-    }
-
-    fn commits_per_sec(&self) -> f64 {
-        self.commits() as f64 / self.elapsed()
-    }
-
-    /// Appended payload, MB/s.
-    fn mb_s(&self) -> f64 {
-        self.commits() as f64 * self.cell.size as f64 / MB / self.elapsed()
-    }
-
-    fn p(&self, q: f64) -> u64 {
-        self.hist.value_at_quantile(q)
-    }
-
-    /// (max − min) / mean of per-repetition throughput, percent.
-    fn spread_pct(&self) -> Option<f64> {
-        if self.reps.len() < 2 {
-            return None;
-        }
-        let v: Vec<f64> = self.reps.iter().map(Rep::commits_per_sec).collect();
-        let (lo, hi) = v
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-        let mean = v.iter().sum::<f64>() / v.len() as f64;
-        Some((hi - lo) / mean * 100.0)
-    }
-
     fn sum_disk(&self) -> Option<DiskCounters> {
         let mut t = DiskCounters::default();
         for r in &self.reps {
@@ -623,6 +708,141 @@ fn run_rep(
     Ok((rep_result, hist, backend_name))
 }
 
+/// A peer's writer thread: the same closed loop as [`writer_loop`], through the peer's
+/// [`peers::DurableLog`].
+fn peer_writer_loop(
+    log: &dyn peers::DurableLog,
+    writer: usize,
+    record: &[u8],
+    phase: &AtomicU8,
+) -> Res<(Histogram<u64>, u64)> {
+    let mut hist = hgrm::latency_histogram();
+    let mut count = 0u64;
+    loop {
+        let p = phase.load(Ordering::Acquire);
+        if p == STOP {
+            return Ok((hist, count));
+        }
+        let t0 = Instant::now();
+        log.append_durable(writer, record)?;
+        let dt = t0.elapsed();
+        if p == MEASURE {
+            hist.saturating_record(dt.as_nanos() as u64);
+            count += 1;
+        }
+    }
+}
+
+/// Sleeps for `d` or until the phase is `STOP`.
+fn sleep_unless_stopped(phase: &AtomicU8, d: Duration) {
+    let until = Instant::now() + d;
+    while phase.load(Ordering::Acquire) != STOP {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(20)));
+    }
+}
+
+/// Runs one repetition of `kind` with `writers` closed-loop writers of `size`-byte
+/// records in a fresh directory under `root`: the warm-up and measured time of the
+/// walship cells.
+fn run_peer_rep(
+    cfg: &Config,
+    kind: PeerKind,
+    writers: usize,
+    size: usize,
+    root: &Path,
+    rep: usize,
+    dev: Option<&BlockDevice>,
+) -> Res<(Rep, Histogram<u64>)> {
+    let dir = root.join(format!(
+        "{kind}-{}-0f-{writers}w-{size}B-r{rep}",
+        Durability::Local
+    ));
+    let t_open = Instant::now();
+    let log = kind.open(&dir, &cfg.peer_opts)?;
+    let open_time = t_open.elapsed();
+    let record = pattern(size);
+    let phase = AtomicU8::new(WARMUP);
+    let first_error: Mutex<Option<String>> = Mutex::new(None);
+    let measured = std::thread::scope(|s| -> Res<_> {
+        let (log, record, phase, first_error) = (&*log, &record, &phase, &first_error);
+        let mut handles = Vec::with_capacity(writers);
+        for i in 0..writers {
+            let h = std::thread::Builder::new()
+                .name(format!("writer-{i}"))
+                .spawn_scoped(s, move || {
+                    let r = peer_writer_loop(log, i, record, phase);
+                    if let Err(e) = &r {
+                        let mut f = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                        f.get_or_insert_with(|| format!("writer {i}: {e}"));
+                        phase.store(STOP, Ordering::Release);
+                    }
+                    r
+                });
+            match h {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    phase.store(STOP, Ordering::Release);
+                    return Err(format!("spawn writer thread {i}: {e}").into());
+                }
+            }
+        }
+        sleep_unless_stopped(phase, cfg.warmup);
+        let (d0, u0) = (dev.and_then(BlockDevice::counters), Usage::now());
+        let (m0, t0) = (MachineCpu::now(), ThreadTimes::now());
+        let start = Instant::now();
+        let _ = phase.compare_exchange(WARMUP, MEASURE, Ordering::AcqRel, Ordering::Acquire);
+        sleep_unless_stopped(phase, cfg.duration);
+        phase.store(STOP, Ordering::Release);
+        let elapsed = start.elapsed();
+        let (d1, u1) = (dev.and_then(BlockDevice::counters), Usage::now());
+        let (m1, t1) = (MachineCpu::now(), ThreadTimes::now());
+        let mut hist = hgrm::latency_histogram();
+        let mut commits = 0;
+        for h in handles {
+            match h.join() {
+                Ok(Ok((hh, n))) => {
+                    hist.add(&hh)
+                        .map_err(|e| format!("merge histograms: {e:?}"))?;
+                    commits += n;
+                }
+                Ok(Err(_)) => {} // reported through first_error
+                Err(_) => return Err("a writer thread panicked".into()),
+            }
+        }
+        if let Some(e) = first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e.into());
+        }
+        Ok((
+            Rep {
+                commits,
+                elapsed,
+                log_written: 0,
+                disk: delta(d0, d1, DiskCounters::since),
+                usage: delta(u0, u1, Usage::since),
+                machine: delta(m0, m1, MachineCpu::since),
+                threads: ThreadGroups::between(&t0, &t1),
+                open_time,
+                close_time: Duration::ZERO,
+            },
+            hist,
+        ))
+    });
+    let t_close = Instant::now();
+    let closed = log.close();
+    let close_time = t_close.elapsed();
+    let removed = std::fs::remove_dir_all(&dir);
+    let (mut rep_result, hist) = measured
+        .map_err(|e| format!("peer {kind} {writers} writers × {size} B repetition {rep}: {e}"))?;
+    closed.map_err(|e| format!("close peer {kind}: {e}"))?;
+    removed.map_err(|e| format!("remove {}: {e}", dir.display()))?;
+    rep_result.close_time = close_time;
+    Ok((rep_result, hist))
+}
+
 /// Whether a log opens with `kind` here; the error text if not.
 fn probe_backend(root: &Path, kind: BackendKind) -> Result<(), String> {
     let dir = root.join(format!("probe-{}", backend_label(kind)));
@@ -661,6 +881,8 @@ fn fmt_rate(v: f64) -> String {
 fn fmt_ratio(v: f64) -> String {
     if v >= 10.0 {
         format!("{v:.1}×")
+    } else if v < 0.1 {
+        format!("{v:.3}×")
     } else {
         format!("{v:.2}×")
     }
@@ -772,11 +994,46 @@ fn find_f(
     })
 }
 
-fn results_table(results: &[CellResult], base: &Baseline) -> String {
+fn find_peer(
+    peers: &[PeerResult],
+    kind: PeerKind,
+    writers: usize,
+    size: usize,
+) -> Option<&PeerResult> {
+    peers
+        .iter()
+        .find(|p| p.kind == kind && p.writers == writers && p.size == size)
+}
+
+/// A results-table row of a peer: the columns that only mean something for walship
+/// (Local p99 of remote levels, async bandwidth) are "–".
+fn peer_row(p: &PeerResult, peers: &[PeerResult], base: &Baseline) -> String {
+    let vs1 = find_peer(peers, p.kind, 1, p.size).map_or("–".to_string(), |one| {
+        fmt_ratio(p.commits_per_sec() / one.commits_per_sec())
+    });
+    format!(
+        "| {} (peer) | {} | 0 | {} | {} | {} | {} | {} | {} | {} | {} | {} | {vs1} | {} | – | – | {} |\n",
+        p.kind,
+        Durability::Local,
+        p.writers,
+        p.size,
+        fmt_rate(p.commits_per_sec()),
+        fmt_rate(p.mb_s()),
+        fmt_us(p.p(0.5)),
+        fmt_us(p.p(0.9)),
+        fmt_us(p.p(0.99)),
+        fmt_us(p.p(0.999)),
+        fmt_us(p.hist.max()),
+        fmt_ratio(us(p.p(0.99)) / us(base.p99())),
+        p.spread_pct().map_or("–".to_string(), |x| format!("{x:.0}%"))
+    )
+}
+
+fn results_table(results: &[CellResult], peers: &[PeerResult], base: &Baseline) -> String {
     let mut s = String::new();
     s.push_str("| backend | durability | followers | writers | record B | commits/s | MB/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | thr vs 1 writer | p99 / device p99 | p99 / Local p99 | MB/s / device bw | rep spread |\n");
     s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-    for r in results {
+    for (i, r) in results.iter().enumerate() {
         let c = r.cell;
         let vs1 = find_f(results, c.backend, c.level, c.followers, 1, c.size)
             .map_or("–".to_string(), |one| {
@@ -815,7 +1072,77 @@ fn results_table(results: &[CellResult], base: &Baseline) -> String {
             bw,
             spread
         );
+        // The peers of a local cell follow its last backend's row.
+        let same_cell = |o: &CellResult| {
+            (o.cell.level, o.cell.followers, o.cell.writers, o.cell.size)
+                == (c.level, c.followers, c.writers, c.size)
+        };
+        if c.level == Durability::Local && !results.get(i + 1).is_some_and(same_cell) {
+            for p in peers
+                .iter()
+                .filter(|p| p.writers == c.writers && p.size == c.size)
+            {
+                s.push_str(&peer_row(p, peers, base));
+            }
+        }
     }
+    s
+}
+
+/// "1.23× okaywal, 0.80× raft-engine" for walship's `mine` over each peer's `theirs`.
+fn peer_ratios(mine: f64, peers: &[&PeerResult], theirs: impl Fn(&PeerResult) -> f64) -> String {
+    peers
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}",
+                fmt_ratio(mine / theirs(p).max(f64::MIN_POSITIVE)),
+                p.kind
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every walship Local cell against each peer of the same cell and run.
+fn peers_section(results: &[CellResult], peers: &[PeerResult]) -> String {
+    let mut s = String::new();
+    s.push_str("## walship vs peers (Local, 0 followers; same cells, same run, repetitions interleaved)\n\n");
+    s.push_str("Ratios are walship / peer: throughput > 1× means walship commits more per second, latency < 1× means walship's percentile is lower. Peers: okaywal 0.3.1 (`begin_entry`, `write_chunk`, `commit`; default configuration), raft-engine 0.4.2 (one `LogBatch::put` per commit in the writer's own raft group, `Engine::write(batch, sync = true)`; default `Config`), device (one `pwrite` at the next offset of a preallocated file + `fdatasync` per commit, writers serialized by a mutex). Each in a fresh directory per repetition, the same writers, record size, warm-up and measured time.\n\n");
+    s.push_str("| backend | writers | record B | commits/s | throughput vs peers | p50 µs | p50 vs peers | p99 µs | p99 vs peers | p99.9 µs | p99.9 vs peers |\n");
+    s.push_str("| --- | ---: | ---: | ---: | --- | ---: | --- | ---: | --- | ---: | --- |\n");
+    let mut any = false;
+    for r in results.iter().filter(|r| r.cell.level == Durability::Local) {
+        let c = r.cell;
+        let ps: Vec<&PeerResult> = peers
+            .iter()
+            .filter(|p| p.writers == c.writers && p.size == c.size)
+            .collect();
+        if ps.is_empty() {
+            continue;
+        }
+        any = true;
+        let lat = |q: f64| peer_ratios(r.p(q) as f64, &ps, |p| p.p(q) as f64);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.backend_name,
+            c.writers,
+            c.size,
+            fmt_rate(r.commits_per_sec()),
+            peer_ratios(r.commits_per_sec(), &ps, |p| p.commits_per_sec()),
+            fmt_us(r.p(0.5)),
+            lat(0.5),
+            fmt_us(r.p(0.99)),
+            lat(0.99),
+            fmt_us(r.p(0.999)),
+            lat(0.999)
+        );
+    }
+    if !any {
+        s.push_str("| (no local cell with peers in this run) | | | | | | | | | | |\n");
+    }
+    s.push('\n');
     s
 }
 
@@ -994,7 +1321,12 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-fn targets_section(results: &[CellResult], base: &Baseline, backends: &[BackendKind]) -> String {
+fn targets_section(
+    results: &[CellResult],
+    peers: &[PeerResult],
+    base: &Baseline,
+    backends: &[BackendKind],
+) -> String {
     let mut s = String::new();
     s.push_str("## Targets\n\n");
     let local = Durability::Local;
@@ -1108,6 +1440,33 @@ fn targets_section(results: &[CellResult], base: &Baseline, backends: &[BackendK
                 fmt_ratio(ratio)
             );
         }
+        // (5) the peers, same cells and run: figures only, no goal is set for them.
+        let mut lines = Vec::new();
+        for w in [1, 64] {
+            let Some(r) = find(results, b, local, w, 128) else {
+                continue;
+            };
+            let ps: Vec<&PeerResult> = peers
+                .iter()
+                .filter(|p| p.writers == w && p.size == 128)
+                .collect();
+            if ps.is_empty() {
+                continue;
+            }
+            lines.push(format!(
+                "{w} writer{} × 128 B: throughput {}; p99 {}",
+                if w == 1 { "" } else { "s" },
+                peer_ratios(r.commits_per_sec(), &ps, |p| p.commits_per_sec()),
+                peer_ratios(r.p(0.99) as f64, &ps, |p| p.p(0.99) as f64)
+            ));
+        }
+        if !lines.is_empty() {
+            let _ = writeln!(
+                s,
+                "5. Local vs peers (walship / peer, same run; figures, no goal set): {}",
+                lines.join("; ")
+            );
+        }
         s.push('\n');
     }
     s
@@ -1154,6 +1513,34 @@ fn side_by_side(
     }
     s.push('\n');
     s
+}
+
+/// The percentile chart of one Local cell: walship per backend, then each peer.
+fn local_chart(
+    cfg: &Config,
+    writers: usize,
+    size: usize,
+    walship: &[CellResult],
+    peers: &[PeerResult],
+) -> String {
+    let mut series: Vec<svg::Series> = walship
+        .iter()
+        .map(|r| svg::Series::from_histogram(format!("walship {}", r.backend_name), &r.hist))
+        .collect();
+    series.extend(
+        peers
+            .iter()
+            .map(|p| svg::Series::from_histogram(p.kind.name(), &p.hist)),
+    );
+    svg::percentile_chart(
+        &format!(
+            "Local commit latency: {writers} writer{} × {size} B ({} × {} ms measured)",
+            if writers == 1 { "" } else { "s" },
+            cfg.reps,
+            cfg.duration.as_millis()
+        ),
+        &series,
+    )
 }
 
 fn default_out() -> PathBuf {
@@ -1217,6 +1604,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: &Args) -> Res<()> {
     validate(args)?;
+    let peer_kinds = peers::parse_peer_list(&args.peers)?;
     let cfg = Config::from(args);
     let opts = log_options(&cfg, BackendKind::Portable);
     opts.validate()
@@ -1315,6 +1703,8 @@ fn run(args: &Args) -> Res<()> {
         * args.writers.len();
     let mut done = 0;
     let ca = ClusterCa::generate("latency-bench")?;
+    let mut peer_results: Vec<PeerResult> = Vec::new();
+    let mut pictures: Vec<PathBuf> = Vec::new();
     for &level in &args.levels {
         for (followers, cell_backends) in variants(level) {
             for &size in &args.sizes {
@@ -1334,6 +1724,21 @@ fn run(args: &Args) -> Res<()> {
                             hist: hgrm::latency_histogram(),
                         })
                         .collect();
+                    // Local cells get the peers, interleaved: A B C D A B C D.
+                    let mut peer_group: Vec<PeerResult> = if level == Durability::Local {
+                        peer_kinds
+                            .iter()
+                            .map(|&kind| PeerResult {
+                                kind,
+                                writers,
+                                size,
+                                reps: Vec::new(),
+                                hist: hgrm::latency_histogram(),
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     for rep in 0..cfg.reps {
                         for r in group.iter_mut() {
                             let (m, h, name) =
@@ -1350,6 +1755,40 @@ fn run(args: &Args) -> Res<()> {
                             );
                             r.reps.push(m);
                         }
+                        for p in peer_group.iter_mut() {
+                            let (m, h) = run_peer_rep(
+                                &cfg,
+                                p.kind,
+                                writers,
+                                size,
+                                &root,
+                                rep,
+                                dev.as_ref(),
+                            )?;
+                            p.hist
+                                .add(&h)
+                                .map_err(|e| format!("merge histograms: {e:?}"))?;
+                            eprintln!(
+                                "  {} rep {rep}: {:.0} commits/s, p99 {} µs",
+                                p.name(),
+                                m.commits_per_sec(),
+                                fmt_us(h.value_at_quantile(0.99))
+                            );
+                            p.reps.push(m);
+                        }
+                    }
+                    if level == Durability::Local {
+                        let path =
+                            out.join(format!("{}-{writers}w-{size}B.svg", Durability::Local));
+                        write_out(
+                            &path,
+                            &local_chart(&cfg, writers, size, &group, &peer_group),
+                        )?;
+                        pictures.push(path);
+                    }
+                    for p in peer_group {
+                        hgrm::write_file(&out.join(format!("{}.hgrm", p.name())), &p.hist)?;
+                        peer_results.push(p);
                     }
                     for r in group {
                         hgrm::write_file(&out.join(format!("{}.hgrm", r.cell.name())), &r.hist)?;
@@ -1416,11 +1855,14 @@ fn run(args: &Args) -> Res<()> {
     dev_md.push_str(&fsync_row("after the matrix", &post));
     dev_md.push('\n');
     md.push_str(&dev_md);
-    let table = results_table(&results, &base);
+    let table = results_table(&results, &peer_results, &base);
     let _ = writeln!(md, "## Results\n");
     md.push_str(&table);
     md.push('\n');
-    md.push_str(&targets_section(&results, &base, &backends));
+    if !peer_results.is_empty() {
+        md.push_str(&peers_section(&results, &peer_results));
+    }
+    md.push_str(&targets_section(&results, &peer_results, &base, &backends));
     md.push_str(&side_by_side(
         &results,
         &args.levels,
@@ -1432,6 +1874,15 @@ fn run(args: &Args) -> Res<()> {
         dev.as_ref(),
         flushes_per_fdatasync,
     ));
+    if !pictures.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Pictures\n\nLatency percentile curves (x: percentile, log scale of 1/(1−q) as HdrHistogram's plotter; y: latency, linear), one line per system, one file per Local cell:\n"
+        );
+        for p in &pictures {
+            let _ = writeln!(md, "- `{}`", p.display());
+        }
+    }
     let _ = writeln!(
         md,
         "\nTotal run time {:.0} s. Histograms (.hgrm, µs) and this report: {}",

@@ -22,6 +22,7 @@ pub mod peers;
 pub mod rawquic;
 pub mod svg;
 pub mod sys;
+pub mod tasks;
 pub mod waldata;
 pub mod zstd_speed;
 

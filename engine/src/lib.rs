@@ -48,6 +48,7 @@ mod failpoint;
 mod flush_gate;
 pub mod format;
 mod fsutil;
+mod futex;
 mod group_commit;
 mod identity;
 pub mod inspect;

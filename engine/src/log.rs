@@ -230,7 +230,7 @@ impl Log {
             remote_applied: Watermark::new(Lsn::ZERO),
             flush_requested: AtomicU64::new(end.get()),
             writing: Mutex::new(writer::WriteState::new(backend)),
-            gate: crate::flush_gate::FlushGate::default(),
+            gate: crate::flush_gate::FlushGate::new(opts.flushes_in_flight),
             wake: io::WriterWake::new(),
             flush_wake: io::WriterWake::new(),
             life: crate::lifecycle::Lifecycle::default(),

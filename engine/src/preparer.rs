@@ -31,7 +31,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::segment::{self, Segment, TMP_SUFFIX};
@@ -130,6 +130,7 @@ impl Preparer {
     pub(crate) fn take(&self, shared: &Shared, base: Lsn) -> Result<Segment> {
         let cap = shared.geometry.capacity();
         let mut st = lock(&self.state);
+        let mut counted = false;
         loop {
             if st.shutdown {
                 return Err(Error::Closed {
@@ -166,11 +167,21 @@ impl Preparer {
                 }
                 continue;
             }
+            let waited = Instant::now();
             st = self
                 .cv
                 .wait_timeout(st, Duration::from_millis(100))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            let c = &shared.counters;
+            if !counted {
+                counted = true;
+                crate::stats::Counters::add(&c.segment_waits, 1);
+            }
+            crate::stats::Counters::add(
+                &c.segment_wait_micros,
+                waited.elapsed().as_micros() as u64,
+            );
         }
     }
 

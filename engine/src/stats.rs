@@ -15,6 +15,8 @@ pub(crate) struct Counters {
     pub(crate) segments_created: AtomicU64,
     pub(crate) segments_recycled: AtomicU64,
     pub(crate) back_pressure_waits: AtomicU64,
+    pub(crate) segment_waits: AtomicU64,
+    pub(crate) segment_wait_micros: AtomicU64,
     pub(crate) retire_errors: AtomicU64,
 }
 
@@ -35,6 +37,8 @@ impl Counters {
             segments_created: g(&self.segments_created),
             segments_recycled: g(&self.segments_recycled),
             back_pressure_waits: g(&self.back_pressure_waits),
+            segment_waits: g(&self.segment_waits),
+            segment_wait_micros: g(&self.segment_wait_micros),
             retire_errors: g(&self.retire_errors),
         }
     }
@@ -64,6 +68,11 @@ pub struct Stats {
     pub segments_recycled: u64,
     /// Times an appender had to wait for the writer (back-pressure).
     pub back_pressure_waits: u64,
+    /// Times an appender crossing into a new segment found it not yet prepared and
+    /// waited for the preparer (appends stall meanwhile: the preparer is behind).
+    pub segment_waits: u64,
+    /// Total time of those waits, µs.
+    pub segment_wait_micros: u64,
     /// Times segment retirement stopped on an error (see
     /// [`Log::last_retire_error`](crate::Log::last_retire_error)).
     pub retire_errors: u64,

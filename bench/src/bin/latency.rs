@@ -116,7 +116,12 @@ struct Args {
     /// Engine option `max_pending_bytes`, MiB [default: the engine's default].
     #[arg(long)]
     max_pending_mib: Option<u64>,
-    /// How often the checkpoint thread advances the checkpoint to `flushed`, ms.
+    /// Async task counts for the `commit(..).await` section (2-worker tokio runtime,
+    /// Local, 128 B); 0 skips it.
+    #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+    tasks: Vec<usize>,
+    /// How often the checkpoint thread advances the checkpoint to `flushed`, ms; 0 runs
+    /// no checkpoint thread (nothing is retired: every segment is new, zero-filled).
     #[arg(long, default_value_t = 10)]
     checkpoint_ms: u64,
     /// Peers run in the same closed loop as every local cell (0 followers), their
@@ -165,7 +170,7 @@ impl Config {
                 .async_flush_ms
                 .map(|ms| Duration::from_millis(ms.max(1))),
             max_pending_bytes: args.max_pending_mib.map(|m| m.max(1) << 20),
-            checkpoint_every: Duration::from_millis(args.checkpoint_ms.max(1)),
+            checkpoint_every: Duration::from_millis(args.checkpoint_ms),
             quorum_k: args.quorum_k,
             fsync_iterations: if q { 1_000 } else { 5_000 },
             bandwidth_bytes: if q { 64 << 20 } else { 256 << 20 },
@@ -222,6 +227,8 @@ struct Rep {
     threads: ThreadGroups,
     open_time: Duration,
     close_time: Duration,
+    /// The log's own counters over the measured window.
+    stats: walship_engine::Stats,
 }
 
 impl Rep {
@@ -393,6 +400,62 @@ impl ThreadGroups {
             x.1 += y.1;
             x.2 = x.2.max(y.2);
         }
+    }
+}
+
+/// `commit(..).await` from many tokio tasks on a two-worker runtime.
+fn tasks_section(runs: &[walship_bench::tasks::TaskRun]) -> String {
+    let mut s = String::from(
+        "## Async tasks\n\n`commit(lsn, Local).await` from N tokio tasks on a runtime of 2 worker threads, 128 B records, portable backend, one fresh log per repetition. CPU and context switches are the whole process's (runtime workers and the log's threads) over the measured window, per commit: they should not grow with N.\n\n| tasks | rep | commits/s | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs / commit | context switches / commit | commits / flush |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let mut rep = 0;
+    let mut last = 0;
+    for r in runs {
+        rep = if r.tasks == last { rep + 1 } else { 1 };
+        last = r.tasks;
+        let opt = |v: Option<f64>, d: usize| v.map_or("n/a".to_string(), |x| format!("{x:.d$}"));
+        let _ = writeln!(
+            s,
+            "| {} | {rep} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+            r.tasks,
+            fmt_rate(r.rate()),
+            fmt_us(r.hist.value_at_quantile(0.5)),
+            fmt_us(r.hist.value_at_quantile(0.99)),
+            fmt_us(r.hist.value_at_quantile(0.999)),
+            fmt_us(r.hist.max()),
+            opt(r.cpu_us_per_commit(), 2),
+            opt(r.switches_per_commit(), 3),
+            r.commits as f64 / r.flushes.max(1) as f64,
+        );
+    }
+    let best = runs
+        .iter()
+        .filter(|r| r.tasks == 1024)
+        .map(walship_bench::tasks::TaskRun::rate)
+        .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+    if let Some(b) = best {
+        let _ = writeln!(
+            s,
+            "\nTarget: Local from 1024 async tasks × 128 B ≥ 250 K commits/s: **{}** — best repetition {} commits/s.",
+            verdict(b >= 250_000.0),
+            fmt_rate(b)
+        );
+    }
+    s.push('\n');
+    s
+}
+
+/// The engine counters that moved between two snapshots.
+fn stats_since(a: &walship_engine::Stats, b: &walship_engine::Stats) -> walship_engine::Stats {
+    walship_engine::Stats {
+        flushes: b.flushes - a.flushes,
+        flush_micros: b.flush_micros - a.flush_micros,
+        segments_created: b.segments_created - a.segments_created,
+        segments_recycled: b.segments_recycled - a.segments_recycled,
+        segment_waits: b.segment_waits - a.segment_waits,
+        segment_wait_micros: b.segment_wait_micros - a.segment_wait_micros,
+        back_pressure_waits: b.back_pressure_waits - a.back_pressure_waits,
+        ..*b
     }
 }
 
@@ -606,7 +669,7 @@ fn run_rep(
         let (log, record, phase, first_error) = (&*log, &record, &phase, &first_error);
         let follower_logs = &follower_logs;
         s.spawn(move || {
-            while phase.load(Ordering::Acquire) != STOP {
+            while !cfg.checkpoint_every.is_zero() && phase.load(Ordering::Acquire) != STOP {
                 std::thread::sleep(cfg.checkpoint_every);
                 log.set_checkpoint(log.watermarks().flushed);
                 for f in follower_logs {
@@ -652,6 +715,7 @@ fn run_rep(
             Usage::now(),
         );
         let (m0, t0) = (MachineCpu::now(), ThreadTimes::now());
+        let s0 = log.stats();
         let start = Instant::now();
         // Only a running cell enters the measurement phase; a failed one stays stopped.
         let _ = phase.compare_exchange(WARMUP, MEASURE, Ordering::AcqRel, Ordering::Acquire);
@@ -664,6 +728,7 @@ fn run_rep(
             Usage::now(),
         );
         let (m1, t1) = (MachineCpu::now(), ThreadTimes::now());
+        let s1 = log.stats();
         let mut hist = hgrm::latency_histogram();
         let mut commits = 0;
         for h in handles {
@@ -690,6 +755,7 @@ fn run_rep(
             threads: ThreadGroups::between(&t0, &t1),
             open_time,
             close_time: Duration::ZERO,
+            stats: stats_since(&s0, &s1),
         };
         Ok((rep, hist))
     });
@@ -827,6 +893,7 @@ fn run_peer_rep(
                 threads: ThreadGroups::between(&t0, &t1),
                 open_time,
                 close_time: Duration::ZERO,
+                stats: walship_engine::Stats::default(),
             },
             hist,
         ))
@@ -1161,9 +1228,9 @@ fn diagnostics_tables(
         dev.map_or("n/a", |d| d.name.as_str()),
         flushes_per_fdatasync.map_or("n/a".to_string(), |f| format!("{f:.2}"))
     );
-    s.push_str("| backend | durability | writers | record B | log written MB/s | device flushes/s | commits / fdatasync (est.) | device ms / flush | device write MB/s | device writes/s | commits ≥ 100 ms | open ms | close ms |\n");
+    s.push_str("| backend | durability | writers | record B | log written MB/s | device flushes/s | commits / fdatasync (est.) | device ms / flush | device write MB/s | device writes/s | commits ≥ 100 ms | log flushes/s | segments new / recycled | appends waiting for a segment: times, ms | open ms | close ms |\n");
     s.push_str(
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in results {
         let c = r.cell;
@@ -1213,13 +1280,18 @@ fn diagnostics_tables(
             * 1e3;
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.1} | {fl} | {per_fl} | {ms_fl} | {dw} | {dws} | {} | {open_ms:.0} | {close_ms:.0} |",
+            "| {} | {} | {} | {} | {:.1} | {fl} | {per_fl} | {ms_fl} | {dw} | {dws} | {} | {:.0} | {} / {} | {}, {:.0} | {open_ms:.0} | {close_ms:.0} |",
             r.backend_name,
             level_label(&c),
             c.writers,
             c.size,
             written as f64 / MB / t,
-            r.hist.count_between(100_000_000, u64::MAX)
+            r.hist.count_between(100_000_000, u64::MAX),
+            r.reps.iter().map(|x| x.stats.flushes).sum::<u64>() as f64 / t,
+            r.reps.iter().map(|x| x.stats.segments_created).sum::<u64>(),
+            r.reps.iter().map(|x| x.stats.segments_recycled).sum::<u64>(),
+            r.reps.iter().map(|x| x.stats.segment_waits).sum::<u64>(),
+            r.reps.iter().map(|x| x.stats.segment_wait_micros).sum::<u64>() as f64 / 1e3,
         );
     }
     s.push_str(
@@ -1804,6 +1876,26 @@ fn run(args: &Args) -> Res<()> {
         }
     }
 
+    let mut task_runs = Vec::new();
+    for &tasks in args.tasks.iter().filter(|&&t| t > 0) {
+        for rep in 0..cfg.reps {
+            eprintln!("async tasks: {tasks} tasks × 128 B, local, rep {}", rep + 1);
+            let dir = root.join(format!("tasks-{tasks}-{rep}"));
+            let r = walship_bench::tasks::run(
+                &dir,
+                log_options(&cfg, BackendKind::Portable),
+                tasks,
+                128,
+                Durability::Local,
+                cfg.warmup,
+                cfg.duration,
+            )?;
+            hgrm::write_file(&out.join(format!("tasks-{tasks}-{rep}.hgrm")), &r.hist)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            task_runs.push(r);
+        }
+    }
+
     let post = device::fsync_latency(&root, 64 << 20, 200, cfg.fsync_iterations)?;
     hgrm::write_file(&out.join("device-fsync-4k-after.hgrm"), &post.hist)?;
 
@@ -1812,7 +1904,7 @@ fn run(args: &Args) -> Res<()> {
     let _ = writeln!(md, "# walship-engine commit latency\n");
     let _ = writeln!(
         md,
-        "Run {} UTC, {} mode: {} ms measured + {} ms warm-up per cell and repetition, {} repetition(s) alternating backends, segment capacity {} MiB, async_flush_interval {} ms, max_pending_bytes {} MiB, checkpoint every {} ms; logs and device tests in {} (block device {}). Latency = append + commit(level).wait() round trip of one closed-loop writer thread. Command: `{}`\n",
+        "Run {} UTC, {} mode: {} ms measured + {} ms warm-up per cell and repetition, {} repetition(s) alternating backends, segment capacity {} MiB, async_flush_interval {} ms, max_pending_bytes {} MiB, {}; logs and device tests in {} (block device {}). Latency = append + commit(level).wait() round trip of one closed-loop writer thread. Command: `{}`\n",
         utc_timestamp(SystemTime::now()),
         if cfg.quick { "quick" } else { "full" },
         cfg.duration.as_millis(),
@@ -1825,7 +1917,11 @@ fn run(args: &Args) -> Res<()> {
         cfg.max_pending_bytes
             .unwrap_or(Options::default().max_pending_bytes)
             >> 20,
-        cfg.checkpoint_every.as_millis(),
+        if cfg.checkpoint_every.is_zero() {
+            "no checkpoint thread".to_string()
+        } else {
+            format!("checkpoint every {} ms", cfg.checkpoint_every.as_millis())
+        },
         base_dir.display(),
         dev.as_ref().map_or("n/a", |d| d.name.as_str()),
         std::env::args().collect::<Vec<_>>().join(" ")
@@ -1863,6 +1959,9 @@ fn run(args: &Args) -> Res<()> {
         md.push_str(&peers_section(&results, &peer_results));
     }
     md.push_str(&targets_section(&results, &peer_results, &base, &backends));
+    if !task_runs.is_empty() {
+        md.push_str(&tasks_section(&task_runs));
+    }
     md.push_str(&side_by_side(
         &results,
         &args.levels,

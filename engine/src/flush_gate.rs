@@ -10,21 +10,21 @@
 //! interval, close) is just another committer here.
 //!
 //! Waking costs the waker two system calls per flush, whatever the group's size: all
-//! waiters of one flush sleep on one futex word (one `FUTEX_WAKE` for all of them, and
-//! each returns without taking a lock: it only reads the durable position), and one
-//! waiter of the next flush is woken to lead it, before the finished group is woken, so
-//! the next flush's write overlaps the wake-ups. The leader's own commit returns without
-//! any hand-off to another thread.
+//! waiters of one flush sleep on one condition variable (one `FUTEX_WAKE` for all of
+//! them), and one waiter of the next flush is woken to lead it, before the finished
+//! group is woken, so the next flush's write overlaps the wake-ups; the rest of the next
+//! group stays asleep until the flush that covers them ends. The leader's own commit
+//! returns without any hand-off to another thread. (Waiters sleeping on raw futex words,
+//! which return without re-taking the mutex, measured no different here: same commits
+//! per second, CPU and context switches per commit, bench/RESULTS.md; so no `unsafe`.)
 //!
 //! The gate is pure coordination: what leading means (write, then `fdatasync`) is the
 //! caller's closure, so the rules are unit-tested here without a disk.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use crate::error::Error;
-use crate::futex;
 use crate::sync::lock;
 use crate::types::Lsn;
 
@@ -47,30 +47,40 @@ pub(crate) enum Outcome {
 /// flush at a time committed more: its groups are larger (bench/RESULTS.md, issue 13).
 pub(crate) const MAX_IN_FLIGHT: usize = 4;
 
-#[derive(Debug, Default)]
+/// Condition variables: one per flush in flight, plus the one the *next* flush's
+/// waiters sleep on.
+const WORDS: usize = MAX_IN_FLIGHT + 1;
+
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    /// Everything appended before its leader was chosen (its write takes all of it).
+    covers: Lsn,
+    /// The condition variable its waiters sleep on.
+    word: usize,
+}
+
+#[derive(Debug)]
 struct State {
-    /// Per slot, the flush in flight there: everything appended before its leader was
-    /// chosen (its write takes all of it).
-    running: [Option<Lsn>; MAX_IN_FLIGHT],
+    /// Per slot, the flush in flight there.
+    running: [Option<Running>; MAX_IN_FLIGHT],
+    /// The condition variable of waiters that no running flush covers, all slots being
+    /// busy: the next flush to start adopts it (it covers them all), and a free one takes
+    /// its place.
+    next: usize,
+    /// Threads asleep on each condition variable, so nobody notifies an empty one.
+    sleepers: [u32; WORDS],
 }
 
 /// The one place committers meet; see the module documentation.
 #[derive(Debug)]
 pub(crate) struct FlushGate {
-    /// Who leads: taken briefly to choose a leader or a slot, never while flushing and
-    /// never by a waiter whose flush is done.
+    /// Who leads and who sleeps where: taken briefly, never while flushing.
     state: Mutex<State>,
     /// How many flushes may be in flight (at most `MAX_IN_FLIGHT`).
     limit: usize,
-    /// `ends[i]` changes when the flush in slot `i` ends; waiters it covers sleep on it.
-    ends: [AtomicU32; MAX_IN_FLIGHT],
-    /// Threads asleep, or about to be, on each word (counted under `state`, so a
-    /// finisher that reads zero under it knows nobody can be missed).
-    sleepers: [AtomicU32; MAX_IN_FLIGHT],
-    /// Changes when any flush ends while waiters no running flush covers wait (all slots
-    /// were busy): one of them will lead.
-    freed: AtomicU32,
-    freed_sleepers: AtomicU32,
+    /// Notified when the flush they belong to ends (or, for the next flush's, when one
+    /// of its waiters is called to lead).
+    words: [Condvar; WORDS],
 }
 
 struct Leading<'a>(&'a FlushGate, usize);
@@ -95,12 +105,13 @@ impl FlushGate {
     /// A gate letting `limit` flushes run at once (1 to `MAX_IN_FLIGHT`).
     pub(crate) fn new(limit: usize) -> FlushGate {
         FlushGate {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                running: [None; MAX_IN_FLIGHT],
+                next: 0,
+                sleepers: [0; WORDS],
+            }),
             limit: limit.clamp(1, MAX_IN_FLIGHT),
-            ends: Default::default(),
-            sleepers: Default::default(),
-            freed: AtomicU32::new(0),
-            freed_sleepers: AtomicU32::new(0),
+            words: Default::default(),
         }
     }
 
@@ -115,8 +126,8 @@ impl FlushGate {
         deadline: Option<Instant>,
         lead: &mut dyn FnMut() -> Result<(), Error>,
     ) -> Outcome {
+        let mut st = lock(&self.state);
         loop {
-            // A woken waiter whose flush is done returns here, without the lock.
             if (log.durable)() >= lsn {
                 return Outcome::Durable;
             }
@@ -133,25 +144,33 @@ impl FlushGate {
                     Some(d - now)
                 }
             };
-            let mut st = lock(&self.state);
-            if (log.durable)() >= lsn {
-                return Outcome::Durable;
-            }
             // The running flush that covers `lsn` and began first, if any.
-            let covering = (0..self.limit)
-                .filter_map(|i| st.running[i].filter(|c| *c >= lsn).map(|c| (c, i)))
-                .min()
-                .map(|(_, i)| i);
-            let (word, sleepers) = match covering {
-                Some(i) => (&self.ends[i], &self.sleepers[i]),
-                None => match (0..self.limit).find(|&i| st.running[i].is_none()) {
-                    Some(i) => {
-                        st.running[i] = Some((log.appended)());
+            let covering = st.running[..self.limit]
+                .iter()
+                .flatten()
+                .filter(|r| r.covers >= lsn)
+                .min_by_key(|r| r.covers)
+                .map(|r| r.word);
+            let word = match covering {
+                Some(w) => w,
+                None => match st.running[..self.limit].iter().position(Option::is_none) {
+                    Some(slot) => {
+                        // Lead, adopting the next flush's waiters (appended before now,
+                        // so covered), and give the next flush a condition variable no
+                        // flush uses.
+                        let word = st.next;
+                        st.running[slot] = Some(Running {
+                            covers: (log.appended)(),
+                            word,
+                        });
+                        st.next = (0..WORDS)
+                            .find(|w| st.running.iter().flatten().all(|r| r.word != *w))
+                            .unwrap_or(word);
                         drop(st);
                         let led = {
                             // Ends the flush even if `lead` panics, so no waiter sleeps
                             // forever.
-                            let _leading = Leading(self, i);
+                            let _leading = Leading(self, slot);
                             lead()
                         };
                         if let Err(e) = led {
@@ -159,54 +178,52 @@ impl FlushGate {
                         }
                         // Durable now, unless a truncation cut what was appended: the
                         // loop's checks (`refused` names a truncation below `lsn`) decide.
+                        st = lock(&self.state);
                         continue;
                     }
-                    None => (&self.freed, &self.freed_sleepers),
+                    None => st.next,
                 },
             };
-            let seen = word.load(Ordering::SeqCst);
-            sleepers.fetch_add(1, Ordering::SeqCst);
-            drop(st);
-            futex::wait(word, seen, timeout);
-            sleepers.fetch_sub(1, Ordering::SeqCst);
+            st.sleepers[word] += 1;
+            st = match timeout {
+                None => self.words[word].wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(t) => {
+                    self.words[word]
+                        .wait_timeout(st, t)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            st.sleepers[word] -= 1;
         }
     }
 
-    /// Ends the flush in slot `i`: the waiters no flush covered are woken first (one of
-    /// them leads the next), then everyone this flush covered, each group with one
-    /// system call.
-    fn finish(&self, i: usize) {
+    /// Ends the flush in `slot`: one waiter of the next flush is called first, to lead
+    /// it (the others stay asleep: the flush it leads covers them and wakes them when it
+    /// ends), then everyone this flush covered, each group with one notification.
+    fn finish(&self, slot: usize) {
         let mut st = lock(&self.state);
-        st.running[i] = None;
-        // Changed under the lock, so a waiter that read a word before cannot sleep
-        // through this end, and one that reads it after sees the slot free.
-        self.ends[i].fetch_add(1, Ordering::SeqCst);
-        let wake_freed = self.freed_sleepers.load(Ordering::SeqCst) > 0;
-        if wake_freed {
-            self.freed.fetch_add(1, Ordering::SeqCst);
-        }
-        let wake_covered = self.sleepers[i].load(Ordering::SeqCst) > 0;
+        let Some(run) = st.running[slot].take() else {
+            return;
+        };
+        let wake_covered = st.sleepers[run.word] > 0;
+        let next = st.next;
+        let call_next = st.sleepers[next] > 0;
         drop(st);
-        if wake_freed {
-            // All of them: the first to get the lock leads, and the rest find that flush
-            // covering them (waking one would leave the others asleep here while a
-            // flush that covers them runs and ends).
-            futex::wake_all(&self.freed);
+        if call_next {
+            self.words[next].notify_one();
         }
         if wake_covered {
-            futex::wake_all(&self.ends[i]);
+            self.words[run.word].notify_all();
         }
     }
 
     /// Wakes every waiter so each re-examines the log (poisoned, closed, truncated).
     pub(crate) fn wake_all(&self) {
-        let st = lock(&self.state);
-        for w in self.ends.iter().chain([&self.freed]) {
-            w.fetch_add(1, Ordering::SeqCst);
-        }
-        drop(st);
-        for w in self.ends.iter().chain([&self.freed]) {
-            futex::wake_all(w);
+        // Taking the lock orders this after any waiter's check of the log.
+        drop(lock(&self.state));
+        for w in &self.words {
+            w.notify_all();
         }
     }
 }

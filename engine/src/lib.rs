@@ -1,9 +1,10 @@
 //! # walship-engine
 //!
 //! A write-ahead log on one machine, built to be the storage layer under a replicated
-//! database: segmented, memory-mapped for zero-copy reads, appended by one log-writer
-//! thread with group commit through io_uring (or `pwritev` + `fdatasync`), with every
-//! commit choosing its [`Durability`].
+//! database: segmented, memory-mapped for zero-copy reads, appended with group commit
+//! driven by the committers themselves (the first committer that finds no flush running
+//! writes and `fdatasync`s everything appended, on its own thread; the others wait for
+//! that flush or lead the next), with every commit choosing its [`Durability`].
 //!
 //! ## Guarantees
 //! - **No acknowledged commit is lost.** `commit(lsn, Local)` resolves only after an
@@ -48,7 +49,6 @@ mod failpoint;
 mod flush_gate;
 pub mod format;
 mod fsutil;
-mod futex;
 mod group_commit;
 mod identity;
 pub mod inspect;

@@ -30,8 +30,9 @@ use crate::layout::{LOCK_FILE, META_FILE};
 use crate::shared::{Shared, Truncations};
 use crate::sync::{lock, read};
 
-/// A write-ahead log in one directory: segmented, memory-mapped for reads, written by
-/// one log-writer thread with group commit.
+/// A write-ahead log in one directory: segmented, memory-mapped for reads, written with
+/// committer-driven group commit (a blocking commit flushes its group on its own thread;
+/// a writer and a flusher thread serve readers and async commits).
 ///
 /// # Threading
 /// `Log` is `Send + Sync`; share it (e.g. in an `Arc`) between appending threads.

@@ -12,6 +12,7 @@ pub const ENGINE_MUTATIONS: &[&str] = &[
     SKIP_LOG_DIR_PARENT_FSYNC,
     SEAL_BYPASS,
     PROVISION_PAST_BOUNDARY,
+    FLUSH_CLAIMS_APPENDED,
 ];
 
 /// Every mutation of the replication layer (its call sites are in `walship-transport`).
@@ -46,6 +47,10 @@ pub const SEAL_BYPASS: &str = "seal-bypass";
 /// Appending provisions from the segment after the one holding the end, as the
 /// segment-boundary bug of issue 10 did.
 pub const PROVISION_PAST_BOUNDARY: &str = "provision-past-boundary";
+/// A flush leader publishes as durable everything appended when its flush ends, not what
+/// was written before it began: records appended while the flush ran are acknowledged
+/// without ever being flushed.
+pub const FLUSH_CLAIMS_APPENDED: &str = "flush-claims-appended";
 
 #[cfg(feature = "mutations")]
 static ACTIVE: std::sync::Mutex<Option<Option<String>>> = std::sync::Mutex::new(None);

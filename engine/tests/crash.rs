@@ -108,7 +108,12 @@ fn sigkill_never_loses_an_acknowledged_commit() {
                 .unwrap()
                 .as_nanos() as u64
         });
-    eprintln!("crash test seed {seed} (set WALSHIP_SEED to replay the kill timings)");
+    // CI runs 50 kill rounds per backend; WALSHIP_CRASH_KILLS=1000 is the long run.
+    let rounds: u32 = std::env::var("WALSHIP_CRASH_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    eprintln!("crash test seed {seed} (set WALSHIP_SEED to replay the kill timings), {rounds} kills per backend");
     let mut rng = Rng::new(seed);
     for b in backends() {
         let dir = tempfile::tempdir().unwrap();
@@ -116,7 +121,7 @@ fn sigkill_never_loses_an_acknowledged_commit() {
         let mut kills = 0;
         let mut total = 0;
         let started = Instant::now();
-        while kills < 50 {
+        while kills < rounds {
             let mut child = Command::new(&exe)
                 .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
                 .env(CHILD_ENV, dir.path())

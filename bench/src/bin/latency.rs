@@ -729,22 +729,7 @@ fn run_rep(
         );
         let (m1, t1) = (MachineCpu::now(), ThreadTimes::now());
         let s1 = log.stats();
-        let mut hist = hgrm::latency_histogram();
-        let mut commits = 0;
-        for h in handles {
-            match h.join() {
-                Ok(Ok((hh, n))) => {
-                    hist.add(&hh)
-                        .map_err(|e| format!("merge histograms: {e:?}"))?;
-                    commits += n;
-                }
-                Ok(Err(_)) => {} // reported through first_error
-                Err(_) => return Err("a writer thread panicked".into()),
-            }
-        }
-        if let Some(e) = first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(e.into());
-        }
+        let (hist, commits) = join_writers(handles, first_error)?;
         let rep = Rep {
             commits,
             elapsed,
@@ -772,6 +757,34 @@ fn run_rep(
     removed.map_err(|e| format!("remove {}: {e}", dir.display()))?;
     rep_result.close_time = close_time;
     Ok((rep_result, hist, backend_name))
+}
+
+/// What a writer thread returns: its histogram and commit count.
+type WriterResult = Res<(Histogram<u64>, u64)>;
+
+/// Joins a cell's writer threads: their merged histogram and commit count, or the first
+/// writer's error.
+fn join_writers(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, WriterResult>>,
+    first_error: &Mutex<Option<String>>,
+) -> Res<(Histogram<u64>, u64)> {
+    let mut hist = hgrm::latency_histogram();
+    let mut commits = 0;
+    for h in handles {
+        match h.join() {
+            Ok(Ok((hh, n))) => {
+                hist.add(&hh)
+                    .map_err(|e| format!("merge histograms: {e:?}"))?;
+                commits += n;
+            }
+            Ok(Err(_)) => {} // reported through first_error
+            Err(_) => return Err("a writer thread panicked".into()),
+        }
+    }
+    if let Some(e) = first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e.into());
+    }
+    Ok((hist, commits))
 }
 
 /// A peer's writer thread: the same closed loop as [`writer_loop`], through the peer's
@@ -866,22 +879,7 @@ fn run_peer_rep(
         let elapsed = start.elapsed();
         let (d1, u1) = (dev.and_then(BlockDevice::counters), Usage::now());
         let (m1, t1) = (MachineCpu::now(), ThreadTimes::now());
-        let mut hist = hgrm::latency_histogram();
-        let mut commits = 0;
-        for h in handles {
-            match h.join() {
-                Ok(Ok((hh, n))) => {
-                    hist.add(&hh)
-                        .map_err(|e| format!("merge histograms: {e:?}"))?;
-                    commits += n;
-                }
-                Ok(Err(_)) => {} // reported through first_error
-                Err(_) => return Err("a writer thread panicked".into()),
-            }
-        }
-        if let Some(e) = first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(e.into());
-        }
+        let (hist, commits) = join_writers(handles, first_error)?;
         Ok((
             Rep {
                 commits,

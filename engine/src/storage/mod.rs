@@ -176,6 +176,15 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     /// `fsync`: as `sync_data`, metadata included.
     fn sync_all(&self) -> io::Result<()>;
 
+    /// Starts writing back `len` bytes at `offset` without waiting and without any
+    /// durability promise (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): spreads the
+    /// writeback of a large write over its duration instead of one burst at the
+    /// `fsync` that follows. The default does nothing.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
+
     /// Sets the length (zeros when it grows).
     fn set_len(&self, len: u64) -> io::Result<()>;
 

@@ -1455,7 +1455,8 @@ fn targets_section(
             }
             None => s.push_str("2. Local, 64 × 128 B p99: n/a (cell not in this run)\n"),
         }
-        // (3) async bandwidth vs the page cache.
+        // (3) async bandwidth vs the device's buffered writes, final fdatasync included
+        // (issue 13: what an async log must also make durable in the end).
         let best = results
             .iter()
             .filter(|r| {
@@ -1464,12 +1465,12 @@ fn targets_section(
             .max_by(|x, y| x.mb_s().total_cmp(&y.mb_s()));
         match best {
             Some(r) => {
-                let bw = base.bw();
+                let bw = base.bandwidth.overwrite_mb_s(true);
                 let frac = r.mb_s() / bw;
                 let ok = frac >= 0.8;
                 let _ = write!(
                     s,
-                    "3. Async 4 KiB sustained ≥ 80% of device buffered sequential write bandwidth: **{}** — best {} writers: {:.0} MB/s = {:.0}% of {bw:.0} MB/s",
+                    "3. Async 4 KiB sustained ≥ 80% of the device's buffered write bandwidth including a final fdatasync: **{}** — best {} writers: {:.0} MB/s = {:.0}% of {bw:.0} MB/s",
                     verdict(ok),
                     r.cell.writers,
                     r.mb_s(),
@@ -1485,9 +1486,7 @@ fn targets_section(
                 }
                 let _ = writeln!(
                     s,
-                    "; for context {:.0}% of the device's {:.0} MB/s including a final fdatasync, {:.0}% of {:.0} MB/s into a new file",
-                    r.mb_s() / base.bandwidth.overwrite_mb_s(true) * 100.0,
-                    base.bandwidth.overwrite_mb_s(true),
+                    "; for context {:.0}% of {:.0} MB/s into a new file",
                     r.mb_s() / base.bandwidth.new_file_mb_s(false) * 100.0,
                     base.bandwidth.new_file_mb_s(false)
                 );
@@ -1511,33 +1510,80 @@ fn targets_section(
             );
         }
         // (5) the peers, same cells and run: figures only, no goal is set for them.
-        let mut lines = Vec::new();
-        for w in [1, 64] {
-            let Some(r) = find(results, b, local, w, 128) else {
-                continue;
-            };
-            let ps: Vec<&PeerResult> = peers
-                .iter()
-                .filter(|p| p.writers == w && p.size == 128)
-                .collect();
-            if ps.is_empty() {
-                continue;
-            }
-            lines.push(format!(
-                "{w} writer{} × 128 B: throughput {}; p99 {}",
-                if w == 1 { "" } else { "s" },
-                peer_ratios(r.commits_per_sec(), &ps, |p| p.commits_per_sec()),
-                peer_ratios(r.p(0.99) as f64, &ps, |p| p.p(0.99) as f64)
-            ));
-        }
-        if !lines.is_empty() {
+        // (6–8) issue 13: against the peers, same cells, same run.
+        s.push_str(&peer_targets(results, peers, b));
+        s.push('\n');
+    }
+    s
+}
+
+/// Issue 13's targets against the peers measured in the same run, for backend `b`.
+fn peer_targets(results: &[CellResult], peers: &[PeerResult], b: BackendKind) -> String {
+    let local = Durability::Local;
+    let peer = |kind: PeerKind, w: usize, size: usize| {
+        peers
+            .iter()
+            .find(|p| p.kind == kind && p.writers == w && p.size == size)
+    };
+    let mut s = String::new();
+    for size in [128, 4096] {
+        let (Some(r), Some(ok), Some(dev)) = (
+            find(results, b, local, 1, size),
+            peer(PeerKind::OkayWal, 1, size),
+            peer(PeerKind::Device, 1, size),
+        ) else {
+            let _ = writeln!(s, "6. Local 1 × {size} B vs okaywal and the device: n/a (cells or peers not in this run)");
+            continue;
+        };
+        let (a, d) = (
+            r.commits_per_sec() / ok.commits_per_sec(),
+            r.commits_per_sec() / dev.commits_per_sec(),
+        );
+        let _ = writeln!(
+            s,
+            "6. Local 1 × {size} B ≥ 1.0× okaywal and ≥ 0.9× the device: **{}** — {} commits/s = {} okaywal ({}), {} the device ({})",
+            verdict(a >= 1.0 && d >= 0.9),
+            fmt_rate(r.commits_per_sec()),
+            fmt_ratio(a),
+            fmt_rate(ok.commits_per_sec()),
+            fmt_ratio(d),
+            fmt_rate(dev.commits_per_sec())
+        );
+    }
+    match (
+        find(results, b, local, 64, 128),
+        peer(PeerKind::RaftEngine, 64, 128),
+    ) {
+        (Some(r), Some(re)) => {
+            let t = r.commits_per_sec() / re.commits_per_sec();
             let _ = writeln!(
                 s,
-                "5. Local vs peers (walship / peer, same run; figures, no goal set): {}",
-                lines.join("; ")
+                "7. Local 64 × 128 B ≥ 3× raft-engine, p99 ≤ raft-engine's: **{}** — {} raft-engine; p99 {} vs {} µs",
+                verdict(t >= 3.0 && r.p(0.99) <= re.p(0.99)),
+                fmt_ratio(t),
+                fmt_us(r.p(0.99)),
+                fmt_us(re.p(0.99))
             );
         }
-        s.push('\n');
+        _ => s.push_str("7. Local 64 × 128 B vs raft-engine: n/a (cell or peer not in this run)\n"),
+    }
+    match (
+        find(results, b, local, 64, 4096),
+        peer(PeerKind::RaftEngine, 64, 4096),
+    ) {
+        (Some(r), Some(re)) => {
+            let t = r.commits_per_sec() / re.commits_per_sec();
+            let tail = r.p(0.999) as f64 / r.p(0.99).max(1) as f64;
+            let max = r.hist.max();
+            let _ = writeln!(
+                s,
+                "8. Local 64 × 4 KiB ≥ 2× raft-engine, p99.9 ≤ 3× its own p99, no commit over 20 ms: **{}** — {} raft-engine; p99.9 / p99 = {tail:.2}×; max {} µs",
+                verdict(t >= 2.0 && tail <= 3.0 && max <= 20_000_000),
+                fmt_ratio(t),
+                fmt_us(max)
+            );
+        }
+        _ => s.push_str("8. Local 64 × 4 KiB vs raft-engine: n/a (cell or peer not in this run)\n"),
     }
     s
 }

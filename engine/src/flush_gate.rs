@@ -127,8 +127,16 @@ impl FlushGate {
         lead: &mut dyn FnMut() -> Result<(), Error>,
     ) -> Outcome {
         let mut st = lock(&self.state);
+        // The condition variable this waiter last slept on.
+        let mut slept_on = None;
         loop {
             if (log.durable)() >= lsn {
+                // Called to lead the next flush but already durable (the flush that ended
+                // wrote more than it was chosen to cover): pass the call on, or the rest
+                // of the next group would sleep with no flush running to wake them.
+                if slept_on == Some(st.next) && st.sleepers[st.next] > 0 {
+                    self.words[st.next].notify_one();
+                }
                 return Outcome::Durable;
             }
             if let Some(e) = (log.refused)() {
@@ -139,6 +147,10 @@ impl FlushGate {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
+                        // As above: a waiter called to lead that gives up passes it on.
+                        if slept_on == Some(st.next) && st.sleepers[st.next] > 0 {
+                            self.words[st.next].notify_one();
+                        }
                         return Outcome::TimedOut;
                     }
                     Some(d - now)
@@ -195,6 +207,7 @@ impl FlushGate {
                 }
             };
             st.sleepers[word] -= 1;
+            slept_on = Some(word);
         }
     }
 

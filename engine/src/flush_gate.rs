@@ -134,9 +134,7 @@ impl FlushGate {
                 // Called to lead the next flush but already durable (the flush that ended
                 // wrote more than it was chosen to cover): pass the call on, or the rest
                 // of the next group would sleep with no flush running to wake them.
-                if slept_on == Some(st.next) && st.sleepers[st.next] > 0 {
-                    self.words[st.next].notify_one();
-                }
+                self.pass_call(&st, slept_on);
                 return Outcome::Durable;
             }
             if let Some(e) = (log.refused)() {
@@ -148,9 +146,7 @@ impl FlushGate {
                     let now = Instant::now();
                     if now >= d {
                         // As above: a waiter called to lead that gives up passes it on.
-                        if slept_on == Some(st.next) && st.sleepers[st.next] > 0 {
-                            self.words[st.next].notify_one();
-                        }
+                        self.pass_call(&st, slept_on);
                         return Outcome::TimedOut;
                     }
                     Some(d - now)
@@ -208,6 +204,14 @@ impl FlushGate {
             };
             st.sleepers[word] -= 1;
             slept_on = Some(word);
+        }
+    }
+
+    /// A waiter leaving that may have been the one called to lead the next flush (it
+    /// slept on the next flush's condition variable) calls another in its place.
+    fn pass_call(&self, st: &State, slept_on: Option<usize>) {
+        if slept_on == Some(st.next) && st.sleepers[st.next] > 0 {
+            self.words[st.next].notify_one();
         }
     }
 

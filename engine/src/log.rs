@@ -277,37 +277,23 @@ impl Log {
 
     fn spawn_threads(shared: &Arc<Shared>, threads: &mut Vec<JoinHandle<()>>) -> Result<()> {
         let dir = &shared.dir;
-        let s = Arc::clone(shared);
-        threads.push(
-            std::thread::Builder::new()
-                .name("walship-writer".into())
-                .spawn(move || {
-                    poison_on_panic(&Arc::clone(&s), "log writer thread", || {
-                        writer::run_writer(s)
-                    })
-                })
-                .map_err(|e| Error::io("spawn log writer thread", dir, e))?,
-        );
-        let s = Arc::clone(shared);
-        threads.push(
-            std::thread::Builder::new()
-                .name("walship-flusher".into())
-                .spawn(move || {
-                    poison_on_panic(&Arc::clone(&s), "log flusher thread", || {
-                        writer::run_flusher(s)
-                    })
-                })
-                .map_err(|e| Error::io("spawn log flusher thread", dir, e))?,
-        );
-        let s = Arc::clone(shared);
-        threads.push(
-            std::thread::Builder::new()
-                .name("walship-preparer".into())
-                .spawn(move || {
-                    poison_on_panic(&s, "segment preparer thread", || crate::preparer::run(&s))
-                })
-                .map_err(|e| Error::io("spawn segment preparer thread", dir, e))?,
-        );
+        type Body = fn(Arc<Shared>);
+        let bodies: [(&str, &'static str, Body); 3] = [
+            ("walship-writer", "log writer thread", writer::run_writer),
+            ("walship-flusher", "log flusher thread", writer::run_flusher),
+            ("walship-preparer", "segment preparer thread", |s| {
+                crate::preparer::run(&s)
+            }),
+        ];
+        for (name, what, body) in bodies {
+            let s = Arc::clone(shared);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || poison_on_panic(&Arc::clone(&s), what, || body(s)))
+                    .map_err(|e| Error::io("spawn a log thread", dir, e))?,
+            );
+        }
         Ok(())
     }
 

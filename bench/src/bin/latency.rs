@@ -677,38 +677,10 @@ fn run_rep(
                 }
             }
         });
-        let mut handles = Vec::with_capacity(cell.writers);
-        for i in 0..cell.writers {
-            let h = std::thread::Builder::new()
-                .name(format!("writer-{i}"))
-                .spawn_scoped(s, move || {
-                    let r = writer_loop(log, record, cell.level, phase);
-                    if let Err(e) = &r {
-                        let mut f = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                        f.get_or_insert_with(|| format!("writer {i}: {e}"));
-                        phase.store(STOP, Ordering::Release);
-                    }
-                    r
-                });
-            match h {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    phase.store(STOP, Ordering::Release);
-                    return Err(format!("spawn writer thread {i}: {e}").into());
-                }
-            }
-        }
-        let sleep_unless_stopped = |d: Duration| {
-            let until = Instant::now() + d;
-            while phase.load(Ordering::Acquire) != STOP {
-                let now = Instant::now();
-                if now >= until {
-                    break;
-                }
-                std::thread::sleep((until - now).min(Duration::from_millis(20)));
-            }
-        };
-        sleep_unless_stopped(cfg.warmup);
+        let handles = spawn_writers(s, cell.writers, phase, first_error, move |_| {
+            writer_loop(log, record, cell.level, phase)
+        })?;
+        sleep_unless_stopped(phase, cfg.warmup);
         let (w0, d0, u0) = (
             log.watermarks(),
             dev.and_then(BlockDevice::counters),
@@ -719,7 +691,7 @@ fn run_rep(
         let start = Instant::now();
         // Only a running cell enters the measurement phase; a failed one stays stopped.
         let _ = phase.compare_exchange(WARMUP, MEASURE, Ordering::AcqRel, Ordering::Acquire);
-        sleep_unless_stopped(cfg.duration);
+        sleep_unless_stopped(phase, cfg.duration);
         phase.store(STOP, Ordering::Release);
         let elapsed = start.elapsed();
         let (w1, d1, u1) = (
@@ -757,6 +729,42 @@ fn run_rep(
     removed.map_err(|e| format!("remove {}: {e}", dir.display()))?;
     rep_result.close_time = close_time;
     Ok((rep_result, hist, backend_name))
+}
+
+/// Starts `n` closed-loop writer threads named `writer-<i>` running `body(i)`; the first
+/// to fail records its error and stops the others.
+fn spawn_writers<'scope, F>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    n: usize,
+    phase: &'scope AtomicU8,
+    first_error: &'scope Mutex<Option<String>>,
+    body: F,
+) -> Res<Vec<std::thread::ScopedJoinHandle<'scope, WriterResult>>>
+where
+    F: Fn(usize) -> WriterResult + Send + Copy + 'scope,
+{
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let h = std::thread::Builder::new()
+            .name(format!("writer-{i}"))
+            .spawn_scoped(s, move || {
+                let r = body(i);
+                if let Err(e) = &r {
+                    let mut f = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                    f.get_or_insert_with(|| format!("writer {i}: {e}"));
+                    phase.store(STOP, Ordering::Release);
+                }
+                r
+            });
+        match h {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                phase.store(STOP, Ordering::Release);
+                return Err(format!("spawn writer thread {i}: {e}").into());
+            }
+        }
+    }
+    Ok(handles)
 }
 
 /// What a writer thread returns: its histogram and commit count.
@@ -848,27 +856,9 @@ fn run_peer_rep(
     let first_error: Mutex<Option<String>> = Mutex::new(None);
     let measured = std::thread::scope(|s| -> Res<_> {
         let (log, record, phase, first_error) = (&*log, &record, &phase, &first_error);
-        let mut handles = Vec::with_capacity(writers);
-        for i in 0..writers {
-            let h = std::thread::Builder::new()
-                .name(format!("writer-{i}"))
-                .spawn_scoped(s, move || {
-                    let r = peer_writer_loop(log, i, record, phase);
-                    if let Err(e) = &r {
-                        let mut f = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                        f.get_or_insert_with(|| format!("writer {i}: {e}"));
-                        phase.store(STOP, Ordering::Release);
-                    }
-                    r
-                });
-            match h {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    phase.store(STOP, Ordering::Release);
-                    return Err(format!("spawn writer thread {i}: {e}").into());
-                }
-            }
-        }
+        let handles = spawn_writers(s, writers, phase, first_error, move |i| {
+            peer_writer_loop(log, i, record, phase)
+        })?;
         sleep_unless_stopped(phase, cfg.warmup);
         let (d0, u0) = (dev.and_then(BlockDevice::counters), Usage::now());
         let (m0, t0) = (MachineCpu::now(), ThreadTimes::now());

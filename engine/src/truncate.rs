@@ -104,6 +104,10 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
     }
     drop(paused);
 
+    // The history is cut after the data, never before: a crash between leaves an epoch
+    // that begins at the new end and holds nothing (recovery keeps an epoch begun at
+    // the end), which the next divergence check drops. The other order could leave
+    // records of a dropped epoch attributed to the epoch before it.
     let epoch = {
         let mut h = lock(&sh.epochs);
         let mut next = h.clone();

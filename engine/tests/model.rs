@@ -791,7 +791,16 @@ impl Run {
         self.model.checkpoint = 0;
         self.model.floor = None;
         self.model.allowed_start = 0;
-        if ready.end >= self.model.epoch_start && ready.epoch < self.model.epoch {
+        // A truncation to exactly the epoch's start empties the epoch, and a completed
+        // one drops it from the history (`EpochHistory::truncate_from`); one cut short
+        // between its data cut and its history store leaves it, empty.
+        let dropped_by_truncation = pending.truncate == Some(self.model.epoch_start)
+            && ready.end == self.model.epoch_start
+            && ready.epoch_start < self.model.epoch_start;
+        if ready.end >= self.model.epoch_start
+            && ready.epoch < self.model.epoch
+            && !dropped_by_truncation
+        {
             return Err(format!(
                 "epoch {} began durably at {:#x}, but the reopened log (end {:#x}) is in epoch {}",
                 self.model.epoch, self.model.epoch_start, ready.end, ready.epoch

@@ -15,11 +15,13 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod child;
 pub mod device;
 pub mod hgrm;
 pub mod netns;
 pub mod peers;
 pub mod rawquic;
+pub mod rawtcp;
 pub mod svg;
 pub mod sys;
 pub mod tasks;

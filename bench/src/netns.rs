@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
@@ -236,11 +236,33 @@ impl Link {
     /// A UDP socket bound to `side`'s address (port chosen by the kernel) inside that
     /// side's namespace.
     pub fn bind_udp(&self, side: Side) -> Result<UdpSocket> {
-        let path = format!("/var/run/netns/{}", self.namespace(side));
         let addr = SocketAddr::V4(SocketAddrV4::new(self.ip(side), 0));
+        self.within(side, move || UdpSocket::bind(addr))
+            .map_err(|e| NetnsError(format!("bind {addr} in {}: {e}", self.namespace(side))))
+    }
+
+    /// A TCP connection to `to` made from inside `side`'s namespace.
+    pub fn connect_tcp(&self, side: Side, to: SocketAddr) -> Result<TcpStream> {
+        self.within(side, move || TcpStream::connect(to))
+            .map_err(|e| {
+                NetnsError(format!(
+                    "connect to {to} from {}: {e}",
+                    self.namespace(side)
+                ))
+            })
+    }
+
+    /// Runs `f` on a short-lived thread moved into `side`'s namespace: the sockets it
+    /// makes stay in that namespace whichever thread uses them later.
+    fn within<T: Send + 'static>(
+        &self,
+        side: Side,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let path = format!("/var/run/netns/{}", self.namespace(side));
         let handle = std::thread::Builder::new()
             .name("wsb-setns".into())
-            .spawn(move || -> Result<UdpSocket> {
+            .spawn(move || -> Result<T> {
                 let ns = File::open(&path).map_err(|e| NetnsError(format!("open {path}: {e}")))?;
                 // SAFETY: `ns` is an open namespace file descriptor for the whole call;
                 // setns only changes the network namespace of this (short-lived) thread.
@@ -251,7 +273,7 @@ impl Link {
                         std::io::Error::last_os_error()
                     )));
                 }
-                UdpSocket::bind(addr).map_err(|e| NetnsError(format!("bind {addr} in {path}: {e}")))
+                f().map_err(|e| NetnsError(e.to_string()))
             })
             .map_err(|e| NetnsError(format!("spawn setns thread: {e}")))?;
         handle

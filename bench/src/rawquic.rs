@@ -11,9 +11,10 @@
 //! [`client_config`]: walship_transport::tls::client_config
 
 use std::error::Error;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use walship_transport::tls::{self, ClusterCa, NodeIdentity};
@@ -72,79 +73,171 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Writes the CA certificate and `node`'s certificate chain and key into `dir` (as
+    /// `ca.pem`, `<node>.crt`, `<node>.key`, the key readable by the owner only), for a
+    /// child process to load with [`load_node`].
+    pub fn save_node(&self, dir: &Path, node: &NodeIdentity) -> Result<(), BoxError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::write(dir.join("ca.pem"), self.ca.cert_pem())?;
+        let (cert, key) = node.to_pem();
+        std::fs::write(dir.join(format!("{}.crt", node.node_id())), cert)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join(format!("{}.key", node.node_id())))?;
+        std::io::Write::write_all(&mut f, key.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// The CA certificate PEM and `node`'s identity saved by [`Cluster::save_node`].
+pub fn load_node(dir: &Path, node: &str) -> Result<(String, NodeIdentity), BoxError> {
+    let read = |name: String| {
+        std::fs::read_to_string(dir.join(&name)).map_err(|e| format!("read {name}: {e}"))
+    };
+    let ca = read("ca.pem".into())?;
+    let id = NodeIdentity::from_pem(&read(format!("{node}.crt"))?, &read(format!("{node}.key"))?)?;
+    Ok((ca, id))
+}
+
+/// What the sending end saw of one [`send`].
+#[derive(Debug, Clone)]
+pub struct SendStats {
+    /// UDP bytes the sender put on the wire (QUIC headers, acks' share, retransmissions).
+    pub wire_bytes: u64,
+    /// Packets the sender declared lost.
+    pub lost_packets: u64,
+    /// The sender's path MTU at the end.
+    pub mtu: u16,
+    /// The sender's smoothed RTT at the end.
+    pub rtt: Duration,
+}
+
+/// What the receiving end saw of one transfer.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    /// Stream bytes received.
+    pub bytes: u64,
+    /// [`crate::child::mono_ns`] when the request was sent, and when the stream ended.
+    pub start_ns: u64,
+    /// See `start_ns`.
+    pub end_ns: u64,
+}
+
+/// A server endpoint on `socket` with the leader's identity: bound, not yet accepting.
+pub fn server(cluster: &Cluster, socket: UdpSocket) -> Result<quinn::Endpoint, BoxError> {
+    let server_cfg =
+        tls::server_config(&cluster.leader, cluster.ca.cert_pem(), &cluster.cluster_id)?;
+    Ok(quinn::Endpoint::new(
+        walship_transport::tls::endpoint_config(),
+        Some(server_cfg),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+/// The sending end ("leader", the QUIC server): accepts one connection on `server`,
+/// answers its request with `write_chunk` of every frame, finishes the stream and waits
+/// for the receiver to close the connection. Must run inside a tokio runtime.
+pub async fn send(server: quinn::Endpoint, frames: Vec<Bytes>) -> Result<SendStats, BoxError> {
+    let incoming = server
+        .accept()
+        .await
+        .ok_or_else(|| BoxError::from("server endpoint closed before a connection"))?;
+    let conn = incoming.await?;
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let mut request = [0u8; 2];
+    recv.read_exact(&mut request).await?;
+    for frame in frames {
+        send.write_chunk(frame).await?;
+    }
+    send.finish()?;
+    // Wait until the receiver has everything and closes the connection.
+    let _ = conn.closed().await;
+    let stats = conn.stats();
+    server.wait_idle().await;
+    Ok(SendStats {
+        wire_bytes: stats.udp_tx.bytes,
+        lost_packets: stats.path.lost_packets,
+        mtu: stats.path.current_mtu,
+        rtt: stats.path.rtt,
+    })
+}
+
+/// The receiving end ("follower", the QUIC client) on `socket`: connects to the server at
+/// `server_addr` with `identity`, opens one stream, sends a 2-byte request and reads with
+/// `read_chunk` until the stream ends. Must run inside a tokio runtime.
+pub async fn receive(
+    ca_pem: &str,
+    identity: &NodeIdentity,
+    socket: UdpSocket,
+    server_addr: SocketAddr,
+) -> Result<Received, BoxError> {
+    let client_cfg = tls::client_config(identity, ca_pem, identity.cluster_id())?;
+    let mut client = quinn::Endpoint::new(
+        walship_transport::tls::endpoint_config(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    client.set_default_client_config(client_cfg);
+    let conn = client.connect(server_addr, "leader")?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let start_ns = crate::child::mono_ns();
+    send.write_all(b"go").await?;
+    let mut bytes = 0u64;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+        bytes += chunk.bytes.len() as u64;
+    }
+    let end_ns = crate::child::mono_ns();
+    conn.close(0u32.into(), b"done");
+    client.wait_idle().await;
+    Ok(Received {
+        bytes,
+        start_ns,
+        end_ns,
+    })
+}
+
 /// Sends `frames` over one QUIC stream from a server ("leader") on `server_socket` to a
-/// client ("follower") on `client_socket`; both sockets are already bound (possibly in
-/// different network namespaces). Must run inside a tokio runtime.
+/// client ("follower") on `client_socket`, both ends in this process; both sockets are
+/// already bound (possibly in different network namespaces). Must run inside a tokio
+/// runtime.
 pub async fn measure(
     cluster: &Cluster,
     frames: &[Bytes],
     server_socket: UdpSocket,
     client_socket: UdpSocket,
 ) -> Result<RawQuic, BoxError> {
-    let server_cfg =
-        tls::server_config(&cluster.leader, cluster.ca.cert_pem(), &cluster.cluster_id)?;
-    let client_cfg = tls::client_config(
-        &cluster.follower,
-        cluster.ca.cert_pem(),
-        &cluster.cluster_id,
-    )?;
-    let runtime = Arc::new(quinn::TokioRuntime);
-    let server = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server_cfg),
-        server_socket,
-        runtime.clone(),
-    )?;
+    let server = server(cluster, server_socket)?;
     let server_addr = server.local_addr()?;
-    let mut client = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
+    let sender = tokio::spawn(send(server, frames.to_vec()));
+    let got = receive(
+        cluster.ca.cert_pem(),
+        &cluster.follower,
         client_socket,
-        runtime,
-    )?;
-    client.set_default_client_config(client_cfg);
-
-    let frames: Vec<Bytes> = frames.to_vec();
-    let sender = tokio::spawn(async move {
-        let incoming = server
-            .accept()
-            .await
-            .ok_or_else(|| BoxError::from("server endpoint closed before a connection"))?;
-        let conn = incoming.await?;
-        let (mut send, mut recv) = conn.accept_bi().await?;
-        let mut request = [0u8; 2];
-        recv.read_exact(&mut request).await?;
-        for frame in frames {
-            send.write_chunk(frame).await?;
-        }
-        send.finish()?;
-        // Wait until the receiver has everything and closes the connection.
-        let _ = conn.closed().await;
-        let stats = conn.stats();
-        server.wait_idle().await;
-        Ok::<_, BoxError>(stats)
-    });
-
-    let conn = client.connect(server_addr, "leader")?.await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let start = Instant::now();
-    send.write_all(b"go").await?;
-    let mut bytes = 0u64;
-    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
-        bytes += chunk.bytes.len() as u64;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    conn.close(0u32.into(), b"done");
+        server_addr,
+    )
+    .await?;
     let stats = sender.await??;
-    client.wait_idle().await;
-    Ok(RawQuic {
-        bytes,
-        secs,
-        wire_bytes: stats.udp_tx.bytes,
-        lost_packets: stats.path.lost_packets,
-        mtu: stats.path.current_mtu,
-        rtt: stats.path.rtt,
-    })
+    Ok(RawQuic::from_parts(&got, &stats))
+}
+
+impl RawQuic {
+    /// One transfer's figures from what its two ends saw.
+    pub fn from_parts(got: &Received, sent: &SendStats) -> RawQuic {
+        RawQuic {
+            bytes: got.bytes,
+            secs: got.end_ns.saturating_sub(got.start_ns) as f64 / 1e9,
+            wire_bytes: sent.wire_bytes,
+            lost_packets: sent.lost_packets,
+            mtu: sent.mtu,
+            rtt: sent.rtt,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -337,6 +337,6 @@ pub(crate) fn endpoint(
         None => std::net::UdpSocket::bind(addr).map_err(io("bind"))?,
     };
     let runtime = Arc::new(quinn::TokioRuntime);
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+    quinn::Endpoint::new(crate::tls::endpoint_config(), server, socket, runtime)
         .map_err(io("start QUIC endpoint on"))
 }

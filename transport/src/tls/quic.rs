@@ -46,6 +46,12 @@ pub fn transport_config() -> TransportConfig {
     config
 }
 
+/// The endpoint configuration of every replication endpoint (and the benchmark's raw
+/// quinn reference, so the two are compared with the same settings).
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    quinn::EndpointConfig::default()
+}
+
 /// A quinn server config with mutual TLS: the server presents `identity`, and requires a
 /// client certificate of a node of `cluster_id` issued by the CA in `ca_cert_pem` (any
 /// node: see [`server_config_with`] for members and revocation).

@@ -26,6 +26,7 @@ pub mod compress;
 pub mod coordinator;
 pub mod driver;
 mod durable;
+pub mod hops;
 pub mod lag;
 pub mod node;
 pub mod quorum;

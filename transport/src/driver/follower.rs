@@ -684,6 +684,7 @@ async fn session(
             .map_err(|source| TransportError::Codec { peer, source })?,
         written: None,
         flush: None,
+        ack_due: None,
         received: log.end_lsn(),
         leader_cert,
         leader_node_id: opts.leader_node_id.clone(),
@@ -709,6 +710,12 @@ async fn session(
     result
 }
 
+/// The most unflushed bytes a follower's session flushes on its own thread
+/// ([`Stream::flush_in_place`]): a few group commits' worth, far below a catch-up frame.
+const FLUSH_IN_PLACE_MAX: u64 = 64 << 10;
+/// How long a flush in place may take before the session stops waiting for it.
+const FLUSH_IN_PLACE_WAIT: Duration = Duration::from_millis(200);
+
 struct Stream<'a> {
     shared: &'a Shared,
     peer: SocketAddr,
@@ -719,6 +726,9 @@ struct Stream<'a> {
     flush: Option<Commit>,
     /// The end of what was appended.
     received: Lsn,
+    /// A flush waited for whose acknowledgement is not yet written (for the
+    /// [`crate::hops::FOLLOWER_ACKED`] event).
+    ack_due: Option<Lsn>,
     /// The leader's certificate, checked again when the revocation list changes.
     leader_cert: Option<rustls::pki_types::CertificateDer<'static>>,
     leader_node_id: String,
@@ -744,6 +754,11 @@ impl Stream<'_> {
         let mut checked = Instant::now();
         loop {
             self.drain(session, send).await?;
+            if self.flush_in_place(session)? {
+                // Its acknowledgement goes out first.
+                continue;
+            }
+            self.await_local();
             // At most once a second, whatever the load (the timer below may keep moving).
             if checked.elapsed() >= Duration::from_secs(1) {
                 checked = Instant::now();
@@ -764,7 +779,10 @@ impl Stream<'_> {
                         Ok(()) | Err(walship_engine::Error::Truncated { .. }) => {}
                         Err(e) => return Err(e.into()),
                     }
-                    session.handle_progress(self.shared.progress());
+                    let progress = self.shared.progress();
+                    crate::hops::hop(crate::hops::FOLLOWER_FLUSHED, progress.flushed);
+                    self.ack_due = Some(progress.flushed);
+                    session.handle_progress(progress);
                     self.await_local();
                 }
                 r = maybe(self.written.as_mut()) => {
@@ -818,6 +836,38 @@ impl Stream<'_> {
             .map_err(TransportError::Tls)
     }
 
+    /// Flushes what was received on this task's own thread, if that is a small amount
+    /// and no flush is in flight, and reports it: returns whether it did. A remote
+    /// commit waits for this flush, and handing it to the log's flusher thread and back
+    /// costs two thread wake-ups, as much as the flush itself on a fast disk (the `hops`
+    /// benchmark). Larger amounts (catch-up, bulk streaming) are flushed in the
+    /// background instead ([`Stream::await_local`]), so receiving and appending go on
+    /// during the flush.
+    fn flush_in_place(&mut self, session: &mut FollowerSession) -> Result<bool, TransportError> {
+        let log = &self.shared.log;
+        let flushed = log.watermarks().flushed;
+        if self.flush.is_some()
+            || self.received <= flushed
+            || self.received.bytes_after(flushed) > FLUSH_IN_PLACE_MAX
+            || !super::in_place_allowed()
+        {
+            return Ok(false);
+        }
+        let commit = log.commit(self.received, Durability::Local);
+        match tokio::task::block_in_place(|| commit.wait_timeout(FLUSH_IN_PLACE_WAIT)) {
+            Ok(()) | Err(walship_engine::Error::Truncated { .. }) => {}
+            // A slow disk: the background flush takes over, and this task goes back to
+            // receiving (and to its stop signal).
+            Err(walship_engine::Error::Timeout { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let progress = self.shared.progress();
+        crate::hops::hop(crate::hops::FOLLOWER_FLUSHED, progress.flushed);
+        self.ack_due = Some(progress.flushed);
+        session.handle_progress(progress);
+        Ok(true)
+    }
+
     /// Waits for everything received to be written, and flushed, unless such a wait is
     /// in progress: the target of a pending wait is not moved, so acks flow even under
     /// constant load. Written is acknowledged apart from flushed: the leader's window of
@@ -848,7 +898,10 @@ impl Stream<'_> {
                         .map_err(|e| TransportError::Connection {
                             peer,
                             reason: e.to_string(),
-                        })?
+                        })?;
+                    if let Some(flushed) = self.ack_due.take() {
+                        crate::hops::hop(crate::hops::FOLLOWER_ACKED, flushed);
+                    }
                 }
                 FollowerEvent::Truncate(to) => {
                     tracing::warn!(%to, "truncating the divergent suffix of the local log");
@@ -891,6 +944,7 @@ impl Stream<'_> {
                     }
                 }
                 FollowerEvent::Append(ship) => {
+                    crate::hops::hop(crate::hops::FOLLOWER_RECEIVED, ship.end);
                     let wire = ship.data.len();
                     let raw: Bytes = self
                         .decompressor
@@ -901,19 +955,15 @@ impl Stream<'_> {
                     // for its next segment to be made, which must not hold a tokio worker
                     // (other sessions' acks and the leader's tasks run there).
                     let l = Arc::clone(log);
-                    tokio::task::spawn_blocking(move || l.append_encoded(raw))
-                        .await
-                        .map_err(|e| {
-                            TransportError::InvalidOptions(format!("append task: {e}"))
-                        })??;
+                    super::blocking("append task", move || l.append_encoded(raw)).await??;
                     self.received = ship.end;
+                    crate::hops::hop(crate::hops::FOLLOWER_APPENDED, ship.end);
                     {
                         let mut s = self.shared.state();
                         s.bytes_raw += n as u64;
                         s.bytes_wire += wire as u64;
                         s.leader_end = s.leader_end.max(ship.end);
                     }
-                    self.await_local();
                 }
                 FollowerEvent::EpochSeen(e) => {
                     // Believed only if the coordinator granted it: a leader claiming an

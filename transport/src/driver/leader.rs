@@ -213,6 +213,7 @@ impl Shared {
                 Effect::Quorum(q) => {
                     self.log.advance_remote_written(q.written);
                     self.log.advance_remote_flushed(q.flushed);
+                    crate::hops::hop(crate::hops::LEADER_QUORUM, q.flushed);
                     self.log.advance_remote_applied(q.applied);
                 }
                 // A later save covers an earlier one.
@@ -879,6 +880,7 @@ async fn serve(
         })?,
         next: Lsn::ZERO,
         streaming: false,
+        sent_due: None,
         cert,
         trust_generation: shared.trust.as_ref().map_or(0, |t| t.generation()),
     };
@@ -991,6 +993,9 @@ struct Run<'a> {
     /// Where the next frame starts: the end of the last one gathered (shipped or not).
     next: Lsn,
     streaming: bool,
+    /// The end of a frame handed to the session whose transmission is not yet written
+    /// (for the [`crate::hops::LEADER_SENT`] event).
+    sent_due: Option<Lsn>,
     /// The follower's certificate, checked again when the revocation list changes.
     cert: Option<CertificateDer<'static>>,
     trust_generation: u64,
@@ -1135,7 +1140,12 @@ impl Run<'_> {
     ) -> Result<(), TransportError> {
         while let Some(ev) = session.poll_event() {
             match ev {
-                LeaderEvent::Transmit(b) => write(send, b, self.peer).await?,
+                LeaderEvent::Transmit(b) => {
+                    write(send, b, self.peer).await?;
+                    if let Some(end) = self.sent_due.take() {
+                        crate::hops::hop(crate::hops::LEADER_SENT, end);
+                    }
+                }
                 LeaderEvent::Accepted {
                     follower,
                     start,
@@ -1150,6 +1160,7 @@ impl Run<'_> {
                     self.node = Some(follower);
                 }
                 LeaderEvent::Progress { follower, progress } => {
+                    crate::hops::hop(crate::hops::LEADER_ACKED, progress.flushed);
                     self.shared
                         .progress(&follower, self.id, progress, Instant::now())
                 }
@@ -1186,6 +1197,7 @@ impl Run<'_> {
             session
                 .ship(now, e.span.base, e.span.end, e.span.raw_len, e.how, e.data)
                 .map_err(|err| self.session_err(err))?;
+            self.sent_due = Some(e.span.end);
             if let Some(node) = &self.node {
                 self.shared.shipped(
                     node,
@@ -1262,6 +1274,7 @@ impl Run<'_> {
             raw_len,
         };
         self.next = end;
+        crate::hops::hop(crate::hops::LEADER_READ, end);
         self.pipeline.push(span, raw);
         Ok(true)
     }

@@ -340,3 +340,27 @@ pub(crate) fn endpoint(
     quinn::Endpoint::new(crate::tls::endpoint_config(), server, socket, runtime)
         .map_err(io("start QUIC endpoint on"))
 }
+
+/// Whether work that may block (a disk wait) can run in place on this task's thread:
+/// only on a multi-thread runtime, where [`tokio::task::block_in_place`] moves the
+/// worker's other tasks to another worker (on a current-thread runtime it would panic).
+pub(crate) fn in_place_allowed() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// Runs `f`, which may block on the disk, without a hop to another thread where the
+/// runtime allows ([`in_place_allowed`]), else on the blocking pool. `what` names the
+/// work in the error if the pool's task fails.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TransportError> {
+    if in_place_allowed() {
+        Ok(tokio::task::block_in_place(f))
+    } else {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| TransportError::InvalidOptions(format!("{what}: {e}")))
+    }
+}

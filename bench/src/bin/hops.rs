@@ -171,7 +171,7 @@ impl Pair {
         let node = |n: &str| -> Res<Security> {
             Ok(Security::mutual_tls(ca.issue_node(n)?, ca.cert_pem()))
         };
-        let log = Arc::new(Log::open(&dir.join("leader"), options())?);
+        let log = Arc::new(Log::open(dir.join("leader"), options())?);
         let leader = Leader::start(
             Arc::clone(&log),
             node("leader")?,
@@ -319,7 +319,7 @@ fn run() -> Res<()> {
         let dir = work.path().join(format!("r{rep}"));
         // Local, no replication.
         let local = {
-            let log = Log::open(&dir.join("local"), options())?;
+            let log = Log::open(dir.join("local"), options())?;
             let s = write(
                 &log,
                 Durability::Local,

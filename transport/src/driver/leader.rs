@@ -153,6 +153,8 @@ struct Shared {
     compression: CompressionOptions,
     compression_threads: usize,
     frame_bytes: usize,
+    /// Frames compressed by one session for the others.
+    frames: Arc<super::frames::FrameCache>,
     max_retained_bytes: u64,
     remote_commit_timeout: Duration,
     epoch_authority: Option<Arc<dyn EpochAuthority>>,
@@ -476,6 +478,7 @@ impl Leader {
             compression: opts.compression,
             compression_threads: opts.compression_threads,
             frame_bytes: opts.frame_bytes,
+            frames: Arc::default(),
             max_retained_bytes: opts.max_retained_bytes,
             remote_commit_timeout: opts.remote_commit_timeout,
             epoch_authority: opts.epoch_authority.clone(),
@@ -875,7 +878,12 @@ async fn serve(
         id: 0,
         reader: None,
         pending: None,
-        pipeline: Pipeline::new(shared.compression, shared.compression_threads).map_err(|e| {
+        pipeline: Pipeline::new(
+            shared.compression,
+            shared.compression_threads,
+            Some(Arc::clone(&shared.frames)),
+        )
+        .map_err(|e| {
             TransportError::InvalidOptions(format!("compression {:?}: {e}", shared.compression))
         })?,
         next: Lsn::ZERO,
@@ -1220,6 +1228,9 @@ impl Run<'_> {
             return Ok(false);
         };
         let budget = room.min(self.shared.frame_bytes as u64) as usize;
+        // Frames end by the next multiple of the frame size, so that every follower cuts
+        // the same frames and one compression serves them all (`frames`).
+        let line = super::frames::next_line(self.next, self.shared.frame_bytes as u64);
         let mut parts: Vec<Bytes> = Vec::new();
         let mut total = 0usize;
         let mut end = self.next;
@@ -1236,7 +1247,7 @@ impl Run<'_> {
                 },
             };
             let len = b.bytes().len();
-            if !parts.is_empty() && total + len > budget {
+            if !parts.is_empty() && (total + len > budget || b.end() > line) {
                 self.pending = Some(b);
                 break;
             }

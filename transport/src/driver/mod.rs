@@ -12,6 +12,7 @@
 //! follower's appends and the leader's compression are CPU work done on its threads).
 
 mod follower;
+mod frames;
 mod leader;
 mod pipeline;
 

@@ -7,14 +7,19 @@
 //! compressors two frames compress at once — on a leader with cores to spare that is
 //! more than one core's compression speed. Small frames (live streaming of a few
 //! commits) are compressed inline: a thread hop would cost more latency than it saves.
+//!
+//! A frame another session of the same leader has compressed (or is compressing) is
+//! taken from the leader's [`FrameCache`] instead of being compressed again.
 
 use std::collections::VecDeque;
 use std::future::pending;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 use walship_engine::Lsn;
 
+use super::frames::{FrameCache, Lookup, Pending};
 use crate::compress::{CodecError, CompressionOptions, Compressor};
 use crate::wire::Compression;
 
@@ -38,10 +43,14 @@ pub(super) struct Encoded {
 }
 
 type Job = JoinHandle<(Compressor, Compression, Bytes)>;
+/// Where a compressed frame is published for the other sessions, if anywhere.
+type Publish = Option<tokio::sync::watch::Sender<Option<(Compression, Bytes)>>>;
 
 enum Item {
     Ready(Encoded),
-    Busy(Span, Job),
+    Busy(Span, Job, Publish),
+    /// Another session compresses it; the raw bytes are shipped if it gives up.
+    Waiting(Span, Bytes, Pending),
 }
 
 /// See the [module docs](self).
@@ -49,11 +58,17 @@ pub(super) struct Pipeline {
     queue: VecDeque<Item>,
     idle: Vec<Compressor>,
     enabled: bool,
+    cache: Option<Arc<FrameCache>>,
 }
 
 impl Pipeline {
     /// A pipeline with `threads` compressors (at least one).
-    pub(super) fn new(opts: CompressionOptions, threads: usize) -> Result<Pipeline, CodecError> {
+    /// Frames are shared through `cache`, if given.
+    pub(super) fn new(
+        opts: CompressionOptions,
+        threads: usize,
+        cache: Option<Arc<FrameCache>>,
+    ) -> Result<Pipeline, CodecError> {
         let idle = (0..threads.max(1))
             .map(|_| Compressor::new(opts))
             .collect::<Result<Vec<_>, _>>()?;
@@ -61,6 +76,7 @@ impl Pipeline {
             queue: VecDeque::new(),
             idle,
             enabled: opts.level.is_some(),
+            cache,
         })
     }
 
@@ -71,8 +87,24 @@ impl Pipeline {
 
     /// Queues `raw` (the bytes of `span`) for compression.
     pub(super) fn push(&mut self, span: Span, raw: Bytes) {
+        let publish = match self.cache.as_ref().filter(|_| self.enabled) {
+            None => None,
+            Some(cache) => match cache.lookup(span, &raw) {
+                Lookup::Ready((how, data)) => {
+                    self.queue
+                        .push_back(Item::Ready(Encoded { span, how, data }));
+                    return;
+                }
+                Lookup::Wait(pending) => {
+                    self.queue.push_back(Item::Waiting(span, raw, pending));
+                    return;
+                }
+                Lookup::Compress(tx) => Some(tx),
+            },
+        };
         let Some(mut c) = self.idle.pop() else {
             // Callers check `can_take`; shipping raw is still correct if they did not.
+            // (A waiter on `publish` ships raw too when it is dropped here.)
             self.queue.push_back(Item::Ready(Encoded {
                 span,
                 how: Compression::None,
@@ -83,6 +115,9 @@ impl Pipeline {
         if !self.enabled || raw.len() < PARALLEL_MIN {
             let (how, data) = c.encode(raw);
             self.idle.push(c);
+            if let Some(tx) = publish {
+                tx.send_replace(Some((how, data.clone())));
+            }
             self.queue
                 .push_back(Item::Ready(Encoded { span, how, data }));
             return;
@@ -91,7 +126,7 @@ impl Pipeline {
             let (how, data) = c.encode(raw);
             (c, how, data)
         });
-        self.queue.push_back(Item::Busy(span, job));
+        self.queue.push_back(Item::Busy(span, job, publish));
     }
 
     /// The next frame in order, if it is ready.
@@ -105,28 +140,48 @@ impl Pipeline {
         }
     }
 
-    /// Resolves when the first frame in order finishes compressing (never, if none is
-    /// compressing). Cancel-safe: the job stays queued until it completes.
+    /// Resolves when the first frame in order finishes compressing, here or in the
+    /// session compressing it for this one (never, if none is in progress).
+    /// Cancel-safe: the frame stays queued until it is ready.
     pub(super) async fn front_done(&mut self) -> Result<(), CodecError> {
-        let Some(Item::Busy(span, job)) = self.queue.front_mut() else {
-            return pending().await;
-        };
-        let span = *span;
-        let done = job.await;
-        self.queue.pop_front();
-        let (c, how, data) =
-            done.map_err(|e| CodecError::Compress(format!("compression task: {e}")))?;
-        self.idle.push(c);
-        self.queue
-            .push_front(Item::Ready(Encoded { span, how, data }));
-        Ok(())
+        match self.queue.front_mut() {
+            Some(Item::Busy(span, job, _)) => {
+                let span = *span;
+                let done = job.await;
+                let Some(Item::Busy(_, _, publish)) = self.queue.pop_front() else {
+                    return Ok(());
+                };
+                let (c, how, data) =
+                    done.map_err(|e| CodecError::Compress(format!("compression task: {e}")))?;
+                self.idle.push(c);
+                if let Some(tx) = publish {
+                    tx.send_replace(Some((how, data.clone())));
+                }
+                self.queue
+                    .push_front(Item::Ready(Encoded { span, how, data }));
+                Ok(())
+            }
+            Some(Item::Waiting(span, raw, pending)) => {
+                let span = *span;
+                let shared = match pending.wait_for(Option::is_some).await {
+                    Ok(v) => v.clone(),
+                    Err(_) => None,
+                };
+                let (how, data) = shared.unwrap_or_else(|| (Compression::None, raw.clone()));
+                self.queue.pop_front();
+                self.queue
+                    .push_front(Item::Ready(Encoded { span, how, data }));
+                Ok(())
+            }
+            _ => pending().await,
+        }
     }
 }
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
         for item in &self.queue {
-            if let Item::Busy(_, job) = item {
+            if let Item::Busy(_, job, _) = item {
                 job.abort();
             }
         }

@@ -136,7 +136,7 @@ mod tests {
         let Lookup::Compress(tx) = c.lookup(span(0, 3), &raw) else {
             panic!("compress");
         };
-        let Lookup::Wait(mut rx) = c.lookup(span(0, 3), &raw) else {
+        let Lookup::Wait(rx) = c.lookup(span(0, 3), &raw) else {
             panic!("wait");
         };
         drop(tx);

@@ -187,3 +187,80 @@ impl Drop for Pipeline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame() -> (Span, Bytes) {
+        let raw: Vec<u8> = (0..(256u32 << 10))
+            .map(|i| b"walship row "[i as usize % 12] ^ (i / 4096) as u8)
+            .collect();
+        let span = Span {
+            base: Lsn::new(0),
+            end: Lsn::new(raw.len() as u64),
+            raw_len: raw.len() as u32,
+        };
+        (span, Bytes::from(raw))
+    }
+
+    async fn next(p: &mut Pipeline) -> Encoded {
+        loop {
+            if let Some(e) = p.pop_ready() {
+                return e;
+            }
+            p.front_done().await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_sessions_ship_one_compression_of_a_frame() {
+        let cache = Arc::new(FrameCache::default());
+        let opts = CompressionOptions::default();
+        let mut a = Pipeline::new(opts, 1, Some(Arc::clone(&cache))).unwrap();
+        let mut b = Pipeline::new(opts, 1, Some(Arc::clone(&cache))).unwrap();
+        let (span, raw) = frame();
+        a.push(span, raw.clone());
+        b.push(span, raw.clone());
+        assert!(
+            matches!(b.queue.front(), Some(Item::Waiting(..))),
+            "the second session waits for the first one's compression"
+        );
+        assert!(b.can_take(), "and keeps its compressor free");
+        let (ea, eb) = (next(&mut a).await, next(&mut b).await);
+        assert_eq!(ea.how, Compression::Zstd);
+        assert!(ea.data.len() < raw.len() / 2);
+        assert_eq!((eb.span, eb.how, &eb.data), (ea.span, ea.how, &ea.data));
+        // The very same buffer, not a second compression of it.
+        assert_eq!(eb.data.as_ptr(), ea.data.as_ptr());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_ships_raw_if_the_compressing_session_ends() {
+        let cache = Arc::new(FrameCache::default());
+        let opts = CompressionOptions::default();
+        let mut a = Pipeline::new(opts, 1, Some(Arc::clone(&cache))).unwrap();
+        let mut b = Pipeline::new(opts, 1, Some(Arc::clone(&cache))).unwrap();
+        let (span, raw) = frame();
+        a.push(span, raw.clone());
+        b.push(span, raw.clone());
+        drop(a);
+        let e = next(&mut b).await;
+        assert_eq!((e.how, &e.data), (Compression::None, &raw));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_compression_nothing_is_cached() {
+        let cache = Arc::new(FrameCache::default());
+        let opts = CompressionOptions {
+            level: None,
+            ..CompressionOptions::default()
+        };
+        let mut a = Pipeline::new(opts, 1, Some(Arc::clone(&cache))).unwrap();
+        let (span, raw) = frame();
+        a.push(span, raw.clone());
+        let e = next(&mut a).await;
+        assert_eq!((e.how, &e.data), (Compression::None, &raw));
+        assert!(matches!(cache.lookup(span, &raw), Lookup::Compress(_)));
+    }
+}

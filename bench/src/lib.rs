@@ -33,6 +33,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Result with [`BoxError`].
 pub type Res<T> = Result<T, BoxError>;
 
+/// The workspace's target directory (`CARGO_TARGET_DIR` if set), where the benchmark
+/// binaries write their reports by default.
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        })
+}
+
 /// The median of `xs` (mean of the middle two for an even count; 0 when empty).
 pub fn median(xs: impl AsRef<[f64]>) -> f64 {
     let mut v = xs.as_ref().to_vec();

@@ -1650,13 +1650,7 @@ fn local_chart(
 }
 
 fn default_out() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
-        });
+    let target = walship_bench::target_dir();
     target
         .join("latency")
         .join(utc_timestamp(SystemTime::now()))

@@ -204,6 +204,14 @@ mod tests {
         (span, Bytes::from(raw))
     }
 
+    /// Two sessions' pipelines sharing one cache, at zstd level 1.
+    fn two_sessions() -> (Pipeline, Pipeline) {
+        let cache = Arc::new(FrameCache::default());
+        let opts = CompressionOptions::default();
+        let p = || Pipeline::new(opts, 1, Some(Arc::clone(&cache))).unwrap();
+        (p(), p())
+    }
+
     async fn next(p: &mut Pipeline) -> Encoded {
         loop {
             if let Some(e) = p.pop_ready() {
@@ -215,10 +223,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_sessions_ship_one_compression_of_a_frame() {
-        let cache = Arc::new(FrameCache::default());
-        let opts = CompressionOptions::default();
-        let mut a = Pipeline::new(opts, 1, Some(Arc::clone(&cache))).unwrap();
-        let mut b = Pipeline::new(opts, 1, Some(Arc::clone(&cache))).unwrap();
+        let (mut a, mut b) = two_sessions();
         let (span, raw) = frame();
         a.push(span, raw.clone());
         b.push(span, raw.clone());
@@ -237,10 +242,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiter_ships_raw_if_the_compressing_session_ends() {
-        let cache = Arc::new(FrameCache::default());
-        let opts = CompressionOptions::default();
-        let mut a = Pipeline::new(opts, 1, Some(Arc::clone(&cache))).unwrap();
-        let mut b = Pipeline::new(opts, 1, Some(Arc::clone(&cache))).unwrap();
+        let (mut a, mut b) = two_sessions();
         let (span, raw) = frame();
         a.push(span, raw.clone());
         b.push(span, raw.clone());

@@ -553,13 +553,7 @@ fn reap_stale_work_dirs(base: &Path) -> Vec<PathBuf> {
 }
 
 fn default_out() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
-        });
+    let target = walship_bench::target_dir();
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -252,16 +252,10 @@ fn quic_recv(certs: &Path, node: &str, ip: IpAddr) -> Res<()> {
     };
     let addr: SocketAddr = addr.trim().parse()?;
     let cpu0 = process_cpu_ns();
-    match rt.block_on(rawquic::receive(&ca, &identity, socket, addr)) {
-        Ok(r) => child::reply(format_args!(
-            "ok {} {} {} {}",
-            r.bytes,
-            r.start_ns,
-            r.end_ns,
-            process_cpu_ns().saturating_sub(cpu0)
-        )),
-        Err(e) => child::reply(format_args!("err {}", one_line(&e.to_string()))),
-    }
+    reply_received(
+        rt.block_on(rawquic::receive(&ca, &identity, socket, addr)),
+        cpu0,
+    );
     rt.shutdown_timeout(Duration::from_secs(5));
     Ok(())
 }
@@ -274,7 +268,13 @@ fn tcp_recv(ip: IpAddr) -> Res<()> {
         return Err(format!("expected wait, got {cmd:?}").into());
     }
     let cpu0 = process_cpu_ns();
-    match rawtcp::receive(&listener) {
+    reply_received(rawtcp::receive(&listener).map_err(Into::into), cpu0);
+    Ok(())
+}
+
+/// Replies with what a receiver got and the CPU it used since `cpu0`, or its error.
+fn reply_received(r: Res<rawquic::Received>, cpu0: u64) {
+    match r {
         Ok(r) => child::reply(format_args!(
             "ok {} {} {} {}",
             r.bytes,
@@ -284,7 +284,6 @@ fn tcp_recv(ip: IpAddr) -> Res<()> {
         )),
         Err(e) => child::reply(format_args!("err {}", one_line(&e.to_string()))),
     }
-    Ok(())
 }
 
 fn one_line(s: &str) -> String {

@@ -55,6 +55,8 @@ pub struct ReplRun {
     pub followers: Vec<ProcCpu>,
     /// CPUs that other processes of the machine used during the interval (and steal).
     pub others: f64,
+    /// Segments the leader's log created (zero-filled) and recycled during the interval.
+    pub leader_segments: (u64, u64),
 }
 
 impl ReplRun {
@@ -218,6 +220,7 @@ pub fn replicate(
     let checkpointer = spawn_checkpointer(Arc::clone(&leader_log), Arc::clone(&checkpointing))?;
 
     let result = (|| -> Res<ReplRun> {
+        let stats0;
         let (first, end, start_ns, meter, base, cpu0, append) = match mode {
             Mode::Live => {
                 start_all(&mut procs)?;
@@ -230,6 +233,7 @@ pub fn replicate(
                 }
                 let (meter, base, cpu0) =
                     (MachineMeter::start(), ThreadTimes::now(), process_cpu_ns());
+                stats0 = leader_log.stats();
                 let start_ns = mono_ns();
                 let (end, took, cpu) =
                     spawn_writer(Arc::clone(&leader_log), Arc::clone(&ctx.data))?
@@ -248,6 +252,7 @@ pub fn replicate(
                 }
                 let (meter, base, cpu0) =
                     (MachineMeter::start(), ThreadTimes::now(), process_cpu_ns());
+                stats0 = leader_log.stats();
                 let start_ns = mono_ns();
                 start_all(&mut procs)?;
                 (first, end, start_ns, meter, base, cpu0, None)
@@ -260,6 +265,15 @@ pub fn replicate(
             )?);
         }
         let leader_total = process_cpu_ns().saturating_sub(cpu0) as f64 / 1e9;
+        let stats1 = leader_log.stats();
+        let leader_segments = (
+            stats1
+                .segments_created
+                .saturating_sub(stats0.segments_created),
+            stats1
+                .segments_recycled
+                .saturating_sub(stats0.segments_recycled),
+        );
         let parts = components(&base, &leader_tids, &[LEADER_RT]);
         let end_ns = applied
             .iter()
@@ -299,6 +313,7 @@ pub fn replicate(
             leader: leader_cpu,
             followers,
             others: meter.others(ours),
+            leader_segments,
         })
     })();
     for mut p in procs {

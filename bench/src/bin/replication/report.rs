@@ -204,6 +204,14 @@ pub fn render(ctx: &Ctx, res: &Results, took: Duration) -> String {
                     if append.is_finite() {
                         notes.push(format!("leader appended at {append:.0} MB/s"));
                     }
+                    let (made, reused): (u64, u64) = runs.iter().fold((0, 0), |a, r| {
+                        (a.0 + r.leader_segments.0, a.1 + r.leader_segments.1)
+                    });
+                    if made + reused > 0 {
+                        notes.push(format!(
+                            "leader segments new / recycled: {made} / {reused} in all runs"
+                        ));
+                    }
                     notes.push(others_note(med(runs, |r| r.others)));
                     notes.push(spread(st, runs.len()));
                     let _ = writeln!(

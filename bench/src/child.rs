@@ -36,6 +36,19 @@ pub fn process_cpu_ns() -> u64 {
     crate::sys::Usage::now().map_or(0, |u| u.cpu.as_nanos() as u64)
 }
 
+/// The `n` numbers of a child's reply; `what` names the reply in the error.
+pub fn numbers(reply: &str, n: usize, what: &str) -> Res<Vec<u64>> {
+    let v: Vec<u64> = reply
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{what} {reply:?}: {e}"))?;
+    if v.len() != n {
+        return Err(format!("{what} {reply:?}: expected {n} numbers").into());
+    }
+    Ok(v)
+}
+
 /// A running child process and its command channel.
 pub struct Child {
     what: String,
@@ -158,6 +171,13 @@ pub fn next_command() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_hold_exactly_the_numbers_expected() {
+        assert_eq!(numbers("1 2 3", 3, "reply").unwrap(), vec![1, 2, 3]);
+        assert!(numbers("1 2", 3, "reply").is_err());
+        assert!(numbers("1 x 3", 3, "reply").is_err());
+    }
 
     #[test]
     fn the_monotonic_clock_advances() {

@@ -57,14 +57,7 @@ impl RefRun {
 }
 
 fn parse_received(reply: &str) -> Res<(Received, f64)> {
-    let v: Vec<u64> = reply
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("receiver's reply {reply:?}: {e}"))?;
-    if v.len() != 4 {
-        return Err(format!("receiver's reply {reply:?}: expected 4 numbers").into());
-    }
+    let v = walship_bench::child::numbers(reply, 4, "receiver's reply")?;
     Ok((
         Received {
             bytes: v[0],

@@ -110,14 +110,7 @@ struct Applied {
 }
 
 fn parse_applied(reply: &str) -> Res<Applied> {
-    let v: Vec<u64> = reply
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("follower's wait reply {reply:?}: {e}"))?;
-    if v.len() != 7 {
-        return Err(format!("follower's wait reply {reply:?}: expected 7 numbers").into());
-    }
+    let v = walship_bench::child::numbers(reply, 7, "follower's wait reply")?;
     let s = |ns: u64| ns as f64 / 1e9;
     Ok(Applied {
         applied_ns: v[0],

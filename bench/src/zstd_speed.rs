@@ -49,6 +49,17 @@ impl ZstdSpeed {
 /// pass over up to 8 MiB); then decompresses the frames `reps` times, checking the first
 /// pass's output against the input.
 pub fn measure(data: &[u8], frame_bytes: usize, level: i32, reps: usize) -> io::Result<ZstdSpeed> {
+    measure_with(data, frame_bytes, level, reps, None)
+}
+
+/// [`measure`] with every frame compressed (and decompressed) against `dictionary`.
+pub fn measure_with(
+    data: &[u8],
+    frame_bytes: usize,
+    level: i32,
+    reps: usize,
+    dictionary: Option<&[u8]>,
+) -> io::Result<ZstdSpeed> {
     if frame_bytes == 0 || data.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -56,7 +67,10 @@ pub fn measure(data: &[u8], frame_bytes: usize, level: i32, reps: usize) -> io::
         ));
     }
     let reps = reps.max(1);
-    let mut cctx = zstd::bulk::Compressor::new(level)?;
+    let mut cctx = match dictionary {
+        Some(d) => zstd::bulk::Compressor::with_dictionary(level, d)?,
+        None => zstd::bulk::Compressor::new(level)?,
+    };
     let bound = zstd::compress_bound(frame_bytes);
     let mut out = Vec::with_capacity(bound);
     // Warm-up: page in the input and settle the CPU frequency.
@@ -85,7 +99,10 @@ pub fn measure(data: &[u8], frame_bytes: usize, level: i32, reps: usize) -> io::
     }
     let compressed_bytes = compressed.iter().map(|z| z.len() as u64).sum();
 
-    let mut dctx = zstd::bulk::Decompressor::new()?;
+    let mut dctx = match dictionary {
+        Some(d) => zstd::bulk::Decompressor::with_dictionary(d)?,
+        None => zstd::bulk::Decompressor::new()?,
+    };
     let mut plain = Vec::with_capacity(frame_bytes);
     let mut decompress_secs = Vec::with_capacity(reps);
     for rep in 0..reps {

@@ -616,6 +616,7 @@ fn frame_decoder(dir: &Path) {
                 walship_transport::CompressionOptions {
                     level: Some(1),
                     min_bytes: 0,
+                    ..Default::default()
                 },
             )
             .expect("zstd context");

@@ -84,6 +84,9 @@ struct RawReplication {
     remote_commit_timeout_ms: Option<u64>,
     max_retained_bytes: Option<u64>,
     compression_level: Option<i32>,
+    compression_adapt: Option<bool>,
+    compression_floor: Option<i32>,
+    compression_ceiling: Option<i32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,8 +146,10 @@ pub struct NodeConfig {
     pub remote_commit_timeout: Duration,
     /// Most log a lagging follower's slot may hold back.
     pub max_retained_bytes: Option<u64>,
-    /// zstd level for shipped data; 0 turns compression off.
-    pub compression_level: Option<i32>,
+    /// How shipped data is compressed: `compression_level` (0 = off; with
+    /// `compression_adapt`, where the level starts) and the adaptive range
+    /// (`compression_floor`, absent: down to shipping raw; `compression_ceiling`).
+    pub compression: walship_transport::CompressionOptions,
     /// Segment size.
     pub segment_bytes: Option<u64>,
     /// I/O backend.
@@ -252,14 +257,7 @@ impl NodeConfig {
                 "must be positive".into(),
             ));
         }
-        if let Some(l) = raw.replication.compression_level {
-            if !(0..=22).contains(&l) {
-                return Err(bad(
-                    "replication.compression_level",
-                    format!("{l} is outside 0 (off) ..= 22"),
-                ));
-            }
-        }
+        let compression = compression(&raw.replication)?;
         if let Some(s) = raw.log.segment_bytes {
             walship_engine::format::check_capacity(s).map_err(|e| bad("log.segment_bytes", e))?;
         }
@@ -368,12 +366,54 @@ impl NodeConfig {
                 raw.replication.remote_commit_timeout_ms.unwrap_or(10_000),
             ),
             max_retained_bytes: raw.replication.max_retained_bytes,
-            compression_level: raw.replication.compression_level,
+            compression,
             segment_bytes: raw.log.segment_bytes,
             backend,
             coordinator,
         })
     }
+}
+
+/// The compression settings of `[replication]`, checked.
+fn compression(r: &RawReplication) -> Result<walship_transport::CompressionOptions, String> {
+    use walship_transport::compress::adapt::{Adapt, LevelControl};
+    let bad = |key: &str, problem: String| format!("`{key}`: {problem}");
+    let base = walship_transport::CompressionOptions::default();
+    let (lo, hi) = (-131_072, 22);
+    let level = match r.compression_level {
+        None => base.level,
+        Some(0) => None,
+        Some(l) if (lo..=hi).contains(&l) => Some(l),
+        Some(l) => {
+            return Err(bad(
+                "replication.compression_level",
+                format!("{l} is outside {lo} ..= {hi} (0: off)"),
+            ))
+        }
+    };
+    let adapting = r.compression_adapt.unwrap_or(base.adapt.is_some());
+    if !adapting && (r.compression_floor.is_some() || r.compression_ceiling.is_some()) {
+        return Err(bad(
+            "replication.compression_floor",
+            "a floor or ceiling needs compression_adapt = true".into(),
+        ));
+    }
+    let adapt = adapting.then(|| {
+        let d = base.adapt.unwrap_or_default();
+        Adapt {
+            floor: r.compression_floor.or(d.floor),
+            ceiling: r.compression_ceiling.unwrap_or(d.ceiling),
+        }
+    });
+    if let Some(range) = adapt {
+        LevelControl::new(range, level, std::time::Instant::now())
+            .map_err(|e| bad("replication.compression_adapt", e))?;
+    }
+    Ok(walship_transport::CompressionOptions {
+        level,
+        adapt,
+        ..base
+    })
 }
 
 #[cfg(test)]
@@ -452,6 +492,17 @@ peers = { n2 = "127.0.0.1:7401", n3 = "127.0.0.1:7402" }
             (
                 GOOD.replace("[replication]", "[replication]\ncompression_level = 99"),
                 "`replication.compression_level`",
+            ),
+            (
+                GOOD.replace(
+                    "[replication]",
+                    "[replication]\ncompression_adapt = true\ncompression_floor = 3\ncompression_ceiling = 1",
+                ),
+                "`replication.compression_adapt`: adaptive floor Some(3) is above the ceiling 1",
+            ),
+            (
+                GOOD.replace("[replication]", "[replication]\ncompression_ceiling = 3"),
+                "`replication.compression_floor`",
             ),
             (
                 GOOD.replace("listen =", "admin_plain = \"0.0.0.0:7481\"\nlisten ="),

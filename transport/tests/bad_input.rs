@@ -212,6 +212,7 @@ fn zstd_compress(b: &[u8]) -> Bytes {
         walship_transport::compress::Compressor::new(walship_transport::CompressionOptions {
             level: Some(1),
             min_bytes: 0,
+            ..Default::default()
         })
         .unwrap();
     let (how, data) = c.encode(Bytes::copy_from_slice(b));

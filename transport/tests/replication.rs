@@ -384,3 +384,71 @@ async fn a_new_followers_slot_holds_the_log_from_the_moment_it_is_accepted(
     leader.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_up_byte_for_byte_while_the_zstd_level_adapts(
+) -> Result<(), walship_engine::Error> {
+    // Frames compressed at whatever level the controller is trying (and raw ones, which
+    // it may choose) must decode to the same log; the moves themselves are unit-tested
+    // in `compress::adapt`.
+    let c = Cluster::new(16 << 20);
+    let leader = c.leader_with(
+        c.log("leader"),
+        LeaderOptions {
+            sync: any_one(),
+            compression: walship_transport::CompressionOptions {
+                adapt: Some(walship_transport::compress::Adapt {
+                    floor: None,
+                    ceiling: 3,
+                }),
+                ..walship_transport::CompressionOptions::default()
+            },
+            ..LeaderOptions::default()
+        },
+    );
+    let mut last = Lsn::ZERO;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut i = 0u64;
+    while leader.log().end_lsn() < Lsn::new(160 << 20) {
+        // Rows that compress, with every eighth batch noise that does not.
+        let rows: Vec<Vec<u8>> = (0..32)
+            .map(|_| {
+                i += 1;
+                if i % 256 < 32 {
+                    (0..2000)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect()
+                } else {
+                    format!(
+                        "{{\"id\":{i},\"status\":\"shipped\",\"note\":\"row {}\"}}",
+                        i % 97
+                    )
+                    .repeat(20)
+                    .into_bytes()
+                }
+            })
+            .collect();
+        let batch: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+        last = *leader.log().append_batch(&batch)?.last().unwrap();
+    }
+    let (f1, seen) = c.follower("f1", c.log("f1"), &leader);
+    eventually("f1 to catch up", WAIT, || f1.applied() >= last).await;
+    same_bytes(leader.log(), f1.log());
+    assert_eq!(seen.lock().unwrap().last().map(|r| r.0), Some(last));
+    let st = leader.status();
+    let fi = &st.followers[0];
+    assert!(
+        fi.bytes_wire < fi.bytes_raw,
+        "{} of {}",
+        fi.bytes_wire,
+        fi.bytes_raw
+    );
+    f1.shutdown().await;
+    leader.shutdown().await;
+    Ok(())
+}

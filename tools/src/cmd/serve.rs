@@ -11,7 +11,7 @@ use walship_tools::metrics::Metrics;
 use walship_tools::outcome::Failure;
 use walship_transport::coordinator::{Coordinator, LeaderInfo, StaticCoordinator};
 use walship_transport::tls::{admin_server_config, Credentials, MemberSet, Role, Trust};
-use walship_transport::{CompressionOptions, LeaderOptions, Node, NodeOptions, Security};
+use walship_transport::{LeaderOptions, Node, NodeOptions, Security};
 
 /// Run one node (leader or follower, as the coordinator says) from a TOML file
 ///
@@ -126,12 +126,7 @@ async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
     if let Some(m) = cfg.max_retained_bytes {
         leader.max_retained_bytes = m;
     }
-    if let Some(level) = cfg.compression_level {
-        leader.compression = CompressionOptions {
-            level: (level != 0).then_some(level),
-            ..CompressionOptions::default()
-        };
-    }
+    leader.compression = cfg.compression;
     let opts = NodeOptions {
         leader,
         advertise: cfg.advertise.clone(),

@@ -13,6 +13,7 @@ use walship_engine::{Batch, Commit, Durability, Epoch, Log, Lsn, Reader};
 
 use super::pipeline::{Pipeline, Span};
 use super::{peer_certificate, Security, TransportError, CLOSE_ERROR, CLOSE_SHUTDOWN};
+use crate::compress::adapt::{LevelControl, Wait};
 use crate::compress::CompressionOptions;
 use crate::coordinator::{verify_epoch, EpochAuthority};
 use crate::quorum::{Progress, SyncPolicy};
@@ -429,6 +430,11 @@ impl Leader {
                 "frame_bytes {} must be below max_frame {}",
                 opts.frame_bytes, opts.max_frame
             )));
+        }
+        if let Some(range) = opts.compression.adapt {
+            LevelControl::new(range, opts.compression.level, Instant::now()).map_err(|e| {
+                TransportError::InvalidOptions(format!("compression {:?}: {e}", opts.compression))
+            })?;
         }
         security.check_log(&log)?;
         let slots = Slots::load(log.storage(), log.dir(), log.segment_capacity())?;
@@ -889,6 +895,10 @@ async fn serve(
         next: Lsn::ZERO,
         streaming: false,
         sent_due: None,
+        acked_to: Lsn::ZERO,
+        level: shared.compression.adapt.and_then(|range| {
+            LevelControl::new(range, shared.compression.level, Instant::now()).ok()
+        }),
         cert,
         trust_generation: shared.trust.as_ref().map_or(0, |t| t.generation()),
     };
@@ -1004,6 +1014,10 @@ struct Run<'a> {
     /// The end of a frame handed to the session whose transmission is not yet written
     /// (for the [`crate::hops::LEADER_SENT`] event).
     sent_due: Option<Lsn>,
+    /// The adaptive compression level, if it adapts.
+    level: Option<LevelControl>,
+    /// The follower's written position, as last acknowledged.
+    acked_to: Lsn,
     /// The follower's certificate, checked again when the revocation list changes.
     cert: Option<CertificateDer<'static>>,
     trust_generation: u64,
@@ -1036,6 +1050,7 @@ impl Run<'_> {
             // Frames that finished compressing go out first, then everything queued.
             self.ship_ready(session)?;
             self.drain(session, send).await?;
+            self.account(Wait::Link);
             if let Some(why) = self.no_longer_admitted() {
                 let err = session.refuse(RejectCode::NotMember, Lsn::ZERO, why, Instant::now());
                 return Err(self.session_err(err));
@@ -1069,7 +1084,9 @@ impl Run<'_> {
                     }
                 }
             }
-            match self.gather(session) {
+            let gathered = self.gather(session);
+            self.account(Wait::Cpu);
+            match gathered {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(TransportError::Engine(walship_engine::Error::NotRetained { lsn, start })) => {
@@ -1082,6 +1099,7 @@ impl Run<'_> {
             let deadline = session
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            let waiting = self.waiting_on(session, &log);
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return Ok(()),
@@ -1117,6 +1135,43 @@ impl Run<'_> {
                     .handle_timeout(Instant::now(), log.end_lsn(), super::now_us())
                     .map_err(|e| self.session_err(e))?,
             }
+            self.account(waiting);
+        }
+    }
+
+    /// What the session waits on while it waits (for the adaptive level): the link (or
+    /// the follower) if the window is full, compression if the next frame to ship is
+    /// still compressing or every compressor is busy, nothing if there is nothing to send.
+    fn waiting_on(&self, session: &LeaderSession, log: &Log) -> Wait {
+        let more = self.reader.is_some() && (self.pending.is_some() || log.end_lsn() > self.next);
+        // A full window comes first: the frames still compressing count in it, so even
+        // instant compression would leave the sender waiting for acks.
+        let full = || {
+            session
+                .send_window()
+                .is_none_or(|(sent, room)| room <= self.next.bytes_after(sent))
+        };
+        if more && full() {
+            Wait::Link
+        } else if self.pipeline.front_busy() || (more && !self.pipeline.can_take()) {
+            Wait::Cpu
+        } else {
+            Wait::Idle
+        }
+    }
+
+    /// The time since the last call went to `wait`; at the end of a window, the level
+    /// may change.
+    fn account(&mut self, wait: Wait) {
+        let Some(level) = self.level.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        level.account(now, wait);
+        level.in_flight(self.next.bytes_after(self.acked_to));
+        if let Some(l) = level.poll(now) {
+            tracing::debug!(peer = %self.peer, level = ?l, "zstd level adapted");
+            self.pipeline.set_level(l);
         }
     }
 
@@ -1164,11 +1219,16 @@ impl Run<'_> {
                     self.shared.begin_writing().await;
                     self.reader = Some(self.shared.log.reader(start)?);
                     self.next = start;
+                    self.acked_to = start;
                     tracing::info!(follower = follower.as_str(), %start, peer = %self.peer, "follower accepted");
                     self.node = Some(follower);
                 }
                 LeaderEvent::Progress { follower, progress } => {
                     crate::hops::hop(crate::hops::LEADER_ACKED, progress.flushed);
+                    if let Some(level) = self.level.as_mut() {
+                        level.acked(Instant::now(), progress.written.bytes_after(self.acked_to));
+                    }
+                    self.acked_to = self.acked_to.max(progress.written);
                     self.shared
                         .progress(&follower, self.id, progress, Instant::now())
                 }
@@ -1202,6 +1262,7 @@ impl Run<'_> {
         while let Some(e) = self.pipeline.pop_ready() {
             let now = Instant::now();
             let wire = e.data.len();
+
             session
                 .ship(now, e.span.base, e.span.end, e.span.raw_len, e.how, e.data)
                 .map_err(|err| self.session_err(err))?;

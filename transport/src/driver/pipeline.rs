@@ -58,6 +58,8 @@ pub(super) struct Pipeline {
     queue: VecDeque<Item>,
     idle: Vec<Compressor>,
     enabled: bool,
+    /// The level frames taken from now on are compressed at.
+    level: Option<i32>,
     cache: Option<Arc<FrameCache>>,
 }
 
@@ -75,7 +77,8 @@ impl Pipeline {
         Ok(Pipeline {
             queue: VecDeque::new(),
             idle,
-            enabled: opts.level.is_some(),
+            enabled: opts.level.is_some() || opts.adapt.is_some(),
+            level: opts.level,
             cache,
         })
     }
@@ -83,6 +86,17 @@ impl Pipeline {
     /// Whether another frame can be taken now.
     pub(super) fn can_take(&self) -> bool {
         !self.idle.is_empty()
+    }
+
+    /// Compresses the frames pushed from now on at `level` (`None`: ships them raw).
+    pub(super) fn set_level(&mut self, level: Option<i32>) {
+        self.level = level;
+    }
+
+    /// Whether the next frame to ship is still being compressed (here or by another
+    /// session).
+    pub(super) fn front_busy(&self) -> bool {
+        matches!(self.queue.front(), Some(Item::Busy(..) | Item::Waiting(..)))
     }
 
     /// Queues `raw` (the bytes of `span`) for compression.
@@ -112,7 +126,12 @@ impl Pipeline {
             }));
             return;
         };
-        if !self.enabled || raw.len() < PARALLEL_MIN {
+        if c.level() != self.level {
+            if let Err(e) = c.set_level(self.level) {
+                tracing::warn!(error = %e, "zstd refused a new level; keeping the old one");
+            }
+        }
+        if !self.enabled || c.level().is_none() || raw.len() < PARALLEL_MIN {
             let (how, data) = c.encode(raw);
             self.idle.push(c);
             if let Some(tx) = publish {
@@ -249,6 +268,35 @@ mod tests {
         drop(a);
         let e = next(&mut b).await;
         assert_eq!((e.how, &e.data), (Compression::None, &raw));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_level_applies_to_the_frames_pushed_after_it() {
+        let opts = CompressionOptions {
+            adapt: Some(crate::compress::Adapt::default()),
+            ..CompressionOptions::default()
+        };
+        let mut p = Pipeline::new(opts, 2, None).unwrap();
+        let (span, raw) = frame();
+        p.push(span, raw.clone());
+        assert!(
+            p.front_busy(),
+            "a 256 KiB frame compresses on a blocking thread"
+        );
+        p.set_level(None);
+        p.push(span, raw.clone());
+        let (first, second) = (next(&mut p).await, next(&mut p).await);
+        assert!(!p.front_busy());
+        assert_eq!(first.how, Compression::Zstd);
+        assert_eq!((second.how, &second.data), (Compression::None, &raw));
+        p.set_level(Some(6));
+        p.push(span, raw.clone());
+        let third = next(&mut p).await;
+        assert_eq!(third.how, Compression::Zstd);
+        assert!(
+            third.data.len() < first.data.len(),
+            "level 6 compresses more than 1"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

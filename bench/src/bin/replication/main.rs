@@ -116,6 +116,52 @@ pub struct Args {
     /// Skip the catch-up variant.
     #[arg(long)]
     pub no_catchup: bool,
+    /// Compression variants of every replication cell: off, fixed (at --zstd-level),
+    /// adaptive (starting at --zstd-level, from raw to level 6).
+    #[arg(long, value_delimiter = ',', default_value = "off,fixed,adaptive")]
+    pub zstd: Vec<Zstd>,
+}
+
+/// How the leader compresses in a replication run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Zstd {
+    /// Shipped as stored.
+    Off,
+    /// At `--zstd-level`.
+    Fixed,
+    /// The transport's adaptive level (`walship_transport::compress::adapt`).
+    Adaptive,
+}
+
+impl Zstd {
+    /// The column text: `off`, the level, or `adaptive`.
+    pub fn label(self, args: &Args) -> String {
+        match self {
+            Zstd::Off => "off".into(),
+            Zstd::Fixed => args.zstd_level.to_string(),
+            Zstd::Adaptive => "adaptive".into(),
+        }
+    }
+
+    /// The leader's compression settings for this variant.
+    pub fn options(self, args: &Args) -> walship_transport::CompressionOptions {
+        let base = walship_transport::CompressionOptions::default();
+        match self {
+            Zstd::Off => walship_transport::CompressionOptions {
+                level: None,
+                ..base
+            },
+            Zstd::Fixed => walship_transport::CompressionOptions {
+                level: Some(args.zstd_level),
+                ..base
+            },
+            Zstd::Adaptive => walship_transport::CompressionOptions {
+                level: Some(args.zstd_level),
+                adapt: Some(walship_transport::compress::Adapt::default()),
+                ..base
+            },
+        }
+    }
 }
 
 /// Which replication variant.
@@ -240,7 +286,7 @@ impl Ctx {
 }
 
 /// What a replication result is keyed by: (net: 0 loopback, 1 link; mode; zstd; followers).
-pub type ReplKey = (u8, Mode, bool, usize);
+pub type ReplKey = (u8, Mode, Zstd, usize);
 
 /// Every measurement, kept for the tables.
 #[derive(Default)]
@@ -298,6 +344,14 @@ fn main() {
 
 fn run() -> Res<()> {
     let args = Args::parse();
+    // The transport's own log, to stderr, when asked for (e.g. RUST_LOG=walship_transport=debug
+    // shows the adaptive level's moves).
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mib = args.mib.unwrap_or(if args.quick { 64 } else { 512 });
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
     if args.frame_bytes == 0 || args.batch_bytes == 0 || mib == 0 {
@@ -495,14 +549,14 @@ fn measure_net(
     };
     for mode in modes {
         for &n in &counts {
-            for zstd in [false, true] {
+            for &zstd in &ctx.args.zstd {
                 match replicate::replicate(ctx, rt, net, mode, zstd, n) {
                     Ok(r) => {
                         eprintln!(
                             "  replication {}, zstd {}, {n} follower(s): {:.0} MB/s of log, \
                              wire/log {:.3}, leader {:.2} CPU s/GB, follower {:.2}",
                             mode.name(),
-                            if zstd { "on" } else { "off" },
+                            zstd.label(&ctx.args),
                             r.log_mb_s(),
                             r.wire_per_log(),
                             r.leader_s_per_gb(),

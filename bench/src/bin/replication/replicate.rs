@@ -12,10 +12,10 @@ use walship_bench::sys::ThreadTimes;
 use walship_bench::waldata::Batches;
 use walship_bench::Res;
 use walship_engine::{Durability, Log, Lsn};
-use walship_transport::{CompressionOptions, Leader, LeaderOptions, Security};
+use walship_transport::{Leader, LeaderOptions, Security};
 
 use crate::roles::{self, components, new_threads, open_log, spawn_checkpointer};
-use crate::{Ctx, MachineMeter, Mode, Net, LEADER_RT};
+use crate::{Ctx, MachineMeter, Mode, Net, Zstd, LEADER_RT};
 
 /// CPU seconds one process spent during a run, by component.
 #[derive(Debug, Clone, Copy, Default)]
@@ -170,7 +170,7 @@ pub fn replicate(
     rt: &tokio::runtime::Runtime,
     net: &Net<'_>,
     mode: Mode,
-    zstd: bool,
+    zstd: Zstd,
     followers: usize,
 ) -> Res<ReplRun> {
     let run_dir = ctx.run_dir()?;
@@ -184,10 +184,7 @@ pub fn replicate(
             Security::mutual_tls(ctx.cluster.leader.clone(), ctx.cluster.ca.cert_pem()),
             LeaderOptions {
                 socket: Some(net.leader_udp()?),
-                compression: CompressionOptions {
-                    level: zstd.then_some(ctx.args.zstd_level),
-                    ..CompressionOptions::default()
-                },
+                compression: zstd.options(&ctx.args),
                 frame_bytes: ctx.args.frame_bytes,
                 ..LeaderOptions::default()
             },

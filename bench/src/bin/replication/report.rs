@@ -8,7 +8,7 @@ use walship_bench::{median, MB};
 
 use crate::refs::{Kind, RefRun};
 use crate::replicate::ReplRun;
-use crate::{Ctx, Mode, Results};
+use crate::{Ctx, Mode, Results, Zstd};
 
 /// Median, minimum and maximum of `f` over `xs`, or `None` for an empty list.
 fn stats<T>(xs: &[T], f: impl Fn(&T) -> f64) -> Option<(f64, f64, f64)> {
@@ -174,12 +174,8 @@ pub fn render(ctx: &Ctx, res: &Results, took: Duration) -> String {
                 vec![1]
             };
             for &n in &counts {
-                for zstd in [false, true] {
-                    let z = if zstd {
-                        a.zstd_level.to_string()
-                    } else {
-                        "off".into()
-                    };
+                for &zstd in &a.zstd {
+                    let z = zstd.label(a);
                     let Some(runs) = res.repl_runs((net, mode, zstd, n)) else {
                         let why = res.repl_error.as_deref().unwrap_or("not measured");
                         let _ = writeln!(
@@ -252,11 +248,7 @@ pub fn render(ctx: &Ctx, res: &Results, took: Duration) -> String {
         );
         for ((net, mode, zstd, n), runs) in &res.repl {
             let per_gb = |f: fn(&ReplRun) -> f64| med(runs, |r| f(r) / (r.log_bytes as f64 / 1e9));
-            let z = if *zstd {
-                a.zstd_level.to_string()
-            } else {
-                "off".into()
-            };
+            let z = zstd.label(a);
             let _ = writeln!(
                 s,
                 "| {} | {} | {z} | {n} | {:.2} | {:.2} | {:.2} | {:.2} | **{:.2}** | {:.2} | {:.2} | {:.2} | {:.2} | **{:.2}** |",
@@ -350,7 +342,7 @@ fn render_targets(s: &mut String, ctx: &Ctx, res: &Results) {
         rows.push((
             "replication without zstd / raw quinn (loopback, separate processes)".into(),
             mode.name(),
-            ratio(repl(0, mode, false, 1, ReplRun::log_mb_s), raw_loop),
+            ratio(repl(0, mode, Zstd::Off, 1, ReplRun::log_mb_s), raw_loop),
             "≥ 0.8",
             0.8,
             true,
@@ -359,19 +351,39 @@ fn render_targets(s: &mut String, ctx: &Ctx, res: &Results) {
             format!("{link}: zstd / no-zstd log throughput"),
             mode.name(),
             ratio(
-                repl(1, mode, true, 1, ReplRun::log_mb_s),
-                repl(1, mode, false, 1, ReplRun::log_mb_s),
+                repl(1, mode, Zstd::Fixed, 1, ReplRun::log_mb_s),
+                repl(1, mode, Zstd::Off, 1, ReplRun::log_mb_s),
             ),
             "≥ 3",
             3.0,
             true,
         ));
+        // The adaptive level is worth having if it is never much worse than the better
+        // fixed choice of each path: off on loopback, a level on a slow link.
+        for net in [0u8, 1] {
+            let best = [Zstd::Off, Zstd::Fixed]
+                .into_iter()
+                .filter_map(|z| repl(net, mode, z, 1, ReplRun::log_mb_s))
+                .reduce(f64::max);
+            rows.push((
+                format!(
+                    "{}: adaptive zstd / the better of off and level {}",
+                    path_name(res, net),
+                    a.zstd_level
+                ),
+                mode.name(),
+                ratio(repl(net, mode, Zstd::Adaptive, 1, ReplRun::log_mb_s), best),
+                "≥ 0.9",
+                0.9,
+                true,
+            ));
+        }
     }
     if !a.no_catchup {
         rows.push((
             "log applied on the follower, MB/s (loopback, no zstd)".into(),
             Mode::CatchUp.name(),
-            repl(0, Mode::CatchUp, false, 1, ReplRun::log_mb_s),
+            repl(0, Mode::CatchUp, Zstd::Off, 1, ReplRun::log_mb_s),
             "≥ 1000",
             1000.0,
             true,
@@ -380,7 +392,7 @@ fn render_targets(s: &mut String, ctx: &Ctx, res: &Results) {
     // What a follower costs the leader is its runtime's shipping work (reading,
     // compressing, QUIC and TLS): appending and the engine cost the same with any count.
     if ctx.followers.contains(&1) && ctx.followers.contains(&2) {
-        for zstd in [false, true] {
+        for zstd in [Zstd::Off, Zstd::Fixed] {
             let rt1 = repl(0, Mode::Live, zstd, 1, |r| {
                 r.leader.runtime / (r.log_bytes as f64 / 1e9)
             });
@@ -390,7 +402,7 @@ fn render_targets(s: &mut String, ctx: &Ctx, res: &Results) {
             rows.push((
                 format!(
                     "leader CPU of the second follower / of the first (runtime s/GB, loopback, zstd {})",
-                    if zstd { "on" } else { "off" }
+                    zstd.label(a)
                 ),
                 Mode::Live.name(),
                 match (rt1, rt2) {
@@ -406,7 +418,7 @@ fn render_targets(s: &mut String, ctx: &Ctx, res: &Results) {
     rows.push((
         "wire bytes / log bytes with zstd (loopback)".into(),
         Mode::Live.name(),
-        repl(0, Mode::Live, true, 1, ReplRun::wire_per_log),
+        repl(0, Mode::Live, Zstd::Fixed, 1, ReplRun::wire_per_log),
         "≤ 0.333",
         1.0 / 3.0,
         false,

@@ -5,10 +5,16 @@
 //! it saves less than an eighth; after a frame where it did not pay, the next
 //! [`BACKOFF_FRAMES`] go out uncompressed without trying, so incompressible data (already
 //! compressed or encrypted payloads) costs almost no CPU.
+//!
+//! With [`CompressionOptions::adapt`] the level moves with what the sender waits on
+//! ([`adapt`]): up on a slow link, down to shipping raw where the CPU is the limit.
 
 use bytes::Bytes;
 
 use crate::wire::Compression;
+
+pub mod adapt;
+pub use adapt::Adapt;
 
 /// Frames sent uncompressed without trying after one where compression did not pay.
 pub const BACKOFF_FRAMES: u32 = 16;
@@ -16,8 +22,12 @@ pub const BACKOFF_FRAMES: u32 = 16;
 /// How the leader compresses log data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompressionOptions {
-    /// The zstd level (negative levels are faster), or `None` to ship data as stored.
+    /// The zstd level (negative levels are faster), or `None` to ship data as stored;
+    /// with `adapt`, the level a session starts at.
     pub level: Option<i32>,
+    /// Move the level within this range by what the link is measured to carry
+    /// ([`adapt`]); `None` keeps `level` fixed.
+    pub adapt: Option<Adapt>,
     /// Frames with less raw data than this are sent uncompressed.
     pub min_bytes: usize,
 }
@@ -28,6 +38,7 @@ impl Default for CompressionOptions {
     fn default() -> Self {
         CompressionOptions {
             level: Some(1),
+            adapt: None,
             min_bytes: 1024,
         }
     }
@@ -61,6 +72,8 @@ pub enum CodecError {
 pub struct Compressor {
     opts: CompressionOptions,
     ctx: Option<zstd::bulk::Compressor<'static>>,
+    /// The level `ctx` is set to; `None` ships raw.
+    level: Option<i32>,
     skip: u32,
 }
 
@@ -68,6 +81,7 @@ impl std::fmt::Debug for Compressor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Compressor")
             .field("opts", &self.opts)
+            .field("level", &self.level)
             .field("skip", &self.skip)
             .finish()
     }
@@ -86,12 +100,44 @@ impl Compressor {
             ),
             None => None,
         };
-        Ok(Compressor { opts, ctx, skip: 0 })
+        Ok(Compressor {
+            opts,
+            ctx,
+            level: opts.level,
+            skip: 0,
+        })
+    }
+
+    /// The level frames are compressed at now (`None`: shipped raw).
+    pub fn level(&self) -> Option<i32> {
+        self.level
+    }
+
+    /// Compresses the next frames at `level` (`None`: ships them raw).
+    ///
+    /// # Errors
+    /// [`CodecError::Compress`] if zstd refuses the level; the old one stays.
+    pub fn set_level(&mut self, level: Option<i32>) -> Result<(), CodecError> {
+        if level == self.level {
+            return Ok(());
+        }
+        if let Some(l) = level {
+            let err = |e: std::io::Error| CodecError::Compress(format!("level {l}: {e}"));
+            match self.ctx.as_mut() {
+                Some(ctx) => ctx.set_compression_level(l).map_err(err)?,
+                None => self.ctx = Some(zstd::bulk::Compressor::new(l).map_err(err)?),
+            }
+        }
+        self.level = level;
+        Ok(())
     }
 
     /// Encodes `raw` for a `Ship` frame: compressed if that is on, the frame is large
     /// enough, and it saves at least an eighth; otherwise `raw` itself.
     pub fn encode(&mut self, raw: Bytes) -> (Compression, Bytes) {
+        if self.level.is_none() {
+            return (Compression::None, raw);
+        }
         let Some(ctx) = self.ctx.as_mut() else {
             return (Compression::None, raw);
         };
@@ -233,6 +279,32 @@ mod tests {
         assert_eq!(c.encode(noise.clone()), (Compression::None, noise));
         assert_eq!(c.skip, BACKOFF_FRAMES);
         assert_eq!(c.encode(rows(2000)).0, Compression::None);
+    }
+
+    #[test]
+    fn the_level_changes_between_frames_and_off_ships_raw() {
+        let mut c = Compressor::new(CompressionOptions {
+            level: None,
+            ..Default::default()
+        })
+        .unwrap();
+        let raw = rows(2000);
+        assert_eq!(c.encode(raw.clone()).0, Compression::None);
+        c.set_level(Some(-5)).unwrap();
+        let (how, fast) = c.encode(raw.clone());
+        assert_eq!((how, c.level()), (Compression::Zstd, Some(-5)));
+        c.set_level(Some(9)).unwrap();
+        let (_, small) = c.encode(raw.clone());
+        assert!(
+            small.len() < fast.len(),
+            "level 9 {} vs -5 {}",
+            small.len(),
+            fast.len()
+        );
+        let mut d = Decompressor::new().unwrap();
+        assert_eq!(d.decode(how, raw.len() as u32, small).unwrap(), raw);
+        c.set_level(None).unwrap();
+        assert_eq!(c.encode(raw.clone()), (Compression::None, raw));
     }
 
     #[test]

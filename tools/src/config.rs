@@ -391,7 +391,10 @@ fn compression(r: &RawReplication) -> Result<walship_transport::CompressionOptio
             ))
         }
     };
-    let adapting = r.compression_adapt.unwrap_or(base.adapt.is_some());
+    // A level alone keeps its old meaning (fixed, 0 = off); neither key: the default.
+    let adapting = r
+        .compression_adapt
+        .unwrap_or(r.compression_level.is_none() && base.adapt.is_some());
     if !adapting && (r.compression_floor.is_some() || r.compression_ceiling.is_some()) {
         return Err(bad(
             "replication.compression_floor",
@@ -450,6 +453,31 @@ peers = { n2 = "127.0.0.1:7401", n3 = "127.0.0.1:7402" }
     }
 
     #[test]
+    fn compression_is_adaptive_by_default_and_a_level_alone_is_fixed() {
+        use walship_transport::compress::Adapt;
+        let with = |extra: &str| {
+            let text = GOOD.replace("[replication]", &format!("[replication]\n{extra}"));
+            NodeConfig::parse(&text, Path::new("/"))
+                .unwrap()
+                .compression
+        };
+        let c = with("");
+        assert_eq!((c.level, c.adapt), (Some(1), Some(Adapt::default())));
+        let c = with("compression_level = 5");
+        assert_eq!((c.level, c.adapt), (Some(5), None));
+        let c = with("compression_level = 0");
+        assert_eq!((c.level, c.adapt), (None, None));
+        let c = with("compression_level = 3\ncompression_adapt = true\ncompression_floor = -10");
+        let range = Adapt {
+            floor: Some(-10),
+            ceiling: 6,
+        };
+        assert_eq!((c.level, c.adapt), (Some(3), Some(range)));
+        let c = with("compression_adapt = false");
+        assert_eq!((c.level, c.adapt), (Some(1), None));
+    }
+
+    #[test]
     fn an_etcd_coordinator_needs_a_build_with_etcd() {
         let etcd = GOOD.replace(
             "kind = \"static\"\nleader = \"n1\"\npeers = { n2 = \"127.0.0.1:7401\", n3 = \"127.0.0.1:7402\" }",
@@ -501,7 +529,10 @@ peers = { n2 = "127.0.0.1:7401", n3 = "127.0.0.1:7402" }
                 "`replication.compression_adapt`: adaptive floor Some(3) is above the ceiling 1",
             ),
             (
-                GOOD.replace("[replication]", "[replication]\ncompression_ceiling = 3"),
+                GOOD.replace(
+                    "[replication]",
+                    "[replication]\ncompression_adapt = false\ncompression_ceiling = 3",
+                ),
                 "`replication.compression_floor`",
             ),
             (

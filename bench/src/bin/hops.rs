@@ -182,6 +182,7 @@ impl Pair {
                 },
                 compression: CompressionOptions {
                     level: zstd,
+                    adapt: None,
                     ..CompressionOptions::default()
                 },
                 remote_commit_timeout: Duration::from_secs(30),

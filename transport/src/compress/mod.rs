@@ -33,12 +33,14 @@ pub struct CompressionOptions {
 }
 
 impl Default for CompressionOptions {
-    /// Level 1 (MACHINE.md: 3–5× on WAL-like rows at 350–530 MB/s on one core),
-    /// frames of 1 KiB and more.
+    /// Starting at level 1 (MACHINE.md: 3–5× on WAL-like rows at 350–530 MB/s on one
+    /// core) and adapting between shipping raw and level 6 ([`Adapt::default`]); frames
+    /// of 1 KiB and more. Adaptive is the default because it shipped more than a fixed
+    /// level 1 on every path measured (bench/RESULTS.md, "the adaptive level").
     fn default() -> Self {
         CompressionOptions {
             level: Some(1),
-            adapt: None,
+            adapt: Some(Adapt::default()),
             min_bytes: 1024,
         }
     }

@@ -304,6 +304,7 @@ mod tests {
         let cache = Arc::new(FrameCache::default());
         let opts = CompressionOptions {
             level: None,
+            adapt: None,
             ..CompressionOptions::default()
         };
         let mut a = Pipeline::new(opts, 1, Some(Arc::clone(&cache))).unwrap();

@@ -20,7 +20,8 @@
 //! 2. **Loopback**, repeated `--reps` times, variants interleaved (A B A B): the
 //!    references (`refs`: raw quinn, one stream of frame-sized `Bytes` with the project's
 //!    endpoint, transport and mutual-TLS configs; one TCP connection), then replication
-//!    leader → follower(s) with zstd off and on, "live" (followers connected, writer
+//!    leader → follower(s) with each `--zstd` variant (off, fixed at `--zstd-level`,
+//!    adaptive), "live" (followers connected, writer
 //!    appending as fast as the leader's log accepts; timed from the first append until
 //!    the last follower has applied the leader's end) and "catch-up" (everything written
 //!    first, then the followers started; timed from their start until the last applied
@@ -149,10 +150,12 @@ impl Zstd {
         match self {
             Zstd::Off => walship_transport::CompressionOptions {
                 level: None,
+                adapt: None,
                 ..base
             },
             Zstd::Fixed => walship_transport::CompressionOptions {
                 level: Some(args.zstd_level),
+                adapt: None,
                 ..base
             },
             Zstd::Adaptive => walship_transport::CompressionOptions {

@@ -417,6 +417,16 @@ mod tests {
         }
     }
 
+    /// The WAL-like sender over a link of `link` MB/s, with a follower that keeps up.
+    fn over(link: f64) -> Model {
+        Model {
+            cpu,
+            link,
+            ratio,
+            apply: f64::MAX,
+        }
+    }
+
     fn control(range: Adapt, start: Option<i32>) -> (LevelControl, Instant) {
         let now = Instant::now();
         (LevelControl::new(range, start, now).unwrap(), now)
@@ -437,12 +447,7 @@ mod tests {
 
     #[test]
     fn a_slow_link_climbs_to_the_level_where_the_cpu_becomes_the_limit() {
-        let m = Model {
-            cpu,
-            link: 60.0,
-            ratio,
-            apply: f64::MAX,
-        };
+        let m = over(60.0);
         let (best, seen) = settles(&m, Some(1));
         assert!(best > Some(1), "the model's best is {best:?}");
         assert!(
@@ -454,12 +459,7 @@ mod tests {
 
     #[test]
     fn a_fast_link_turns_compression_off() {
-        let m = Model {
-            cpu,
-            link: 2000.0,
-            ratio,
-            apply: f64::MAX,
-        };
+        let m = over(2000.0);
         let (best, seen) = settles(&m, Some(1));
         assert_eq!(best, None);
         assert!(share(&seen, None) > 0.9, "seen {:?}", &seen[200..]);
@@ -467,12 +467,7 @@ mod tests {
 
     #[test]
     fn a_middling_link_settles_on_a_negative_level() {
-        let m = Model {
-            cpu,
-            link: 250.0,
-            ratio,
-            apply: f64::MAX,
-        };
+        let m = over(250.0);
         let (best, seen) = settles(&m, None);
         assert!(best.is_some_and(|l| l < 1), "best {best:?}");
         assert!(
@@ -542,25 +537,13 @@ mod tests {
         let (mut c, now) = control(range, Some(1));
         assert_eq!(c.ladder.first(), Some(&Some(-3)));
         assert_eq!(c.ladder.last(), Some(&Some(3)));
-        let seen = Model {
-            cpu,
-            link: 2000.0,
-            ratio,
-            apply: f64::MAX,
-        }
-        .run(&mut c, now, 100);
+        let seen = over(2000.0).run(&mut c, now, 100);
         assert!(seen
             .iter()
             .all(|l| l.is_some_and(|l| (-3..=3).contains(&l))));
         assert_eq!(c.level(), Some(-3));
         let (mut c, now) = control(range, Some(1));
-        let seen = Model {
-            cpu,
-            link: 1.0,
-            ratio,
-            apply: f64::MAX,
-        }
-        .run(&mut c, now, 100);
+        let seen = over(1.0).run(&mut c, now, 100);
         assert!(seen
             .iter()
             .all(|l| l.is_some_and(|l| (-3..=3).contains(&l))));

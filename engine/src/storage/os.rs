@@ -150,26 +150,47 @@ impl Storage for OsStorage {
     }
 
     fn lock(&self, path: &Path) -> io::Result<Option<LockGuard>> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(crate::layout::FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)?;
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Ok(None);
-            }
-            return Err(e);
-        }
-        // Closing the descriptor releases the lock.
-        Ok(Some(LockGuard::new(f)))
+        Ok(flock(path)?.map(LockGuard::new))
     }
+}
+
+/// A file holding an exclusive `flock`, released explicitly when dropped.
+///
+/// Closing the descriptor alone is not enough: a child forked by another thread holds a
+/// copy of every descriptor until it execs (`O_CLOEXEC` acts only then), and a `flock`
+/// lives as long as any copy does. A log closed and opened again in that window would
+/// find its own directory locked. `LOCK_UN` releases the lock for every copy.
+#[derive(Debug)]
+struct Flock(File);
+
+impl Drop for Flock {
+    fn drop(&mut self) {
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// Opens `path` (created if missing) and takes an exclusive `flock` on it without
+/// waiting; `None` if another holder has it.
+fn flock(path: &Path) -> io::Result<Option<Flock>> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(crate::layout::FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(Flock(f)))
 }
 
 fn clear_nonblock(f: &File) -> io::Result<()> {
@@ -277,6 +298,26 @@ unsafe impl Mapped for OsMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_released_lock_is_free_although_a_copy_of_its_descriptor_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let held = flock(&path).unwrap().expect("free at first");
+        assert!(
+            flock(&path).unwrap().is_none(),
+            "held: a second taker is refused"
+        );
+        // What a child forked by another thread holds until it execs: a copy of the
+        // descriptor, sharing the open file description and so the lock.
+        let copy = held.0.try_clone().unwrap();
+        drop(held);
+        assert!(
+            flock(&path).unwrap().is_some(),
+            "released for every copy of the descriptor"
+        );
+        drop(copy);
+    }
 
     #[test]
     fn opened_files_block_as_regular_files_do() {

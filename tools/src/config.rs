@@ -379,15 +379,19 @@ fn compression(r: &RawReplication) -> Result<walship_transport::CompressionOptio
     use walship_transport::compress::adapt::{Adapt, LevelControl};
     let bad = |key: &str, problem: String| format!("`{key}`: {problem}");
     let base = walship_transport::CompressionOptions::default();
-    let (lo, hi) = (-131_072, 22);
+    let zstd = walship_transport::compress::levels();
     let level = match r.compression_level {
         None => base.level,
         Some(0) => None,
-        Some(l) if (lo..=hi).contains(&l) => Some(l),
+        Some(l) if zstd.contains(&l) => Some(l),
         Some(l) => {
             return Err(bad(
                 "replication.compression_level",
-                format!("{l} is outside {lo} ..= {hi} (0: off)"),
+                format!(
+                    "{l} is outside {} ..= {} (0: off)",
+                    zstd.start(),
+                    zstd.end()
+                ),
             ))
         }
     };

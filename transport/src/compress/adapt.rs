@@ -154,11 +154,9 @@ impl LevelControl {
     /// A description of the problem if the floor is above the ceiling, a level is
     /// outside zstd's range, or `start` is outside the range.
     pub fn new(range: Adapt, start: Option<i32>, now: Instant) -> Result<LevelControl, String> {
-        let (lo, hi) = (
-            zstd::zstd_safe::min_c_level(),
-            zstd::zstd_safe::max_c_level(),
-        );
-        let in_zstd = |l: i32| (lo..=hi).contains(&l);
+        let zstd = super::levels();
+        let (lo, hi) = (*zstd.start(), *zstd.end());
+        let in_zstd = |l: i32| zstd.contains(&l);
         if !in_zstd(range.ceiling) || range.floor.is_some_and(|f| !in_zstd(f)) {
             return Err(format!(
                 "adaptive levels {:?}..={} are outside zstd's {lo}..={hi}",

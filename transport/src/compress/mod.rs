@@ -16,6 +16,12 @@ use crate::wire::Compression;
 pub mod adapt;
 pub use adapt::Adapt;
 
+/// The levels zstd accepts (negative ones are faster); outside them it clamps silently,
+/// so settings are checked against this.
+pub fn levels() -> std::ops::RangeInclusive<i32> {
+    zstd::zstd_safe::min_c_level()..=zstd::zstd_safe::max_c_level()
+}
+
 /// Frames sent uncompressed without trying after one where compression did not pay.
 pub const BACKOFF_FRAMES: u32 = 16;
 

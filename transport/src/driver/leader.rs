@@ -896,6 +896,7 @@ async fn serve(
         streaming: false,
         sent_due: None,
         acked_to: Lsn::ZERO,
+        // The range was checked by `Leader::start`, so this cannot fail.
         level: shared.compression.adapt.and_then(|range| {
             LevelControl::new(range, shared.compression.level, Instant::now()).ok()
         }),
@@ -1099,7 +1100,11 @@ impl Run<'_> {
             let deadline = session
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-            let waiting = self.waiting_on(session, &log);
+            // Only an adaptive level needs to know (a fixed one pays nothing here).
+            let waiting = match self.level {
+                Some(_) => self.waiting_on(session, &log),
+                None => Wait::Idle,
+            };
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return Ok(()),

@@ -32,7 +32,7 @@ pub const WELCOME_EPOCH_UNCHECKED: &str = "welcome-epoch-unchecked";
 pub const REMOTE_FLUSH_ON_WRITTEN: &str = "remote-flush-on-written";
 
 /// A leader not yet confirmed by a quorum in its epoch welcomes a follower that holds
-/// flushed records it lacks (and so cuts them), as before issue 12: an operator's
+/// written records it lacks (and so cuts them), as before issue 12: an operator's
 /// promotion over a live leader then loses what the old leader acknowledged meanwhile.
 pub const UNCONFIRMED_TRUNCATES: &str = "unconfirmed-leader-truncates";
 

@@ -1260,7 +1260,7 @@ impl World {
         Ok(())
     }
 
-    /// A leader not yet confirmed met a follower with flushed records it lacks: it steps
+    /// A leader not yet confirmed met a follower with written records it lacks: it steps
     /// down, undoes its epoch (truncating where the epoch began forgets it), gives up its
     /// claim and stays out of elections for a while, as `Node` does.
     fn yield_epoch(&mut self, l: usize, why: &str) -> Result<(), String> {

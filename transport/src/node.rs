@@ -27,7 +27,7 @@
 //! granted an epoch leads it **unconfirmed** until `k` standbys of its sync policy have
 //! joined it in that epoch (`LeaderOptions::write_after_confirmation`): it ships what it
 //! has, but its log stays sealed and the epoch is not begun, and its role turns to
-//! `Leader` only then. Until then it yields to a follower that holds flushed records it
+//! `Leader` only then. Until then it yields to a follower that holds written records it
 //! lacks (records the leader before it may have acknowledged, if an operator promoted
 //! this node over a live leader): it steps down, resigns, and stays out of elections for
 //! a while. As in Raft, records of an epoch exist only once a majority turned to it.

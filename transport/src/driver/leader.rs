@@ -167,7 +167,7 @@ struct Shared {
     /// Set once this leader steps down; never cleared (a new leadership is a new `Leader`).
     fence: watch::Sender<Option<String>>,
     /// Set if it stepped down because, before a quorum confirmed it, a follower showed
-    /// flushed records it lacks ([`Leader::yielded`]).
+    /// written records it lacks ([`Leader::yielded`]).
     yielded: std::sync::atomic::AtomicBool,
     /// Whether the epoch is begun and the log takes appends ([`Leader::writable`]).
     writable: watch::Sender<bool>,
@@ -644,7 +644,7 @@ impl Leader {
     }
 
     /// Whether this leader stepped down because, before a quorum of followers confirmed
-    /// its epoch, one showed flushed records it lacks: records the leader before it may
+    /// its epoch, one showed written records it lacks: records the leader before it may
     /// have acknowledged (an operator promoted this node while that leader was alive).
     /// Its own epoch must then be undone — truncate the log where the epoch began, which
     /// also forgets the epoch — so the election ranks it by what it held before; the

@@ -54,7 +54,7 @@ pub struct LogView {
     /// Followers whose retention slot was lost, with the reason: refused on `Hello`.
     pub lost_slots: Arc<BTreeMap<String, String>>,
     /// Whether the leadership is confirmed ([`Registry::confirmed`](super::registry::Registry::confirmed)).
-    /// Until it is, a follower whose `Hello` shows flushed records this leader lacks, in
+    /// Until it is, a follower whose `Hello` shows written records this leader lacks, in
     /// an epoch at least as new as the last this leader wrote in before its own, is
     /// refused, and the session ends with [`SessionError::FollowerAhead`]: those records may
     /// have been acknowledged by the leader before it (an operator's promotion over a live
@@ -322,21 +322,21 @@ impl LeaderSession {
         }
         let (start, truncate_to) = divergence_point(&log.history, log.end, &h.epochs, h.end_lsn);
         if !log.confirmed
-            && h.flushed_lsn > start
+            && h.written_lsn > start
             && h.last_epoch >= last_epoch_before(&log.history, self.cfg.epoch)
             && !walship_engine::mutation::active(walship_engine::mutation::UNCONFIRMED_TRUNCATES)
         {
             let why = format!(
-                "follower {} has flushed up to {} (its last epoch {}), past {start} where this \
+                "follower {} has written up to {} (its last epoch {}), past {start} where this \
                  leader's log parts from it, and this leader is not yet confirmed by a quorum \
                  in epoch {}: refused until one is",
-                h.node_id, h.flushed_lsn, h.last_epoch, self.cfg.epoch
+                h.node_id, h.written_lsn, h.last_epoch, self.cfg.epoch
             );
             let _ = self.refuse(RejectCode::NotLeader, start, why, now);
             return Err(SessionError::FollowerAhead {
                 follower: h.node_id,
                 epoch: h.last_epoch,
-                flushed: h.flushed_lsn,
+                written: h.written_lsn,
                 from: start,
             });
         }
@@ -613,6 +613,32 @@ mod tests {
         assert_eq!(at(&[(2, 1000)], 3000), (l(64), Some(l(64))));
     }
 
+    /// A session's configuration for leader n1 of `epoch`.
+    fn config(epoch: u64) -> LeaderConfig {
+        LeaderConfig {
+            cluster_id: "c".into(),
+            node_id: "n1".into(),
+            segment_capacity: 1 << 20,
+            epoch: Epoch::new(epoch),
+            max_frame: 1 << 20,
+            max_unacked_bytes: 1 << 20,
+            heartbeat_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The frames the session queued for its follower.
+    fn sent_frames(s: &mut LeaderSession) -> Vec<Frame> {
+        let mut buf = BytesMut::new();
+        while let Some(e) = s.poll_event() {
+            if let LeaderEvent::Transmit(b) = e {
+                buf.extend_from_slice(&b);
+            }
+        }
+        let mut decoder = crate::wire::Decoder::new(crate::wire::CONTROL_FRAME_LIMIT);
+        std::iter::from_fn(|| decoder.decode(&mut buf).ok().flatten()).collect()
+    }
+
     fn frame_bytes(f: Frame) -> Vec<u8> {
         let mut b = bytes::BytesMut::new();
         f.encode(&mut b).unwrap();
@@ -626,14 +652,8 @@ mod tests {
     fn a_large_frame_from_a_follower_is_refused_from_its_header() {
         let now = Instant::now();
         let cfg = LeaderConfig {
-            cluster_id: "c".into(),
-            node_id: "n1".into(),
-            segment_capacity: 1 << 20,
-            epoch: Epoch::new(1),
             max_frame: 24 << 20,
-            max_unacked_bytes: 1 << 20,
-            heartbeat_interval: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(10),
+            ..config(1)
         };
         let log = LogView {
             start: Lsn::new(64),
@@ -675,16 +695,7 @@ mod tests {
     #[test]
     fn a_reconnecting_follower_counts_as_flushed_only_what_it_flushed() {
         let now = Instant::now();
-        let cfg = LeaderConfig {
-            cluster_id: "c".into(),
-            node_id: "n1".into(),
-            segment_capacity: 1 << 20,
-            epoch: Epoch::new(1),
-            max_frame: 1 << 20,
-            max_unacked_bytes: 1 << 20,
-            heartbeat_interval: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(10),
-        };
+        let cfg = config(1);
         let log = LogView {
             start: Lsn::new(64),
             end: Lsn::new(9000),
@@ -731,5 +742,69 @@ mod tests {
             .expect("progress reported");
         assert_eq!(progress.flushed, Lsn::new(5000));
         assert_eq!(progress.written, Lsn::new(8000));
+    }
+
+    /// Found by the cluster simulator (seed 34609147569298): promoted over a live leader,
+    /// an unconfirmed leader refused only followers that had *flushed* records it lacked.
+    /// A `RemoteWrite` commit is acknowledged once followers wrote it, so the old leader's
+    /// last acknowledged records were written, not yet flushed, on the one follower that
+    /// had them: the new leader welcomed it and cut them.
+    #[test]
+    fn an_unconfirmed_leader_refuses_a_follower_that_wrote_records_it_lacks() {
+        let now = Instant::now();
+        // n1 leads epoch 2 from 5000, unconfirmed: its epoch-1 records end there.
+        let log = LogView {
+            start: Lsn::new(64),
+            end: Lsn::new(5000),
+            history: history(&[(1, 64), (2, 5000)]),
+            lost_slots: Arc::default(),
+            confirmed: false,
+        };
+        let hello = |written: u64| {
+            frame_bytes(Frame::Hello(Hello {
+                cluster_id: "c".into(),
+                node_id: "n3".into(),
+                last_epoch: Epoch::new(1),
+                seen_epoch: Epoch::new(2),
+                end_lsn: Lsn::new(6000),
+                written_lsn: Lsn::new(written),
+                flushed_lsn: Lsn::new(4000),
+                segment_capacity: 1 << 20,
+                epochs: vec![(Epoch::new(1), Lsn::new(64))],
+            }))
+        };
+        // n3 wrote epoch-1 records up to 6000, flushed only to 4000: refused, nothing cut.
+        let mut s = LeaderSession::new(config(2), now);
+        let err = s.handle_bytes(now, &hello(6000), &log).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SessionError::FollowerAhead { written, from, .. }
+                    if written == Lsn::new(6000) && from == Lsn::new(5000)
+            ),
+            "{err}"
+        );
+        let sent = sent_frames(&mut s);
+        assert!(
+            matches!(sent.as_slice(), [Frame::Reject(r)] if r.code == RejectCode::NotLeader),
+            "{sent:?}"
+        );
+        // What it wrote ends where the logs part (its end past it is not yet written, so
+        // nothing there was acknowledged): welcomed, told to cut at 5000.
+        let mut s = LeaderSession::new(config(2), now);
+        s.handle_bytes(now, &hello(5000), &log).unwrap();
+        assert_eq!(s.follower(), Some("n3"));
+        // Once confirmed, the leader welcomes the follower that wrote further, and cuts it.
+        let mut s = LeaderSession::new(config(2), now);
+        let confirmed = LogView {
+            confirmed: true,
+            ..log
+        };
+        s.handle_bytes(now, &hello(6000), &confirmed).unwrap();
+        let sent = sent_frames(&mut s);
+        assert!(
+            matches!(sent.as_slice(), [Frame::Welcome(w)] if w.truncate_to == Some(Lsn::new(5000))),
+            "{sent:?}"
+        );
     }
 }

@@ -102,20 +102,20 @@ pub enum SessionError {
     /// Nothing arrived from the peer for longer than the idle timeout.
     #[error("peer silent for longer than the idle timeout")]
     IdleTimeout,
-    /// A follower holds flushed records this leader lacks, and the leadership is not yet
+    /// A follower holds written records this leader lacks, and the leadership is not yet
     /// confirmed: the follower was refused (it retries). The leader waits for other
     /// followers to confirm it and yields if none do in time (see
     /// [`LogView::confirmed`](leader::LogView::confirmed)).
     #[error(
-        "follower {follower} has flushed up to {flushed} in epoch {epoch}, past {from} where this unconfirmed leader's log parts from it: refused until a quorum confirms the epoch"
+        "follower {follower} has written up to {written} in epoch {epoch}, past {from} where this unconfirmed leader's log parts from it: refused until a quorum confirms the epoch"
     )]
     FollowerAhead {
         /// The follower.
         follower: String,
         /// The follower's last epoch.
         epoch: Epoch,
-        /// What it has flushed.
-        flushed: Lsn,
+        /// What it has written (a `RemoteWrite` commit counts it, flushed or not).
+        written: Lsn,
         /// Where this leader's log parts from it.
         from: Lsn,
     },

@@ -17,7 +17,7 @@
 //!   session is told to end;
 //! - the leadership is **confirmed** once `k` of the policy's standbys have been accepted
 //!   in it ([`confirmed`](Registry::confirmed)). Until then each session checks that its
-//!   follower holds no flushed record the leader lacks, and the leader yields if one does
+//!   follower holds no written record the leader lacks, and the leader yields if one does
 //!   (`LeaderSession`, [`LogView::confirmed`](super::leader::LogView::confirmed)). Those `k`
 //!   followers and the leader are a majority that has turned to this epoch, so no older
 //!   leader can acknowledge anything after it, and each older acknowledgement is on one

@@ -915,8 +915,12 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
         let current = self.shared.current().take();
         match current {
             Some(Current::Following(f, _)) => {
-                self.applied = f.applied();
+                // Read once the apply thread has stopped: the position it publishes while
+                // running lags what it applied (by up to 1,024 records), and the next
+                // role would apply those records again.
+                let applied = f.applied_changes();
                 f.shutdown().await;
+                self.applied = *applied.borrow();
             }
             Some(Current::Leading(l)) => {
                 let (yielded, epoch) = (l.yielded(), l.epoch());
@@ -1004,6 +1008,7 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
         opts.socket = self.socket.take();
         opts.epoch_authority = self.coordinator.epoch_authority();
         self.release(format!("leading epoch {epoch} instead")).await;
+        self.catch_up().await?;
         tracing::info!(node = self.shared.node_id.as_str(), %epoch, end = %self.shared.log.end_lsn(), "taking the lead");
         let l = self.start_leader(opts).await?;
         let writable = l.writable();
@@ -1015,6 +1020,45 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
             return Ok(());
         }
         tracing::info!(node = self.shared.node_id.as_str(), %epoch, "leading, until a quorum of followers confirms the epoch without taking appends");
+        Ok(())
+    }
+
+    /// Before leading: applies what the log holds past what the embedder applied (a
+    /// follower stops applying when it stops, and may have received and flushed more
+    /// than it applied). A leader's own writes are applied by the embedder as it makes
+    /// them, so without this the records in between would never reach its state.
+    async fn catch_up(&mut self) -> Result<(), TransportError> {
+        let log = Arc::clone(&self.shared.log);
+        let (from, end) = (self.applied, log.end_lsn());
+        if from >= end {
+            return Ok(());
+        }
+        let apply = Arc::clone(&self.apply);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut at = from;
+            let fail = |at: Lsn, reason: String| TransportError::Apply { lsn: at, reason };
+            let mut records = log
+                .record_reader(from)
+                .map_err(|e| fail(at, e.to_string()))?;
+            while at < end {
+                let rec = records
+                    .next_blocking(Some(Duration::from_secs(10)))
+                    .map_err(|e| fail(at, e.to_string()))?
+                    .ok_or_else(|| fail(at, format!("the log did not reach {end} in time")))?;
+                SharedApply(Arc::clone(&apply))
+                    .apply(&rec)
+                    .map_err(|e| fail(rec.lsn, e.to_string()))?;
+                at = rec.lsn;
+            }
+            Ok::<Lsn, TransportError>(at)
+        })
+        .await
+        .map_err(|e| TransportError::Apply {
+            lsn: from,
+            reason: format!("the apply task failed: {e}"),
+        })??;
+        tracing::info!(node = self.shared.node_id.as_str(), %from, to = %done, "applied the log's tail before leading");
+        self.applied = done;
         Ok(())
     }
 

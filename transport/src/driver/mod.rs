@@ -263,6 +263,15 @@ pub enum TransportError {
     /// The coordinator could not be asked or refused.
     #[error(transparent)]
     Coordinator(#[from] crate::coordinator::CoordinatorError),
+    /// The embedder could not apply the log's records before this node led: it does not
+    /// lead with a state missing records.
+    #[error("applying the record at {lsn} before leading: {reason}")]
+    Apply {
+        /// Where applying stopped.
+        lsn: walship_engine::Lsn,
+        /// Why.
+        reason: String,
+    },
     /// A node did not take the awaited role in time.
     #[error("node {node} is still {role} after {after:?}")]
     RoleTimeout {

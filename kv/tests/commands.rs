@@ -1,0 +1,208 @@
+//! The commands through a real Redis client (the `redis` crate), RESP2 and RESP3, on a
+//! one-node cluster.
+
+mod common;
+
+use common::{client, cmd, stop_all, Cluster};
+use redis::Value;
+use walship_engine::Durability;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strings_counters_expiry_and_scans_through_a_real_client() {
+    let c = Cluster::new(1);
+    let nodes = c.start_all(Durability::Local).await;
+    let addr = nodes[0].resp_addr();
+    client(addr, false, |con| {
+        let q = |con: &mut redis::Connection, a: &[&str]| cmd(a).query::<Value>(con);
+        let s =
+            |con: &mut redis::Connection, a: &[&str]| cmd(a).query::<Option<String>>(con).unwrap();
+        let i = |con: &mut redis::Connection, a: &[&str]| cmd(a).query::<i64>(con).unwrap();
+        assert_eq!(s(con, &["PING"]).as_deref(), Some("PONG"));
+        assert_eq!(s(con, &["SET", "k", "v"]).as_deref(), Some("OK"));
+        assert_eq!(s(con, &["GET", "k"]).as_deref(), Some("v"));
+        assert_eq!(s(con, &["SET", "k", "w", "NX"]), None);
+        assert_eq!(
+            s(con, &["SET", "k", "w", "XX", "GET"]).as_deref(),
+            Some("v")
+        );
+        assert_eq!(i(con, &["APPEND", "k", "xyz"]), 4);
+        assert_eq!(i(con, &["STRLEN", "k"]), 4);
+        assert_eq!(i(con, &["INCR", "n"]), 1);
+        assert_eq!(i(con, &["INCRBY", "n", "41"]), 42);
+        assert_eq!(i(con, &["DECRBY", "n", "2"]), 40);
+        assert_eq!(i(con, &["DECR", "n"]), 39);
+        let e = q(con, &["INCR", "k"]).unwrap_err();
+        assert_eq!(
+            e.detail(),
+            Some("value is not an integer or out of range"),
+            "{e:?}"
+        );
+        assert_eq!(s(con, &["MSET", "a", "1", "b", "2"]).as_deref(), Some("OK"));
+        let got: Vec<Option<String>> = cmd(&["MGET", "a", "b", "zz"]).query(con).unwrap();
+        assert_eq!(got, vec![Some("1".into()), Some("2".into()), None]);
+        assert_eq!(i(con, &["EXISTS", "a", "b", "zz", "a"]), 3);
+        assert_eq!(s(con, &["GETDEL", "a"]).as_deref(), Some("1"));
+        assert_eq!(i(con, &["DEL", "a", "b", "zz"]), 1);
+        assert_eq!(
+            s(con, &["SET", "t", "v", "EX", "100"]).as_deref(),
+            Some("OK")
+        );
+        assert_eq!(i(con, &["TTL", "t"]), 100);
+        assert!((99_000..=100_000).contains(&i(con, &["PTTL", "t"])));
+        assert_eq!(i(con, &["PERSIST", "t"]), 1);
+        assert_eq!(i(con, &["TTL", "t"]), -1);
+        assert_eq!(i(con, &["EXPIRE", "t", "50"]), 1);
+        assert_eq!(i(con, &["TTL", "nope"]), -2);
+        assert_eq!(i(con, &["DBSIZE"]), 3);
+        let mut keys: Vec<String> = cmd(&["KEYS", "*"]).query(con).unwrap();
+        keys.sort();
+        assert_eq!(keys, vec!["k", "n", "t"]);
+        // SCAN to completion, as clients iterate it.
+        let mut cursor = 0u64;
+        let mut scanned = Vec::new();
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1)
+                .query(con)
+                .unwrap();
+            scanned.extend(page);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        scanned.sort();
+        assert_eq!(scanned, keys);
+        // Errors, worded as Redis words them.
+        let e = q(con, &["NOSUCH", "x"]).unwrap_err();
+        assert!(e.to_string().contains("unknown command 'NOSUCH'"), "{e}");
+        let e = q(con, &["GET"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("wrong number of arguments for 'get' command"),
+            "{e}"
+        );
+        let e = q(con, &["SELECT", "1"]).unwrap_err();
+        assert!(e.to_string().contains("DB index is out of range"), "{e}");
+        assert_eq!(s(con, &["SELECT", "0"]).as_deref(), Some("OK"));
+        // The connection's durability, and its last write's read token.
+        assert_eq!(s(con, &["WALSHIP.DURABILITY"]).as_deref(), Some("local"));
+        assert_eq!(
+            s(con, &["WALSHIP.DURABILITY", "async"]).as_deref(),
+            Some("OK")
+        );
+        assert_eq!(s(con, &["SET", "fast", "1"]).as_deref(), Some("OK"));
+        let token = s(con, &["WALSHIP.TOKEN"]).expect("a token after a write");
+        assert!(token.contains('@'), "{token}");
+        assert_eq!(
+            s(con, &["WALSHIP.WAITAPPLIED", &token, "1000"]).as_deref(),
+            Some("OK")
+        );
+        let info = s(con, &["INFO", "replication"]).unwrap();
+        assert!(info.contains("role:master\r\n"), "{info}");
+        assert!(info.contains("master_repl_offset:"), "{info}");
+        let info = s(con, &["INFO"]).unwrap();
+        assert!(
+            info.contains("# Keyspace\r\ndb0:keys=4,expires=1"),
+            "{info}"
+        );
+        assert_eq!(i(con, &["CLIENT", "ID"]), i(con, &["CLIENT", "ID"]));
+        assert_eq!(s(con, &["CLIENT", "SETNAME", "me"]).as_deref(), Some("OK"));
+        assert_eq!(s(con, &["CLIENT", "GETNAME"]).as_deref(), Some("me"));
+        assert!(i(con, &["COMMAND", "COUNT"]) > 30);
+    })
+    .await;
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_exec_is_one_atomic_record_and_resp3_works() {
+    let c = Cluster::new(1);
+    let nodes = c.start_all(Durability::Local).await;
+    let addr = nodes[0].resp_addr();
+    let end_before = nodes[0].db().log().end_lsn();
+    client(addr, true, |con| {
+        // The redis crate's atomic pipeline is MULTI … EXEC.
+        let (a, b, n): (i64, i64, Option<String>) = redis::pipe()
+            .atomic()
+            .cmd("INCR")
+            .arg("c")
+            .cmd("INCRBY")
+            .arg("c")
+            .arg(10)
+            .cmd("GET")
+            .arg("c")
+            .query(con)
+            .unwrap();
+        assert_eq!((a, b, n.as_deref()), (1, 11, Some("11")));
+        // A refused command inside MULTI aborts the block.
+        assert_eq!(cmd(&["MULTI"]).query::<String>(con).unwrap(), "OK");
+        assert_eq!(
+            cmd(&["SET", "x", "1"]).query::<String>(con).unwrap(),
+            "QUEUED"
+        );
+        assert!(cmd(&["SET", "x"]).query::<Value>(con).is_err());
+        let e = cmd(&["EXEC"]).query::<Value>(con).unwrap_err();
+        assert_eq!(e.code(), Some("EXECABORT"), "{e:?}");
+        assert_eq!(cmd(&["EXISTS", "x"]).query::<i64>(con).unwrap(), 0);
+        let e = cmd(&["EXEC"]).query::<Value>(con).unwrap_err();
+        assert!(e.to_string().contains("EXEC without MULTI"), "{e}");
+        // RESP3: HELLO's map, and a null for a missing key.
+        let hello = cmd(&["HELLO", "3"]).query::<Value>(con).unwrap();
+        assert!(matches!(hello, Value::Map(_)), "{hello:?}");
+        assert_eq!(
+            cmd(&["GET", "missing"]).query::<Value>(con).unwrap(),
+            Value::Nil
+        );
+    })
+    .await;
+    // Two commands in the block, one record in the log.
+    let db = nodes[0].db();
+    let mut reader = db.log().record_reader(end_before).unwrap();
+    let mut records = 0;
+    while reader.try_next().unwrap().is_some() {
+        records += 1;
+    }
+    assert_eq!(records, 1, "the MULTI block is one record");
+    stop_all(nodes).await;
+}
+
+/// A malformed or oversized frame ends that connection only, with nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_frame_closes_only_its_connection_and_applies_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::new(1);
+    let nodes = c.start_all(Durability::Local).await;
+    let addr = nodes[0].resp_addr();
+    let end = nodes[0].db().log().end_lsn();
+    for bad in [
+        &b"*1\r\n*1\r\n$3\r\nSET\r\n"[..],
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$999999999\r\n",
+        b"*2\r\n$3\r\nGET\r\n$1\r\nkk\r\n",
+        b"*99999999999\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // A good request first, in the same write: it is answered, then the bad one
+        // ends the connection.
+        s.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
+        s.write_all(bad).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(common::WAIT, s.read_to_end(&mut got))
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("+PONG\r\n-ERR Protocol error"), "{text:?}");
+    }
+    assert_eq!(nodes[0].db().log().end_lsn(), end, "nothing was written");
+    assert!(nodes[0].db().is_empty());
+    // Other connections are served as before.
+    let pong = client(addr, false, |con| {
+        cmd(&["PING"]).query::<String>(con).unwrap()
+    })
+    .await;
+    assert_eq!(pong, "PONG");
+    stop_all(nodes).await;
+}

@@ -15,6 +15,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod command;
+pub mod config;
 mod conn;
 pub mod db;
 pub mod exec;

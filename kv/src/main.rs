@@ -1,1 +1,113 @@
-fn main() {}
+//! `walship-kv`: a replicated key-value database that Redis clients use.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use walship_engine::{Log, Lsn};
+use walship_kv::config::KvConfig;
+use walship_kv::db::{Db, KvApply};
+use walship_kv::server::{Server, Settings};
+use walship_tools::outcome::Failure;
+use walship_tools::serve::Embedder;
+use walship_transport::Node;
+
+/// walship-kv: a replicated key-value database on walship, spoken to in the Redis protocol
+#[derive(Debug, Parser)]
+#[command(name = "walship-kv", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one node from a configuration file until SIGINT or SIGTERM
+    ///
+    /// The file is a `walship serve` configuration with a `[kv]` table (RESP address,
+    /// default durability, password). Replication, the admin endpoint and the operator
+    /// CLI (`walship status`, `lag`, `promote`) work as for `walship serve`.
+    Serve {
+        /// The node's configuration file
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// walship-kv on a node: the key space is rebuilt from the log, replicated records are
+/// applied to it, and the RESP server serves it.
+struct Kv {
+    settings: Settings,
+    db: Option<Arc<Db>>,
+}
+
+impl Embedder for Kv {
+    type Apply = KvApply;
+    type Running = Server;
+
+    fn name(&self) -> &'static str {
+        "walship-kv"
+    }
+
+    fn prepare(&mut self, log: &Arc<Log>) -> Result<(KvApply, Lsn), String> {
+        let node_id = log
+            .identity()
+            .map(|i| i.node_id.clone())
+            .ok_or("the log has no identity")?;
+        let db = Arc::new(
+            Db::open(Arc::clone(log), node_id)
+                .map_err(|e| format!("rebuilding the key space: {e}"))?,
+        );
+        self.db = Some(Arc::clone(&db));
+        // The key space holds the whole log.
+        Ok((KvApply(db), log.end_lsn()))
+    }
+
+    async fn start(&mut self, node: Arc<Node>) -> Result<(Server, String), String> {
+        let db = self.db.take().ok_or("the key space was not prepared")?;
+        let server = Server::start(db, node, self.settings.clone())
+            .await
+            .map_err(|e| format!("`kv.listen`: {e}"))?;
+        let served = format!(", RESP on {}", server.local_addr());
+        Ok((server, served))
+    }
+
+    async fn stop(server: Server) {
+        server.shutdown().await;
+    }
+
+    fn raw_appends(&self) -> bool {
+        false
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let result = match cli.command {
+        Command::Serve { config } => KvConfig::load(&config)
+            .map_err(|e| Failure::Error(e.to_string()))
+            .and_then(|cfg| {
+                walship_tools::serve::run(
+                    cfg.node,
+                    Kv {
+                        settings: cfg.settings,
+                        db: None,
+                    },
+                    &mut out,
+                )
+            }),
+    };
+    let flushed = out.flush().map_err(Failure::from);
+    match result.and(flushed) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if let Some(message) = failure.message() {
+                eprintln!("walship-kv: {message}");
+            }
+            failure.exit_code()
+        }
+    }
+}

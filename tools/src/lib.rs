@@ -11,7 +11,8 @@
 //! - [`admin`]: the node's admin endpoint (`/status`, `/metrics`, append, promote) and
 //!   the CLI's client for it;
 //! - [`view`]: the JSON shape of `/status`;
-//! - [`metrics`]: the Prometheus metrics behind `/metrics`.
+//! - [`metrics`]: the Prometheus metrics behind `/metrics`;
+//! - [`serve`]: running a node from its configuration, with an [`serve::Embedder`] on top.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -19,5 +20,6 @@ pub mod admin;
 pub mod config;
 pub mod metrics;
 pub mod outcome;
+pub mod serve;
 pub mod text;
 pub mod view;

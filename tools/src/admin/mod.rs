@@ -79,6 +79,10 @@ pub struct AdminState {
     pub operator: Option<StaticCoordinator>,
     /// The cluster's members: `/leader` names one of them.
     pub members: MemberSet,
+    /// Whether `POST /append` may put raw records in the log. An embedder whose log holds
+    /// records of its own format (walship-kv) refuses them: its replicas could not apply
+    /// them.
+    pub raw_appends: bool,
 }
 
 /// How a listener talks.

@@ -298,6 +298,12 @@ async fn body(
 
 async fn append(ctx: &Ctx, req: Request<Incoming>) -> Reply {
     let state = &ctx.state;
+    if !state.raw_appends {
+        return fail(
+            StatusCode::FORBIDDEN,
+            "this node's log holds its embedder's records (walship-kv): write through the embedder, not raw appends",
+        );
+    }
     let level = match query(&req, "durability")
         .unwrap_or("local")
         .parse::<Durability>()

@@ -4,14 +4,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use walship_engine::{Log, LogIdentity, Options};
-use walship_tools::admin::{Admin, AdminState, Listener};
-use walship_tools::config::{CoordinatorConfig, NodeConfig};
-use walship_tools::metrics::Metrics;
+use walship_engine::{Log, Lsn};
+use walship_tools::config::NodeConfig;
 use walship_tools::outcome::Failure;
-use walship_transport::coordinator::{Coordinator, LeaderInfo, StaticCoordinator};
-use walship_transport::tls::{admin_server_config, Credentials, MemberSet, Role, Trust};
-use walship_transport::{LeaderOptions, Node, NodeOptions, Security};
+use walship_tools::serve::Embedder;
+use walship_transport::Node;
 
 /// Run one node (leader or follower, as the coordinator says) from a TOML file
 ///
@@ -36,303 +33,28 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: &Args, out: &mut dyn Write) -> Result<(), Failure> {
     let cfg = NodeConfig::load(&args.config).map_err(|e| Failure::Error(e.to_string()))?;
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Error(format!("starting the runtime: {e}")))?;
-    rt.block_on(serve(cfg, out))
+    walship_tools::serve::run(cfg, Plain, out)
 }
 
-fn error(what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::Error(format!("{what}: {e}"))
-}
+/// `walship serve`'s embedder: the log alone, nothing served but replication and admin.
+struct Plain;
 
-/// The node's certificate, and whom it trusts: the CA, the members, the revocation list.
-fn security(cfg: &NodeConfig) -> Result<(Security, Arc<Trust>), Failure> {
-    let read = |p: &PathBuf| {
-        std::fs::read_to_string(p).map_err(|e| error(&format!("reading {}", p.display()), e))
-    };
-    // Read again whenever the files change: `walship certs renew` needs no restart.
-    let credentials = Credentials::from_files(&cfg.cert, &cfg.key).map_err(|e| {
-        error(
-            &format!("{} / {}", cfg.cert.display(), cfg.key.display()),
-            e,
-        )
-    })?;
-    let identity = credentials.identity();
-    if identity.role() != Role::Node {
-        return Err(Failure::Error(format!(
-            "`tls.cert`: {} is a {} certificate; a node needs a node certificate \
-             (walship certs --nodes {})",
-            cfg.cert.display(),
-            identity.role(),
-            cfg.node_id
-        )));
-    }
-    if identity.node_id() != cfg.node_id {
-        return Err(Failure::Error(format!(
-            "`node_id` is {:?} but the certificate {} is for {:?}",
-            cfg.node_id,
-            cfg.cert.display(),
-            identity.node_id()
-        )));
-    }
-    let mut trust = Trust::new(&read(&cfg.ca)?, identity.cluster_id())
-        .map_err(|e| error(&format!("`tls.ca` {}", cfg.ca.display()), e))?
-        .with_members(MemberSet::of(cfg.members.iter().cloned()));
-    if let Some(crl) = &cfg.crl {
-        trust = trust
-            .with_crl_file(crl)
-            .map_err(|e| error("`tls.crl`", e))?;
-    }
-    let trust = Arc::new(trust);
-    Ok((
-        Security::with_credentials(credentials, Arc::clone(&trust)),
-        trust,
-    ))
-}
+impl Embedder for Plain {
+    type Apply = super::Stateless;
+    type Running = ();
 
-async fn serve(cfg: NodeConfig, out: &mut dyn Write) -> Result<(), Failure> {
-    let (security, trust) = security(&cfg)?;
-    let mut options = Options {
-        backend: cfg.backend,
-        // A copy of another cluster's or node's data is refused before it is touched.
-        identity: Some(LogIdentity::new(security.cluster_id(), security.node_id())),
-        ..Options::default()
-    };
-    if let Some(s) = cfg.segment_bytes {
-        options.segment_capacity = s;
+    fn name(&self) -> &'static str {
+        "walship"
     }
-    let log = Arc::new(
-        Log::open(&cfg.data_dir, options)
-            .map_err(|e| error(&format!("opening the log in {}", cfg.data_dir.display()), e))?,
-    );
-    let mut leader = LeaderOptions {
-        listen: cfg.listen,
-        sync: cfg.sync.clone(),
-        remote_commit_timeout: cfg.remote_commit_timeout,
-        // With other members, an epoch is written in only once a quorum of them confirmed
-        // it; a cluster of one is its own majority.
-        write_after_confirmation: cfg.members.len() > 1,
-        ..LeaderOptions::default()
-    };
-    if let Some(m) = cfg.max_retained_bytes {
-        leader.max_retained_bytes = m;
-    }
-    leader.compression = cfg.compression;
-    let opts = NodeOptions {
-        leader,
-        advertise: cfg.advertise.clone(),
+
+    fn prepare(&mut self, log: &Arc<Log>) -> Result<(super::Stateless, Lsn), String> {
         // The node has no state of its own to rebuild: what it holds is its log.
-        apply_from: Some(log.end_lsn()),
-        ..NodeOptions::default()
-    };
-    let advertise = cfg
-        .advertise
-        .clone()
-        .unwrap_or_else(|| cfg.listen.to_string());
-    match &cfg.coordinator {
-        CoordinatorConfig::Static { leader, peers } => {
-            let addr = if *leader == cfg.node_id {
-                advertise.clone()
-            } else {
-                peers.get(leader).map(|a| a.to_string()).unwrap_or_default()
-            };
-            let c = StaticCoordinator::new(Some(LeaderInfo {
-                node_id: leader.clone(),
-                addr,
-                epoch: Default::default(),
-            }));
-            run_node(
-                &cfg,
-                log,
-                (security, trust),
-                c.clone(),
-                Some(c),
-                opts,
-                advertise,
-                out,
-            )
-            .await
-        }
-        #[cfg(feature = "etcd")]
-        CoordinatorConfig::Etcd {
-            endpoints,
-            cluster,
-            members,
-            lease_ttl,
-            election_quorum,
-            check_interval,
-        } => {
-            let mut opts = opts;
-            opts.election_quorum = *election_quorum;
-            opts.check_interval = *check_interval;
-            let mut c = walship_transport::coordinator::EtcdCoordinator::connect(
-                endpoints, cluster, *lease_ttl,
-            )
-            .await
-            .map_err(|e| error("`coordinator`", e))?;
-            // The configured members only bootstrap the roster; once in etcd, etcd's is
-            // the membership (as etcd's own --initial-cluster).
-            let roster = c
-                .bootstrap_roster(members)
-                .await
-                .map_err(|e| error("`coordinator.members`", e))?;
-            if roster != *members {
-                tracing::warn!(configured = ?members, in_etcd = ?roster, "the roster in etcd differs from `coordinator.members`; etcd's is in force");
-            }
-            trust.members().set(roster.iter().cloned());
-            run_node(&cfg, log, (security, trust), c, None, opts, advertise, out).await
-        }
-        // Refused when the configuration was read; kept as a clear error all the same.
-        #[cfg(not(feature = "etcd"))]
-        CoordinatorConfig::Etcd { .. } => Err(Failure::Error(format!(
-            "`coordinator.kind`: {}",
-            walship_tools::config::ETCD_NOT_BUILT
-        ))),
+        Ok((super::Stateless, log.end_lsn()))
     }
-}
 
-#[allow(clippy::too_many_arguments)]
-async fn run_node(
-    cfg: &NodeConfig,
-    log: Arc<Log>,
-    (security, trust): (Security, Arc<Trust>),
-    coordinator: impl Coordinator + 'static,
-    operator: Option<StaticCoordinator>,
-    opts: NodeOptions,
-    advertise: String,
-    out: &mut dyn Write,
-) -> Result<(), Failure> {
-    let metrics = Metrics::new();
-    metrics.follow_certificate(Arc::clone(security.credentials()));
-    match security.identity().info() {
-        Ok(info) => {
-            let left = info
-                .not_after
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            if left < std::time::Duration::from_secs(14 * 86_400) {
-                tracing::warn!(
-                    days = left.as_secs() / 86_400,
-                    "this node's certificate expires soon; renew it (walship certs renew)"
-                );
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot read this node's certificate's validity"),
+    async fn start(&mut self, _node: Arc<Node>) -> Result<((), String), String> {
+        Ok(((), String::new()))
     }
-    let https = admin_server_config(security.credentials(), &trust)
-        .map_err(|e| error("the admin endpoint's TLS", e))?;
-    let node = Arc::new(
-        Node::start(
-            Arc::clone(&log),
-            security,
-            coordinator,
-            opts,
-            super::Stateless,
-        )
-        .map_err(|e| error("starting the node", e))?,
-    );
-    let state = Arc::new(AdminState {
-        node: Arc::clone(&node),
-        metrics,
-        advertise,
-        operator,
-        members: trust.members().clone(),
-    });
-    let admin = match Admin::start(cfg.admin, Listener::Https(https), Arc::clone(&state)).await {
-        Ok(a) => a,
-        Err(e) => {
-            stop(node, log).await;
-            return Err(error(&format!("`admin`: binding {}", cfg.admin), e));
-        }
-    };
-    // The listeners hold the node's only other references: once they are shut down, the
-    // node is ours alone again and can be shut down cleanly (`stop`).
-    let plain = match cfg.admin_plain {
-        None => {
-            drop(state);
-            None
-        }
-        Some(addr) => match Admin::start(addr, Listener::PlainReadOnly, state).await {
-            Ok(a) => Some(a),
-            Err(e) => {
-                admin.shutdown().await;
-                stop(node, log).await;
-                return Err(error(&format!("`admin_plain`: binding {addr}"), e));
-            }
-        },
-    };
-    let plain_note = plain.as_ref().map_or(String::new(), |p| {
-        format!(", read-only on http://{}", p.local_addr())
-    });
-    // The handlers are in place before the node announces itself: a SIGTERM right after
-    // the announcement (a supervisor, a test) gets the clean shutdown, not the default
-    // action that ends the process at once (found by a test that stopped a node as soon
-    // as it announced itself, on a loaded machine).
-    let signals = signals();
-    writeln!(
-        out,
-        "walship: node {} replicating on {}, admin on https://{}{plain_note}",
-        cfg.node_id,
-        cfg.listen,
-        admin.local_addr()
-    )?;
-    out.flush()?;
-    let signal = wait_for_signal(signals).await;
-    tracing::info!(signal, "shutting down");
-    admin.shutdown().await;
-    if let Some(p) = plain {
-        p.shutdown().await;
-    }
-    stop(node, log).await;
-    writeln!(out, "walship: node {} stopped ({signal})", cfg.node_id)?;
-    Ok(())
-}
 
-async fn stop(node: Arc<Node>, log: Arc<Log>) {
-    match Arc::try_unwrap(node) {
-        Ok(node) => node.shutdown().await,
-        // A bug: something still holds the node. Say so rather than exit without
-        // resigning and closing the followers' connections.
-        Err(node) => tracing::error!(
-            references = Arc::strong_count(&node),
-            "the node is still referenced at shutdown; stopping without resigning"
-        ),
-    }
-    if let Err(e) = log.close() {
-        tracing::error!(error = %e, "closing the log");
-    }
-}
-
-type Signals = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;
-
-/// SIGTERM's and SIGINT's handlers, installed now.
-fn signals() -> Signals {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(term), Ok(int)) => Some((term, int)),
-        _ => None,
-    }
-}
-
-async fn wait_for_signal(signals: Signals) -> &'static str {
-    let Some((mut term, mut int)) = signals else {
-        // Without signal handlers, Ctrl-C still ends the process (the OS default).
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
+    async fn stop(_running: ()) {}
 }

@@ -1,0 +1,209 @@
+//! `walship-kv serve`'s configuration: a `walship serve` node configuration (identity,
+//! data directory, certificates, replication, coordinator: see `walship_tools::config`)
+//! with one more table, `[kv]`, for the RESP side. Unknown keys are refused in `[kv]` as
+//! everywhere else, and every problem names its key.
+//!
+//! ```toml
+//! [kv]
+//! listen = "127.0.0.1:6379"     # RESP (Redis clients)
+//! durability = "local"          # a connection's default: async, local, remote-write, remote-flush, remote-apply
+//! # password = "…"              # AUTH for the `default` user; required unless `listen` is loopback
+//! # password_file = "secret"    # or read it from a file (first line), relative to this file
+//! # commit_timeout_ms = 10000   # a write's reply waits at most this long for its commit
+//! # max_request_bytes = 16777216
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use walship_engine::Durability;
+use walship_tools::config::{ConfigError, NodeConfig};
+
+use crate::resp::Limits;
+use crate::server::Settings;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKv {
+    listen: Option<String>,
+    durability: Option<String>,
+    password: Option<String>,
+    password_file: Option<String>,
+    commit_timeout_ms: Option<u64>,
+    max_request_bytes: Option<usize>,
+}
+
+/// A walship-kv node's whole configuration.
+#[derive(Debug)]
+pub struct KvConfig {
+    /// The replication node.
+    pub node: NodeConfig,
+    /// The RESP server.
+    pub settings: Settings,
+}
+
+impl KvConfig {
+    /// Reads and validates `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and the problem.
+    pub fn load(path: &Path) -> Result<KvConfig, ConfigError> {
+        let file = path.display().to_string();
+        let err = |problem: String| ConfigError {
+            file: file.clone(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        KvConfig::parse(&text, base).map_err(err)
+    }
+
+    /// Parses and validates `text`; relative paths are taken from `base`.
+    ///
+    /// # Errors
+    /// What is wrong, starting with the key.
+    pub fn parse(text: &str, base: &Path) -> Result<KvConfig, String> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| e.to_string().trim_end().to_owned())?;
+        let kv = match table.remove("kv") {
+            None => RawKv::default(),
+            Some(v) => v
+                .try_into::<RawKv>()
+                .map_err(|e| format!("`kv`: {}", e.to_string().trim_end()))?,
+        };
+        // The rest is a node configuration, read by the same code as `walship serve`'s.
+        let rest = toml::to_string(&table).map_err(|e| e.to_string())?;
+        let node = NodeConfig::parse(&rest, base)?;
+        let bad = |key: &str, problem: String| format!("`kv.{key}`: {problem}");
+        let defaults = Settings::default();
+        let listen = match &kv.listen {
+            None => defaults.listen,
+            Some(l) => l.parse::<SocketAddr>().map_err(|_| {
+                bad(
+                    "listen",
+                    format!("{l:?} is not an address like 127.0.0.1:6379"),
+                )
+            })?,
+        };
+        let durability = match &kv.durability {
+            None => defaults.durability,
+            Some(d) => d
+                .parse::<Durability>()
+                .map_err(|e| bad("durability", e.to_string()))?,
+        };
+        let password = match (kv.password, &kv.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "password",
+                    "give `password` or `password_file`, not both".into(),
+                ))
+            }
+            (Some(p), None) => Some(p),
+            (None, Some(f)) => {
+                let path = base.join(f);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| bad("password_file", format!("{}: {e}", path.display())))?;
+                Some(text.lines().next().unwrap_or("").to_owned())
+            }
+            (None, None) => None,
+        };
+        if password.as_deref().is_some_and(str::is_empty) {
+            return Err(bad("password", "must not be empty".into()));
+        }
+        if password.is_none() && !listen.ip().is_loopback() {
+            return Err(bad(
+                "listen",
+                format!("{listen} is not a loopback address, and no `kv.password` is set: anyone who can reach it could read and write"),
+            ));
+        }
+        let mut limits = Limits::default();
+        if let Some(m) = kv.max_request_bytes {
+            if m < 1024 {
+                return Err(bad("max_request_bytes", format!("{m} is below 1024")));
+            }
+            limits.max_request = m;
+            limits.max_bulk = limits.max_bulk.min(m);
+        }
+        let commit_timeout = match kv.commit_timeout_ms {
+            Some(0) => return Err(bad("commit_timeout_ms", "must be above 0".into())),
+            Some(ms) => Duration::from_millis(ms),
+            None => defaults.commit_timeout,
+        };
+        Ok(KvConfig {
+            node,
+            settings: Settings {
+                listen,
+                durability,
+                password,
+                limits,
+                commit_timeout,
+                ..defaults
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = r#"
+node_id = "n1"
+data_dir = "data"
+listen = "127.0.0.1:7400"
+[tls]
+ca = "ca.pem"
+cert = "n1.pem"
+key = "n1.key"
+[coordinator]
+kind = "static"
+leader = "n1"
+peers = { n1 = "127.0.0.1:7400" }
+"#;
+
+    #[test]
+    fn the_kv_table_is_read_and_the_rest_is_a_node_configuration() {
+        let c = KvConfig::parse(
+            &format!("{NODE}\n[kv]\nlisten = \"127.0.0.1:7000\"\ndurability = \"remote-flush\"\n"),
+            Path::new("/etc/kv"),
+        )
+        .unwrap();
+        assert_eq!(c.node.node_id, "n1");
+        assert_eq!(c.settings.listen.port(), 7000);
+        assert_eq!(c.settings.durability, Durability::RemoteFlush);
+        let c = KvConfig::parse(NODE, Path::new("/")).unwrap();
+        assert_eq!(c.settings.durability, Durability::Local);
+    }
+
+    #[test]
+    fn problems_name_their_key() {
+        let p = |kv: &str| {
+            KvConfig::parse(&format!("{NODE}\n[kv]\n{kv}\n"), Path::new("/")).unwrap_err()
+        };
+        assert!(p("listen = \"0.0.0.0:6379\"")
+            .starts_with("`kv.listen`: 0.0.0.0:6379 is not a loopback address"));
+        assert!(p("durability = \"fast\"").starts_with("`kv.durability`"));
+        assert!(
+            p("colour = 1").contains("unknown field `colour`"),
+            "{}",
+            p("colour = 1")
+        );
+        assert!(p("password = \"\"").starts_with("`kv.password`: must not be empty"));
+        // A password makes a non-loopback listener acceptable.
+        assert!(KvConfig::parse(
+            &format!("{NODE}\n[kv]\nlisten = \"0.0.0.0:6379\"\npassword = \"s3cret\"\n"),
+            Path::new("/")
+        )
+        .is_ok());
+        // The node part is checked as `walship serve` checks it.
+        let e = KvConfig::parse(
+            &NODE.replace("listen = \"127.0.0.1:7400\"", "listen = \"x\""),
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("`listen`"), "{e}");
+    }
+}

@@ -11,6 +11,7 @@
 //! # password_file = "secret"    # or read it from a file (first line), relative to this file
 //! # commit_timeout_ms = 10000   # a write's reply waits at most this long for its commit
 //! # max_request_bytes = 16777216
+//! # max_clients = 10000         # as Redis's maxclients
 //! ```
 
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ struct RawKv {
     password_file: Option<String>,
     commit_timeout_ms: Option<u64>,
     max_request_bytes: Option<usize>,
+    max_clients: Option<u64>,
 }
 
 /// A walship-kv node's whole configuration.
@@ -132,6 +134,11 @@ impl KvConfig {
             Some(ms) => Duration::from_millis(ms),
             None => defaults.commit_timeout,
         };
+        let max_clients = match kv.max_clients {
+            Some(0) => return Err(bad("max_clients", "must be above 0".into())),
+            Some(n) => n,
+            None => defaults.max_clients,
+        };
         Ok(KvConfig {
             node,
             settings: Settings {
@@ -140,6 +147,7 @@ impl KvConfig {
                 password,
                 limits,
                 commit_timeout,
+                max_clients,
                 ..defaults
             },
         })
@@ -192,6 +200,7 @@ peers = { n1 = "127.0.0.1:7400" }
             p("colour = 1")
         );
         assert!(p("password = \"\"").starts_with("`kv.password`: must not be empty"));
+        assert!(p("max_clients = 0").starts_with("`kv.max_clients`: must be above 0"));
         // A password makes a non-loopback listener acceptable.
         assert!(KvConfig::parse(
             &format!("{NODE}\n[kv]\nlisten = \"0.0.0.0:6379\"\npassword = \"s3cret\"\n"),

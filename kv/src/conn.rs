@@ -35,6 +35,9 @@ pub(crate) struct Shared {
     pub(crate) local_addr: std::net::SocketAddr,
 }
 
+/// Replies held for one connection before they are written out, about.
+const BATCH_REPLY_BYTES: usize = 1 << 20;
+
 /// A reply waiting to be sent: how to encode it, and the write it waits for.
 struct Pending {
     reply: Reply,
@@ -93,13 +96,26 @@ impl Connection {
                 Ok(_) => {}
             }
             let mut batch = Vec::new();
+            let mut held = 0usize;
             let mut broken = None;
+            let mut gone = false;
             while !self.quit {
                 match next_request(&mut buf, &limits) {
                     Ok(Some(args)) => {
                         self.shared.commands.fetch_add(1, Ordering::Relaxed);
                         let p = self.handle(&args).await;
+                        held += p.reply.approx_len();
                         batch.push(p);
+                        // A client pipelining reads of large values gets them in parts,
+                        // each written before more is read: what is held stays bounded
+                        // by the socket's back-pressure.
+                        if held >= BATCH_REPLY_BYTES {
+                            gone = self.reply(&mut batch, None, &mut out, &mut stream).await;
+                            held = 0;
+                            if gone {
+                                break;
+                            }
+                        }
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -108,22 +124,39 @@ impl Connection {
                     }
                 }
             }
-            self.settle(&mut batch).await;
-            for p in &batch {
-                p.reply.encode(p.resp3, &mut out);
-            }
-            if let Some(e) = &broken {
-                Reply::error(format!("ERR {e}")).encode(self.resp3, &mut out);
-            }
-            if stream.write_all(&out).await.is_err() {
+            if gone
+                || self
+                    .reply(&mut batch, broken.as_ref(), &mut out, &mut stream)
+                    .await
+            {
                 break;
             }
-            out.clear();
             if broken.is_some() {
                 break;
             }
         }
         let _ = stream.shutdown().await;
+    }
+
+    /// Sends the batch's replies once its writes committed, then the protocol error that
+    /// ends the connection, if any. Whether the client is gone.
+    async fn reply<S: AsyncWrite + Unpin>(
+        &self,
+        batch: &mut Vec<Pending>,
+        broken: Option<&crate::resp::ProtocolError>,
+        out: &mut BytesMut,
+        stream: &mut S,
+    ) -> bool {
+        self.settle(batch).await;
+        for p in batch.drain(..) {
+            p.reply.encode(p.resp3, out);
+        }
+        if let Some(e) = broken {
+            Reply::error(format!("ERR {e}")).encode(self.resp3, out);
+        }
+        let gone = stream.write_all(out).await.is_err();
+        out.clear();
+        gone
     }
 
     /// Waits for the batch's writes to commit at the connection's durability.

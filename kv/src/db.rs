@@ -32,6 +32,14 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Runs `f`, which may block, without stalling a multi-threaded runtime's worker.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Why a write did not enter the log.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -152,7 +160,14 @@ impl Db {
         let bytes = record
             .encode()
             .map_err(|e| WriteError::Failed(e.to_string()))?;
-        let lsn = self.log.append(&bytes).map_err(|e| match e {
+        // An append blocks only while the log's writer is behind (back-pressure); on a
+        // runtime worker that would stall every task on it, so the blocking append then
+        // runs with the worker handed over (`block_in_place`).
+        let appended = match self.log.try_append(&bytes) {
+            Err(walship_engine::Error::WouldBlock { .. }) => blocking(|| self.log.append(&bytes)),
+            other => other,
+        };
+        let lsn = appended.map_err(|e| match e {
             walship_engine::Error::Sealed { .. } => WriteError::ReadOnly,
             e => WriteError::Failed(e.to_string()),
         })?;

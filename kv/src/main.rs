@@ -1,6 +1,6 @@
 //! `walship-kv`: a replicated key-value database that Redis clients use.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -100,14 +100,5 @@ fn main() -> ExitCode {
                 )
             }),
     };
-    let flushed = out.flush().map_err(Failure::from);
-    match result.and(flushed) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            if let Some(message) = failure.message() {
-                eprintln!("walship-kv: {message}");
-            }
-            failure.exit_code()
-        }
-    }
+    walship_tools::outcome::finish("walship-kv", result, &mut out)
 }

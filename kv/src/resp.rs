@@ -243,6 +243,23 @@ impl Reply {
         Reply::Bulk(Bytes::from(s.into()))
     }
 
+    /// About how many bytes the reply takes encoded (its payloads; headers are a few
+    /// bytes each).
+    pub fn approx_len(&self) -> usize {
+        match self {
+            Reply::Status(s) | Reply::Error(s) => s.len() + 3,
+            Reply::Int(_) | Reply::Nil => 8,
+            Reply::Bulk(b) => b.len() + 16,
+            Reply::Array(items) => 8 + items.iter().map(Reply::approx_len).sum::<usize>(),
+            Reply::Map(pairs) => {
+                8 + pairs
+                    .iter()
+                    .map(|(k, v)| k.approx_len() + v.approx_len())
+                    .sum::<usize>()
+            }
+        }
+    }
+
     /// Whether this is an error reply.
     pub fn is_error(&self) -> bool {
         matches!(self, Reply::Error(_))

@@ -35,6 +35,9 @@ pub struct Settings {
     pub expiry_interval: Duration,
     /// Most keys expired in one record.
     pub expiry_batch: usize,
+    /// Most clients connected at once (Redis's `maxclients`); one more is told so and
+    /// closed.
+    pub max_clients: u64,
 }
 
 impl Default for Settings {
@@ -47,6 +50,7 @@ impl Default for Settings {
             commit_timeout: Duration::from_secs(10),
             expiry_interval: Duration::from_millis(100),
             expiry_batch: 1000,
+            max_clients: 10_000,
         }
     }
 }
@@ -143,14 +147,28 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiv
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((socket, _peer)) => {
+                Ok((mut socket, _peer)) => {
                     let _ = socket.set_nodelay(true);
                     shared.connections.fetch_add(1, Ordering::Relaxed);
+                    if shared.connected.load(Ordering::Relaxed) >= shared.settings.max_clients {
+                        // As Redis: an error, then the connection closes. Bounded: the
+                        // write is small and the task is short.
+                        tasks.spawn(async move {
+                            use tokio::io::AsyncWriteExt;
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                socket.write_all(b"-ERR max number of clients reached\r\n"),
+                            )
+                            .await;
+                        });
+                        continue;
+                    }
                     let conn = Connection::new(Arc::clone(&shared));
                     let shared = Arc::clone(&shared);
                     let stop = stop.clone();
+                    // Counted here, before the task runs: a burst cannot overshoot.
+                    shared.connected.fetch_add(1, Ordering::Relaxed);
                     tasks.spawn(async move {
-                        shared.connected.fetch_add(1, Ordering::Relaxed);
                         conn.serve(socket, stop).await;
                         shared.connected.fetch_sub(1, Ordering::Relaxed);
                     });

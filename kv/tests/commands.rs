@@ -206,3 +206,94 @@ async fn a_bad_frame_closes_only_its_connection_and_applies_nothing() {
     assert_eq!(pong, "PONG");
     stop_all(nodes).await;
 }
+
+async fn ping(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"PING\r\n").await.unwrap();
+    let mut b = [0u8; 64];
+    let n = s.read(&mut b).await.unwrap();
+    String::from_utf8_lossy(&b[..n]).into_owned()
+}
+
+/// One client more than `max_clients` is told so and closed; the others are served, and a
+/// place freed is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_beyond_the_limit_are_refused() {
+    use tokio::io::AsyncReadExt;
+    let c = Cluster::new(1);
+    let node = c
+        .start_with(
+            "n1",
+            walship_kv::server::Settings {
+                max_clients: 2,
+                ..c.settings(Durability::Local)
+            },
+        )
+        .await;
+    let addr = node.resp_addr();
+    let mut a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(ping(&mut a).await, "+PONG\r\n");
+    assert_eq!(ping(&mut b).await, "+PONG\r\n");
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(common::WAIT, third.read_to_end(&mut got))
+        .await
+        .expect("the refused client is closed")
+        .unwrap();
+    assert_eq!(got, b"-ERR max number of clients reached\r\n");
+    drop(a);
+    common::eventually("the freed place is taken", || {
+        std::net::TcpStream::connect(addr).is_ok_and(|mut s| {
+            use std::io::{Read, Write};
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let mut r = [0u8; 64];
+            s.write_all(b"PING\r\n").is_ok()
+                && s.read(&mut r).is_ok_and(|n| &r[..n] == b"+PONG\r\n")
+        })
+    })
+    .await;
+    assert_eq!(ping(&mut b).await, "+PONG\r\n");
+    stop_all(vec![node]).await;
+}
+
+/// A pipeline whose replies outgrow one batch (large values read many times) gets every
+/// reply, in order, with the writes among them committed before their replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_larger_than_a_reply_batch_is_answered_in_order() {
+    let c = Cluster::new(1);
+    let nodes = c.start_all(Durability::Local).await;
+    let addr = nodes[0].resp_addr();
+    client(addr, false, |con| {
+        let big = vec![b'v'; 300 << 10];
+        let mut p = redis::pipe();
+        p.cmd("SET").arg("big").arg(&big);
+        for i in 0..20 {
+            p.cmd("GET").arg("big");
+            p.cmd("INCR").arg("n");
+            if i == 10 {
+                p.cmd("DEL").arg("big");
+            }
+        }
+        let replies: Vec<Value> = p.query(con).unwrap();
+        assert_eq!(replies.len(), 1 + 40 + 1);
+        let mut at = 1;
+        for i in 0..20 {
+            let expected = if i <= 10 {
+                Value::BulkString(big.clone())
+            } else {
+                Value::Nil
+            };
+            assert_eq!(replies[at], expected, "GET {i}");
+            assert_eq!(replies[at + 1], Value::Int(i + 1), "INCR {i}");
+            at += 2;
+            if i == 10 {
+                assert_eq!(replies[at], Value::Int(1));
+                at += 1;
+            }
+        }
+    })
+    .await;
+    stop_all(nodes).await;
+}

@@ -6,11 +6,10 @@
 
 mod cmd;
 
-use std::io::{self, Write};
+use std::io;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use walship_tools::outcome::Failure;
 
 /// walship: run and operate a walship replication cluster
 #[derive(Debug, Parser)]
@@ -51,15 +50,5 @@ fn main() -> ExitCode {
         Command::Append(args) => cmd::append::run(args, &mut out),
         Command::Slot(args) => cmd::slot::run(args, &mut out),
     };
-    // What was printed goes out before any error message, so the two read in order.
-    let flushed = out.flush().map_err(Failure::from);
-    match result.and(flushed) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            if let Some(message) = failure.message() {
-                eprintln!("walship: {message}");
-            }
-            failure.exit_code()
-        }
-    }
+    walship_tools::outcome::finish("walship", result, &mut out)
 }

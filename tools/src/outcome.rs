@@ -70,6 +70,23 @@ impl From<io::Error> for Failure {
     }
 }
 
+/// How a program of the walship family ends: what it printed to `out` goes out first,
+/// then `program: message` on standard error for a failure, and the exit code that tells
+/// a script which kind of failure it was.
+pub fn finish(program: &str, result: Result<(), Failure>, out: &mut impl io::Write) -> ExitCode {
+    // What was printed goes out before any error message, so the two read in order.
+    let flushed = out.flush().map_err(Failure::from);
+    match result.and(flushed) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if let Some(message) = failure.message() {
+                eprintln!("{program}: {message}");
+            }
+            failure.exit_code()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,12 +94,16 @@ impl Cluster {
     }
 
     pub async fn start(&self, id: &str, durability: Durability) -> Instance {
+        self.start_with(id, self.settings(durability)).await
+    }
+
+    pub async fn start_with(&self, id: &str, settings: Settings) -> Instance {
         Instance::start(
             self.log(id),
             self.security(id),
             self.coordinator.clone(),
             self.node_options(),
-            self.settings(durability),
+            settings,
         )
         .await
         .expect("start node")

@@ -12,6 +12,7 @@
 //! # commit_timeout_ms = 10000   # a write's reply waits at most this long for its commit
 //! # max_request_bytes = 16777216
 //! # max_clients = 10000         # as Redis's maxclients
+//! # request_timeout_ms = 30000  # a request must be whole this long after it began
 //! ```
 
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ struct RawKv {
     commit_timeout_ms: Option<u64>,
     max_request_bytes: Option<usize>,
     max_clients: Option<u64>,
+    request_timeout_ms: Option<u64>,
 }
 
 /// A walship-kv node's whole configuration.
@@ -115,12 +117,6 @@ impl KvConfig {
         if password.as_deref().is_some_and(str::is_empty) {
             return Err(bad("password", "must not be empty".into()));
         }
-        if password.is_none() && !listen.ip().is_loopback() {
-            return Err(bad(
-                "listen",
-                format!("{listen} is not a loopback address, and no `kv.password` is set: anyone who can reach it could read and write"),
-            ));
-        }
         let mut limits = Limits::default();
         if let Some(m) = kv.max_request_bytes {
             if m < 1024 {
@@ -139,18 +135,24 @@ impl KvConfig {
             Some(n) => n,
             None => defaults.max_clients,
         };
-        Ok(KvConfig {
-            node,
-            settings: Settings {
-                listen,
-                durability,
-                password,
-                limits,
-                commit_timeout,
-                max_clients,
-                ..defaults
-            },
-        })
+        let request_timeout = match kv.request_timeout_ms {
+            Some(0) => return Err(bad("request_timeout_ms", "must be above 0".into())),
+            Some(ms) => Duration::from_millis(ms),
+            None => defaults.request_timeout,
+        };
+        let settings = Settings {
+            listen,
+            durability,
+            password,
+            limits,
+            commit_timeout,
+            max_clients,
+            request_timeout,
+            ..defaults
+        };
+        // The server's own check, refused here before anything starts.
+        settings.check().map_err(|e| bad("listen", e))?;
+        Ok(KvConfig { node, settings })
     }
 }
 
@@ -201,6 +203,7 @@ peers = { n1 = "127.0.0.1:7400" }
         );
         assert!(p("password = \"\"").starts_with("`kv.password`: must not be empty"));
         assert!(p("max_clients = 0").starts_with("`kv.max_clients`: must be above 0"));
+        assert!(p("request_timeout_ms = 0").starts_with("`kv.request_timeout_ms`: must be above 0"));
         // A password makes a non-loopback listener acceptable.
         assert!(KvConfig::parse(
             &format!("{NODE}\n[kv]\nlisten = \"0.0.0.0:6379\"\npassword = \"s3cret\"\n"),

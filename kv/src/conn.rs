@@ -31,7 +31,6 @@ pub(crate) struct Shared {
     pub(crate) connected: AtomicU64,
     pub(crate) commands: AtomicU64,
     pub(crate) connections: AtomicU64,
-    pub(crate) expired: AtomicU64,
     pub(crate) local_addr: std::net::SocketAddr,
 }
 
@@ -86,15 +85,36 @@ impl Connection {
         let mut buf = BytesMut::with_capacity(16 << 10);
         let mut out = BytesMut::with_capacity(16 << 10);
         let limits = self.shared.settings.limits;
+        // When the request now in `buf` began arriving, if one is incomplete: it must be
+        // whole within `request_timeout`, so a client trickling bytes cannot hold a
+        // connection's buffer indefinitely. An idle connection (nothing pending) may wait
+        // as long as it likes, as in Redis.
+        let mut partial_since: Option<tokio::time::Instant> = None;
+        let request_timeout = self.shared.settings.request_timeout;
         while !self.quit {
+            let too_slow = async {
+                match partial_since {
+                    Some(t) => tokio::time::sleep_until(t + request_timeout).await,
+                    None => std::future::pending().await,
+                }
+            };
             let n = tokio::select! {
                 r = stream.read_buf(&mut buf) => r,
                 _ = stop.changed() => break,
+                _ = too_slow => {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        stream.write_all(b"-ERR Protocol error: request not completed in time\r\n"),
+                    )
+                    .await;
+                    break;
+                }
             };
             match n {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
+            let mut completed = false;
             let mut batch = Vec::new();
             let mut held = 0usize;
             let mut broken = None;
@@ -102,6 +122,7 @@ impl Connection {
             while !self.quit {
                 match next_request(&mut buf, &limits) {
                     Ok(Some(args)) => {
+                        completed = true;
                         self.shared.commands.fetch_add(1, Ordering::Relaxed);
                         let p = self.handle(&args).await;
                         held += p.reply.approx_len();
@@ -134,6 +155,13 @@ impl Connection {
             if broken.is_some() {
                 break;
             }
+            // What is left in `buf` is one incomplete request: begun now if a request
+            // completed in this read, else still the one that was pending.
+            partial_since = match (buf.is_empty(), partial_since) {
+                (true, _) => None,
+                (false, Some(t)) if !completed => Some(t),
+                (false, _) => Some(tokio::time::Instant::now()),
+            };
         }
         let _ = stream.shutdown().await;
     }

@@ -212,7 +212,8 @@ pub(crate) fn info(shared: &Shared, sections: &[String]) -> String {
             "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nexpired_keys:{}\r\n\r\n",
             shared.connections.load(Ordering::Relaxed),
             shared.commands.load(Ordering::Relaxed),
-            shared.expired.load(Ordering::Relaxed),
+            // The key space's count: a replica counts the leader's expiry as it applies it.
+            shared.db.read().expired_count(),
         );
     }
     if want("replication") {

@@ -147,6 +147,8 @@ pub fn next_request(
             }
             return Ok(None);
         };
+        // `frame_len` walked only the headers; the maintained parser reads the frame once
+        // it is whole and checked, into views of the same buffer (no copy).
         let mut frame = buf.split_to(len);
         let decoded = redis_protocol::resp2::decode::decode_bytes_mut(&mut frame)
             .map_err(|e| bad(e.to_string()))?;

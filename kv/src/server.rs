@@ -38,6 +38,26 @@ pub struct Settings {
     /// Most clients connected at once (Redis's `maxclients`); one more is told so and
     /// closed.
     pub max_clients: u64,
+    /// Longest a request may take to arrive once it began; a connection whose request
+    /// is not whole by then is closed.
+    pub request_timeout: Duration,
+}
+
+impl Settings {
+    /// Whether the settings are safe to serve with: a listener off loopback needs a
+    /// password, since anyone who reaches it could read and write.
+    ///
+    /// # Errors
+    /// What is unsafe, naming the address.
+    pub fn check(&self) -> Result<(), String> {
+        if self.password.is_none() && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "{} is not a loopback address, and no password is set: anyone who can reach it could read and write",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Settings {
@@ -51,6 +71,7 @@ impl Default for Settings {
             expiry_interval: Duration::from_millis(100),
             expiry_batch: 1000,
             max_clients: 10_000,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -89,12 +110,7 @@ impl Server {
         node: Arc<Node>,
         settings: Settings,
     ) -> Result<Server, ServerError> {
-        if settings.password.is_none() && !settings.listen.ip().is_loopback() {
-            return Err(ServerError::Settings(format!(
-                "listening on {} (not loopback) needs a password: anyone who can reach it could write",
-                settings.listen
-            )));
-        }
+        settings.check().map_err(ServerError::Settings)?;
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -115,7 +131,6 @@ impl Server {
             connected: AtomicU64::new(0),
             commands: AtomicU64::new(0),
             connections: AtomicU64::new(0),
-            expired: AtomicU64::new(0),
             local_addr,
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -201,7 +216,6 @@ async fn expiry(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         loop {
             match shared.db.expire_due(now_ms(), shared.settings.expiry_batch) {
                 Ok(n) => {
-                    shared.expired.fetch_add(n as u64, Ordering::Relaxed);
                     if n < shared.settings.expiry_batch {
                         break;
                     }

@@ -220,17 +220,6 @@ impl Store {
             .map(|(s, _)| s.key.clone())
             .collect()
     }
-
-    /// Every entry, in the key space's order (a snapshot's content).
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
-        self.keys.iter().map(|(s, e)| (&s.key, e))
-    }
-
-    /// Empties the key space (a rebuild starts from nothing).
-    pub fn clear(&mut self) {
-        self.keys.clear();
-        self.by_expiry.clear();
-    }
 }
 
 #[cfg(test)]

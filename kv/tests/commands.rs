@@ -297,3 +297,137 @@ async fn a_pipeline_larger_than_a_reply_batch_is_answered_in_order() {
     .await;
     stop_all(nodes).await;
 }
+
+async fn roundtrip(s: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(request).await.unwrap();
+    let mut b = vec![0u8; 4096];
+    let n = s.read(&mut b).await.unwrap();
+    String::from_utf8_lossy(&b[..n]).into_owned()
+}
+
+/// With a password, nothing but AUTH, HELLO and QUIT is served before the client
+/// authenticates; a wrong password is refused; HELLO can authenticate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_is_required_before_anything_else() {
+    let c = Cluster::new(1);
+    let node = c
+        .start_with(
+            "n1",
+            walship_kv::server::Settings {
+                password: Some("s3cret".into()),
+                ..c.settings(Durability::Local)
+            },
+        )
+        .await;
+    node.node()
+        .wait_for_role(
+            |r| matches!(r, walship_transport::NodeRole::Leader { .. }),
+            common::WAIT,
+        )
+        .await
+        .unwrap();
+    let addr = node.resp_addr();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        roundtrip(&mut s, b"SET k v\r\n").await,
+        "-NOAUTH Authentication required.\r\n"
+    );
+    assert_eq!(
+        roundtrip(&mut s, b"AUTH wrong\r\n").await,
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    assert_eq!(
+        roundtrip(&mut s, b"AUTH someone s3cret\r\n").await,
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+        "only the default user exists"
+    );
+    assert!(roundtrip(&mut s, b"HELLO 3\r\n")
+        .await
+        .starts_with("-NOAUTH"));
+    assert!(roundtrip(&mut s, b"GET k\r\n").await.starts_with("-NOAUTH"));
+    assert!(node.db().is_empty(), "nothing ran");
+    assert!(roundtrip(&mut s, b"HELLO 3 AUTH default s3cret\r\n")
+        .await
+        .starts_with('%'));
+    assert_eq!(roundtrip(&mut s, b"SET k v\r\n").await, "+OK\r\n");
+    let mut t = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(roundtrip(&mut t, b"AUTH s3cret\r\n").await, "+OK\r\n");
+    assert_eq!(roundtrip(&mut t, b"GET k\r\n").await, "$1\r\nv\r\n");
+    stop_all(vec![node]).await;
+}
+
+/// A listener off loopback without a password is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_loopback_listener_needs_a_password() {
+    let c = Cluster::new(1);
+    let started = walship_kv::instance::Instance::start(
+        c.log("n1"),
+        c.security("n1"),
+        c.coordinator.clone(),
+        c.node_options(),
+        walship_kv::server::Settings {
+            listen: "0.0.0.0:0".parse().unwrap(),
+            ..c.settings(Durability::Local)
+        },
+    )
+    .await;
+    let Err(e) = started else {
+        panic!("started without a password on 0.0.0.0");
+    };
+    assert!(e.to_string().contains("not a loopback address"), "{e}");
+}
+
+/// A request trickled in is closed once it has taken longer than `request_timeout`; an
+/// idle connection is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_request_is_cut_off_and_an_idle_connection_is_not() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::new(1);
+    let node = c
+        .start_with(
+            "n1",
+            walship_kv::server::Settings {
+                request_timeout: Duration::from_millis(300),
+                ..c.settings(Durability::Local)
+            },
+        )
+        .await;
+    let addr = node.resp_addr();
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // One byte every 50 ms: progress, but the request never completes in time.
+    let mut closed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if slow.write_all(b"x").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut b = [0u8; 128];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut b)).await {
+            let text = String::from_utf8_lossy(&b[..n]).into_owned();
+            assert_eq!(
+                text,
+                "-ERR Protocol error: request not completed in time\r\n"
+            );
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the trickled request was still open after 2 s");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(node.db().is_empty(), "nothing of it ran");
+    // The idle connection waited longer than the timeout and is served.
+    assert_eq!(ping(&mut idle).await, "+PONG\r\n");
+    stop_all(vec![node]).await;
+}

@@ -810,6 +810,11 @@ impl Log {
         self.shared.counters.snapshot()
     }
 
+    /// The sync quorum's flushed watermark ([`Watermarks::remote_flushed`]), read alone.
+    pub fn remote_flushed(&self) -> Lsn {
+        self.shared.remote_flushed.get()
+    }
+
     /// The positions of the log.
     pub fn watermarks(&self) -> Watermarks {
         let s = &self.shared;

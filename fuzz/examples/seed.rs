@@ -575,6 +575,7 @@ fn frame_decoder(dir: &Path) {
             epoch: e,
             base: Lsn::new(base),
             end: Lsn::new(base + data.len() as u64),
+            committed: Lsn::new(base),
             raw_len: data.len() as u32,
             compression: Compression::None,
             data: Bytes::copy_from_slice(data),
@@ -625,6 +626,7 @@ fn frame_decoder(dir: &Path) {
                 epoch: e,
                 base: Lsn::new(64),
                 end: Lsn::new(64 + raw.len() as u64),
+                committed: Lsn::new(64),
                 raw_len: raw.len() as u32,
                 compression,
                 data,
@@ -653,6 +655,7 @@ fn frame_decoder(dir: &Path) {
             vec![Frame::Heartbeat(Heartbeat {
                 epoch: e,
                 end_lsn: Lsn::new(9),
+                committed: Lsn::new(5),
                 timestamp_us: 1,
                 reply_requested: true,
             })],

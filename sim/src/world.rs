@@ -13,6 +13,9 @@
 //!   that node, unless a later truncation on that node (following a new leader) cut it;
 //! - every commit acknowledged at `RemoteFlush` (one follower + the leader: a majority of
 //!   three) is on every leader elected afterwards, and on every node at the end;
+//! - no truncation goes below what the node had learned was committed (its leader's
+//!   `remote_flushed`, or what a leader's frames said): an embedder may have snapshotted
+//!   that far and recycled the log behind it;
 //! - at the end the logs agree byte for byte (but for flush stamps);
 //! - after the faults stop, a leader is elected and commits within a bounded time.
 
@@ -197,6 +200,13 @@ struct Node {
     /// The highest flushed position this node, as a follower, reported to a leader (and
     /// not cut by a truncation since): it must survive a crash or power loss.
     reported_flushed: Lsn,
+    /// The highest committed LSN this node learned, as `Node::committed` computes it (a
+    /// leader's `remote_flushed`, or what a leader's frames said, never past its own
+    /// flushed): an embedder may snapshot that far, so no truncation of this node's log
+    /// may go below it. Kept across restarts, as a snapshot keeps it.
+    committed: Lsn,
+    /// The highest committed LSN a leader's session reported to it (`Committed` events).
+    learned: Lsn,
     /// While down: the epoch its log was in and how far it was flushed when it went
     /// down (what its disk still holds: checked when it comes back).
     down_with: Option<(EpochHistory, Lsn)>,
@@ -326,6 +336,8 @@ impl World {
                 ryw: Vec::new(),
                 went_down_at: None,
                 reported_flushed: Lsn::ZERO,
+                committed: Lsn::ZERO,
+                learned: Lsn::ZERO,
                 down_with: None,
             })
             .collect();
@@ -1278,6 +1290,7 @@ impl World {
             .find(|(e, _)| *e == epoch)
             .map(|&(_, s)| s);
         if let Some(start) = start {
+            self.check_cut_keeps_committed(l, start)?;
             log.truncate_suffix(start)
                 .map_err(|e| format!("{}: undo epoch {epoch}: {e}", self.nodes[l].id))?;
             self.nodes[l].local.retain(|&(lsn, _)| lsn <= start);
@@ -1340,6 +1353,7 @@ impl World {
 
     fn drive_leader(&mut self, l: usize) -> Result<(), String> {
         self.flush_leader_events(l)?;
+        self.note_committed(l);
         let overdue = match &self.nodes[l].role {
             Role::Leading(s) if !s.registry.confirmed() => s
                 .ahead_since
@@ -1364,6 +1378,7 @@ impl World {
         let follower_ids: Vec<String> = self.nodes.iter().map(|n| n.id.clone()).collect();
         if let Role::Leading(s) = &mut self.nodes[l].role {
             for c in &mut s.conns {
+                c.session.set_committed(log.remote_flushed());
                 if c.session.poll_timeout().is_some_and(|t| t <= now) {
                     if let Err(e) = c.session.handle_timeout(now, log.end_lsn(), now_us) {
                         ended.push((c.link, e.to_string()));
@@ -1445,11 +1460,13 @@ impl World {
         if let Some((link, why)) = timed_out {
             return self.follower_session_ended(f, link, &why);
         }
+        self.note_committed(f);
         while let Some((link, ev)) = self.next_follower_event(f, now) {
             match ev {
                 FollowerEvent::Transmit(b) => self.send(link, true, b),
                 FollowerEvent::Truncate(to) => {
                     self.check_cut_keeps_acked(f, &log, to)?;
+                    self.check_cut_keeps_committed(f, to)?;
                     log.truncate_suffix(to)
                         .map_err(|e| format!("{}: truncate to {to}: {e}", self.nodes[f].id))?;
                     self.nodes[f].local.retain(|&(lsn, _)| lsn <= to);
@@ -1473,6 +1490,11 @@ impl World {
                         flush(&log)?;
                     }
                     self.follower_progress(f)?;
+                }
+                FollowerEvent::Committed(lsn) => {
+                    let l = &mut self.nodes[f].learned;
+                    *l = (*l).max(lsn);
+                    self.note_committed(f);
                 }
                 FollowerEvent::EpochSeen(e) => {
                     if !self.coord.granted(e) {
@@ -1678,6 +1700,32 @@ impl World {
                     self.nodes[f].id, a.seq, a.lsn, self.nodes[a.node].id, a.epoch
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// What this node learned is committed (as `walship_transport::Node::committed`).
+    fn note_committed(&mut self, n: usize) {
+        let Some(log) = self.nodes[n].log.clone() else {
+            return;
+        };
+        let learned = self.nodes[n].learned;
+        let now = learned
+            .max(log.remote_flushed())
+            .min(log.watermarks().flushed);
+        let c = &mut self.nodes[n].committed;
+        *c = (*c).max(now);
+    }
+
+    /// No truncation goes below what the node learned is committed: an embedder's
+    /// snapshot may cover that much and its log may be recycled behind it.
+    fn check_cut_keeps_committed(&self, n: usize, to: Lsn) -> Result<(), String> {
+        let committed = self.nodes[n].committed;
+        if to < committed {
+            return Err(format!(
+                "{} was told to cut its log after {to}, below {committed}, which it had learned was committed",
+                self.nodes[n].id
+            ));
         }
         Ok(())
     }

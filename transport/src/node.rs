@@ -208,6 +208,8 @@ struct Shared {
     role: watch::Sender<NodeRole>,
     coordinator_leader: Mutex<Option<LeaderInfo>>,
     last_error: Mutex<Option<String>>,
+    /// The highest committed LSN this node learned ([`Node::committed`]).
+    committed: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -314,6 +316,7 @@ impl Node {
             role: watch::channel(NodeRole::Candidate).0,
             coordinator_leader: Mutex::new(None),
             last_error: Mutex::new(None),
+            committed: std::sync::atomic::AtomicU64::new(0),
         });
         let (commands, rx) = mpsc::channel(4);
         let (stop, stop_rx) = watch::channel(false);
@@ -514,6 +517,32 @@ impl Node {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
         }
+    }
+
+    /// The end of the prefix of this node's log that no failover cuts, as far as this
+    /// node knows: what a sync quorum had flushed (so what `RemoteFlush` commits
+    /// acknowledged), whether this node learned it leading (its log's `remote_flushed`)
+    /// or from a leader's frames while following, and never past what this node flushed.
+    /// It only grows while the node runs and starts at zero again after a restart.
+    ///
+    /// An embedder may snapshot its state up to here and checkpoint the log behind the
+    /// snapshot: [`Apply::truncated`](crate::Apply::truncated) is never called below it.
+    /// A cluster of one has no sync quorum and never cuts; its embedder bounds snapshots
+    /// by the log's flushed watermark instead.
+    pub fn committed(&self) -> Lsn {
+        use std::sync::atomic::Ordering;
+        let learned = match self.shared.current().as_ref() {
+            Some(Current::Following(f, _)) => f.leader_committed(),
+            _ => Lsn::ZERO,
+        };
+        let log = &self.shared.log;
+        let now = learned.max(log.remote_flushed()).get();
+        let best = self
+            .shared
+            .committed
+            .fetch_max(now, Ordering::AcqRel)
+            .max(now);
+        Lsn::new(best).min(log.watermarks().flushed)
     }
 
     /// An operator's promotion (`pg_promote`, Patroni's failover): takes leadership

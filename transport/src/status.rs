@@ -134,6 +134,12 @@ pub struct FollowerStatus {
     pub leader_id: Option<String>,
     /// The leader's log end, from its last heartbeat or data.
     pub leader_end: Lsn,
+    /// The highest committed LSN a leader reported: what its sync quorum had flushed,
+    /// so what `RemoteFlush` commits acknowledged. No failover cuts this log below
+    /// `leader_committed.min(watermarks.flushed)`, which bounds what an embedder may
+    /// snapshot (the records before it are final). It never lies past what this follower
+    /// received from that leader.
+    pub leader_committed: Lsn,
     /// Sessions started (the first connect included).
     pub connects: u64,
     /// Why the last session ended, if one did.

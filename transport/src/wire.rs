@@ -26,9 +26,9 @@
 //! | 1 | [`Hello`] | cluster id, node id, last epoch u64, seen epoch u64, end LSN u64, written LSN u64, flushed LSN u64, segment capacity u64, epoch count u8 (at most [`MAX_HELLO_EPOCHS`]) then that many (epoch u64, start LSN u64) |
 //! | 2 | [`Welcome`] | epoch u64, truncate-to flag u8 + LSN u64, start LSN u64, leader id |
 //! | 3 | [`Reject`] | code u8, epoch u64, LSN u64, reason |
-//! | 4 | [`Ship`] | epoch u64, base LSN u64, end LSN u64, raw length u32, compression u8, data |
+//! | 4 | [`Ship`] | epoch u64, base LSN u64, end LSN u64, committed LSN u64, raw length u32, compression u8, data |
 //! | 5 | [`Ack`] | epoch u64, written u64, flushed u64, applied u64 |
-//! | 6 | [`Heartbeat`] | epoch u64, end LSN u64, timestamp µs u64, reply-requested u8 |
+//! | 6 | [`Heartbeat`] | epoch u64, end LSN u64, committed LSN u64, timestamp µs u64, reply-requested u8 |
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use walship_engine::{Epoch, Lsn};
@@ -44,8 +44,10 @@ pub const MAX_REASON_BYTES: usize = MAX_STRING;
 /// The protocol version this build speaks (2: batches carry the engine's format-2 header
 /// with its flush stamp, which a follower rewrites for its own copy; 3: a `Hello` carries
 /// the newest entries of the follower's epoch history, so the leader finds the point
-/// where the logs part even when the follower's last epoch is one it never had).
-pub const PROTOCOL_VERSION: u8 = 3;
+/// where the logs part even when the follower's last epoch is one it never had; 4: `Ship`
+/// and `Heartbeat` carry the leader's committed LSN, so followers know how much of their
+/// log no failover can cut, the bound of an embedder's snapshot).
+pub const PROTOCOL_VERSION: u8 = 4;
 /// The most epoch-history entries a `Hello` carries (the newest ones).
 pub const MAX_HELLO_EPOCHS: usize = 64;
 /// Bytes in a frame header.
@@ -185,6 +187,8 @@ pub struct Ship {
     pub base: Lsn,
     /// LSN just past the last byte.
     pub end: Lsn,
+    /// The leader's committed LSN ([`Heartbeat::committed`]).
+    pub committed: Lsn,
     /// Length of the data once decompressed (`end - base` minus skipped segment headers).
     pub raw_len: u32,
     /// How `data` is encoded.
@@ -194,13 +198,14 @@ pub struct Ship {
 }
 
 /// Bytes of a [`Ship`] payload before its data.
-const SHIP_FIELDS_LEN: usize = 29;
+const SHIP_FIELDS_LEN: usize = 37;
 
 impl Ship {
     fn put_fields(&self, out: &mut BytesMut) {
         out.put_u64_le(self.epoch.get());
         out.put_u64_le(self.base.get());
         out.put_u64_le(self.end.get());
+        out.put_u64_le(self.committed.get());
         out.put_u32_le(self.raw_len);
         out.put_u8(match self.compression {
             Compression::None => 0,
@@ -250,6 +255,10 @@ pub struct Heartbeat {
     pub epoch: Epoch,
     /// The sender's log end.
     pub end_lsn: Lsn,
+    /// From a leader: the end of its log's prefix that the sync quorum has flushed (its
+    /// `remote_flushed` watermark), which is what a `RemoteFlush` commit acknowledges
+    /// and what no failover or power loss cuts. Zero from a follower.
+    pub committed: Lsn,
     /// The sender's clock, µs since the Unix epoch (for lag in time).
     pub timestamp_us: u64,
     /// Whether the receiver should answer at once (with an Ack or a Heartbeat).
@@ -348,6 +357,7 @@ impl Frame {
             Frame::Heartbeat(h) => {
                 out.put_u64_le(h.epoch.get());
                 out.put_u64_le(h.end_lsn.get());
+                out.put_u64_le(h.committed.get());
                 out.put_u64_le(h.timestamp_us);
                 out.put_u8(u8::from(h.reply_requested));
             }
@@ -799,6 +809,7 @@ fn decode_payload(kind: u8, b: Bytes) -> Result<Frame, WireError> {
             let epoch = Epoch::new(p.u64()?);
             let base = Lsn::new(p.u64()?);
             let end = Lsn::new(p.u64()?);
+            let committed = Lsn::new(p.u64()?);
             let raw_len = p.u32()?;
             let compression = match p.u8()? {
                 0 => Compression::None,
@@ -815,6 +826,7 @@ fn decode_payload(kind: u8, b: Bytes) -> Result<Frame, WireError> {
                 epoch,
                 base,
                 end,
+                committed,
                 raw_len,
                 compression,
                 data,
@@ -829,6 +841,7 @@ fn decode_payload(kind: u8, b: Bytes) -> Result<Frame, WireError> {
         _ => Frame::Heartbeat(Heartbeat {
             epoch: Epoch::new(p.u64()?),
             end_lsn: Lsn::new(p.u64()?),
+            committed: Lsn::new(p.u64()?),
             timestamp_us: p.u64()?,
             reply_requested: p.flag()?,
         }),
@@ -913,6 +926,7 @@ mod tests {
                         epoch: Epoch::new(e),
                         base: Lsn::new(base),
                         end: Lsn::new(base + data.len() as u64),
+                        committed: Lsn::new(base / 2),
                         raw_len: data.len() as u32,
                         compression: Compression::None,
                         data: Bytes::from(data),
@@ -932,6 +946,7 @@ mod tests {
                 Frame::Heartbeat(Heartbeat {
                     epoch: Epoch::new(e),
                     end_lsn: Lsn::new(l),
+                    committed: Lsn::new(t / 3),
                     timestamp_us: t,
                     reply_requested: r,
                 })
@@ -1003,6 +1018,7 @@ mod tests {
         let f = Frame::Heartbeat(Heartbeat {
             epoch: Epoch::new(1),
             end_lsn: Lsn::new(5),
+            committed: Lsn::new(3),
             timestamp_us: 9,
             reply_requested: false,
         });
@@ -1038,6 +1054,7 @@ mod tests {
             epoch: Epoch::new(epoch),
             base: Lsn::new(base),
             end: Lsn::new(base + len as u64),
+            committed: Lsn::ZERO,
             raw_len: len as u32,
             compression: Compression::None,
             data: Bytes::from(vec![0u8; len]),

@@ -162,6 +162,7 @@ async fn rogue_leader(
             epoch: Epoch::new(1),
             base,
             end,
+            committed: Lsn::ZERO,
             raw_len: batches.len() as u32,
             compression,
             data,

@@ -375,3 +375,36 @@ async fn a_promoted_follower_applies_what_it_flushed_before_it_leads() -> Result
     }
     Ok(())
 }
+
+/// Every node learns how much of its log is committed (what a sync quorum flushed, so
+/// what no failover cuts): the leader from its followers' acks, the followers from the
+/// leader's frames, and only within what each holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_learns_the_committed_point_of_its_log() -> Result<(), Error> {
+    let c = Cluster::new(1 << 20);
+    let coord = configured("n1");
+    let (n1, _l1, _) = start(&c, "n1", coord.clone(), options(&c, None));
+    let (n2, l2, _) = start(&c, "n2", coord.clone(), options(&c, None));
+    let (n3, l3, _) = start(&c, "n3", coord.clone(), options(&c, None));
+    n1.wait_for_role(is_leader, WAIT).await.unwrap();
+    n2.wait_for_role(follows("n1"), WAIT).await.unwrap();
+    n3.wait_for_role(follows("n1"), WAIT).await.unwrap();
+    let acked = write(&n1, "c", 50).await;
+    let last = acked.last().map(|(l, _)| *l).unwrap();
+    n1.commit(last, Durability::RemoteFlush).await?;
+    assert!(n1.committed() >= last, "the leader: {}", n1.committed());
+    // The follower hears of it in the next frame (a heartbeat when no write follows).
+    for (n, log) in [(&n2, &l2), (&n3, &l3)] {
+        eventually("a follower learned the commit", WAIT, || {
+            n.committed() >= last
+        })
+        .await;
+        assert!(n.committed() <= log.watermarks().flushed);
+        let status = n.status().following.expect("following");
+        assert!(status.leader_committed >= last);
+    }
+    for n in [n1, n2, n3] {
+        n.shutdown().await;
+    }
+    Ok(())
+}

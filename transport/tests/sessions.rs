@@ -89,6 +89,8 @@ struct Pair<'a> {
     to_leader: BytesMut,
     reported: Option<Progress>,
     truncated: Option<Lsn>,
+    /// The last `Committed` event's LSN.
+    committed: Option<Lsn>,
     /// Seeded chunking: deliver a random prefix of what is in flight each step.
     rng: Option<u64>,
 }
@@ -113,6 +115,7 @@ impl<'a> Pair<'a> {
             to_leader: BytesMut::new(),
             reported: None,
             truncated: None,
+            committed: None,
             rng: None,
         }
     }
@@ -155,6 +158,12 @@ impl<'a> Pair<'a> {
                         .wait()
                         .unwrap();
                     self.follower.handle_progress(progress(self.follower_log));
+                }
+                FollowerEvent::Committed(l) => {
+                    // Final only if this log holds the leader's bytes up to it by now.
+                    assert!(l <= self.follower_log.end_lsn());
+                    same_bytes_to(self.leader_log, self.follower_log, l);
+                    self.committed = Some(l);
                 }
                 FollowerEvent::EpochSeen(_) | FollowerEvent::Streaming { .. } => {}
             }
@@ -221,9 +230,17 @@ impl<'a> Pair<'a> {
 }
 
 fn same_bytes(a: &Log, b: &Log) {
+    same_bytes_to(a, b, Lsn::new(u64::MAX));
+}
+
+/// Both logs hold the same batches up to `to` (a batch boundary in both).
+fn same_bytes_to(a: &Log, b: &Log, to: Lsn) {
     let mut ra = a.reader(a.start_lsn()).unwrap();
     let mut rb = b.reader(b.start_lsn()).unwrap();
     loop {
+        if ra.position() >= to && rb.position() >= to {
+            return;
+        }
         match (ra.try_next().unwrap(), rb.try_next().unwrap()) {
             (Some(x), Some(y)) => assert!(
                 walship_engine::format::same_batch(x.bytes(), y.bytes()),
@@ -295,20 +312,29 @@ fn a_divergent_follower_is_truncated_then_streams() {
         .unwrap();
     // Meanwhile the leader was elected for epoch 3 and wrote on.
     leader.begin_epoch(Epoch::new(3)).unwrap();
+    // Large enough to go in several frames, each saying the whole log is committed.
+    let pad = "x".repeat(1000);
     for i in 0..300u32 {
-        leader.append(format!("new leader {i}").as_bytes()).unwrap();
+        leader
+            .append(format!("new leader {i} {pad}").as_bytes())
+            .unwrap();
     }
     leader
         .commit(leader.end_lsn(), Durability::Local)
         .wait()
         .unwrap();
     let mut pair = Pair::new(&leader, &follower, 3);
+    // The leader says all of its log is committed: the follower learns it only for what
+    // it holds of the leader's log, after its divergent tail is cut (each `Committed`
+    // event is checked against both logs' bytes).
+    pair.leader.set_committed(leader.end_lsn());
     pair.run().unwrap();
     assert_eq!(
         pair.truncated,
         Some(shared_end),
         "cut back to where epoch 1 ended on the leader"
     );
+    assert_eq!(pair.committed, Some(leader.end_lsn()));
     assert_eq!(follower.end_lsn(), leader.end_lsn());
     same_bytes(&leader, &follower);
     let mut r = follower.record_reader(follower.start_lsn()).unwrap();

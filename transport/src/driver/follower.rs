@@ -171,6 +171,8 @@ struct State {
     connected: bool,
     leader_id: Option<String>,
     leader_end: Lsn,
+    /// The highest committed LSN any leader reported (see [`FollowerStatus`]).
+    leader_committed: Lsn,
     connects: u64,
     last_error: Option<String>,
     apply_error: Option<String>,
@@ -348,6 +350,11 @@ impl Follower {
         self.shared.applied.subscribe()
     }
 
+    /// The highest committed LSN a leader reported ([`FollowerStatus::leader_committed`]).
+    pub fn leader_committed(&self) -> Lsn {
+        self.shared.state().leader_committed
+    }
+
     /// Replication as this follower sees it.
     pub fn status(&self) -> FollowerStatus {
         let s = self.shared.state();
@@ -360,6 +367,7 @@ impl Follower {
             connected: s.connected,
             leader_id: s.leader_id.clone(),
             leader_end: s.leader_end,
+            leader_committed: s.leader_committed,
             connects: s.connects,
             last_error: s.last_error.clone(),
             apply_error: s.apply_error.clone(),
@@ -797,11 +805,11 @@ impl Stream<'_> {
                 n = recv.read_chunks(&mut chunks) => match n {
                     Ok(Some(n)) => {
                         let now = Instant::now();
-                        self.shared.state().last_message = Some(now);
                         for c in &mut chunks[..n] {
                             session.handle_bytes(now, c).map_err(session_err)?;
                             *c = Bytes::new();
                         }
+                        self.shared.state().last_message = Some(now);
                     }
                     Ok(None) => return Err(TransportError::Connection { peer, reason: "leader closed its stream".into() }),
                     Err(e) => return Err(TransportError::Connection { peer, reason: e.to_string() }),
@@ -964,6 +972,10 @@ impl Stream<'_> {
                         s.bytes_wire += wire as u64;
                         s.leader_end = s.leader_end.max(ship.end);
                     }
+                }
+                FollowerEvent::Committed(lsn) => {
+                    let mut s = self.shared.state();
+                    s.leader_committed = s.leader_committed.max(lsn);
                 }
                 FollowerEvent::EpochSeen(e) => {
                     // Believed only if the coordinator granted it: a leader claiming an

@@ -1048,6 +1048,9 @@ impl Run<'_> {
                 let err = session.refuse(RejectCode::NotLeader, log.end_lsn(), why, Instant::now());
                 return Err(self.session_err(err));
             }
+            // What the sync quorum flushed is what no failover (nor power loss) cuts;
+            // followers learn it from every frame (a snapshot may cover that much).
+            session.set_committed(log.remote_flushed());
             // Frames that finished compressing go out first, then everything queued.
             self.ship_ready(session)?;
             self.drain(session, send).await?;

@@ -46,6 +46,10 @@ pub enum FollowerEvent {
     Append(Ship),
     /// A higher epoch was seen: persist it, and refuse leaders of lower epochs from now on.
     EpochSeen(Epoch),
+    /// The leader's committed LSN rose to this (what its sync quorum flushed, which no
+    /// failover cuts), bounded by what this session received: it comes after the
+    /// `Truncate` and `Append` events that make this log match the leader's up to it.
+    Committed(Lsn),
     /// The leader accepted the session; streaming starts at `start`.
     Streaming {
         /// The leader's node id.
@@ -83,6 +87,10 @@ pub struct FollowerSession {
     events: VecDeque<FollowerEvent>,
     epoch: Epoch,
     end: Lsn,
+    /// The leader's committed LSN, as last reported.
+    leader_committed: Lsn,
+    /// The last `Committed` event's LSN.
+    committed: Lsn,
     progress: Progress,
     acked: Option<Progress>,
     ack_due: bool,
@@ -134,6 +142,8 @@ impl FollowerSession {
             events: VecDeque::new(),
             epoch,
             end,
+            leader_committed: Lsn::ZERO,
+            committed: Lsn::ZERO,
             progress,
             acked: None,
             ack_due: false,
@@ -279,11 +289,14 @@ impl FollowerSession {
             (State::Streaming, Frame::Ship(s)) => {
                 self.see_epoch(s.epoch)?;
                 self.end = s.end;
+                let committed = s.committed;
                 self.events.push_back(FollowerEvent::Append(s));
+                self.leader_committed(committed);
                 Ok(())
             }
             (State::Streaming, Frame::Heartbeat(h)) => {
                 self.see_epoch(h.epoch)?;
+                self.leader_committed(h.committed);
                 if h.reply_requested {
                     self.ack_due = true;
                 }
@@ -360,11 +373,23 @@ impl FollowerSession {
         })
     }
 
+    /// The leader reported its committed LSN: what of it this log holds (while
+    /// streaming, `end` is where this log matches the leader's) is final.
+    fn leader_committed(&mut self, lsn: Lsn) {
+        self.leader_committed = self.leader_committed.max(lsn);
+        let known = self.leader_committed.min(self.end);
+        if known > self.committed {
+            self.committed = known;
+            self.events.push_back(FollowerEvent::Committed(known));
+        }
+    }
+
     /// Asks the leader to answer at once (used by a driver checking the connection).
     pub fn ping(&mut self, now: Instant, timestamp_us: u64) {
         let hb = Frame::Heartbeat(Heartbeat {
             epoch: self.epoch,
             end_lsn: self.end,
+            committed: Lsn::ZERO,
             timestamp_us,
             reply_requested: true,
         });

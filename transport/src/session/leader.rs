@@ -115,6 +115,8 @@ pub struct LeaderSession {
     events: VecDeque<LeaderEvent>,
     /// Next position to ship.
     sent: Lsn,
+    /// The leader's committed LSN, sent in every `Ship` and `Heartbeat`.
+    committed: Lsn,
     /// Where this session's stream started: nothing before it is in flight.
     streamed_from: Lsn,
     acked: Progress,
@@ -197,6 +199,7 @@ impl LeaderSession {
             state: State::AwaitHello,
             events: VecDeque::new(),
             sent: Lsn::ZERO,
+            committed: Lsn::ZERO,
             streamed_from: Lsn::ZERO,
             acked: Progress::default(),
             last_heard: now,
@@ -500,6 +503,7 @@ impl LeaderSession {
             epoch: self.cfg.epoch,
             base,
             end,
+            committed: self.committed,
             raw_len,
             compression,
             data,
@@ -515,10 +519,19 @@ impl LeaderSession {
         Ok(())
     }
 
+    /// The log's committed LSN moved (its `remote_flushed` watermark: what the sync
+    /// quorum flushed, so what `RemoteFlush` commits acknowledge). The next `Ship` or
+    /// `Heartbeat` carries it to the follower, which learns from it how much of its log
+    /// no failover will cut.
+    pub fn set_committed(&mut self, committed: Lsn) {
+        self.committed = committed;
+    }
+
     fn heartbeat(&mut self, now: Instant, end: Lsn, timestamp_us: u64, reply: bool) {
         let hb = Frame::Heartbeat(Heartbeat {
             epoch: self.cfg.epoch,
             end_lsn: end,
+            committed: self.committed,
             timestamp_us,
             reply_requested: reply,
         });

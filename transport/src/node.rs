@@ -526,7 +526,7 @@ impl Node {
     /// It only grows while the node runs and starts at zero again after a restart.
     ///
     /// An embedder may snapshot its state up to here and checkpoint the log behind the
-    /// snapshot: [`Apply::truncated`](crate::Apply::truncated) is never called below it.
+    /// snapshot: [`Apply::truncated`] is never called below it.
     /// A cluster of one has no sync quorum and never cuts; its embedder bounds snapshots
     /// by the log's flushed watermark instead.
     pub fn committed(&self) -> Lsn {

@@ -10,6 +10,12 @@
 //!
 //! - `manual` (static coordinator): the parent is the operator and promotes the most
 //!   caught-up survivor into a new epoch; at least 20 rounds (`WALSHIP_JEPSEN_ROUNDS`).
+//!   Every fifth round the other survivor stalls (SIGSTOP, 3 s) while the killed node
+//!   restarts: a promoted leader that meets a node holding records it lacks and no quorum
+//!   to confirm it must yield, not cut them. The operator, like a real one, promotes
+//!   again when its pick steps down. (CI once waited in vain for a promoted leader's
+//!   writes, seed 1796248520840724505; stopping the other survivor gives that timeout
+//!   every time the restarted node holds such records.)
 //! - `etcd`: nodes elect a leader through a real etcd by themselves; the parent measures
 //!   the time from the kill to the first write acknowledged by the new leader. Skipped,
 //!   saying so, where etcd is not installed.
@@ -32,6 +38,11 @@ const CHILD: &str = "WALSHIP_JEPSEN_CHILD";
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const CAPACITY: u64 = 4 << 20;
 const WAIT: Duration = Duration::from_secs(60);
+/// How long a stalled survivor stays stopped: longer than a promoted leader's 2 s
+/// `confirm_timeout` (`LeaderOptions` default).
+const STALL: Duration = Duration::from_secs(3);
+/// Lines kept to show when the test gives up waiting.
+const RECENT: usize = 40;
 
 /// The child: one node, its writers, and a command loop on stdin.
 #[test]
@@ -321,6 +332,12 @@ struct Harness {
     /// Each node's log end when it last started, and the bytes truncated since.
     started_at: HashMap<String, u64>,
     truncated_bytes: u64,
+    /// Each running node's last `role …` line.
+    roles: HashMap<String, String>,
+    /// The last lines any child printed, shown when the test gives up waiting.
+    recent: std::collections::VecDeque<String>,
+    /// Promoted leaders that yielded, unconfirmed, and were replaced by the operator.
+    yields: usize,
     rng: u64,
     started: Instant,
 }
@@ -353,6 +370,9 @@ impl Harness {
             acks_by: HashMap::new(),
             started_at: HashMap::new(),
             truncated_bytes: 0,
+            roles: HashMap::new(),
+            recent: std::collections::VecDeque::new(),
+            yields: 0,
             rng: seed | 1,
             started: Instant::now(),
         }
@@ -371,6 +391,7 @@ impl Harness {
     }
 
     fn spawn(&mut self, node: &str, coordinator: &str) {
+        self.roles.remove(node);
         let exe = std::env::current_exe().expect("test binary");
         let mut child = Command::new(exe)
             .args(["--exact", "jepsen_child", "--nocapture", "--test-threads=1"])
@@ -429,14 +450,23 @@ impl Harness {
     /// nothing comes before `deadline`.
     fn next(&mut self, deadline: Instant, what: &str) -> Event {
         let left = deadline.saturating_duration_since(Instant::now());
-        let e = self
-            .rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("waited {WAIT:?}: {what}"));
+        let e = self.rx.recv_timeout(left).unwrap_or_else(|_| {
+            let recent: Vec<&str> = self.recent.iter().map(String::as_str).collect();
+            panic!(
+                "waited {WAIT:?}: {what}; roles {:?}; the last lines:\n{}",
+                self.roles,
+                recent.join("\n")
+            )
+        });
         if let Some(line) = &e.line {
             if std::env::var_os("WALSHIP_JEPSEN_VERBOSE").is_some() {
                 eprintln!("{:?} {}: {line}", e.at - self.started, e.node);
             }
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent
+                .push_back(format!("{:?} {}: {line}", e.at - self.started, e.node));
             self.keep(&e.node, line, e.at);
         }
         e
@@ -468,6 +498,9 @@ impl Harness {
             ["start", end] => {
                 self.started_at
                     .insert(node.to_string(), end.parse().expect("end"));
+            }
+            ["role", ..] => {
+                self.roles.insert(node.to_string(), line.to_string());
             }
             ["truncated", to] => {
                 let to: u64 = to.parse().expect("lsn");
@@ -511,12 +544,102 @@ impl Harness {
         self.acks_by.get(node).map_or(0, Vec::len)
     }
 
-    /// Waits until `node` has acknowledged `n` more writes.
-    fn await_acks(&mut self, node: &str, n: usize) {
+    /// Whether `node`'s last word on its role was that it leads.
+    fn leads(&self, node: &str) -> bool {
+        self.roles
+            .get(node)
+            .is_some_and(|r| r.starts_with("role leader "))
+    }
+
+    /// Waits until `node` has acknowledged `n` more writes; false if it stopped leading
+    /// first.
+    fn await_acks(&mut self, node: &str, n: usize) -> bool {
         let target = self.acks_of(node) + n;
+        let deadline = Instant::now() + WAIT;
         while self.acks_of(node) < target {
-            self.expect(node, |l| l.starts_with("ack "));
+            if !self.leads(node) {
+                return false;
+            }
+            let e = self.next(deadline, &format!("{node} acknowledged no write"));
+            if e.line.is_none() {
+                assert_ne!(e.node, node, "{node} exited while awaited");
+            }
         }
+        true
+    }
+
+    /// The operator's choice: of `among`, the node whose log reaches furthest (epoch,
+    /// then end), with that end. Not by what was flushed when it looked: a node with more
+    /// written goes on flushing it, and the promoted node, unconfirmed until another
+    /// joins, would yield to it.
+    fn choose(&mut self, among: &[&str]) -> (String, u64) {
+        let mut best = ("", (0, 0, 0));
+        for n in among {
+            let s = self.status(n);
+            if best.0.is_empty() || (s.0, s.2) > (best.1 .0, best.1 .2) {
+                best = (n, s);
+            }
+        }
+        (best.0.to_string(), best.1 .2)
+    }
+
+    /// The operator's order to `among`: `next` leads `epoch`. It must then hold every
+    /// acknowledged record.
+    fn order(&mut self, among: &[&str], next: &str, epoch: u64) {
+        let order = format!("leader {next} {} {epoch}", self.addrs[next]);
+        for n in among {
+            self.send(n, &order);
+        }
+        self.expect(next, |l| l == format!("role leader {epoch}"));
+        self.verify_on(next);
+    }
+
+    /// Waits for `n` writes acknowledged by the leader. A promoted leader refuses a node
+    /// holding records it lacks until a quorum confirms it, and yields if none does in
+    /// time (a survivor stalled, say): the operator then promotes again, among all the
+    /// running nodes, into the next epoch.
+    fn lead(&mut self, leader: &mut String, epoch: &mut u64, n: usize) {
+        let mut tries = 0;
+        while !self.await_acks(leader, n) {
+            tries += 1;
+            assert!(tries <= 3, "{leader} stepped down {tries} times in a row");
+            self.yields += 1;
+            let why = self.roles.get(leader.as_str()).cloned();
+            *epoch += 1;
+            let mut running: Vec<String> = self.procs.keys().cloned().collect();
+            running.sort();
+            let running: Vec<&str> = running.iter().map(String::as_str).collect();
+            let (next, end) = self.choose(&running);
+            self.order(&running, &next, *epoch);
+            eprintln!(
+                "{leader} stepped down unconfirmed (then: {why:?}); promoted {next} (end {end}) into epoch {epoch}"
+            );
+            *leader = next;
+        }
+    }
+
+    /// Stops `node` (SIGSTOP) as a stalled disk or a descheduled process would, until
+    /// [`Harness::resume`].
+    fn stall(&mut self, node: &str) {
+        self.signal(node, libc::SIGSTOP);
+    }
+
+    fn resume(&mut self, node: &str) {
+        self.signal(node, libc::SIGCONT);
+    }
+
+    fn signal(&mut self, node: &str, sig: libc::c_int) {
+        let pid = self.procs[node].child.id();
+        let pid = libc::pid_t::try_from(pid).expect("pid");
+        // SAFETY: kill(2) takes plain integers; the pid is a child this harness spawned
+        // and has not reaped.
+        let r = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            r,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Has `node` check that it holds every acknowledged record.
@@ -575,9 +698,10 @@ impl Harness {
             );
         }
         eprintln!(
-            "checked: {} acknowledged records all present; logs identical at {end}; {} divergent bytes truncated",
+            "checked: {} acknowledged records all present; logs identical at {end}; {} divergent bytes truncated; {} promoted leaders yielded",
             self.acked.len(),
-            self.truncated_bytes
+            self.truncated_bytes,
+            self.yields
         );
     }
 }
@@ -637,41 +761,43 @@ fn manual_failover_under_sigkill_loses_no_acknowledged_write() {
     let mut epoch = epoch_of(&line);
     let mut leader = "n1".to_string();
     for round in 0..rounds {
-        h.await_acks(&leader, 20);
+        h.lead(&mut leader, &mut epoch, 20);
         let pause = h.random(200);
         std::thread::sleep(Duration::from_millis(pause));
         h.kill(&leader);
-        // The operator promotes the most caught-up survivor into a new epoch: the one
-        // whose log reaches furthest (epoch, then end). Not by what was flushed when it
-        // looked: a survivor with more written goes on flushing it, and the promoted
-        // node, unconfirmed until the other joins, would then yield to it.
+        // The operator promotes the most caught-up survivor into a new epoch.
         let survivors: Vec<&str> = NODES.iter().copied().filter(|n| *n != leader).collect();
-        let mut best = ("", (0, 0, 0));
-        for n in &survivors {
-            let s = h.status(n);
-            if best.0.is_empty() || (s.0, s.2) > (best.1 .0, best.1 .2) {
-                best = (n, s);
-            }
+        let (next, end) = h.choose(&survivors);
+        // Every fifth round the other survivor stalls, longer than a promoted leader
+        // waits for confirmation, while the killed node comes back: if that one holds
+        // records the promoted node lacks, the promoted node must yield rather than cut
+        // them, and the operator promotes again.
+        let stalled = (round % 5 == 4).then(|| {
+            let other = survivors
+                .iter()
+                .find(|n| **n != next)
+                .expect("two survivors");
+            other.to_string()
+        });
+        if let Some(s) = &stalled {
+            h.stall(s);
         }
-        let next = best.0.to_string();
         epoch += 1;
-        let order = format!("leader {next} {} {epoch}", h.addrs[next.as_str()]);
-        for n in &survivors {
-            h.send(n, &order);
-        }
-        h.expect(&next, |l| l == format!("role leader {epoch}"));
-        h.verify_on(&next);
+        h.order(&survivors, &next, epoch);
         let conf = static_conf(&h, &next, epoch);
         h.spawn(&leader, &conf);
         let (line, _) = h.expect(&leader, |l| l.starts_with("start "));
+        if let Some(s) = stalled {
+            std::thread::sleep(STALL);
+            h.resume(&s);
+        }
         eprintln!(
-            "round {round}: killed {leader} after {pause} ms more; promoted {next} (end {}) into epoch {epoch}; restarted {leader} at {line}; {} acknowledged so far",
-            best.1 .2,
+            "round {round}: killed {leader} after {pause} ms more; promoted {next} (end {end}) into epoch {epoch}; restarted {leader} at {line}; {} acknowledged so far",
             h.acked.len()
         );
         leader = next;
     }
-    h.await_acks(&leader, 20);
+    h.lead(&mut leader, &mut epoch, 20);
     h.finish(&leader);
 }
 
@@ -700,7 +826,7 @@ fn automatic_failover_through_etcd_loses_no_acknowledged_write() {
     };
     let mut times = Vec::new();
     for round in 0..rounds {
-        h.await_acks(&leader, 20);
+        assert!(h.await_acks(&leader, 20), "{leader} stopped leading");
         let pause = h.random(200);
         std::thread::sleep(Duration::from_millis(pause));
         let killed = h.kill(&leader);
@@ -724,7 +850,7 @@ fn automatic_failover_through_etcd_loses_no_acknowledged_write() {
         eprintln!("round {round}: killed {leader}; {next} elected after {elected:?}, acknowledged a write {took:?} after the kill");
         leader = next;
     }
-    h.await_acks(&leader, 20);
+    assert!(h.await_acks(&leader, 20), "{leader} stopped leading");
     times.sort();
     eprintln!(
         "failover with etcd (lease 2 s, check 50 ms, settle 300 ms), {} rounds: median {:?}, max {:?}",

@@ -13,7 +13,14 @@
 //! # max_request_bytes = 16777216
 //! # max_clients = 10000         # as Redis's maxclients
 //! # request_timeout_ms = 30000  # a request must be whole this long after it began
+//! # snapshot_dir = "data/kv-snapshots"   # default: `kv-snapshots` in the node's data_dir
+//! # snapshot_log_bytes = 67108864  # snapshot once this much log was applied since the last (0: not by size)
+//! # snapshot_interval_ms = 300000  # or this long after the last, if anything changed (0: not by time)
+//! # snapshot_commit_wait_ms = 10000  # a snapshot waits this long for its LSN to be committed
 //! ```
+//!
+//! With both `snapshot_log_bytes` and `snapshot_interval_ms` at 0 no snapshot is taken:
+//! the log is never recycled, and a restart replays all of it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,6 +32,7 @@ use walship_tools::config::{ConfigError, NodeConfig};
 
 use crate::resp::Limits;
 use crate::server::Settings;
+use crate::snapshotter::Policy;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +45,23 @@ struct RawKv {
     max_request_bytes: Option<usize>,
     max_clients: Option<u64>,
     request_timeout_ms: Option<u64>,
+    snapshot_dir: Option<String>,
+    snapshot_log_bytes: Option<u64>,
+    snapshot_interval_ms: Option<u64>,
+    snapshot_commit_wait_ms: Option<u64>,
+}
+
+/// Where and when snapshots are taken.
+#[derive(Debug, Clone)]
+pub struct SnapshotConfig {
+    /// The snapshot directory.
+    pub dir: std::path::PathBuf,
+    /// When.
+    pub policy: Policy,
+    /// The cluster is this node alone (no other member is configured): nothing it
+    /// flushed is ever cut, so what it flushed bounds its snapshots rather than the
+    /// committed point, which a node without followers never learns.
+    pub alone: bool,
 }
 
 /// A walship-kv node's whole configuration.
@@ -46,6 +71,8 @@ pub struct KvConfig {
     pub node: NodeConfig,
     /// The RESP server.
     pub settings: Settings,
+    /// Snapshots.
+    pub snapshots: SnapshotConfig,
 }
 
 impl KvConfig {
@@ -152,7 +179,29 @@ impl KvConfig {
         };
         // The server's own check, refused here before anything starts.
         settings.check().map_err(|e| bad("listen", e))?;
-        Ok(KvConfig { node, settings })
+        let default_policy = Policy::default();
+        let policy = Policy {
+            log_bytes: kv.snapshot_log_bytes.unwrap_or(default_policy.log_bytes),
+            interval: kv
+                .snapshot_interval_ms
+                .map_or(default_policy.interval, Duration::from_millis),
+            commit_wait: match kv.snapshot_commit_wait_ms {
+                Some(0) => return Err(bad("snapshot_commit_wait_ms", "must be above 0".into())),
+                Some(ms) => Duration::from_millis(ms),
+                None => default_policy.commit_wait,
+            },
+        };
+        let dir = match &kv.snapshot_dir {
+            Some(d) if d.is_empty() => return Err(bad("snapshot_dir", "must not be empty".into())),
+            Some(d) => base.join(d),
+            None => node.data_dir.join("kv-snapshots"),
+        };
+        let alone = node.members.iter().all(|m| *m == node.node_id);
+        Ok(KvConfig {
+            node,
+            settings,
+            snapshots: SnapshotConfig { dir, policy, alone },
+        })
     }
 }
 
@@ -186,6 +235,19 @@ peers = { n1 = "127.0.0.1:7400" }
         assert_eq!(c.settings.durability, Durability::RemoteFlush);
         let c = KvConfig::parse(NODE, Path::new("/")).unwrap();
         assert_eq!(c.settings.durability, Durability::Local);
+        assert_eq!(c.snapshots.dir, Path::new("/data/kv-snapshots"));
+        assert_eq!(c.snapshots.policy, Policy::default());
+        assert!(c.snapshots.alone, "n1 is the only member");
+        let c = KvConfig::parse(
+            &format!("{NODE}\n[kv]\nsnapshot_dir = \"snaps\"\nsnapshot_log_bytes = 0\nsnapshot_interval_ms = 1500\n"),
+            Path::new("/etc/kv"),
+        )
+        .unwrap();
+        assert_eq!(c.snapshots.dir, Path::new("/etc/kv/snaps"));
+        assert_eq!(
+            (c.snapshots.policy.log_bytes, c.snapshots.policy.interval),
+            (0, Duration::from_millis(1500))
+        );
     }
 
     #[test]
@@ -204,6 +266,9 @@ peers = { n1 = "127.0.0.1:7400" }
         assert!(p("password = \"\"").starts_with("`kv.password`: must not be empty"));
         assert!(p("max_clients = 0").starts_with("`kv.max_clients`: must be above 0"));
         assert!(p("request_timeout_ms = 0").starts_with("`kv.request_timeout_ms`: must be above 0"));
+        assert!(p("snapshot_commit_wait_ms = 0").starts_with("`kv.snapshot_commit_wait_ms`"));
+        assert!(p("snapshot_dir = \"\"").starts_with("`kv.snapshot_dir`: must not be empty"));
+        assert!(p("snapshot_log_bytes = -1").contains("snapshot_log_bytes"));
         // A password makes a non-loopback listener acceptable.
         assert!(KvConfig::parse(
             &format!("{NODE}\n[kv]\nlisten = \"0.0.0.0:6379\"\npassword = \"s3cret\"\n"),

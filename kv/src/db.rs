@@ -11,8 +11,17 @@
 //! replies; other connections may read the write before that, as in Redis.
 //!
 //! **Replicas** apply records through [`KvApply`], the transport's `Apply`; a divergent
-//! tail cut after a failover is undone by rebuilding the key space from the log.
+//! tail cut after a failover is undone by rebuilding the key space: from the newest
+//! snapshot, if there is one, and the log after it.
+//!
+//! **Snapshots** ([`crate::snapshot`], taken by [`crate::snapshotter`]): the key space
+//! is copied under the write lock in O(1) ([`Db::capture`]), written out off the lock,
+//! and installed ([`Db::install`]) only if no rebuild happened since: a snapshot of a
+//! state that a truncation undid is thrown away, never put in place. Restart loads the
+//! newest valid snapshot and replays the log after it.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,8 +30,9 @@ use walship_engine::{Log, Lsn, Record};
 use walship_transport::ApplyError;
 
 use crate::exec::Tx;
-use crate::hlc::Clock;
+use crate::hlc::{Clock, Timestamp};
 use crate::record::{Op, WriteRecord};
+use crate::snapshot::{Pending, SnapshotDir, SnapshotError};
 use crate::store::Store;
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -58,24 +68,134 @@ pub struct Db {
     origin: String,
     store: RwLock<Store>,
     clock: Mutex<Clock>,
+    snapshots: Option<SnapshotDir>,
+    /// Counts rebuilds; changed only under the store's write lock, so a [`Capture`]
+    /// knows which state it copied.
+    generation: AtomicU64,
+    /// Held while a snapshot is checked and put in place, and while a truncation
+    /// removes the snapshots it undoes: the two never interleave.
+    installing: Mutex<()>,
+    snapshot_status: Mutex<crate::snapshotter::Status>,
+}
+
+/// The key space as of one moment ([`Db::capture`]).
+#[derive(Debug)]
+pub struct Capture {
+    /// The copy (its position is the snapshot's LSN).
+    pub store: Store,
+    /// The clock then.
+    pub clock: Timestamp,
+    generation: u64,
 }
 
 impl Db {
     /// A database over `log` whose writes name `origin`, with the key space rebuilt
-    /// from the log.
+    /// from the whole log. Takes no snapshots: the log is never checkpointed.
     ///
     /// # Errors
     /// A record in the log that is not a walship-kv record, or a read error.
     pub fn open(log: Arc<Log>, origin: impl Into<String>) -> Result<Db, String> {
+        Db::open_inner(log, origin.into(), None)
+    }
+
+    /// A database over `log` whose writes name `origin`, with snapshots in `snapshots`:
+    /// the key space is the newest valid snapshot's plus the log after it, and the log
+    /// is checkpointed behind that snapshot.
+    ///
+    /// # Errors
+    /// As [`Db::open`]; a snapshot past the log's end; a log that starts after its
+    /// first record (recycled) with no valid snapshot to cover what came before.
+    pub fn open_with_snapshots(
+        log: Arc<Log>,
+        origin: impl Into<String>,
+        snapshots: SnapshotDir,
+    ) -> Result<Db, String> {
+        Db::open_inner(log, origin.into(), Some(snapshots))
+    }
+
+    fn open_inner(
+        log: Arc<Log>,
+        origin: String,
+        snapshots: Option<SnapshotDir>,
+    ) -> Result<Db, String> {
         let db = Db {
             log,
-            origin: origin.into(),
+            origin,
             store: RwLock::new(Store::new()),
             clock: Mutex::new(Clock::default()),
+            snapshots,
+            generation: AtomicU64::new(0),
+            installing: Mutex::new(()),
+            snapshot_status: Mutex::new(crate::snapshotter::Status::default()),
         };
+        if let Some(d) = &db.snapshots {
+            // Half-written snapshots of a run that crashed.
+            d.remove_leftovers().map_err(|e| e.to_string())?;
+        }
         let end = db.log.end_lsn();
         db.rebuild(end)?;
         Ok(db)
+    }
+
+    /// What the snapshots are: the one in place and the last attempt.
+    pub fn snapshot_status(&self) -> crate::snapshotter::Status {
+        self.snapshot_status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn snapshot_status_update(&self, f: impl FnOnce(&mut crate::snapshotter::Status)) {
+        f(&mut self
+            .snapshot_status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Where snapshots go, if this database takes them.
+    pub fn snapshot_dir(&self) -> Option<&SnapshotDir> {
+        self.snapshots.as_ref()
+    }
+
+    /// The node whose writes this database logs.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// A copy of the key space and the clock, in O(1) under the write lock.
+    pub fn capture(&self) -> Capture {
+        let clock = self.clock().last();
+        let store = self.read();
+        Capture {
+            store: store.clone(),
+            clock,
+            generation: self.generation.load(Ordering::Acquire),
+        }
+    }
+
+    /// Puts `pending`, written from `capture`, in place, unless the key space was
+    /// rebuilt since it was captured (a truncation undid some of what it holds: it is
+    /// discarded). Checkpoints the log behind it. Returns where it was put.
+    ///
+    /// # Errors
+    /// [`SnapshotError`] from putting it in place.
+    pub fn install(
+        &self,
+        pending: Pending,
+        capture: &Capture,
+    ) -> Result<Option<PathBuf>, SnapshotError> {
+        let _guard = self
+            .installing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.generation.load(Ordering::Acquire) != capture.generation {
+            pending.discard();
+            return Ok(None);
+        }
+        let lsn = pending.lsn();
+        let path = pending.install()?;
+        self.log.set_checkpoint(lsn);
+        Ok(Some(path))
     }
 
     /// The log.
@@ -172,6 +292,7 @@ impl Db {
             e => WriteError::Failed(e.to_string()),
         })?;
         store.apply(&record);
+        store.set_applied(lsn);
         Ok(lsn)
     }
 
@@ -183,22 +304,92 @@ impl Db {
         let r = WriteRecord::decode(&record.data)
             .map_err(|e| format!("the record ending at {}: {e}", record.lsn))?;
         self.clock().observe(r.ts);
-        self.store_mut().apply(&r);
+        let mut store = self.store_mut();
+        store.apply(&r);
+        store.set_applied(record.lsn);
         Ok(())
     }
 
-    /// Rebuilds the key space from the log's records up to `to`.
+    /// Undoes a divergent tail: the log was cut at `to`. Snapshots past it are removed
+    /// (none should be: a snapshot is put in place only once what it covers is
+    /// committed, and no failover cuts that), then the key space is rebuilt.
+    ///
+    /// # Errors
+    /// As [`Db::rebuild`], or the snapshots past `to` cannot be removed.
+    pub fn truncated(&self, to: Lsn) -> Result<(), String> {
+        if let Some(d) = &self.snapshots {
+            let _guard = self
+                .installing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let n = d.remove_after(to).map_err(|e| e.to_string())?;
+            if n > 0 {
+                tracing::error!(%to, removed = n, "snapshots past a truncation point were removed: the committed point was not respected");
+            }
+            // Within the lock: a capture from before the cut can no longer be installed.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        self.rebuild(to)
+    }
+
+    /// Where rebuilding up to `to` starts: the newest valid snapshot at or before it,
+    /// or an empty key space at the log's start.
+    fn base(&self, to: Lsn) -> Result<(Store, Timestamp), String> {
+        let start = self.log.start_lsn();
+        let Some(d) = &self.snapshots else {
+            let mut s = Store::new();
+            s.set_applied(start);
+            return Ok((s, Timestamp::default()));
+        };
+        let (loaded, skipped) = d.newest(to).map_err(|e| e.to_string())?;
+        let why = || {
+            skipped
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        match loaded {
+            Some(l) if l.meta.lsn >= start => {
+                tracing::info!(snapshot = %l.path.display(), lsn = %l.meta.lsn, keys = l.store.len(), "key space loaded from a snapshot");
+                self.log.set_checkpoint(l.meta.lsn);
+                self.snapshot_status_update(|st| st.lsn = l.meta.lsn);
+                Ok((l.store, l.meta.clock))
+            }
+            Some(l) => Err(format!(
+                "the newest valid snapshot ({}) holds the state up to {}, but the log starts at {start}: the records between are gone{}",
+                l.path.display(),
+                l.meta.lsn,
+                if skipped.is_empty() { String::new() } else { format!(" (newer ones are invalid: {})", why()) }
+            )),
+            // A log that was never recycled starts at its first segment's first batch.
+            None if start.get() > walship_engine::format::SEGMENT_HEADER_LEN as u64 => Err(format!(
+                "the log starts at {start} (its earlier segments were recycled behind a snapshot) and no valid snapshot is in {}{}",
+                d.path().display(),
+                if skipped.is_empty() { String::new() } else { format!(": {}", why()) }
+            )),
+            None => {
+                let mut s = Store::new();
+                s.set_applied(start);
+                Ok((s, Timestamp::default()))
+            }
+        }
+    }
+
+    /// Rebuilds the key space up to `to`: the newest snapshot at or before it, then the
+    /// log's records after the snapshot.
     ///
     /// # Errors
     /// As [`Db::open`].
     pub fn rebuild(&self, to: Lsn) -> Result<(), String> {
-        let mut store = Store::new();
+        let (mut store, snapshot_clock) = self.base(to)?;
         let mut clock = Clock::default();
-        let start = self.log.start_lsn();
+        clock.observe(snapshot_clock);
+        let from = store.applied();
         let mut reader = self
             .log
-            .record_reader(start)
-            .map_err(|e| format!("reading the log from {start}: {e}"))?;
+            .record_reader(from)
+            .map_err(|e| format!("reading the log from {from}: {e}"))?;
         while reader.position() < to {
             // Everything up to `to` is in the log; waiting covers bytes appended but not
             // yet handed to the OS.
@@ -216,8 +407,13 @@ impl Db {
                 .map_err(|e| format!("the record ending at {}: {e}", rec.lsn))?;
             clock.observe(r.ts);
             store.apply(&r);
+            store.set_applied(rec.lsn);
         }
-        *self.store_mut() = store;
+        {
+            let mut s = self.store_mut();
+            *s = store;
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         let mut c = self.clock();
         let last = clock.last();
         c.observe(last);
@@ -252,8 +448,8 @@ impl walship_transport::Apply for KvApply {
     }
 
     fn truncated(&mut self, to: Lsn) -> Result<(), ApplyError> {
-        tracing::warn!(%to, "a divergent tail was cut: rebuilding the key space from the log");
-        self.0.rebuild(to).map_err(ApplyError::from)
+        tracing::warn!(%to, "a divergent tail was cut: rebuilding the key space");
+        self.0.truncated(to).map_err(ApplyError::from)
     }
 }
 
@@ -279,6 +475,52 @@ mod tests {
             .wait()
             .unwrap();
         lsn
+    }
+
+    /// A snapshot captured before a truncation is never put in place (it holds what the
+    /// cut undid); one captured after is, and the log is checkpointed behind it. A restart
+    /// loads it and replays the log after it.
+    #[test]
+    fn a_capture_from_before_a_truncation_is_thrown_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(
+            Log::open(dir.path().join("log"), walship_engine::Options::default()).unwrap(),
+        );
+        let snaps = SnapshotDir::open(dir.path().join("snaps")).unwrap();
+        let db = Db::open_with_snapshots(Arc::clone(&log), "n1", snaps.clone()).unwrap();
+        let a = set(&db, "a", "1");
+        set(&db, "b", "2");
+        let before = db.capture();
+        let pending = snaps.write(&before.store, before.clock, "n1").unwrap();
+        log.truncate_suffix(a).unwrap();
+        db.truncated(a).unwrap();
+        assert_eq!(db.install(pending, &before).unwrap(), None);
+        assert!(snaps.list().unwrap().is_empty(), "nothing put in place");
+        assert_eq!(log.watermarks().checkpoint, Lsn::ZERO);
+        let c = set(&db, "c", "3");
+        let after = db.capture();
+        assert_eq!(after.store.applied(), c);
+        let pending = snaps.write(&after.store, after.clock, "n1").unwrap();
+        assert!(db.install(pending, &after).unwrap().is_some());
+        assert_eq!(log.watermarks().checkpoint, c);
+        let d = set(&db, "d", "4");
+        drop(db);
+        let db = Db::open_with_snapshots(Arc::clone(&log), "n1", snaps).unwrap();
+        assert_eq!(db.snapshot_status().lsn, c);
+        assert_eq!(db.read().applied(), d);
+        let got: Vec<_> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|k| db.get(k.as_bytes()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                Some(Bytes::from("1")),
+                None,
+                Some(Bytes::from("3")),
+                Some(Bytes::from("4"))
+            ]
+        );
     }
 
     /// A divergent tail cut after a failover is undone: the key space is rebuilt from

@@ -197,13 +197,27 @@ pub(crate) fn info(shared: &Shared, sections: &[String]) -> String {
         );
     }
     if want("persistence") {
+        // Redis's RDB fields describe the snapshots: what changed since the one in place
+        // is the log applied after it, in bytes.
+        let snap = shared.db.snapshot_status();
+        let applied = shared.db.read().applied();
         let _ = write!(
             out,
-            "# Persistence\r\nloading:0\r\naof_enabled:1\r\nrdb_bgsave_in_progress:0\r\nwalship_durability_default:{}\r\nwalship_log_start:{}\r\nwalship_log_end:{}\r\nwalship_log_flushed:{}\r\n\r\n",
+            "# Persistence\r\nloading:0\r\naof_enabled:1\r\nrdb_changes_since_last_save:{}\r\nrdb_bgsave_in_progress:{}\r\nrdb_last_save_time:{}\r\nrdb_last_bgsave_status:{}\r\nrdb_last_bgsave_time_sec:{}\r\nrdb_saves:{}\r\nwalship_snapshot_lsn:{}\r\nwalship_snapshot_last_error:{}\r\nwalship_durability_default:{}\r\nwalship_log_start:{}\r\nwalship_log_end:{}\r\nwalship_log_flushed:{}\r\nwalship_log_checkpoint:{}\r\n\r\n",
+            applied.get().saturating_sub(snap.lsn.get()),
+            u8::from(snap.in_progress),
+            snap.saved_at,
+            if snap.last_error.is_some() { "err" } else { "ok" },
+            snap.last_took.as_secs(),
+            snap.taken,
+            snap.lsn.get(),
+            // One line: an error's own line breaks would end the field.
+            snap.last_error.as_deref().unwrap_or("").replace(['\r', '\n'], " "),
             shared.settings.durability.as_str(),
             wm.start.get(),
             wm.end.get(),
             wm.flushed.get(),
+            wm.checkpoint.get(),
         );
     }
     if want("stats") {

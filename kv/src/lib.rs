@@ -10,6 +10,8 @@
 //! - [`glob`]: Redis's key patterns;
 //! - [`command`]: requests as typed commands; [`exec`]: running them against the state;
 //! - [`db`]: the one write path (decide, log, apply) and the replicas' apply;
+//! - [`snapshot`]: snapshot files; [`snapshotter`]: taking them in the background and
+//!   checkpointing the log behind them;
 //! - [`server`]: the RESP listener, its connections and the leader's expiry.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -26,4 +28,6 @@ pub mod instance;
 pub mod record;
 pub mod resp;
 pub mod server;
+pub mod snapshot;
+pub mod snapshotter;
 pub mod store;

@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use walship_engine::{Log, Lsn};
-use walship_kv::config::KvConfig;
+use walship_kv::config::{KvConfig, SnapshotConfig};
 use walship_kv::db::{Db, KvApply};
 use walship_kv::server::{Server, Settings};
+use walship_kv::snapshot::SnapshotDir;
+use walship_kv::snapshotter::Snapshotter;
 use walship_tools::outcome::Failure;
 use walship_tools::serve::Embedder;
 use walship_transport::Node;
@@ -36,16 +38,24 @@ enum Command {
     },
 }
 
-/// walship-kv on a node: the key space is rebuilt from the log, replicated records are
-/// applied to it, and the RESP server serves it.
+/// walship-kv on a node: the key space is rebuilt from the newest snapshot and the log,
+/// replicated records are applied to it, the RESP server serves it and the snapshotter
+/// saves it.
 struct Kv {
     settings: Settings,
+    snapshots: SnapshotConfig,
     db: Option<Arc<Db>>,
+}
+
+/// What runs beside the node.
+struct Running {
+    server: Server,
+    snapshotter: Snapshotter,
 }
 
 impl Embedder for Kv {
     type Apply = KvApply;
-    type Running = Server;
+    type Running = Running;
 
     fn name(&self) -> &'static str {
         "walship-kv"
@@ -56,8 +66,9 @@ impl Embedder for Kv {
             .identity()
             .map(|i| i.node_id.clone())
             .ok_or("the log has no identity")?;
+        let dir = SnapshotDir::open(&self.snapshots.dir).map_err(|e| e.to_string())?;
         let db = Arc::new(
-            Db::open(Arc::clone(log), node_id)
+            Db::open_with_snapshots(Arc::clone(log), node_id, dir)
                 .map_err(|e| format!("rebuilding the key space: {e}"))?,
         );
         self.db = Some(Arc::clone(&db));
@@ -65,17 +76,38 @@ impl Embedder for Kv {
         Ok((KvApply(db), log.end_lsn()))
     }
 
-    async fn start(&mut self, node: Arc<Node>) -> Result<(Server, String), String> {
+    async fn start(&mut self, node: Arc<Node>) -> Result<(Running, String), String> {
         let db = self.db.take().ok_or("the key space was not prepared")?;
-        let server = Server::start(db, node, self.settings.clone())
+        let server = Server::start(Arc::clone(&db), Arc::clone(&node), self.settings.clone())
             .await
             .map_err(|e| format!("`kv.listen`: {e}"))?;
-        let served = format!(", RESP on {}", server.local_addr());
-        Ok((server, served))
+        let snapshotter = match walship_kv::instance::start_snapshotter(&db, &node, &self.snapshots)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                server.shutdown().await;
+                return Err(format!("starting the snapshotter: {e}"));
+            }
+        };
+        // The RESP address last: scripts read it from the end of the line.
+        let served = format!(
+            ", snapshots in {}, RESP on {}",
+            self.snapshots.dir.display(),
+            server.local_addr()
+        );
+        Ok((
+            Running {
+                server,
+                snapshotter,
+            },
+            served,
+        ))
     }
 
-    async fn stop(server: Server) {
-        server.shutdown().await;
+    async fn stop(running: Running) {
+        running.server.shutdown().await;
+        let s = running.snapshotter;
+        let _ = tokio::task::spawn_blocking(move || s.stop()).await;
     }
 
     fn raw_appends(&self) -> bool {
@@ -94,6 +126,7 @@ fn main() -> ExitCode {
                     cfg.node,
                     Kv {
                         settings: cfg.settings,
+                        snapshots: cfg.snapshots,
                         db: None,
                     },
                     &mut out,

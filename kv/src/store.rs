@@ -10,11 +10,17 @@
 //! Applying is pure: a record's ops decide everything ([`crate::record`]); reading takes
 //! the caller's `now`, and a key past its expiry reads as absent on every node before
 //! the leader's `Expired` op removes it, as Redis replicas do.
+//!
+//! Both indexes are persistent B-trees (`imbl`): a clone costs O(1) and shares every
+//! node until one side changes it, so a snapshot ([`crate::snapshot`]) copies the key
+//! space under the write lock in constant time and writes it out while writes go on,
+//! as Redis's forked child does with the kernel's copy-on-write pages.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use bytes::Bytes;
+use imbl::{OrdMap, OrdSet};
+use walship_engine::Lsn;
 
 use crate::hlc::Timestamp;
 use crate::record::{Op, WriteRecord};
@@ -77,12 +83,13 @@ pub fn effect(prev: Option<&Entry>, op: &Op, ts: Timestamp) -> Option<Entry> {
     }
 }
 
-/// The key space.
+/// The key space, and the log position it reflects.
 #[derive(Debug, Default, Clone)]
 pub struct Store {
-    keys: BTreeMap<Slot, Entry>,
-    by_expiry: BTreeSet<(u64, Slot)>,
+    keys: OrdMap<Slot, Entry>,
+    by_expiry: OrdSet<(u64, Slot)>,
     expired: u64,
+    applied: Lsn,
 }
 
 /// One page of a [`Store::scan`].
@@ -128,6 +135,54 @@ impl Store {
     /// Keys removed by `Expired` ops so far.
     pub fn expired_count(&self) -> u64 {
         self.expired
+    }
+
+    /// The end of the last record applied: the state is the log's up to here.
+    pub fn applied(&self) -> Lsn {
+        self.applied
+    }
+
+    /// Records that the state now reflects the log up to `lsn` (the end of the record
+    /// just applied).
+    pub fn set_applied(&mut self, lsn: Lsn) {
+        self.applied = lsn;
+    }
+
+    /// Every entry, in the key space's order: what a snapshot holds.
+    pub fn entries(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
+        self.keys.iter().map(|(s, e)| (&s.key, e))
+    }
+
+    /// A key space restored from a snapshot: its `entries` in the key space's order (as
+    /// [`entries`](Store::entries) gives them), the count of keys expired before it, and
+    /// the position it reflects.
+    ///
+    /// # Errors
+    /// The index of the first entry out of order or repeated: the entries did not come
+    /// from a key space.
+    pub fn restore(
+        entries: impl IntoIterator<Item = (Bytes, Entry)>,
+        expired: u64,
+        applied: Lsn,
+    ) -> Result<Store, usize> {
+        let mut s = Store {
+            expired,
+            applied,
+            ..Store::default()
+        };
+        let mut last: Option<Slot> = None;
+        for (i, (key, e)) in entries.into_iter().enumerate() {
+            let slot = Slot::of(&key);
+            if last.as_ref().is_some_and(|l| *l >= slot) {
+                return Err(i);
+            }
+            if let Some(at) = e.expire_at {
+                s.by_expiry.insert((at, slot.clone()));
+            }
+            s.keys.insert(slot.clone(), e);
+            last = Some(slot);
+        }
+        Ok(s)
     }
 
     /// Applies a record's ops in order.

@@ -370,6 +370,7 @@ async fn a_non_loopback_listener_needs_a_password() {
             listen: "0.0.0.0:0".parse().unwrap(),
             ..c.settings(Durability::Local)
         },
+        None,
     )
     .await;
     let Err(e) = started else {

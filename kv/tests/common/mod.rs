@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use walship_engine::{Durability, Epoch, Log, Options};
+use walship_kv::config::SnapshotConfig;
 use walship_kv::instance::Instance;
 use walship_kv::server::Settings;
+use walship_kv::snapshotter::Policy;
 use walship_transport::coordinator::{LeaderInfo, StaticCoordinator};
 use walship_transport::tls::ClusterCa;
 use walship_transport::{
@@ -24,6 +26,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub coordinator: StaticCoordinator,
     pub size: usize,
+    /// When the nodes snapshot (the default: too rarely for a test to see one).
+    pub snapshot_policy: Policy,
 }
 
 impl Cluster {
@@ -34,6 +38,7 @@ impl Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             coordinator: configured("n1"),
             size,
+            snapshot_policy: Policy::default(),
         }
     }
 
@@ -53,6 +58,18 @@ impl Cluster {
             ..Options::default()
         };
         Arc::new(Log::open(self.data_dir(id), opts).expect("open log"))
+    }
+
+    pub fn snapshot_dir(&self, id: &str) -> PathBuf {
+        self.data_dir(id).join("kv-snapshots")
+    }
+
+    pub fn snapshots(&self, id: &str) -> Option<SnapshotConfig> {
+        Some(SnapshotConfig {
+            dir: self.snapshot_dir(id),
+            policy: self.snapshot_policy.clone(),
+            alone: self.size == 1,
+        })
     }
 
     pub fn security(&self, id: &str) -> Security {
@@ -104,6 +121,7 @@ impl Cluster {
             self.coordinator.clone(),
             self.node_options(),
             settings,
+            self.snapshots(id),
         )
         .await
         .expect("start node")

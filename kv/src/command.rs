@@ -180,6 +180,10 @@ pub enum Conn {
     Info(Vec<String>),
     /// `ROLE`.
     Role,
+    /// `BGSAVE [SCHEDULE]`: take a snapshot now, in the background.
+    Bgsave,
+    /// `LASTSAVE`: when the snapshot in place was taken.
+    Lastsave,
     /// `MULTI`.
     Multi,
     /// `EXEC`.
@@ -467,6 +471,14 @@ pub fn parse(args: &[Bytes]) -> Result<Command, Refusal> {
         "role" => {
             need(n == 0)?;
             C(Conn::Role)
+        }
+        "bgsave" => {
+            need(n == 0 || (n == 1 && is(&rest[0], "schedule")))?;
+            C(Conn::Bgsave)
+        }
+        "lastsave" => {
+            need(n == 0)?;
+            C(Conn::Lastsave)
         }
         "multi" => {
             need(n == 0)?;

@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) node: Arc<Node>,
     pub(crate) settings: Settings,
     pub(crate) started: std::time::Instant,
+    /// The same, seconds since the Unix epoch (`LASTSAVE` before any snapshot).
+    pub(crate) started_unix: u64,
     pub(crate) next_id: AtomicU64,
     pub(crate) connected: AtomicU64,
     pub(crate) commands: AtomicU64,
@@ -379,6 +381,28 @@ impl Connection {
             C::ConfigGet(params) => info::config_get(&self.shared, &params),
             C::Info(sections) => Reply::Bulk(Bytes::from(info::info(&self.shared, &sections))),
             C::Role => info::role(&self.shared),
+            C::Bgsave => {
+                let db = &self.shared.db;
+                if db.snapshot_dir().is_none() {
+                    Reply::error("ERR this node takes no snapshots (it has no snapshot directory)")
+                } else if db.snapshot_status().in_progress {
+                    // BGSAVE SCHEDULE's answer too: the one running covers the request.
+                    Reply::Status("Background saving scheduled".into())
+                } else {
+                    db.request_snapshot();
+                    Reply::Status("Background saving started".into())
+                }
+            }
+            C::Lastsave => {
+                let at = self.shared.db.snapshot_status().saved_at;
+                // As Redis, which answers its start time before its first save.
+                let at = if at == 0 {
+                    self.shared.started_unix
+                } else {
+                    at
+                };
+                Reply::Int(i64::try_from(at).unwrap_or(i64::MAX))
+            }
             C::Multi => {
                 if self.multi.is_some() {
                     Reply::error("ERR MULTI calls can not be nested")

@@ -76,6 +76,8 @@ pub struct Db {
     /// removes the snapshots it undoes: the two never interleave.
     installing: Mutex<()>,
     snapshot_status: Mutex<crate::snapshotter::Status>,
+    /// `BGSAVE` asked for a snapshot; the snapshotter takes one at its next look.
+    snapshot_requested: std::sync::atomic::AtomicBool,
 }
 
 /// The key space as of one moment ([`Db::capture`]).
@@ -127,6 +129,7 @@ impl Db {
             generation: AtomicU64::new(0),
             installing: Mutex::new(()),
             snapshot_status: Mutex::new(crate::snapshotter::Status::default()),
+            snapshot_requested: std::sync::atomic::AtomicBool::new(false),
         };
         if let Some(d) = &db.snapshots {
             // Half-written snapshots of a run that crashed.
@@ -143,6 +146,16 @@ impl Db {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Asks for a snapshot now, whatever the policy says (`BGSAVE`).
+    pub fn request_snapshot(&self) {
+        self.snapshot_requested.store(true, Ordering::Release);
+    }
+
+    /// Whether a snapshot was asked for since the last call.
+    pub(crate) fn take_snapshot_request(&self) -> bool {
+        self.snapshot_requested.swap(false, Ordering::AcqRel)
     }
 
     pub(crate) fn snapshot_status_update(&self, f: impl FnOnce(&mut crate::snapshotter::Status)) {
@@ -353,7 +366,15 @@ impl Db {
             Some(l) if l.meta.lsn >= start => {
                 tracing::info!(snapshot = %l.path.display(), lsn = %l.meta.lsn, keys = l.store.len(), "key space loaded from a snapshot");
                 self.log.set_checkpoint(l.meta.lsn);
-                self.snapshot_status_update(|st| st.lsn = l.meta.lsn);
+                let saved_at = std::fs::metadata(&l.path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
+                self.snapshot_status_update(|st| {
+                    st.lsn = l.meta.lsn;
+                    st.saved_at = saved_at;
+                });
                 Ok((l.store, l.meta.clock))
             }
             Some(l) => Err(format!(

@@ -30,6 +30,8 @@ const COMMANDS: &[Spec] = &[
     ("pttl", 2, &["readonly", "fast"], 1, 1, 1),
     ("type", 2, &["readonly", "fast"], 1, 1, 1),
     ("dbsize", 1, &["readonly", "fast"], 0, 0, 0),
+    ("bgsave", -1, &["admin", "noscript"], 0, 0, 0),
+    ("lastsave", 1, &["random", "fast"], 0, 0, 0),
     ("scan", -2, &["readonly"], 0, 0, 0),
     ("keys", 2, &["readonly"], 0, 0, 0),
     ("set", -3, &["write", "denyoom"], 1, 1, 1),

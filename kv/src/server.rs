@@ -127,6 +127,7 @@ impl Server {
             node,
             settings,
             started: std::time::Instant::now(),
+            started_unix: crate::db::now_ms() / 1000,
             next_id: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             commands: AtomicU64::new(0),

@@ -126,7 +126,8 @@ impl std::fmt::Debug for Snapshotter {
 
 impl Snapshotter {
     /// Starts snapshotting `db` (which must have a snapshot directory) under `policy`.
-    /// With a disabled policy the thread only reports status.
+    /// With a disabled policy it takes snapshots only when asked
+    /// ([`Db::request_snapshot`]).
     ///
     /// # Errors
     /// The thread could not be started.
@@ -187,7 +188,7 @@ impl Shared {
 const TICK: Duration = Duration::from_millis(100);
 
 fn run(db: &Db, policy: &Policy, bound: &Bound, shared: &Shared, mut last: Lsn) {
-    if !policy.enabled() || db.snapshot_dir().is_none() {
+    if db.snapshot_dir().is_none() {
         while !shared.sleep(Duration::from_secs(3600)) {}
         return;
     }
@@ -197,7 +198,9 @@ fn run(db: &Db, policy: &Policy, bound: &Bound, shared: &Shared, mut last: Lsn) 
             return;
         }
         let applied = db.read().applied();
-        if !due(policy, applied, last, last_at.elapsed()) {
+        // `BGSAVE` takes one even under a policy that takes none.
+        let asked = db.take_snapshot_request() && applied > last;
+        if !asked && !due(policy, applied, last, last_at.elapsed()) {
             continue;
         }
         db.snapshot_status_update(|st| st.in_progress = true);

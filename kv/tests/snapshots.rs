@@ -247,3 +247,65 @@ async fn no_snapshot_is_put_in_place_past_the_committed_point() {
     assert!(db.log().watermarks().checkpoint <= committed);
     stop_all(nodes).await;
 }
+
+/// `BGSAVE` takes a snapshot even under a policy that takes none, and `LASTSAVE` then
+/// moves from the start time to its time; a node without a snapshot directory says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bgsave_takes_a_snapshot_when_asked() {
+    let mut c = Cluster::new(1);
+    c.snapshot_policy = Policy {
+        log_bytes: 0,
+        interval: Duration::ZERO,
+        commit_wait: Duration::from_secs(5),
+    };
+    let nodes = c.start_all(Durability::Local).await;
+    let db = Arc::clone(nodes[0].db());
+    let started = client(nodes[0].resp_addr(), false, |con| {
+        assert_eq!(cmd(&["SET", "a", "1"]).query::<String>(con).unwrap(), "OK");
+        let started: i64 = cmd(&["LASTSAVE"]).query(con).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(
+            cmd(&["BGSAVE"]).query::<String>(con).unwrap(),
+            "Background saving started"
+        );
+        started
+    })
+    .await;
+    eventually("the snapshot BGSAVE asked for", || {
+        db.snapshot_status().taken == 1
+    })
+    .await;
+    assert_eq!(db.snapshot_status().lsn, db.read().applied());
+    let names: Vec<_> = std::fs::read_dir(c.snapshot_dir("n1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.len() == 1 && names[0].ends_with(".kv"), "{names:?}");
+    client(nodes[0].resp_addr(), false, move |con| {
+        let at: i64 = cmd(&["LASTSAVE"]).query(con).unwrap();
+        assert!(at > started, "LASTSAVE {at}, before it {started}");
+        let info: String = cmd(&["INFO", "persistence"]).query(con).unwrap();
+        assert!(info.contains("rdb_saves:1\r\n"), "{info}");
+    })
+    .await;
+    drop(db);
+    stop_all(nodes).await;
+
+    c.reconfigure("n1");
+    let node = Instance::start(
+        c.log("n1"),
+        c.security("n1"),
+        c.coordinator.clone(),
+        c.node_options(),
+        c.settings(Durability::Local),
+        None,
+    )
+    .await
+    .expect("start without snapshots");
+    client(node.resp_addr(), false, |con| {
+        let e = cmd(&["BGSAVE"]).query::<String>(con).unwrap_err();
+        assert!(e.to_string().contains("takes no snapshots"), "{e}");
+    })
+    .await;
+    stop_all(vec![node]).await;
+}

@@ -258,10 +258,16 @@ pub(crate) fn run_flusher(sh: Arc<Shared>) {
         if sh.life.is_poisoned() || (sh.life.is_stopping() && sh.flushed.get() >= sh.end()) {
             return;
         }
-        let timeout = sh
-            .opts
-            .async_flush_interval
-            .saturating_sub(last_flush.elapsed());
+        // With everything flushed there is nothing to time: a full interval (a write
+        // meanwhile is flushed by the next wake-up, within the interval, as `Async`
+        // promises). Counting from the last flush instead gave a zero timeout once the
+        // log had been idle for an interval, and the thread spun.
+        let interval = sh.opts.async_flush_interval;
+        let timeout = if sh.end() <= sh.flushed.get() {
+            interval
+        } else {
+            interval.saturating_sub(last_flush.elapsed())
+        };
         if sh
             .flush_wake
             .prepare_sleep(&|| flush_due(&sh, last_flush) || sh.life.is_stopping())

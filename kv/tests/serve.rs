@@ -68,18 +68,19 @@ durability = "local"
 
 /// Starts the node and returns it with its RESP and admin addresses, once it announced
 /// itself.
-fn start(config: &Path) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walship-kv"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn start(config: &Path) -> (Proc, String, String) {
+    let mut child = Proc(Some(
+        Command::new(env!("CARGO_BIN_EXE_walship-kv"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let stdout = child.0.as_mut().and_then(|c| c.stdout.take()).unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
     assert!(
         line.starts_with("walship-kv: node n1 replicating on"),
         "{line}"
@@ -94,7 +95,22 @@ fn start(config: &Path) -> (Child, String, String) {
     (child, resp, admin)
 }
 
-fn stop(mut child: Child) {
+/// The node's process: killed and reaped if the test ends without stopping it (a failed
+/// assertion), so no node outlives its test.
+struct Proc(Option<Child>);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// SIGTERM, and a clean exit.
+fn stop(mut proc: Proc) {
+    let mut child = proc.0.take().unwrap();
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let status = child.wait().unwrap();

@@ -1377,8 +1377,9 @@ impl World {
         let mut maintain = false;
         let follower_ids: Vec<String> = self.nodes.iter().map(|n| n.id.clone()).collect();
         if let Role::Leading(s) = &mut self.nodes[l].role {
+            let committed = walship_transport::committed::committed_point(&log, s.epoch);
             for c in &mut s.conns {
-                c.session.set_committed(log.remote_flushed());
+                c.session.set_committed(committed);
                 if c.session.poll_timeout().is_some_and(|t| t <= now) {
                     if let Err(e) = c.session.handle_timeout(now, log.end_lsn(), now_us) {
                         ended.push((c.link, e.to_string()));
@@ -1710,9 +1711,11 @@ impl World {
             return;
         };
         let learned = self.nodes[n].learned;
-        let now = learned
-            .max(log.remote_flushed())
-            .min(log.watermarks().flushed);
+        let leading = match &self.nodes[n].role {
+            Role::Leading(s) => walship_transport::committed::committed_point(&log, s.epoch),
+            _ => Lsn::ZERO,
+        };
+        let now = learned.max(leading).min(log.watermarks().flushed);
         let c = &mut self.nodes[n].committed;
         *c = (*c).max(now);
     }

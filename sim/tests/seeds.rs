@@ -114,6 +114,12 @@ fn regression_seeds() {
         // *flushed* records it lacked, and n3 had written them, not yet flushed. It now
         // refuses on what the follower wrote. (Found in a CI run's random seed range.)
         (34_609_147_569_298, walship_sim::Config::default()),
+        // n1, re-promoted in epoch 3, counted as committed its epoch-1 tail once n3 had
+        // flushed it, before n3 had any epoch-3 batch; n2, promoted in epoch 4 with an
+        // older log, was then rightly confirmed by n3 (last epoch 1) and cut that tail
+        // below n1's committed point. A leader now reports a committed point only past
+        // where its own epoch began. (Found in a CI run's random seed range.)
+        (35_160_651_540_766, walship_sim::Config::default()),
     ] {
         if let Err(f) = walship_sim::run_seed(seed, cfg) {
             panic!("regression seed {seed} failed: {}", f.what);

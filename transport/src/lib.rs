@@ -22,6 +22,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod committed;
 pub mod compress;
 pub mod coordinator;
 pub mod driver;

@@ -531,12 +531,16 @@ impl Node {
     /// by the log's flushed watermark instead.
     pub fn committed(&self) -> Lsn {
         use std::sync::atomic::Ordering;
+        let log = &self.shared.log;
+        // Leading: what the quorum flushed of this leadership's epoch and before
+        // (`committed_point`); a log's remote marks from an earlier leadership are not
+        // trusted.
         let learned = match self.shared.current().as_ref() {
             Some(Current::Following(f, _)) => f.leader_committed(),
+            Some(Current::Leading(l)) => crate::committed::committed_point(log, l.epoch()),
             _ => Lsn::ZERO,
         };
-        let log = &self.shared.log;
-        let now = learned.max(log.remote_flushed()).get();
+        let now = learned.get();
         let best = self
             .shared
             .committed

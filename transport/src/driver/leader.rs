@@ -1050,7 +1050,10 @@ impl Run<'_> {
             }
             // What the sync quorum flushed is what no failover (nor power loss) cuts;
             // followers learn it from every frame (a snapshot may cover that much).
-            session.set_committed(log.remote_flushed());
+            session.set_committed(crate::committed::committed_point(
+                &log,
+                self.shared.cfg.epoch,
+            ));
             // Frames that finished compressing go out first, then everything queued.
             self.ship_ready(session)?;
             self.drain(session, send).await?;

@@ -101,6 +101,14 @@ impl EpochHistory {
             .map(|&(e, _)| e)
     }
 
+    /// Where `epoch` begins, if it is in the history.
+    pub fn start_of(&self, epoch: Epoch) -> Option<Lsn> {
+        self.entries
+            .iter()
+            .find(|(e, _)| *e == epoch)
+            .map(|&(_, s)| s)
+    }
+
     /// Where `epoch` ends in a log that ends at `log_end`: the largest epoch in the
     /// history not above `epoch`, and the start of the next one (or `log_end`).
     /// `None` if `epoch` precedes every entry. This is the answer a leader gives a

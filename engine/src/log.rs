@@ -652,6 +652,13 @@ impl Log {
         lock(&self.shared.epochs).clone()
     }
 
+    /// Where `epoch` began in this log, if it did; unlike
+    /// [`epoch_history`](Log::epoch_history), copies nothing (a replication driver asks
+    /// on every turn).
+    pub fn epoch_start(&self, epoch: Epoch) -> Option<Lsn> {
+        lock(&self.shared.epochs).start_of(epoch)
+    }
+
     /// Removes everything after `lsn`, durably, as a follower must to undo a divergent
     /// tail after failover. `lsn` must be a batch boundary between the start and the end.
     /// Waits for pending appends to be written first. Commits and readers waiting beyond

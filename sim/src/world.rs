@@ -1283,13 +1283,7 @@ impl World {
         self.step_down(l, why)?;
         self.report.yields += 1;
         let log = self.nodes[l].log.clone().ok_or("down")?;
-        let start = log
-            .epoch_history()
-            .entries()
-            .iter()
-            .find(|(e, _)| *e == epoch)
-            .map(|&(_, s)| s);
-        if let Some(start) = start {
+        if let Some(start) = log.epoch_start(epoch) {
             self.check_cut_keeps_committed(l, start)?;
             log.truncate_suffix(start)
                 .map_err(|e| format!("{}: undo epoch {epoch}: {e}", self.nodes[l].id))?;

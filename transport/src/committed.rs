@@ -15,13 +15,7 @@ use walship_engine::{Epoch, Log, Lsn};
 /// it is past where `epoch` began, `Lsn::ZERO` until then (nothing is claimed).
 pub fn committed_point(log: &Log, epoch: Epoch) -> Lsn {
     let flushed = log.remote_flushed();
-    let began = log
-        .epoch_history()
-        .entries()
-        .iter()
-        .find(|(e, _)| *e == epoch)
-        .map(|&(_, start)| start);
-    match began {
+    match log.epoch_start(epoch) {
         Some(start) if flushed > start => flushed,
         _ => Lsn::ZERO,
     }

@@ -975,13 +975,7 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
     /// this one lacked is elected.
     async fn undo_epoch(&mut self, epoch: Epoch) {
         let log = Arc::clone(&self.shared.log);
-        let Some(start) = log
-            .epoch_history()
-            .entries()
-            .iter()
-            .find(|(e, _)| *e == epoch)
-            .map(|&(_, s)| s)
-        else {
+        let Some(start) = log.epoch_start(epoch) else {
             return;
         };
         let cut = tokio::task::spawn_blocking(move || log.truncate_suffix(start)).await;

@@ -35,6 +35,11 @@ pub struct NodeView {
     pub following: Option<FollowingView>,
     /// The last coordinator or role-change error.
     pub last_error: Option<String>,
+    /// The end of the prefix of the log no failover cuts, as far as this node knows
+    /// (`Node::committed`: what a sync quorum flushed; zero until known). Absent from
+    /// the output of nodes older than this field.
+    #[serde(default)]
+    pub committed: Option<String>,
 }
 
 /// A log's positions.
@@ -226,6 +231,7 @@ impl NodeView {
             leading: s.leading.as_ref().map(LeadingView::from),
             following: s.following.as_ref().map(FollowingView::from),
             last_error: s.last_error.clone(),
+            committed: Some(lsn(s.committed)),
         }
     }
 }

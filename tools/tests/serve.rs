@@ -21,6 +21,26 @@ fn three_served_nodes_replicate_fail_over_and_stop_cleanly() {
     let appended = ok(&["append", &admin[0], "-d", "remote-flush", "hello", "world"]);
     assert_eq!(appended.lines().count(), 2, "{appended}");
     assert!(appended.contains("remote-flush"), "{appended}");
+    // What a RemoteFlush commit acknowledged is committed: the leader says so at once,
+    // a follower once the leader's next frame told it.
+    let last = appended
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let leader_view: Value = serde_json::from_str(&ok(&["status", &admin[0], "--json"])).unwrap();
+    assert_eq!(leader_view["committed"], last, "{leader_view:#}");
+    assert!(
+        ok(&["status", &admin[0]]).contains(&format!("committed  {last} ")),
+        "walship status prints it"
+    );
+    for a in &admin[1..] {
+        status_until(a, "a follower learns the committed point", |v| {
+            v["committed"] == last
+        });
+    }
     // A follower refuses writes, and says where to write.
     let refused = walship()
         .args(["append", &admin[1], "nope"])

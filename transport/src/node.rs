@@ -193,6 +193,9 @@ pub struct NodeStatus {
     pub following: Option<FollowerStatus>,
     /// The last coordinator or role-change error, if any.
     pub last_error: Option<String>,
+    /// [`Node::committed`]: the end of the prefix of this node's log that no failover
+    /// cuts, as far as it knows.
+    pub committed: Lsn,
 }
 
 enum Current {
@@ -516,6 +519,7 @@ impl Node {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            committed: self.committed(),
         }
     }
 

@@ -58,6 +58,9 @@ pub(crate) fn run(args: &Args, out: &mut dyn Write) -> Result<(), Failure> {
             )?;
         }
     }
+    if let Some(c) = &v.committed {
+        writeln!(out, "committed  {c} (no failover cuts the log below it)")?;
+    }
     if let Some(l) = &v.leading {
         writeln!(out, "sync       {}", l.sync_policy)?;
         if let Some(f) = &l.fenced {

@@ -822,6 +822,11 @@ impl Log {
         self.shared.remote_flushed.get()
     }
 
+    /// This log's own flushed watermark ([`Watermarks::flushed`]), read alone.
+    pub fn flushed(&self) -> Lsn {
+        self.shared.flushed.get()
+    }
+
     /// The positions of the log.
     pub fn watermarks(&self) -> Watermarks {
         let s = &self.shared;

@@ -120,6 +120,12 @@ fn regression_seeds() {
         // below n1's committed point. A leader now reports a committed point only past
         // where its own epoch began. (Found in a CI run's random seed range.)
         (35_160_651_540_766, walship_sim::Config::default()),
+        // n3 flushed n1's records before n1 did (followers get what the leader wrote) and
+        // n1 reported them committed; n1 lost them to a power loss, was re-elected with
+        // n2 while n3 could not reach the coordinator, and cut n3 below that point. The
+        // committed point is now capped by what the leader itself flushed. (Found in a CI
+        // run's random seed range.)
+        (15_447_629_325_604, walship_sim::Config::default()),
     ] {
         if let Err(f) = walship_sim::run_seed(seed, cfg) {
             panic!("regression seed {seed} failed: {}", f.what);

@@ -63,6 +63,7 @@ mod options;
 mod preparer;
 mod reader;
 mod recovery;
+mod restart;
 mod segment;
 mod shared;
 mod stats;

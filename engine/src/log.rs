@@ -679,6 +679,46 @@ impl Log {
         crate::truncate::truncate_suffix(&self.shared, lsn)
     }
 
+    /// Throws the whole log away and starts it again, empty, at the segment boundary
+    /// `base`, in `epoch` (`Epoch::ZERO` for none): what a follower does before it
+    /// installs a snapshot of its leader's state, when the leader no longer retains the
+    /// log this one ends at. The log then starts and ends at the first batch of `base`,
+    /// its epoch history holds `epoch` from there, and the checkpoint is back at zero.
+    /// Commits of the old log fail with [`Error::Truncated`]; its readers with that or
+    /// [`Error::NotRetained`].
+    ///
+    /// Crash-safe: the epoch history is emptied first, then the segments are removed
+    /// newest first, then the new segment is created; a crash leaves an old prefix that
+    /// claims no epoch, an empty log, or the new one. None holds a record the old log did
+    /// not, so a caller that finds its embedder's state outside the log after a crash
+    /// starts over.
+    ///
+    /// ```
+    /// use walship_engine::storage::SimDisk;
+    /// use walship_engine::{Durability, Epoch, Log, Lsn, Options};
+    /// let disk = SimDisk::new(1);
+    /// let opts = || Options { segment_capacity: 64 << 10, storage: disk.boot(), ..Options::default() };
+    /// let log = Log::open("/log", opts())?;
+    /// let lsn = log.append(b"old")?;
+    /// log.commit(lsn, Durability::Local).wait()?;
+    /// let base = Lsn::new(10 * (64 << 10));
+    /// log.restart_at(base, Epoch::new(4))?;
+    /// assert_eq!(log.start_lsn(), log.end_lsn());
+    /// assert_eq!(log.epoch_history().entries(), &[(Epoch::new(4), log.start_lsn())]);
+    /// drop(log);
+    /// let log = Log::open("/log", opts())?;
+    /// assert!(log.start_lsn() > base && log.start_lsn() == log.end_lsn());
+    /// # Ok::<(), walship_engine::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotBoundary`] if `base` is not a multiple of the segment capacity; I/O
+    /// errors (the log is then in one of the crash states above and should be reopened).
+    pub fn restart_at(&self, base: Lsn, epoch: Epoch) -> Result<()> {
+        self.drain_manual();
+        crate::restart::restart_at(&self.shared, base, epoch)
+    }
+
     /// Reports the embedder's checkpoint: segments entirely before it may be recycled.
     pub fn set_checkpoint(&self, lsn: Lsn) {
         self.shared

@@ -197,7 +197,12 @@ impl Preparer {
         let paused = Paused { prep: self, shared };
         st = self.idle(st);
         st.want = None;
-        if let Some(Ok(seg)) = st.ready.take() {
+        let spare = st.ready.take();
+        // Unlocked before the file goes: if that fails, the guard resumes the preparer
+        // on the way out, and it takes the lock (holding it deadlocked there, found by a
+        // power cut in `restart::tests`).
+        drop(st);
+        if let Some(Ok(seg)) = spare {
             discard(shared, seg)?;
         }
         Ok(paused)

@@ -58,7 +58,7 @@ pub(crate) struct WriteState {
     spent: Vec<Vec<u8>>,
     headers: Vec<[u8; BATCH_HEADER_LEN]>,
     /// Base of the segment last written.
-    current: Option<Lsn>,
+    pub(crate) current: Option<Lsn>,
 }
 
 impl WriteState {

@@ -383,6 +383,8 @@ struct World {
     slow_syncs: Vec<(String, std::time::Duration)>,
     /// A real-time delay of every file write, from now on ([`SimDisk::slow_writes`]).
     write_delay: std::time::Duration,
+    /// Operations left before the power goes by itself ([`SimDisk::power_loss_after`]).
+    cut_after: Option<u64>,
 }
 
 impl World {
@@ -421,6 +423,37 @@ impl World {
 
     /// Rebuilds the tree from the durable names down from `/`: what no durable name
     /// reaches is gone, and every file keeps what [`Data::after_power_loss`] chooses.
+    /// Ends every process and keeps what a power loss keeps ([`SimDisk::power_loss`]).
+    fn cut_power(&mut self) -> PowerLoss {
+        self.generation += 1;
+        self.locks.clear();
+        self.cut_after = None;
+        let report = self.power_loss();
+        self.stats.power_losses += 1;
+        self.stats.unsynced_sectors += report.unsynced_sectors;
+        self.stats.kept_sectors += report.kept_sectors;
+        self.stats.undone_names += report.undone_names;
+        report
+    }
+
+    /// Counts one operation of the process `generation`; `false` once the power is gone.
+    fn tick(&mut self, generation: u64) -> bool {
+        if self.generation != generation {
+            return false;
+        }
+        match self.cut_after {
+            Some(0) => {
+                self.cut_power();
+                false
+            }
+            Some(n) => {
+                self.cut_after = Some(n - 1);
+                true
+            }
+            None => true,
+        }
+    }
+
     fn power_loss(&mut self) -> PowerLoss {
         let mut report = PowerLoss::default();
         let mut rebuilt: HashMap<u64, Arc<Inode>> = HashMap::new();
@@ -538,6 +571,7 @@ impl SimDisk {
                     stats: SimStats::default(),
                     slow_syncs: Vec::new(),
                     write_delay: std::time::Duration::ZERO,
+                    cut_after: None,
                 }),
             }),
         }
@@ -569,15 +603,22 @@ impl SimDisk {
     /// keeps only what was durable, plus, sector by sector, a seeded choice of what was
     /// written but not synced.
     pub fn power_loss(&self) -> PowerLoss {
-        let mut w = self.inner.world();
-        w.generation += 1;
-        w.locks.clear();
-        let report = w.power_loss();
-        w.stats.power_losses += 1;
-        w.stats.unsynced_sectors += report.unsynced_sectors;
-        w.stats.kept_sectors += report.kept_sectors;
-        w.stats.undone_names += report.undone_names;
-        report
+        self.inner.world().cut_power()
+    }
+
+    /// Cuts the power by itself once `ops` more storage operations have run (every call
+    /// on a [`SimStorage`] or one of its files counts, reads too): the operation after
+    /// them fails as on a dead process, and the disk is as after
+    /// [`power_loss`](SimDisk::power_loss). Stepping `ops` from zero up puts a power
+    /// loss between every two operations of the code under test.
+    pub fn power_loss_after(&self, ops: u64) {
+        self.inner.world().cut_after = Some(ops);
+    }
+
+    /// Whether a [`power_loss_after`](SimDisk::power_loss_after) cut has happened (and
+    /// is no longer pending).
+    pub fn power_cut_pending(&self) -> bool {
+        self.inner.world().cut_after.is_some()
     }
 
     /// Makes every `fdatasync`/`fsync` of a file opened under a path containing `part`
@@ -637,8 +678,8 @@ impl fmt::Debug for SimStorage {
 impl SimStorage {
     /// The world, if this view's process is still running.
     fn world(&self) -> io::Result<MutexGuard<'_, World>> {
-        let w = self.disk.world();
-        if w.generation != self.generation {
+        let mut w = self.disk.world();
+        if !w.tick(self.generation) {
             return Err(dead());
         }
         Ok(w)
@@ -856,8 +897,8 @@ impl SimFile {
     /// then the inode's lock is taken: a process that ends after the check has its
     /// operation ordered before the end.
     fn data(&self) -> io::Result<MutexGuard<'_, Data>> {
-        let w = self.disk.world();
-        if w.generation != self.generation {
+        let mut w = self.disk.world();
+        if !w.tick(self.generation) {
             return Err(dead());
         }
         let d = self.inode.data();

@@ -136,8 +136,63 @@ impl Db {
             d.remove_leftovers().map_err(|e| e.to_string())?;
         }
         let end = db.log.end_lsn();
-        db.rebuild(end)?;
+        // A log restarted empty for a bootstrap, with the leader's snapshot already in
+        // place: the key space is the snapshot's, ahead of the log (the node bootstraps
+        // again before it streams, since its log does not continue it).
+        let mut to = end;
+        if let Some(d) = &db.snapshots {
+            if db.log.start_lsn() == end {
+                if let Some((lsn, _)) = d.newest_file().map_err(|e| e.to_string())? {
+                    to = to.max(lsn);
+                }
+            }
+        }
+        db.rebuild(to)?;
         Ok(db)
+    }
+
+    /// Where the key space is: the log position its state is as of.
+    pub fn applied(&self) -> Lsn {
+        self.read().applied()
+    }
+
+    /// Replaces the key space with the leader's snapshot covering `lsn`, read from
+    /// `bytes` (a follower's bootstrap; its log was just restarted empty): received and
+    /// checked whole first, then put in place, snapshots of the old history removed, the
+    /// log checkpointed behind it.
+    ///
+    /// # Errors
+    /// Without a snapshot directory; a transfer or file that fails (nothing changes).
+    pub fn bootstrap(&self, lsn: Lsn, bytes: &mut dyn std::io::Read) -> Result<(), String> {
+        let d = self
+            .snapshots
+            .as_ref()
+            .ok_or("this node keeps no snapshots, so it cannot install one")?;
+        let (pending, loaded) = d.receive(lsn, bytes).map_err(|e| e.to_string())?;
+        let _guard = self
+            .installing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        d.remove_after(lsn).map_err(|e| e.to_string())?;
+        let path = pending.install().map_err(|e| e.to_string())?;
+        let mut store = loaded.store;
+        store.set_applied(lsn);
+        let keys = store.len();
+        {
+            let mut s = self.store_mut();
+            *s = store;
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        self.clock().observe(loaded.meta.clock);
+        self.log.set_checkpoint(lsn);
+        self.snapshot_status_update(|st| {
+            st.lsn = lsn;
+            st.saved_at = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+        });
+        tracing::info!(snapshot = %path.display(), %lsn, keys, "key space replaced by the leader's snapshot");
+        Ok(())
     }
 
     /// What the snapshots are: the one in place and the last attempt.
@@ -407,11 +462,16 @@ impl Db {
         let mut clock = Clock::default();
         clock.observe(snapshot_clock);
         let from = store.applied();
-        let mut reader = self
-            .log
-            .record_reader(from)
-            .map_err(|e| format!("reading the log from {from}: {e}"))?;
-        while reader.position() < to {
+        let mut reader = if from < to {
+            Some(
+                self.log
+                    .record_reader(from)
+                    .map_err(|e| format!("reading the log from {from}: {e}"))?,
+            )
+        } else {
+            None
+        };
+        while let Some(reader) = reader.as_mut().filter(|r| r.position() < to) {
             // Everything up to `to` is in the log; waiting covers bytes appended but not
             // yet handed to the OS.
             let at = reader.position();
@@ -471,6 +531,43 @@ impl walship_transport::Apply for KvApply {
     fn truncated(&mut self, to: Lsn) -> Result<(), ApplyError> {
         tracing::warn!(%to, "a divergent tail was cut: rebuilding the key space");
         self.0.truncated(to).map_err(ApplyError::from)
+    }
+
+    fn installs_snapshots(&self) -> bool {
+        self.0.snapshots.is_some()
+    }
+
+    fn install_snapshot(
+        &mut self,
+        lsn: Lsn,
+        snapshot: &mut dyn std::io::Read,
+    ) -> Result<(), ApplyError> {
+        self.0.bootstrap(lsn, snapshot).map_err(ApplyError::from)
+    }
+}
+
+/// The leader's side of a bootstrap: serves the newest snapshot file as it is (the
+/// follower checks it whole, [`SnapshotDir::receive`]).
+#[derive(Debug, Clone)]
+pub struct KvSnapshots(pub SnapshotDir);
+
+impl walship_transport::snapshot::SnapshotSource for KvSnapshots {
+    fn newest(&self) -> Result<Option<walship_transport::snapshot::SnapshotFile>, String> {
+        let Some((lsn, path)) = self.0.newest_file().map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        // Opened before its length is read: a newer snapshot removing it meanwhile
+        // leaves this handle whole.
+        let f = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = f
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        Ok(Some(walship_transport::snapshot::SnapshotFile {
+            lsn,
+            len,
+            reader: Box::new(std::io::BufReader::new(f)),
+        }))
     }
 }
 

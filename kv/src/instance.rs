@@ -64,7 +64,8 @@ impl Instance {
     /// Rebuilds the key space (from the newest snapshot in `snapshots.dir` and the log
     /// after it; with no `snapshots`, from the whole log, and none is taken), starts
     /// replication under `coordinator`, the RESP server and the snapshotter.
-    /// `opts.apply_from` is set here: the key space holds the whole log. Must be called
+    /// `opts.apply_from` is set here (where the key space is), and with snapshots the
+    /// leader serves them to followers it no longer retains the log for. Must be called
     /// inside a Tokio runtime.
     ///
     /// # Errors
@@ -93,7 +94,11 @@ impl Instance {
             .map_err(StartError::Rebuild)?
         };
         let db = Arc::new(db);
-        opts.apply_from = Some(log.end_lsn());
+        // Where the key space is (the whole log, or a bootstrap's snapshot ahead of it).
+        opts.apply_from = Some(db.applied());
+        if let Some(d) = db.snapshot_dir() {
+            opts.leader.snapshots = Some(Arc::new(crate::db::KvSnapshots(d.clone())));
+        }
         let node = Arc::new(Node::start(
             log,
             security,

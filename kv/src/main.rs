@@ -72,8 +72,13 @@ impl Embedder for Kv {
                 .map_err(|e| format!("rebuilding the key space: {e}"))?,
         );
         self.db = Some(Arc::clone(&db));
-        // The key space holds the whole log.
-        Ok((KvApply(db), log.end_lsn()))
+        let applied = db.applied();
+        Ok((KvApply(db), applied))
+    }
+
+    fn snapshots(&self) -> Option<Arc<dyn walship_transport::snapshot::SnapshotSource>> {
+        let d = self.db.as_ref()?.snapshot_dir()?.clone();
+        Some(Arc::new(walship_kv::db::KvSnapshots(d)))
     }
 
     async fn start(&mut self, node: Arc<Node>) -> Result<(Running, String), String> {

@@ -204,6 +204,63 @@ impl SnapshotDir {
         Ok((None, skipped))
     }
 
+    /// The newest snapshot by name (not read back): what a leader serves a follower,
+    /// which checks it whole before using it.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Io`] if the directory cannot be listed.
+    pub fn newest_file(&self) -> Result<Option<(Lsn, PathBuf)>, SnapshotError> {
+        Ok(self.list()?.into_iter().next())
+    }
+
+    /// Receives a snapshot covering `lsn` from `bytes` (a leader's, for a bootstrap):
+    /// writes it to a temporary file, makes it durable, then reads it back with every
+    /// check [`read_file`] makes and requires it to cover `lsn`. Nothing is in place
+    /// until [`Pending::install`].
+    ///
+    /// # Errors
+    /// [`SnapshotError::Io`] if the bytes cannot be read or written (a failed transfer
+    /// surfaces here), [`SnapshotError::Invalid`] for a file that fails a check; the
+    /// temporary file is removed.
+    pub fn receive(
+        &self,
+        lsn: Lsn,
+        bytes: &mut dyn Read,
+    ) -> Result<(Pending, Loaded), SnapshotError> {
+        let tmp = self
+            .dir
+            .join(format!("{PREFIX}{:016x}.bootstrap.tmp", lsn.get()));
+        let result = (|| {
+            let mut f = File::create(&tmp).map_err(self.io("create", &tmp))?;
+            io::copy(bytes, &mut f).map_err(self.io("receive into", &tmp))?;
+            f.sync_all().map_err(self.io("fsync", &tmp))?;
+            drop(f);
+            let loaded = read_file(&tmp)?;
+            if loaded.meta.lsn != lsn {
+                return Err(SnapshotError::Invalid {
+                    path: tmp.clone(),
+                    offset: 12,
+                    reason: format!("it covers {}, the leader said {lsn}", loaded.meta.lsn),
+                });
+            }
+            Ok(loaded)
+        })();
+        match result {
+            Ok(loaded) => Ok((
+                Pending {
+                    dir: self.clone(),
+                    tmp,
+                    lsn,
+                },
+                loaded,
+            )),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
     /// Removes every snapshot after `lsn` (a truncation undid what they hold). Returns
     /// how many were removed.
     ///

@@ -309,3 +309,65 @@ async fn bgsave_takes_a_snapshot_when_asked() {
     .await;
     stop_all(vec![node]).await;
 }
+
+/// A replica that joins after the leader recycled its log behind a snapshot (the leader
+/// no longer has the log it would stream from) is bootstrapped from that snapshot:
+/// its log restarts at the snapshot's segment, it then streams, serves every key, and
+/// after its own restart still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_joining_after_the_log_was_recycled_is_bootstrapped_from_a_snapshot() {
+    let mut c = Cluster::new(3);
+    c.snapshot_policy = by_size();
+    let n1 = c.start("n1", Durability::Local).await;
+    let n2 = c.start("n2", Durability::Local).await;
+    n1.node()
+        .wait_for_role(
+            |r| matches!(r, walship_transport::NodeRole::Leader { .. }),
+            WAIT,
+        )
+        .await
+        .expect("n1 leads");
+    fill(&n1).await;
+    snapshotted_and_recycled(&n1).await;
+    let snap = n1.db().snapshot_status().lsn;
+    let n3 = c.start("n3", Durability::Local).await;
+    let db3 = Arc::clone(n3.db());
+    eventually("n3 holds every key", || db3.len() == 1000).await;
+    assert!(
+        db3.log().start_lsn().get() > walship_engine::format::SEGMENT_HEADER_LEN as u64,
+        "n3's log restarted past the recycled segments"
+    );
+    assert!(
+        db3.snapshot_status().lsn >= snap,
+        "n3 put the leader's snapshot in place"
+    );
+    client(n1.resp_addr(), false, |con| {
+        assert_eq!(
+            cmd(&["SET", "after", "1"]).query::<String>(con).unwrap(),
+            "OK"
+        );
+    })
+    .await;
+    eventually("n3 streams after the snapshot", || {
+        db3.get(b"after").is_some()
+    })
+    .await;
+    assert_eq!(db3.get(b"key:999").as_deref(), Some(value(999).as_bytes()));
+    let ttl = client(n3.resp_addr(), false, |con| {
+        cmd(&["TTL", "key:7"]).query::<i64>(con).unwrap()
+    })
+    .await;
+    assert!(ttl > 0, "the expiry came with the snapshot: {ttl}");
+    drop(db3);
+    n3.shutdown().await;
+    let n3 = c.start("n3", Durability::Local).await;
+    let db3 = Arc::clone(n3.db());
+    assert_eq!(
+        db3.len(),
+        1001,
+        "after its restart: the snapshot and its log"
+    );
+    assert_eq!(db3.get(b"after").as_deref(), Some(&b"1"[..]));
+    drop(db3);
+    stop_all(vec![n3, n2, n1]).await;
+}

@@ -1330,6 +1330,10 @@ impl World {
                                 s.registry.progress(&follower, id, progress, now);
                             }
                         }
+                        // Simulated followers never recycle past their leader's start.
+                        LeaderEvent::SnapshotWanted { follower } => {
+                            return Err(format!("{follower} asked for a snapshot, which the simulator does not model"));
+                        }
                     }
                 }
             }

@@ -50,6 +50,12 @@ pub trait Embedder: Send + 'static {
     /// Stops what `start` started, before the node stops.
     fn stop(running: Self::Running) -> impl Future<Output = ()> + Send;
 
+    /// The snapshots the node serves, leading, to a follower whose position its log no
+    /// longer holds (called after [`prepare`](Embedder::prepare)); `None` refuses it.
+    fn snapshots(&self) -> Option<Arc<dyn walship_transport::snapshot::SnapshotSource>> {
+        None
+    }
+
     /// Whether the admin endpoint's `POST /append` may put raw records in the log: not
     /// when the log holds records of the embedder's own format.
     fn raw_appends(&self) -> bool {
@@ -159,6 +165,7 @@ async fn serve<E: Embedder>(
     }
     leader.compression = cfg.compression;
     let (apply, apply_from) = embedder.prepare(&log).map_err(Failure::Error)?;
+    leader.snapshots = embedder.snapshots();
     let opts = NodeOptions {
         leader,
         advertise: cfg.advertise.clone(),

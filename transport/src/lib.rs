@@ -34,6 +34,7 @@ pub mod quorum;
 pub mod role;
 pub mod session;
 pub mod slots;
+pub mod snapshot;
 pub mod status;
 pub mod tls;
 pub mod wire;

@@ -639,6 +639,24 @@ impl<A: Apply> Apply for SharedApply<A> {
             .unwrap_or_else(PoisonError::into_inner)
             .truncated(to)
     }
+
+    fn installs_snapshots(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .installs_snapshots()
+    }
+
+    fn install_snapshot(
+        &mut self,
+        lsn: Lsn,
+        snapshot: &mut dyn std::io::Read,
+    ) -> Result<(), ApplyError> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .install_snapshot(lsn, snapshot)
+    }
 }
 
 /// `call`, or `Unavailable` if it does not answer within `limit`.

@@ -154,6 +154,20 @@ impl Slots {
         }
     }
 
+    /// Holds the log from `at` for `node`, which is being sent a snapshot and will
+    /// stream from there: creates its slot at `at`, or moves a live one back to it (a
+    /// lost slot stays lost).
+    pub fn hold(&mut self, node: &str, at: Lsn) {
+        match self.slots.get_mut(node) {
+            None => self.accept(node, at),
+            Some(s) if s.lost_at.is_none() && s.restart > at => {
+                s.restart = at;
+                self.dirty = true;
+            }
+            Some(_) => {}
+        }
+    }
+
     /// `node` has flushed up to `flushed`.
     pub fn advance(&mut self, node: &str, flushed: Lsn) {
         let cap = self.segment_capacity;

@@ -29,6 +29,13 @@
 //! | 4 | [`Ship`] | epoch u64, base LSN u64, end LSN u64, committed LSN u64, raw length u32, compression u8, data |
 //! | 5 | [`Ack`] | epoch u64, written u64, flushed u64, applied u64 |
 //! | 6 | [`Heartbeat`] | epoch u64, end LSN u64, committed LSN u64, timestamp µs u64, reply-requested u8 |
+//! | 7 | [`SnapshotRequest`] | cluster id, node id, segment capacity u64 |
+//! | 8 | [`SnapshotHeader`] | epoch u64, covered LSN u64, base LSN u64, base epoch u64, length u64 |
+//!
+//! A follower whose position the leader no longer retains opens a stream with a
+//! `SnapshotRequest` instead of a `Hello`; the leader answers with a `SnapshotHeader`,
+//! then exactly `length` bytes of the embedder's snapshot, then their CRC32C (u32), and
+//! finishes the stream (or with a `Reject`).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use walship_engine::{Epoch, Lsn};
@@ -46,8 +53,9 @@ pub const MAX_REASON_BYTES: usize = MAX_STRING;
 /// the newest entries of the follower's epoch history, so the leader finds the point
 /// where the logs part even when the follower's last epoch is one it never had; 4: `Ship`
 /// and `Heartbeat` carry the leader's committed LSN, so followers know how much of their
-/// log no failover can cut, the bound of an embedder's snapshot).
-pub const PROTOCOL_VERSION: u8 = 4;
+/// log no failover can cut, the bound of an embedder's snapshot; 5: `SnapshotRequest` and
+/// `SnapshotHeader`, a follower's bootstrap from its leader's snapshot).
+pub const PROTOCOL_VERSION: u8 = 5;
 /// The most epoch-history entries a `Hello` carries (the newest ones).
 pub const MAX_HELLO_EPOCHS: usize = 64;
 /// Bytes in a frame header.
@@ -265,6 +273,34 @@ pub struct Heartbeat {
     pub reply_requested: bool,
 }
 
+/// A follower's request for its leader's newest snapshot, first on its stream: its
+/// position is no longer retained (`pg_basebackup`, done by the follower itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    /// The cluster the follower belongs to; must match the leader's.
+    pub cluster_id: String,
+    /// The follower's node id (its certificate must name it).
+    pub node_id: String,
+    /// The follower's segment capacity; must match (the log restarts at a segment base).
+    pub segment_capacity: u64,
+}
+
+/// What a snapshot that follows on the stream covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// The leader's epoch.
+    pub epoch: Epoch,
+    /// The snapshot holds the effect of every record up to this LSN (a record boundary).
+    pub lsn: Lsn,
+    /// The segment the follower's log restarts at: the one holding the last byte of the
+    /// record at `lsn`, which the leader retains while it serves the snapshot.
+    pub base: Lsn,
+    /// The epoch of the leader's log at `base` (the restarted log's first epoch).
+    pub base_epoch: Epoch,
+    /// Bytes of snapshot that follow, before their CRC32C.
+    pub len: u64,
+}
+
 /// One protocol message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -280,6 +316,10 @@ pub enum Frame {
     Ack(Ack),
     /// Either way: keep-alive.
     Heartbeat(Heartbeat),
+    /// Follower → leader, first, instead of `Hello`.
+    SnapshotRequest(SnapshotRequest),
+    /// Leader → follower: the snapshot's bytes follow.
+    SnapshotHeader(SnapshotHeader),
 }
 
 impl Frame {
@@ -291,6 +331,8 @@ impl Frame {
             Frame::Ship(_) => 4,
             Frame::Ack(_) => 5,
             Frame::Heartbeat(_) => 6,
+            Frame::SnapshotRequest(_) => 7,
+            Frame::SnapshotHeader(_) => 8,
         }
     }
 
@@ -360,6 +402,18 @@ impl Frame {
                 out.put_u64_le(h.committed.get());
                 out.put_u64_le(h.timestamp_us);
                 out.put_u8(u8::from(h.reply_requested));
+            }
+            Frame::SnapshotRequest(r) => {
+                put_str(out, &r.cluster_id)?;
+                put_str(out, &r.node_id)?;
+                out.put_u64_le(r.segment_capacity);
+            }
+            Frame::SnapshotHeader(h) => {
+                out.put_u64_le(h.epoch.get());
+                out.put_u64_le(h.lsn.get());
+                out.put_u64_le(h.base.get());
+                out.put_u64_le(h.base_epoch.get());
+                out.put_u64_le(h.len);
             }
         }
         let len = out.len() - start - FRAME_HEADER_LEN;
@@ -553,7 +607,7 @@ impl Decoder {
             return Err(WireError::UnsupportedVersion { found: buf[2] });
         }
         let kind = buf[3];
-        if !(1..=6).contains(&kind) {
+        if !(1..=8).contains(&kind) {
             return Err(WireError::UnknownKind { kind });
         }
         let len = u64::from(u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]));
@@ -656,6 +710,8 @@ impl Decoder {
                 self.see_epoch(a.epoch)
             }
             Frame::Heartbeat(h) => self.see_epoch(h.epoch),
+            Frame::SnapshotRequest(_) => Ok(()),
+            Frame::SnapshotHeader(h) => self.see_epoch(h.epoch),
         }
     }
 }
@@ -753,7 +809,9 @@ fn decode_payload(kind: u8, b: Bytes) -> Result<Frame, WireError> {
         3 => "Reject",
         4 => "Ship",
         5 => "Ack",
-        _ => "Heartbeat",
+        6 => "Heartbeat",
+        7 => "SnapshotRequest",
+        _ => "SnapshotHeader",
     };
     let mut p = Payload { kind: name, b };
     let frame = match kind {
@@ -838,12 +896,24 @@ fn decode_payload(kind: u8, b: Bytes) -> Result<Frame, WireError> {
             flushed: Lsn::new(p.u64()?),
             applied: Lsn::new(p.u64()?),
         }),
-        _ => Frame::Heartbeat(Heartbeat {
+        6 => Frame::Heartbeat(Heartbeat {
             epoch: Epoch::new(p.u64()?),
             end_lsn: Lsn::new(p.u64()?),
             committed: Lsn::new(p.u64()?),
             timestamp_us: p.u64()?,
             reply_requested: p.flag()?,
+        }),
+        7 => Frame::SnapshotRequest(SnapshotRequest {
+            cluster_id: p.string()?,
+            node_id: p.string()?,
+            segment_capacity: p.u64()?,
+        }),
+        _ => Frame::SnapshotHeader(SnapshotHeader {
+            epoch: Epoch::new(p.u64()?),
+            lsn: Lsn::new(p.u64()?),
+            base: Lsn::new(p.u64()?),
+            base_epoch: Epoch::new(p.u64()?),
+            len: p.u64()?,
         }),
     };
     p.done()?;
@@ -951,6 +1021,29 @@ mod tests {
                     reply_requested: r,
                 })
             }),
+            ("[a-z]{0,20}", "[a-z0-9]{0,20}", any::<u64>()).prop_map(|(c, n, cap)| {
+                Frame::SnapshotRequest(SnapshotRequest {
+                    cluster_id: c,
+                    node_id: n,
+                    segment_capacity: cap,
+                })
+            }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(e, l, b, be, n)| {
+                    Frame::SnapshotHeader(SnapshotHeader {
+                        epoch: Epoch::new(e),
+                        lsn: Lsn::new(l),
+                        base: Lsn::new(b),
+                        base_epoch: Epoch::new(be),
+                        len: n,
+                    })
+                }),
         ]
     }
 

@@ -183,6 +183,9 @@ impl<'a> Pair<'a> {
                     self.reader = Some(self.leader_log.reader(start).unwrap())
                 }
                 LeaderEvent::Progress { progress, .. } => self.reported = Some(progress),
+                LeaderEvent::SnapshotWanted { follower } => {
+                    panic!("{follower} asked for a snapshot; these sessions never need one")
+                }
             }
         }
         if let (Some(r), Some((pos, room))) = (self.reader.as_mut(), self.leader.send_window()) {

@@ -85,6 +85,31 @@ pub trait Apply: Send + 'static {
     fn truncated(&mut self, to: Lsn) -> Result<(), ApplyError> {
         Err(format!("records after {to} were applied and then truncated; rebuild required").into())
     }
+
+    /// Whether this embedder installs its leader's snapshots
+    /// ([`install_snapshot`](Apply::install_snapshot)). If so, a follower whose position
+    /// the leader no longer retains (or whose state lies outside its log after a crash)
+    /// bootstraps from the leader's snapshot instead of stopping at `NotRetained`.
+    fn installs_snapshots(&self) -> bool {
+        false
+    }
+
+    /// Replaces the embedder's whole state with its leader's snapshot, which holds the
+    /// effect of every record up to `lsn`; records after `lsn` are applied next. The
+    /// follower's log has just been restarted empty (nothing before it is readable).
+    /// `snapshot` fails instead of ending if the bytes do not all arrive intact: read it
+    /// to the end before putting the new state in place.
+    ///
+    /// # Errors
+    /// If the snapshot cannot be read or installed; the follower asks again later.
+    fn install_snapshot(
+        &mut self,
+        lsn: Lsn,
+        snapshot: &mut dyn std::io::Read,
+    ) -> Result<(), ApplyError> {
+        let _ = snapshot;
+        Err(format!("this embedder installs no snapshots (one up to {lsn} was offered)").into())
+    }
 }
 
 impl<F: FnMut(&Record) + Send + 'static> Apply for F {
@@ -124,6 +149,9 @@ pub struct FollowerOptions {
     /// Where a newer epoch the leader claims is verified before it is recorded as seen
     /// (the coordinator's, see [`EpochAuthority`]); `None` believes the leader.
     pub epoch_authority: Option<Arc<dyn EpochAuthority>>,
+    /// The largest snapshot accepted from the leader for a bootstrap (see
+    /// [`Apply::install_snapshot`]); a larger one is refused before a byte is read.
+    pub max_snapshot_bytes: u64,
 }
 
 impl FollowerOptions {
@@ -142,6 +170,7 @@ impl FollowerOptions {
             reconnect_max: self.reconnect_max,
             apply_from: self.apply_from,
             epoch_authority: self.epoch_authority.clone(),
+            max_snapshot_bytes: self.max_snapshot_bytes,
         }
     }
 }
@@ -161,6 +190,7 @@ impl Default for FollowerOptions {
             reconnect_max: Duration::from_secs(5),
             apply_from: None,
             epoch_authority: None,
+            max_snapshot_bytes: 64 << 30,
         }
     }
 }
@@ -201,6 +231,11 @@ struct Shared {
     /// Whom this follower admits as its leader; the session re-checks the leader when it
     /// changes.
     trust: Option<Arc<crate::tls::Trust>>,
+    /// Whether the embedder installs snapshots ([`Apply::installs_snapshots`]).
+    bootstraps: bool,
+    /// A snapshot for the apply thread to install, and whether one waits there.
+    install: Mutex<Option<super::bootstrap::Install>>,
+    install_posted: AtomicBool,
 }
 
 impl Shared {
@@ -275,7 +310,17 @@ impl Follower {
             SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
         });
         let apply_from = opts.apply_from.unwrap_or_else(|| log.start_lsn());
-        let records = log.record_reader(apply_from)?;
+        let bootstraps = apply.installs_snapshots();
+        // An embedder whose state the log does not continue (the leader's log was
+        // recycled past it, or a bootstrap was cut short by a crash) starts over from
+        // a snapshot before anything is applied.
+        let outside = apply_from < log.start_lsn() || apply_from > log.end_lsn();
+        let records = if bootstraps && outside {
+            tracing::info!(%apply_from, start = %log.start_lsn(), end = %log.end_lsn(), "the embedder's state lies outside the log: bootstrapping from the leader's snapshot");
+            None
+        } else {
+            Some(log.record_reader(apply_from)?)
+        };
         let endpoint = super::endpoint(None, bind, opts.socket.take())?;
         let (applied, _) = watch::channel(apply_from);
         let epoch = load_seen_epoch(&**log.storage(), log.dir())?.max(log.epoch());
@@ -301,6 +346,9 @@ impl Follower {
             stop_apply: AtomicBool::new(false),
             epoch_authority: opts.epoch_authority.clone(),
             trust,
+            bootstraps,
+            install: Mutex::new(None),
+            install_posted: AtomicBool::new(false),
         });
         let applier = {
             let shared = Arc::clone(&shared);
@@ -320,6 +368,7 @@ impl Follower {
             client,
             opts,
             stop_rx,
+            outside && bootstraps,
         ));
         Ok(Follower {
             shared,
@@ -468,7 +517,7 @@ impl Drop for Follower {
 /// Applies flushed records in order until stopped; survives truncation.
 fn apply_loop(
     shared: &Shared,
-    mut records: walship_engine::RecordReader,
+    mut records: Option<walship_engine::RecordReader>,
     from: Lsn,
     mut apply: impl Apply,
 ) {
@@ -483,6 +532,36 @@ fn apply_loop(
     };
     let mut undone = 0;
     while !shared.stop_apply.load(Ordering::Acquire) {
+        if shared.install_posted.swap(false, Ordering::AcqRel) {
+            let job = shared
+                .install
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(job) = job {
+                let lsn = job.header.lsn;
+                let (outcome, done) = install(shared, &mut apply, job);
+                records = match outcome {
+                    Ok(r) => {
+                        applied = lsn;
+                        flushed = log.watermarks().flushed;
+                        shared.applied.send_replace(applied);
+                        shared.state().apply_error = None;
+                        let _ = done.send(Ok(()));
+                        Some(r)
+                    }
+                    Err(why) => {
+                        tracing::error!(
+                            error = why.as_str(),
+                            "snapshot not installed; asking again"
+                        );
+                        let _ = done.send(Err(why));
+                        None
+                    }
+                };
+            }
+            continue;
+        }
         // A truncation the session made: undone here before the session goes on.
         let cut = (shared.cuts_asked.load(Ordering::Acquire) != undone)
             .then(|| {
@@ -494,20 +573,25 @@ fn apply_loop(
             if let Some(to) = to {
                 flushed = flushed.min(to);
                 match reopen(shared, &mut apply, &mut applied, to) {
-                    Ok(r) => records = r,
+                    Ok(r) => records = Some(r),
                     Err(e) => return fail(e),
                 }
             }
             undone = n;
             shared.cuts_undone.send_replace(n);
         }
-        let next = match records.try_next() {
+        let Some(reader) = records.as_mut() else {
+            // Waiting for a snapshot to install.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        let next = match reader.try_next() {
             Ok(Some(r)) => Ok(Some(r)),
             Ok(None) => {
                 // Idle: make what was applied visible before sleeping.
                 shared.applied.send_replace(applied);
                 since_publish = 0;
-                records.next_blocking(Some(poll))
+                reader.next_blocking(Some(poll))
             }
             Err(e) => Err(e),
         };
@@ -518,13 +602,17 @@ fn apply_loop(
             Err(walship_engine::Error::Truncated { truncated_to, .. }) => {
                 flushed = flushed.min(truncated_to);
                 match reopen(shared, &mut apply, &mut applied, truncated_to) {
-                    Ok(r) => records = r,
+                    Ok(r) => records = Some(r),
                     Err(e) => return fail(e),
                 }
                 continue;
             }
             Err(e) => return fail(format!("reading the local log: {e}")),
         };
+        // After a snapshot: the restarted log's records it already holds.
+        if rec.lsn <= applied {
+            continue;
+        }
         // Only what is on the follower's disk is applied: a crash never leaves the
         // embedder ahead of its own log.
         let mut cut = None;
@@ -548,7 +636,7 @@ fn apply_loop(
             // Truncated under us, below this record.
             flushed = flushed.min(t);
             match reopen(shared, &mut apply, &mut applied, t) {
-                Ok(r) => records = r,
+                Ok(r) => records = Some(r),
                 Err(e) => return fail(e),
             }
             continue;
@@ -564,6 +652,38 @@ fn apply_loop(
         }
     }
     shared.applied.send_replace(applied);
+}
+
+/// Restarts the log where the snapshot's header says and has the embedder install it;
+/// returns a reader of the new log and where to answer.
+fn install(
+    shared: &Shared,
+    apply: &mut impl Apply,
+    job: super::bootstrap::Install,
+) -> (
+    Result<walship_engine::RecordReader, String>,
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+) {
+    let super::bootstrap::Install {
+        header: h,
+        mut reader,
+        done,
+    } = job;
+    let log = &shared.log;
+    let outcome = (|| {
+        log.restart_at(h.base, h.base_epoch)
+            .map_err(|e| format!("restarting the log at {}: {e}", h.base))?;
+        apply.install_snapshot(h.lsn, &mut reader).map_err(|e| {
+            format!(
+                "the embedder did not install the snapshot up to {}: {e}",
+                h.lsn
+            )
+        })?;
+        tracing::info!(lsn = %h.lsn, base = %h.base, epoch = %h.base_epoch, "snapshot installed; the log restarts empty");
+        log.record_reader(log.start_lsn())
+            .map_err(|e| format!("reading the restarted log: {e}"))
+    })();
+    (outcome, done)
 }
 
 /// A reader positioned after a truncation to `end`: at `applied` if it survived, else at
@@ -594,6 +714,7 @@ async fn connect_loop(
     client: quinn::ClientConfig,
     opts: FollowerOptions,
     mut stop: watch::Receiver<bool>,
+    mut bootstrap_first: bool,
 ) {
     let mut backoff = opts.reconnect_min;
     loop {
@@ -601,18 +722,26 @@ async fn connect_loop(
             break;
         }
         let started = Instant::now();
-        let result = session(&shared, &endpoint, &client, &opts, &mut stop).await;
-        {
-            let mut s = shared.state();
-            s.connected = false;
-            if let Err(e) = &result {
-                s.last_error = Some(e.to_string());
+        if bootstrap_first {
+            match bootstrap(&shared, &endpoint, &client, &opts, &mut stop).await {
+                Ok(()) => {
+                    bootstrap_first = false;
+                    backoff = opts.reconnect_min;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(leader = %opts.leader, error = %e, "snapshot bootstrap failed; retrying");
+                    shared.state().last_error = Some(e.to_string());
+                }
             }
-        }
-        match result {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(leader = %opts.leader, error = %e, "replication session ended; reconnecting")
+        } else {
+            let result = session(&shared, &endpoint, &client, &opts, &mut stop).await;
+            if shared.bootstraps && is_not_retained(&result) {
+                tracing::info!(leader = %opts.leader, "the leader no longer retains this follower's log: bootstrapping from its snapshot");
+                bootstrap_first = true;
+            }
+            if !finished(&shared, &opts, result) {
+                break;
             }
         }
         // A session that streamed for a while resets the back-off.
@@ -637,6 +766,99 @@ async fn connect_loop(
     });
 }
 
+/// Whether a session ended with the leader's `NotRetained`.
+fn is_not_retained(result: &Result<(), TransportError>) -> bool {
+    matches!(
+        result,
+        Err(TransportError::Session {
+            source: crate::session::SessionError::Rejected {
+                code: crate::wire::RejectCode::NotRetained,
+                ..
+            },
+            ..
+        })
+    )
+}
+
+/// Records how a session ended; `false` if the follower is stopping.
+fn finished(shared: &Shared, opts: &FollowerOptions, result: Result<(), TransportError>) -> bool {
+    {
+        let mut s = shared.state();
+        s.connected = false;
+        if let Err(e) = &result {
+            s.last_error = Some(e.to_string());
+        }
+    }
+    match result {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::warn!(leader = %opts.leader, error = %e, "replication session ended; reconnecting");
+            true
+        }
+    }
+}
+
+/// Fetches the leader's newest snapshot and has the apply thread install it.
+async fn bootstrap(
+    shared: &Shared,
+    endpoint: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    opts: &FollowerOptions,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), TransportError> {
+    let Some(conn) = dial(endpoint, client, opts, stop).await? else {
+        return Ok(());
+    };
+    let seen = shared.state().epoch;
+    let ask = super::bootstrap::Ask {
+        cluster_id: &shared.cfg.cluster_id,
+        node_id: &shared.node_id,
+        segment_capacity: shared.cfg.segment_capacity,
+        seen,
+        max_bytes: opts.max_snapshot_bytes,
+    };
+    let fetched = tokio::select! {
+        _ = stop.wait_for(|s| *s) => Ok(None),
+        r = super::bootstrap::fetch(&conn, opts.leader, ask, opts.idle_timeout, |job| {
+            *shared.install.lock().unwrap_or_else(PoisonError::into_inner) = Some(job);
+            shared.install_posted.store(true, Ordering::Release);
+        }) => r.map(Some),
+    };
+    let code = if fetched.is_ok() {
+        CLOSE_SHUTDOWN
+    } else {
+        CLOSE_ERROR
+    };
+    conn.close(quinn::VarInt::from_u32(code), b"snapshot received");
+    if let Some(h) = fetched? {
+        tracing::info!(leader = %opts.leader, lsn = %h.lsn, len = h.len, "bootstrapped from the leader's snapshot");
+    }
+    Ok(())
+}
+
+/// Connects to the leader; `None` if stopped meanwhile.
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    opts: &FollowerOptions,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<quinn::Connection>, TransportError> {
+    let peer = opts.leader;
+    let connecting = endpoint
+        .connect_with(client.clone(), peer, &opts.leader_node_id)
+        .map_err(|e| TransportError::Connection {
+            peer,
+            reason: e.to_string(),
+        })?;
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => Ok(None),
+        c = tokio::time::timeout(opts.connect_timeout, connecting) => match c {
+            Ok(c) => c.map(Some).map_err(|e| TransportError::Connection { peer, reason: e.to_string() }),
+            Err(_) => Err(TransportError::Timeout { what: "connecting", peer, after: opts.connect_timeout }),
+        },
+    }
+}
+
 async fn maybe(c: Option<&mut Commit>) -> walship_engine::Result<()> {
     match c {
         Some(c) => c.await,
@@ -657,18 +879,8 @@ async fn session(
         peer,
         reason: e.to_string(),
     };
-    let connecting = endpoint
-        .connect_with(client.clone(), peer, &opts.leader_node_id)
-        .map_err(|e| TransportError::Connection {
-            peer,
-            reason: e.to_string(),
-        })?;
-    let conn = tokio::select! {
-        _ = stop.wait_for(|s| *s) => return Ok(()),
-        c = tokio::time::timeout(opts.connect_timeout, connecting) => match c {
-            Ok(c) => c.map_err(conn_err)?,
-            Err(_) => return Err(TransportError::Timeout { what: "connecting", peer, after: opts.connect_timeout }),
-        },
+    let Some(conn) = dial(endpoint, client, opts, stop).await? else {
+        return Ok(());
     };
     let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
     let leader_cert = super::peer_certificate(&conn);

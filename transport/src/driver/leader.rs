@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::future::pending;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use crate::session::SessionError;
 use crate::slots::{SaveJob, SlotWriter, Slots};
 use crate::status::{LeaderStatus, Role};
 use crate::tls::{peer_identity, Trust};
-use crate::wire::RejectCode;
+use crate::wire::{Frame, RejectCode};
 use rustls::pki_types::CertificateDer;
 
 /// Settings of a [`Leader`].
@@ -77,6 +78,10 @@ pub struct LeaderOptions {
     /// waits for other followers to confirm its epoch before it yields
     /// ([`Leader::yielded`]).
     pub confirm_timeout: Duration,
+    /// The embedder's snapshots, served to a follower whose position this leader no
+    /// longer retains (it then restarts its log and streams from the snapshot on);
+    /// `None` refuses such a follower with `NotRetained`, as before.
+    pub snapshots: Option<Arc<dyn crate::snapshot::SnapshotSource>>,
 }
 
 impl LeaderOptions {
@@ -99,6 +104,7 @@ impl LeaderOptions {
             epoch_authority: self.epoch_authority.clone(),
             write_after_confirmation: self.write_after_confirmation,
             confirm_timeout: self.confirm_timeout,
+            snapshots: self.snapshots.clone(),
         }
     }
 }
@@ -125,6 +131,7 @@ impl Default for LeaderOptions {
             epoch_authority: None,
             write_after_confirmation: false,
             confirm_timeout: Duration::from_secs(2),
+            snapshots: None,
         }
     }
 }
@@ -159,6 +166,7 @@ struct Shared {
     max_retained_bytes: u64,
     remote_commit_timeout: Duration,
     epoch_authority: Option<Arc<dyn EpochAuthority>>,
+    snapshots: Option<Arc<dyn crate::snapshot::SnapshotSource>>,
     /// Writes the slot file, in order.
     slot_writer: Arc<SlotWriter>,
     /// Connections per node id, for [`MAX_CONNECTIONS_PER_FOLLOWER`].
@@ -368,7 +376,7 @@ impl Shared {
 /// Writes a slot save on a blocking thread: a write, two fsyncs and a rename must not
 /// hold a tokio worker (nor the lock every follower's acks take). A failed save leaves
 /// the slots dirty, so the next upkeep tick retries.
-async fn save_slots(shared: &Arc<Shared>, job: SaveJob) -> Result<(), TransportError> {
+async fn save_slots(shared: &Shared, job: SaveJob) -> Result<(), TransportError> {
     let writer = Arc::clone(&shared.slot_writer);
     let outcome = tokio::task::spawn_blocking(move || job.write(&writer)).await;
     let failed = match outcome {
@@ -488,6 +496,7 @@ impl Leader {
             max_retained_bytes: opts.max_retained_bytes,
             remote_commit_timeout: opts.remote_commit_timeout,
             epoch_authority: opts.epoch_authority.clone(),
+            snapshots: opts.snapshots.clone(),
             per_peer: Mutex::new(BTreeMap::new()),
             slot_writer: Arc::new(SlotWriter::default()),
             fence: watch::channel(None).0,
@@ -902,6 +911,7 @@ async fn serve(
         }),
         cert,
         trust_generation: shared.trust.as_ref().map_or(0, |t| t.generation()),
+        snapshot_for: None,
     };
     let mut fence = shared.fence.subscribe();
     let result = run
@@ -1022,6 +1032,8 @@ struct Run<'a> {
     /// The follower's certificate, checked again when the revocation list changes.
     cert: Option<CertificateDer<'static>>,
     trust_generation: u64,
+    /// The follower that asked for a snapshot instead of a stream.
+    snapshot_for: Option<String>,
 }
 
 impl Run<'_> {
@@ -1057,6 +1069,9 @@ impl Run<'_> {
             // Frames that finished compressing go out first, then everything queued.
             self.ship_ready(session)?;
             self.drain(session, send).await?;
+            if let Some(node) = self.snapshot_for.take() {
+                return self.send_snapshot(session, send, &node).await;
+            }
             self.account(Wait::Link);
             if let Some(why) = self.no_longer_admitted() {
                 let err = session.refuse(RejectCode::NotMember, Lsn::ZERO, why, Instant::now());
@@ -1234,6 +1249,7 @@ impl Run<'_> {
                     tracing::info!(follower = follower.as_str(), %start, peer = %self.peer, "follower accepted");
                     self.node = Some(follower);
                 }
+                LeaderEvent::SnapshotWanted { follower } => self.snapshot_for = Some(follower),
                 LeaderEvent::Progress { follower, progress } => {
                     crate::hops::hop(crate::hops::LEADER_ACKED, progress.flushed);
                     if let Some(level) = self.level.as_mut() {
@@ -1245,6 +1261,139 @@ impl Run<'_> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Sends the embedder's newest snapshot to `node` on this stream: its header, its
+    /// bytes (read on a blocking thread), their CRC32C; the log stays held for `node`
+    /// from the header's base (its slot), so it can stream from there afterwards.
+    async fn send_snapshot(
+        &mut self,
+        session: &mut LeaderSession,
+        send: &mut quinn::SendStream,
+        node: &str,
+    ) -> Result<(), TransportError> {
+        let peer = self.peer;
+        let refuse = |session: &mut LeaderSession, why: String| {
+            let start = self.shared.log.start_lsn();
+            self.session_err(session.refuse(RejectCode::NotRetained, start, why, Instant::now()))
+        };
+        let Some(source) = self.shared.snapshots.clone() else {
+            return Err(refuse(
+                session,
+                "this leader serves no snapshots (no snapshot source is configured)".into(),
+            ));
+        };
+        let opened = tokio::task::spawn_blocking(move || source.newest())
+            .await
+            .map_err(|e| {
+                TransportError::InvalidOptions(format!("snapshot source panicked: {e}"))
+            })?;
+        let snap = match opened {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(refuse(session, "this leader has no snapshot yet".into())),
+            Err(why) => return Err(refuse(session, format!("cannot open the snapshot: {why}"))),
+        };
+        let log = &self.shared.log;
+        let cap = log.segment_capacity();
+        let first = |b: Lsn| Lsn::new(b.get() + walship_engine::format::SEGMENT_HEADER_LEN as u64);
+        // The segment holding the snapshot's last record, or, for a record that ends a
+        // segment exactly, the next one (the checkpoint may have released the first).
+        let mut base = crate::snapshot::restart_base(snap.lsn, cap);
+        if snap.lsn.get() % cap == 0 && log.start_lsn() > first(base) {
+            base = snap.lsn;
+        }
+        if snap.lsn > log.watermarks().flushed {
+            return Err(refuse(
+                session,
+                format!(
+                    "the snapshot covers {}, past this leader's flushed log",
+                    snap.lsn
+                ),
+            ));
+        }
+        let (_, save) = self
+            .shared
+            .with_registry(|r| r.hold_for_snapshot(node, base));
+        if let Some(job) = save {
+            save_slots(self.shared, job).await?;
+        }
+        if log.start_lsn() > first(base) {
+            return Err(refuse(
+                session,
+                format!(
+                    "the snapshot at {} needs the log from {base}, released meanwhile (retained from {}); ask again",
+                    snap.lsn,
+                    log.start_lsn()
+                ),
+            ));
+        }
+        let base_epoch = log
+            .epoch_history()
+            .epoch_at(first(base))
+            .unwrap_or(Epoch::ZERO);
+        let header = crate::wire::SnapshotHeader {
+            epoch: self.shared.cfg.epoch,
+            lsn: snap.lsn,
+            base,
+            base_epoch,
+            len: snap.len,
+        };
+        let mut out = bytes::BytesMut::new();
+        Frame::SnapshotHeader(header)
+            .encode(&mut out)
+            .map_err(|e| TransportError::InvalidOptions(format!("snapshot header: {e}")))?;
+        write(send, out.freeze(), peer).await?;
+        tracing::info!(follower = node, lsn = %snap.lsn, %base, len = snap.len, "sending a snapshot");
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+        let len = snap.len;
+        let mut reader = snap.reader;
+        let reading = tokio::task::spawn_blocking(move || {
+            let mut left = len;
+            while left > 0 {
+                let mut buf = vec![0u8; (256 << 10).min(left) as usize];
+                let r = reader.read(&mut buf);
+                let piece = match r {
+                    Ok(0) => Err(std::io::Error::other(format!(
+                        "the snapshot ended {left} bytes before its length"
+                    ))),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        left -= n as u64;
+                        Ok(Bytes::from(buf))
+                    }
+                    Err(e) => Err(e),
+                };
+                let failed = piece.is_err();
+                if tx.blocking_send(piece).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut crc = 0u32;
+        let mut sent = 0u64;
+        while sent < len {
+            let Some(piece) = rx.recv().await else { break };
+            let b = piece.map_err(|e| TransportError::Connection {
+                peer,
+                reason: format!("reading the snapshot to send: {e}"),
+            })?;
+            crc = crc32c::crc32c_append(crc, &b);
+            sent += b.len() as u64;
+            write(send, b, peer).await?;
+        }
+        let _ = reading.await;
+        if sent != len {
+            return Err(TransportError::Connection {
+                peer,
+                reason: format!("the snapshot yielded {sent} of its {len} bytes"),
+            });
+        }
+        write(send, Bytes::copy_from_slice(&crc.to_le_bytes()), peer).await?;
+        let _ = send.finish();
+        // The follower reads to the end before it lets the stream go.
+        let _ = tokio::time::timeout(self.shared.cfg.idle_timeout, send.stopped()).await;
+        tracing::info!(follower = node, lsn = %snap.lsn, len, "snapshot sent");
         Ok(())
     }
 

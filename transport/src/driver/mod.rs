@@ -11,6 +11,7 @@
 //! Both need to be started inside a Tokio runtime (multi-threaded recommended: the
 //! follower's appends and the leader's compression are CPU work done on its threads).
 
+mod bootstrap;
 mod follower;
 mod frames;
 mod leader;

@@ -406,5 +406,7 @@ pub(crate) fn frame_name(f: &Frame) -> &'static str {
         Frame::Ship(_) => "Ship",
         Frame::Ack(_) => "Ack",
         Frame::Heartbeat(_) => "Heartbeat",
+        Frame::SnapshotRequest(_) => "SnapshotRequest",
+        Frame::SnapshotHeader(_) => "SnapshotHeader",
     }
 }

@@ -87,12 +87,22 @@ pub enum LeaderEvent {
         /// Its positions.
         progress: Progress,
     },
+    /// The follower asked for the newest snapshot (its position is no longer retained):
+    /// send a `SnapshotHeader` and the snapshot on this stream, or refuse.
+    SnapshotWanted {
+        /// The follower's node id (checked against its certificate).
+        follower: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     AwaitHello,
-    Streaming { follower: String },
+    Streaming {
+        follower: String,
+    },
+    /// A snapshot is being sent; nothing more is expected from the follower.
+    Snapshot,
     Closed,
 }
 
@@ -101,6 +111,7 @@ impl State {
         match self {
             State::AwaitHello => "awaiting Hello",
             State::Streaming { .. } => "streaming",
+            State::Snapshot => "sending a snapshot",
             State::Closed => "closed",
         }
     }
@@ -285,32 +296,61 @@ impl LeaderSession {
         Ok(())
     }
 
-    fn handle_hello(&mut self, now: Instant, h: Hello, log: &LogView) -> Result<(), SessionError> {
-        if h.cluster_id != self.cfg.cluster_id {
+    /// A follower asks for a snapshot: the same admission as a `Hello` (cluster, the
+    /// certificate's identity, a lost slot, the segment capacity), no epoch business (the
+    /// follower's log is about to go).
+    fn handle_snapshot_request(
+        &mut self,
+        now: Instant,
+        r: crate::wire::SnapshotRequest,
+        log: &LogView,
+    ) -> Result<(), SessionError> {
+        self.admit(now, &r.cluster_id, &r.node_id, r.segment_capacity, log)?;
+        self.state = State::Snapshot;
+        self.events.push_back(LeaderEvent::SnapshotWanted {
+            follower: r.node_id,
+        });
+        Ok(())
+    }
+
+    /// The checks every opening frame passes: the cluster, the certificate's identity,
+    /// the node's slot, the segment capacity.
+    fn admit(
+        &mut self,
+        now: Instant,
+        cluster_id: &str,
+        node_id: &str,
+        segment_capacity: u64,
+        log: &LogView,
+    ) -> Result<(), SessionError> {
+        if cluster_id != self.cfg.cluster_id {
             let why = format!(
                 "cluster {:?} is not this cluster {:?}",
-                h.cluster_id, self.cfg.cluster_id
+                cluster_id, self.cfg.cluster_id
             );
             return Err(self.refuse(RejectCode::Cluster, Lsn::ZERO, why, now));
         }
-        if let Some(peer) = self.peer.as_ref().filter(|p| **p != h.node_id) {
-            let why = format!(
-                "Hello names node {:?} but the certificate is node {peer:?}",
-                h.node_id
-            );
+        if let Some(peer) = self.peer.as_ref().filter(|p| **p != node_id) {
+            let why =
+                format!("the request names node {node_id:?} but the certificate is node {peer:?}");
             return Err(self.refuse(RejectCode::Identity, Lsn::ZERO, why, now));
         }
-        if let Some(reason) = log.lost_slots.get(&h.node_id) {
-            let why = format!("the retention slot of {:?} was lost: {reason}", h.node_id);
+        if let Some(reason) = log.lost_slots.get(node_id) {
+            let why = format!("the retention slot of {node_id:?} was lost: {reason}");
             return Err(self.refuse(RejectCode::SlotLost, log.start, why, now));
         }
-        if h.segment_capacity != self.cfg.segment_capacity {
+        if segment_capacity != self.cfg.segment_capacity {
             let why = format!(
-                "segment capacity {} differs from the leader's {}",
-                h.segment_capacity, self.cfg.segment_capacity
+                "segment capacity {segment_capacity} differs from the leader's {}",
+                self.cfg.segment_capacity
             );
             return Err(self.refuse(RejectCode::SegmentCapacity, Lsn::ZERO, why, now));
         }
+        Ok(())
+    }
+
+    fn handle_hello(&mut self, now: Instant, h: Hello, log: &LogView) -> Result<(), SessionError> {
+        self.admit(now, &h.cluster_id, &h.node_id, h.segment_capacity, log)?;
         let seen = h.seen_epoch.max(h.last_epoch);
         if seen > self.cfg.epoch {
             let why = format!(
@@ -393,6 +433,9 @@ impl LeaderSession {
     ) -> Result<(), SessionError> {
         match (&self.state, frame) {
             (State::AwaitHello, Frame::Hello(h)) => self.handle_hello(now, h, log),
+            (State::AwaitHello, Frame::SnapshotRequest(r)) => {
+                self.handle_snapshot_request(now, r, log)
+            }
             (State::Streaming { follower }, Frame::Ack(a)) => {
                 let follower = follower.clone();
                 if a.epoch > self.cfg.epoch {
@@ -571,7 +614,8 @@ impl LeaderSession {
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::Closed => None,
+            // The driver bounds a snapshot's transfer itself.
+            State::Closed | State::Snapshot => None,
             State::AwaitHello => Some(self.last_heard + self.cfg.idle_timeout),
             State::Streaming { .. } => Some(
                 (self.last_heard + self.cfg.idle_timeout)

@@ -202,6 +202,14 @@ impl Registry {
         id
     }
 
+    /// `node` is being sent a snapshot and will stream from `at`: its slot holds the log
+    /// from there ([`Slots::hold`](crate::slots::Slots::hold)).
+    pub fn hold_for_snapshot(&mut self, node: &str, at: Lsn) {
+        self.slots.hold(node, at);
+        self.floor();
+        self.save();
+    }
+
     /// The entry of `node` if `session` is its current one.
     fn current(&mut self, node: &str, session: SessionId) -> Option<&mut Entry> {
         self.followers

@@ -95,7 +95,7 @@ impl Instance {
         };
         let db = Arc::new(db);
         // Where the key space is (the whole log, or a bootstrap's snapshot ahead of it).
-        opts.apply_from = Some(db.applied());
+        opts.apply_from = Some(db.applied().max(log.end_lsn()));
         if let Some(d) = db.snapshot_dir() {
             opts.leader.snapshots = Some(Arc::new(crate::db::KvSnapshots(d.clone())));
         }

@@ -72,7 +72,8 @@ impl Embedder for Kv {
                 .map_err(|e| format!("rebuilding the key space: {e}"))?,
         );
         self.db = Some(Arc::clone(&db));
-        let applied = db.applied();
+        // The key space holds the whole log, or a bootstrap's snapshot ahead of it.
+        let applied = db.applied().max(log.end_lsn());
         Ok((KvApply(db), applied))
     }
 

@@ -1079,7 +1079,18 @@ impl<C: Coordinator, A: Apply> Runner<C, A> {
     async fn catch_up(&mut self) -> Result<(), TransportError> {
         let log = Arc::clone(&self.shared.log);
         let (from, end) = (self.applied, log.end_lsn());
-        if from >= end {
+        if from > end || from < log.start_lsn() {
+            // A bootstrap cut short: the embedder holds a snapshot its log does not
+            // continue. Leading would write after a state nobody else has.
+            return Err(TransportError::Apply {
+                lsn: from,
+                reason: format!(
+                    "the embedder's state (at {from}) is not continued by this node's log ({}..{end}): it must be bootstrapped from a leader's snapshot before this node can lead",
+                    log.start_lsn()
+                ),
+            });
+        }
+        if from == end {
             return Ok(());
         }
         let apply = Arc::clone(&self.apply);

@@ -408,3 +408,25 @@ async fn every_node_learns_the_committed_point_of_its_log() -> Result<(), Error>
     }
     Ok(())
 }
+
+/// A node whose embedder holds a state its log does not continue (a snapshot bootstrap
+/// cut short by a crash: the log restarted, the snapshot ahead of it) does not lead,
+/// even when named leader: it would write after a state no other node has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_state_its_log_does_not_continue_does_not_lead() {
+    let c = Cluster::new(1 << 20);
+    let opts = NodeOptions {
+        apply_from: Some(walship_engine::Lsn::new(5 << 20)),
+        ..options(&c, None)
+    };
+    let (n1, log, _) = start(&c, "n1", configured("n1"), opts);
+    eventually("the refusal to lead", WAIT, || {
+        n1.status()
+            .last_error
+            .is_some_and(|e| e.contains("bootstrapped from a leader's snapshot"))
+    })
+    .await;
+    assert!(!is_leader(&n1.status().role));
+    assert_eq!(log.end_lsn(), log.start_lsn(), "nothing was written");
+    n1.shutdown().await;
+}

@@ -22,7 +22,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::epoch::EpochHistory;
 use crate::error::{Error, Result};
@@ -30,7 +29,6 @@ use crate::segment;
 use crate::shared::Shared;
 use crate::sync::{lock, read, write};
 use crate::types::{Epoch, Lsn};
-use crate::watermark::block_on;
 
 pub(crate) fn restart_at(sh: &Arc<Shared>, base: Lsn, epoch: Epoch) -> Result<()> {
     let g = sh.geometry;
@@ -44,31 +42,7 @@ pub(crate) fn restart_at(sh: &Arc<Shared>, base: Lsn, epoch: Epoch) -> Result<()
     let first = g.first_batch(base);
     // The write lock before the append lock, as the writer takes them: held together,
     // no write starts and nothing is appended until the log is whole again.
-    let (mut writing, mut asm) = loop {
-        let writing = lock(&sh.writing);
-        let asm = lock(&sh.append);
-        if let Some(e) = sh.unusable() {
-            return Err(e);
-        }
-        let end = asm.end();
-        if !asm.has_pending() && sh.written.get() >= end && sh.flushed.get() >= end {
-            break (writing, asm);
-        }
-        drop(asm);
-        drop(writing);
-        sh.request_flush(end);
-        if block_on(
-            crate::commit::reach(&sh.flushed, end),
-            Some(Instant::now() + Duration::from_secs(1)),
-        )
-        .is_none()
-            && sh.life.is_poisoned()
-        {
-            return Err(sh.unusable().unwrap_or(Error::Closed {
-                path: sh.dir.clone(),
-            }));
-        }
-    };
+    let (mut writing, mut asm) = sh.quiesced(|sh| (lock(&sh.writing), lock(&sh.append)))?;
     let old_end = asm.end();
     let paused = sh.prep.pause(sh)?;
     let old_start = sh.start();

@@ -200,6 +200,41 @@ impl Shared {
         Ok(())
     }
 
+    /// Waits until everything appended is written and flushed, then returns what `take`
+    /// locked (the append lock among it) with that still true: nothing pending, and
+    /// nothing more appended while the caller holds the guards. The log's structural
+    /// changes (truncation, restart) run under it.
+    ///
+    /// # Errors
+    /// The error that makes the log unusable, if it is.
+    pub(crate) fn quiesced<'a, G>(
+        &'a self,
+        take: impl Fn(&'a Shared) -> (G, std::sync::MutexGuard<'a, Assembler>),
+    ) -> Result<(G, std::sync::MutexGuard<'a, Assembler>)> {
+        loop {
+            let (g, asm) = take(self);
+            if let Some(e) = self.unusable() {
+                return Err(e);
+            }
+            let end = asm.end();
+            if !asm.has_pending() && self.written.get() >= end && self.flushed.get() >= end {
+                return Ok((g, asm));
+            }
+            drop(asm);
+            drop(g);
+            self.request_flush(end);
+            let reached = crate::watermark::block_on(
+                crate::commit::reach(&self.flushed, end),
+                Some(std::time::Instant::now() + std::time::Duration::from_secs(1)),
+            );
+            if reached.is_none() && self.life.is_poisoned() {
+                return Err(self.unusable().unwrap_or(Error::Closed {
+                    path: self.dir.clone(),
+                }));
+            }
+        }
+    }
+
     /// Notifies appenders blocked on back-pressure, if any.
     pub(crate) fn release_space(&self) {
         if self.space_waiters.load(Ordering::Acquire) > 0 {

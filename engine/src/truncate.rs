@@ -14,7 +14,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::format::{BatchHeader, Geometry};
@@ -22,33 +21,10 @@ use crate::segment;
 use crate::shared::Shared;
 use crate::sync::{lock, write};
 use crate::types::{Epoch, Lsn};
-use crate::watermark::block_on;
 
 pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
     let g = sh.geometry;
-    let mut asm = loop {
-        let asm = lock(&sh.append);
-        if let Some(e) = sh.unusable() {
-            return Err(e);
-        }
-        let end = asm.end();
-        if !asm.has_pending() && sh.written.get() >= end && sh.flushed.get() >= end {
-            break asm;
-        }
-        drop(asm);
-        sh.request_flush(end);
-        if block_on(
-            crate::commit::reach(&sh.flushed, end),
-            Some(Instant::now() + Duration::from_secs(1)),
-        )
-        .is_none()
-            && sh.life.is_poisoned()
-        {
-            return Err(sh.unusable().unwrap_or(Error::Closed {
-                path: sh.dir.clone(),
-            }));
-        }
-    };
+    let ((), mut asm) = sh.quiesced(|sh| ((), lock(&sh.append)))?;
     let end = asm.end();
     // The preparer stops first: a retirement running meanwhile would move the start and
     // take the segment that keeps the new end out of the map between the check of one

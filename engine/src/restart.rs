@@ -74,13 +74,7 @@ pub(crate) fn restart_at(sh: &Arc<Shared>, base: Lsn, epoch: Epoch) -> Result<()
     }
 
     let old: Vec<_> = read(&sh.segments).values().rev().map(Arc::clone).collect();
-    for s in &old {
-        sh.fs
-            .remove_file(&s.path)
-            .map_err(|e| Error::io("remove a segment of the log being restarted", &s.path, e))?;
-        crate::fsutil::fsync_dir(&*sh.fs, &sh.dir)?;
-        write(&sh.segments).remove(&s.base.get());
-    }
+    sh.remove_segments(&old, "remove a segment of the log being restarted")?;
 
     let seg = segment::create(&sh.fs, &sh.dir, base, g)?;
     write(&sh.segments).insert(base.get(), Arc::new(seg));

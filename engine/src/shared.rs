@@ -235,6 +235,20 @@ impl Shared {
         }
     }
 
+    /// Removes `segs` from the directory and the map, in the order given (newest first,
+    /// so a crash leaves a prefix with no hole), making each removal durable before the
+    /// next; `what` names the operation in an error.
+    pub(crate) fn remove_segments(&self, segs: &[Arc<Segment>], what: &'static str) -> Result<()> {
+        for s in segs {
+            self.fs
+                .remove_file(&s.path)
+                .map_err(|e| Error::io(what, &s.path, e))?;
+            crate::fsutil::fsync_dir(&*self.fs, &self.dir)?;
+            write(&self.segments).remove(&s.base.get());
+        }
+        Ok(())
+    }
+
     /// Notifies appenders blocked on back-pressure, if any.
     pub(crate) fn release_space(&self) {
         if self.space_waiters.load(Ordering::Acquire) > 0 {

@@ -68,13 +68,7 @@ pub(crate) fn truncate_suffix(sh: &Arc<Shared>, lsn: Lsn) -> Result<()> {
                 .rev()
                 .collect()
         };
-        for s in &later {
-            sh.fs
-                .remove_file(&s.path)
-                .map_err(|e| Error::io("remove truncated segment", &s.path, e))?;
-            crate::fsutil::fsync_dir(&*sh.fs, &sh.dir)?;
-            write(&sh.segments).remove(&s.base.get());
-        }
+        sh.remove_segments(&later, "remove truncated segment")?;
         let rewritten = segment::rewrite_prefix(&sh.fs, &sh.dir, &keep, lsn, g)?;
         write(&sh.segments).insert(keep_base.get(), Arc::new(rewritten));
     }

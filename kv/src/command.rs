@@ -172,6 +172,8 @@ pub enum Conn {
     /// `CLIENT` subcommands answered with OK and no effect (`SETINFO`, what clients send
     /// on connecting).
     ClientNoop,
+    /// `ACL WHOAMI`: the user this connection authenticated as.
+    AclWhoami,
     /// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS …`, `COMMAND INFO …`.
     Command(Option<String>),
     /// `CONFIG GET parameter …`.
@@ -457,6 +459,21 @@ pub fn parse(args: &[Bytes]) -> Result<Command, Refusal> {
                 _ => {
                     return Err(format!(
                         "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+                        String::from_utf8_lossy(&rest[0])
+                    ))
+                }
+            }
+        }
+        "acl" => {
+            need(n >= 1)?;
+            match (name_of(&rest[0]).as_str(), n) {
+                ("whoami", 1) => C(Conn::AclWhoami),
+                ("whoami", _) => {
+                    return Err("ERR wrong number of arguments for 'acl|whoami' command".into())
+                }
+                _ => {
+                    return Err(format!(
+                        "ERR unknown subcommand '{}'. Try ACL HELP.",
                         String::from_utf8_lossy(&rest[0])
                     ))
                 }

@@ -9,6 +9,14 @@
 //! durability = "local"          # a connection's default: async, local, remote-write, remote-flush, remote-apply
 //! # password = "…"              # AUTH for the `default` user; required unless `listen` is loopback
 //! # password_file = "secret"    # or read it from a file (first line), relative to this file
+//! # tls_cert_file = "resp.pem"  # TLS on the port (Redis's tls-cert-file), with
+//! # tls_key_file = "resp.key"   #   its key (tls-key-file); both or neither
+//! # tls_ca_cert_file = "ca.pem" # clients must present a certificate this CA signed
+//! #                             #   (tls-auth-clients yes): then no password is needed off loopback
+//! # [[kv.users]]                # ACL users besides `default` (AUTH name password)
+//! # name = "reporting"
+//! # password_file = "reporting.secret"   # or password = "…"
+//! # commands = "read"           # "all" (default) or "read": writes get -NOPERM
 //! # commit_timeout_ms = 10000   # a write's reply waits at most this long for its commit
 //! # max_request_bytes = 16777216
 //! # max_clients = 10000         # as Redis's maxclients
@@ -41,6 +49,10 @@ struct RawKv {
     durability: Option<String>,
     password: Option<String>,
     password_file: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
+    tls_ca_cert_file: Option<String>,
+    users: Option<Vec<RawUser>>,
     commit_timeout_ms: Option<u64>,
     max_request_bytes: Option<usize>,
     max_clients: Option<u64>,
@@ -49,6 +61,16 @@ struct RawKv {
     snapshot_log_bytes: Option<u64>,
     snapshot_interval_ms: Option<u64>,
     snapshot_commit_wait_ms: Option<u64>,
+}
+
+/// One `[[kv.users]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password: Option<String>,
+    password_file: Option<String>,
+    commands: Option<String>,
 }
 
 /// Where and when snapshots are taken.
@@ -144,6 +166,52 @@ impl KvConfig {
         if password.as_deref().is_some_and(str::is_empty) {
             return Err(bad("password", "must not be empty".into()));
         }
+        let mut users = Vec::new();
+        for (i, u) in kv.users.unwrap_or_default().into_iter().enumerate() {
+            let key = format!("users[{i}]");
+            if u.name.is_empty()
+                || u.name == "default"
+                || u.name.bytes().any(|b| !(0x21..=0x7e).contains(&b))
+            {
+                return Err(bad(&key, format!("name {:?}: must be printable, without spaces, and not `default` (its password is `kv.password`)", u.name)));
+            }
+            if users.iter().any(|x: &crate::server::User| x.name == u.name) {
+                return Err(bad(&key, format!("user {:?} is given twice", u.name)));
+            }
+            let password = match (u.password, &u.password_file) {
+                (Some(p), None) => p,
+                (None, Some(f)) => {
+                    let path = base.join(f);
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| bad(&key, format!("password_file {}: {e}", path.display())))?;
+                    text.lines().next().unwrap_or("").to_owned()
+                }
+                _ => {
+                    return Err(bad(
+                        &key,
+                        "give `password` or `password_file`, one of them".into(),
+                    ))
+                }
+            };
+            if password.is_empty() {
+                return Err(bad(&key, "the password must not be empty".into()));
+            }
+            let commands = match u.commands.as_deref() {
+                None | Some("all") => crate::server::Commands::All,
+                Some("read") => crate::server::Commands::Read,
+                Some(other) => {
+                    return Err(bad(
+                        &key,
+                        format!("commands {other:?}: expected \"all\" or \"read\""),
+                    ))
+                }
+            };
+            users.push(crate::server::User {
+                name: u.name,
+                password,
+                commands,
+            });
+        }
         let mut limits = Limits::default();
         if let Some(m) = kv.max_request_bytes {
             if m < 1024 {
@@ -167,10 +235,43 @@ impl KvConfig {
             Some(ms) => Duration::from_millis(ms),
             None => defaults.request_timeout,
         };
+        let tls = match (&kv.tls_cert_file, &kv.tls_key_file) {
+            (None, None) => {
+                if kv.tls_ca_cert_file.is_some() {
+                    return Err(bad(
+                        "tls_ca_cert_file",
+                        "needs `tls_cert_file` and `tls_key_file`".into(),
+                    ));
+                }
+                None
+            }
+            (Some(cert), Some(key)) => {
+                let files = crate::tls::TlsFiles {
+                    cert: base.join(cert),
+                    key: base.join(key),
+                    client_ca: kv.tls_ca_cert_file.as_ref().map(|c| base.join(c)),
+                };
+                Some(crate::tls::RespTls::load(&files).map_err(|e| bad("tls_cert_file", e))?)
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "tls_key_file",
+                    "missing: `tls_cert_file` needs it".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "tls_cert_file",
+                    "missing: `tls_key_file` needs it".into(),
+                ))
+            }
+        };
         let settings = Settings {
             listen,
             durability,
             password,
+            users,
+            tls,
             limits,
             commit_timeout,
             max_clients,
@@ -275,6 +376,32 @@ peers = { n1 = "127.0.0.1:7400" }
             Path::new("/")
         )
         .is_ok());
+        // ACL users, and TLS files given by halves.
+        let users = "[[kv.users]]\nname = \"app\"\npassword = \"pw\"\n[[kv.users]]\nname = \"ro\"\npassword = \"pw2\"\ncommands = \"read\"";
+        let c = KvConfig::parse(
+            &format!("{NODE}\n[kv]\nlisten = \"0.0.0.0:6379\"\n{users}\n"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.settings.users.len(),
+            2,
+            "users make a non-loopback listener acceptable"
+        );
+        assert_eq!(c.settings.users[1].commands, crate::server::Commands::Read);
+        assert!(p("[[kv.users]]\nname = \"default\"\npassword = \"x\"")
+            .starts_with("`kv.users[0]`: name \"default\""));
+        assert!(p("[[kv.users]]\nname = \"a\"").contains("give `password` or `password_file`"));
+        assert!(
+            p("[[kv.users]]\nname = \"a\"\npassword = \"x\"\ncommands = \"some\"")
+                .contains("expected \"all\" or \"read\"")
+        );
+        assert!(p("[[kv.users]]\nname = \"a\"\npassword = \"x\"\n[[kv.users]]\nname = \"a\"\npassword = \"y\"").starts_with("`kv.users[1]`: user \"a\" is given twice"));
+        assert!(p("tls_cert_file = \"c.pem\"").starts_with("`kv.tls_key_file`: missing"));
+        assert!(p("tls_ca_cert_file = \"ca.pem\"").starts_with("`kv.tls_ca_cert_file`: needs"));
+        assert!(
+            p("tls_cert_file = \"nope.pem\"\ntls_key_file = \"nope.key\"").contains("nope.pem")
+        );
         // The node part is checked as `walship serve` checks it.
         let e = KvConfig::parse(
             &NODE.replace("listen = \"127.0.0.1:7400\"", "listen = \"x\""),

@@ -56,14 +56,27 @@ pub(crate) struct Connection {
     /// Inside `MULTI`: the queued commands, and whether one was refused.
     multi: Option<(Vec<Data>, bool)>,
     last_write: Option<Lsn>,
-    authed: bool,
+    /// Who authenticated, once someone did.
+    user: Option<Login>,
     quit: bool,
+}
+
+/// The user a connection authenticated as.
+#[derive(Debug, Clone)]
+struct Login {
+    name: String,
+    commands: crate::server::Commands,
 }
 
 impl Connection {
     pub(crate) fn new(shared: Arc<Shared>) -> Connection {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let authed = shared.settings.password.is_none();
+        // No password and no users: everyone is `default`, as a Redis without `requirepass`.
+        let open = shared.settings.password.is_none() && shared.settings.users.is_empty();
+        let user = open.then(|| Login {
+            name: "default".into(),
+            commands: crate::server::Commands::All,
+        });
         Connection {
             durability: shared.settings.durability,
             shared,
@@ -72,7 +85,7 @@ impl Connection {
             resp3: false,
             multi: None,
             last_write: None,
-            authed,
+            user,
             quit: false,
         }
     }
@@ -232,13 +245,27 @@ impl Connection {
                 return self.now(Reply::error(e));
             }
         };
-        if !self.authed
+        if self.user.is_none()
             && !matches!(
                 cmd,
                 Command::Conn(C::Auth { .. } | C::Hello { .. } | C::Quit)
             )
         {
             return self.now(Reply::error("NOAUTH Authentication required."));
+        }
+        if let (Command::Data(d), Some(u)) = (&cmd, &self.user) {
+            if d.is_write() && u.commands == crate::server::Commands::Read {
+                if let Some((_, failed)) = &mut self.multi {
+                    *failed = true;
+                }
+                let name = args
+                    .first()
+                    .map_or(String::new(), |a| String::from_utf8_lossy(a).to_lowercase());
+                return self.now(Reply::error(format!(
+                    "NOPERM User {} has no permissions to run the '{name}' command",
+                    u.name
+                )));
+            }
         }
         match cmd {
             Command::Data(d) => {
@@ -335,7 +362,7 @@ impl Connection {
                         return self.now(r);
                     }
                 }
-                if !self.authed {
+                if self.user.is_none() {
                     return self.now(Reply::error(
                         "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
                     ));
@@ -377,6 +404,10 @@ impl Connection {
             C::ClientGetName => self.name.clone().map_or(Reply::Nil, Reply::Bulk),
             C::ClientId => Reply::Int(self.id as i64),
             C::ClientNoop => Reply::ok(),
+            C::AclWhoami => match &self.user {
+                Some(u) => Reply::Bulk(Bytes::from(u.name.clone())),
+                None => Reply::error("NOAUTH Authentication required."),
+            },
             C::Command(sub) => info::command(sub.as_deref()),
             C::ConfigGet(params) => info::config_get(&self.shared, &params),
             C::Info(sections) => Reply::Bulk(Bytes::from(info::info(&self.shared, &sections))),
@@ -449,22 +480,46 @@ impl Connection {
     }
 
     fn auth(&mut self, user: Option<Bytes>, password: &[u8]) -> Reply {
-        let Some(expected) = self.shared.settings.password.as_deref() else {
+        let settings = &self.shared.settings;
+        let name = user.as_deref().unwrap_or(b"default");
+        if name == b"default" && settings.password.is_none() && settings.users.is_empty() {
             return Reply::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
-        };
-        let user_ok = user.as_deref().is_none_or(|u| u == b"default");
+        }
         // Compared in time independent of where the bytes differ.
-        let same = expected.len() == password.len()
-            && expected
-                .bytes()
-                .zip(password)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if user_ok && same {
-            self.authed = true;
-            Reply::ok()
+        let same = |expected: &str| {
+            expected.len() == password.len()
+                && expected
+                    .bytes()
+                    .zip(password)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        };
+        let login = if name == b"default" {
+            settings
+                .password
+                .as_deref()
+                .filter(|p| same(p))
+                .map(|_| Login {
+                    name: "default".into(),
+                    commands: crate::server::Commands::All,
+                })
         } else {
-            Reply::error("WRONGPASS invalid username-password pair or user is disabled.")
+            settings
+                .users
+                .iter()
+                .find(|u| u.name.as_bytes() == name)
+                .filter(|u| same(&u.password))
+                .map(|u| Login {
+                    name: u.name.clone(),
+                    commands: u.commands,
+                })
+        };
+        match login {
+            Some(l) => {
+                self.user = Some(l);
+                Reply::ok()
+            }
+            None => Reply::error("WRONGPASS invalid username-password pair or user is disabled."),
         }
     }
 

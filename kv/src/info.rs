@@ -53,6 +53,7 @@ const COMMANDS: &[Spec] = &[
     ("select", 2, &["loading", "fast"], 0, 0, 0),
     ("quit", -1, &["noauth", "fast"], 0, 0, 0),
     ("client", -2, &["admin"], 0, 0, 0),
+    ("acl", -2, &["admin", "noscript", "loading"], 0, 0, 0),
     ("command", -1, &["loading"], 0, 0, 0),
     ("config", -2, &["admin"], 0, 0, 0),
     ("info", -1, &["loading"], 0, 0, 0),

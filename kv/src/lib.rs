@@ -12,7 +12,8 @@
 //! - [`db`]: the one write path (decide, log, apply) and the replicas' apply;
 //! - [`snapshot`]: snapshot files; [`snapshotter`]: taking them in the background and
 //!   checkpointing the log behind them;
-//! - [`server`]: the RESP listener, its connections and the leader's expiry.
+//! - [`server`]: the RESP listener, its connections and the leader's expiry; [`tls`]: TLS
+//!   on its port.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -31,3 +32,4 @@ pub mod server;
 pub mod snapshot;
 pub mod snapshotter;
 pub mod store;
+pub mod tls;

@@ -27,6 +27,10 @@ pub struct Settings {
     /// The `default` user's password (`AUTH`); `None`: no authentication, which only a
     /// loopback listener allows.
     pub password: Option<String>,
+    /// Named users besides `default` (`AUTH name password`), each with what it may run.
+    /// With any, a connection starts unauthenticated even if `default` has no password
+    /// (then `default` cannot log in: Redis's `nopass` is not offered).
+    pub users: Vec<User>,
     /// Bounds on one request.
     pub limits: Limits,
     /// Longest wait for a write's commit before its reply is an error.
@@ -41,6 +45,8 @@ pub struct Settings {
     /// Longest a request may take to arrive once it began; a connection whose request
     /// is not whole by then is closed.
     pub request_timeout: Duration,
+    /// TLS on the port (every connection; `None`: plain TCP).
+    pub tls: Option<crate::tls::RespTls>,
 }
 
 impl Settings {
@@ -50,9 +56,11 @@ impl Settings {
     /// # Errors
     /// What is unsafe, naming the address.
     pub fn check(&self) -> Result<(), String> {
-        if self.password.is_none() && !self.listen.ip().is_loopback() {
+        let certified = self.tls.as_ref().is_some_and(|t| t.client_auth);
+        let passwords = self.password.is_some() || !self.users.is_empty();
+        if !passwords && !certified && !self.listen.ip().is_loopback() {
             return Err(format!(
-                "{} is not a loopback address, and no password is set: anyone who can reach it could read and write",
+                "{} is not a loopback address, and neither a password nor client certificates are required: anyone who can reach it could read and write",
                 self.listen
             ));
         }
@@ -66,14 +74,46 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 6379)),
             durability: Durability::Local,
             password: None,
+            users: Vec::new(),
             limits: Limits::default(),
             commit_timeout: Duration::from_secs(10),
             expiry_interval: Duration::from_millis(100),
             expiry_batch: 1000,
             max_clients: 10_000,
             request_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
+}
+
+/// A user besides `default`, as Redis's ACL users.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    /// Its name (`AUTH name password`); not `default`.
+    pub name: String,
+    /// Its password.
+    pub password: String,
+    /// What it may run.
+    pub commands: Commands,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("commands", &self.commands)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a user may run: Redis's `+@all`, or `+@read` (with the connection commands
+/// every client needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commands {
+    /// Everything.
+    All,
+    /// No command that writes; a write gets `-NOPERM`.
+    Read,
 }
 
 /// Why the server did not start.
@@ -156,6 +196,9 @@ impl Server {
     }
 }
 
+/// Longest a client may take to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn run(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tasks = JoinSet::new();
     tasks.spawn(expiry(Arc::clone(&shared), stop.clone()));
@@ -185,7 +228,17 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiv
                     // Counted here, before the task runs: a burst cannot overshoot.
                     shared.connected.fetch_add(1, Ordering::Relaxed);
                     tasks.spawn(async move {
-                        conn.serve(socket, stop).await;
+                        match shared.settings.tls.as_ref().map(|t| Arc::clone(&t.config)) {
+                            None => conn.serve(socket, stop).await,
+                            Some(config) => {
+                                let accept = tokio_rustls::TlsAcceptor::from(config).accept(socket);
+                                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                                    Ok(Ok(tls)) => conn.serve(tls, stop).await,
+                                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake refused"),
+                                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                                }
+                            }
+                        }
                         shared.connected.fetch_sub(1, Ordering::Relaxed);
                     });
                 }

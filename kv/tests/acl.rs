@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, cmd, Cluster};
+use common::{client, cmd, leads, Cluster};
 use walship_engine::Durability;
 use walship_kv::server::{Commands, Settings, User};
 
@@ -36,13 +36,7 @@ async fn users_authenticate_and_a_read_only_one_cannot_write() {
         ..c.settings(Durability::Local)
     };
     let n1 = c.start_with("n1", settings).await;
-    n1.node()
-        .wait_for_role(
-            |r| matches!(r, walship_transport::NodeRole::Leader { .. }),
-            common::WAIT,
-        )
-        .await
-        .expect("n1 leads");
+    leads(&n1).await;
     client(n1.resp_addr(), false, |con| {
         assert!(err(cmd(&["GET", "k"]).query(con)).contains("noauth"));
         assert!(err(cmd(&["AUTH", "reporting", "writepw"]).query(con)).contains("wrongpass"));

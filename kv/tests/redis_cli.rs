@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, stop_all, Cluster, WAIT};
+use common::{eventually, have_redis_cli, stop_all, Cluster, WAIT};
 use walship_engine::Durability;
 use walship_transport::NodeRole;
 
@@ -43,21 +43,6 @@ async fn cli(addr: SocketAddr, script: &str) -> String {
     })
     .await
     .expect("redis-cli task")
-}
-
-fn have_redis_cli() -> bool {
-    let found = Command::new("redis-cli")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("WALSHIP_REQUIRE_REDIS_CLI").is_err(),
-            "WALSHIP_REQUIRE_REDIS_CLI is set but redis-cli is not on the PATH"
-        );
-        eprintln!("redis-cli not found: skipping (install redis-tools to run this test)");
-    }
-    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::Cluster;
+use common::{have_redis_cli, leads, Cluster};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -143,21 +143,6 @@ async fn ping_plain(addr: SocketAddr) -> Option<String> {
     (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-fn have_redis_cli() -> bool {
-    let found = Command::new("redis-cli")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("WALSHIP_REQUIRE_REDIS_CLI").is_err(),
-            "WALSHIP_REQUIRE_REDIS_CLI is set but redis-cli is not on the PATH"
-        );
-        eprintln!("redis-cli not found: skipping its half (install redis-tools)");
-    }
-    found
-}
-
 /// `redis-cli --tls` with `args`; its standard output and whether it succeeded.
 async fn cli_tls(addr: SocketAddr, args: Vec<String>) -> (bool, String) {
     tokio::task::spawn_blocking(move || {
@@ -190,13 +175,7 @@ async fn tls_clients_are_served_and_plain_ones_are_not() {
     let c = Cluster::new(1);
     let p = pki(c.dir.path());
     let n1 = c.start_with("n1", settings(&c, &p, false)).await;
-    n1.node()
-        .wait_for_role(
-            |r| matches!(r, walship_transport::NodeRole::Leader { .. }),
-            common::WAIT,
-        )
-        .await
-        .expect("n1 leads");
+    leads(&n1).await;
     let addr = n1.resp_addr();
     assert_eq!(ping_tls(addr, &p.ca, None).await, Ok("+PONG\r\n".into()));
     assert_ne!(

@@ -201,3 +201,29 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Waits until `node` leads.
+pub async fn leads(node: &Instance) {
+    node.node()
+        .wait_for_role(|r| matches!(r, NodeRole::Leader { .. }), WAIT)
+        .await
+        .expect("the node leads");
+}
+
+/// Whether `redis-cli` is on the PATH. Without it a test says so and passes, so that
+/// `cargo test` runs with only a Rust toolchain; CI installs redis-tools and sets
+/// `WALSHIP_REQUIRE_REDIS_CLI=1`, which makes a missing `redis-cli` a failure.
+pub fn have_redis_cli() -> bool {
+    let found = std::process::Command::new("redis-cli")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("WALSHIP_REQUIRE_REDIS_CLI").is_err(),
+            "WALSHIP_REQUIRE_REDIS_CLI is set but redis-cli is not on the PATH"
+        );
+        eprintln!("redis-cli not found: skipping (install redis-tools to run this test)");
+    }
+    found
+}

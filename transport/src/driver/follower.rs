@@ -532,7 +532,10 @@ fn apply_loop(
     };
     let mut undone = 0;
     while !shared.stop_apply.load(Ordering::Acquire) {
-        if shared.install_posted.swap(false, Ordering::AcqRel) {
+        // A load first: the apply loop asks for every record, and a swap is a write.
+        if shared.install_posted.load(Ordering::Acquire)
+            && shared.install_posted.swap(false, Ordering::AcqRel)
+        {
             let job = shared
                 .install
                 .lock()

@@ -359,12 +359,14 @@ impl Run {
             12 => {
                 self.settle()?;
                 let pick = self.rng.below(4) as usize;
-                // A checkpoint's retirement may move the start meanwhile: then again.
+                // A checkpoint's retirement may move the start meanwhile (between reading
+                // the start and opening the reader, or while reading): then again.
                 let t = loop {
                     let log = self.log();
-                    let mut reader = log
-                        .reader(log.start_lsn())
-                        .map_err(|e| format!("reader: {e}"))?;
+                    let mut reader = match log.reader(log.start_lsn()) {
+                        Err(walship_engine::Error::NotRetained { .. }) => continue,
+                        r => r.map_err(|e| format!("reader: {e}"))?,
+                    };
                     let mut ends = Vec::new();
                     let read = loop {
                         match reader.try_next() {

@@ -530,16 +530,15 @@ impl Connection {
             return Reply::error("ERR WAIT cannot be used with replica instances.");
         }
         let target = self.last_write.unwrap_or(Lsn::ZERO);
-        let deadline = tokio::time::Instant::now() + forever_if_zero(timeout_ms);
-        loop {
-            let have = self.shared.node.status().leading.map_or(0, |l| {
-                l.followers.iter().filter(|f| f.flush >= target).count()
-            });
-            let have = i64::try_from(have).unwrap_or(i64::MAX);
-            if have >= replicas || tokio::time::Instant::now() >= deadline {
-                return Reply::Int(have);
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        let want = usize::try_from(replicas.max(0)).unwrap_or(usize::MAX);
+        match self
+            .shared
+            .node
+            .wait_for_flushed(target, want, forever_if_zero(timeout_ms))
+            .await
+        {
+            Some(have) => Reply::Int(i64::try_from(have).unwrap_or(i64::MAX)),
+            None => Reply::error("ERR WAIT cannot be used with replica instances."),
         }
     }
 }

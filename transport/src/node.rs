@@ -491,8 +491,42 @@ impl Node {
                     level: Durability::RemoteApply,
                 });
             }
-            tokio::time::sleep(left.min(Duration::from_millis(5))).await;
+            // A follower still to apply the record is woken when it does; anything else
+            // (a session not yet welcomed, another epoch's record to be cut, the role
+            // changing) is re-checked every 5 ms.
+            let applying = match self.shared.current().as_ref() {
+                Some(Current::Following(f, _)) if f.applied() < token.lsn => {
+                    Some(f.applied_changes())
+                }
+                _ => None,
+            };
+            match applying {
+                Some(mut rx) => {
+                    let slice = left.min(Duration::from_millis(50));
+                    let _ = tokio::time::timeout(slice, rx.wait_for(|a| *a >= token.lsn)).await;
+                }
+                None => tokio::time::sleep(left.min(Duration::from_millis(5))).await,
+            }
         }
+    }
+
+    /// Waits until `replicas` followers have flushed `lsn`, or `timeout` passes, and
+    /// returns how many have (Redis's `WAIT`; see [`Leader::wait_for_flushed`]).
+    /// `None` if this node does not lead.
+    ///
+    /// [`Leader::wait_for_flushed`]: crate::Leader::wait_for_flushed
+    pub async fn wait_for_flushed(
+        &self,
+        lsn: Lsn,
+        replicas: usize,
+        timeout: Duration,
+    ) -> Option<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let waiter = match self.shared.current().as_ref() {
+            Some(Current::Leading(l)) => l.flush_waiter(),
+            _ => return None,
+        };
+        Some(waiter.wait(lsn, replicas, deadline).await)
     }
 
     /// The node's status.

@@ -213,3 +213,61 @@ async fn shutting_the_leader_down_fails_waiting_remote_commits() -> Result<(), E
     assert!(matches!(err, Error::RemoteFenced { .. }), "{err}");
     Ok(())
 }
+
+/// `Leader::wait_for_flushed` (Redis's `WAIT`) counts each follower that flushed the
+/// LSN, whatever the sync policy needs, and answers with how many once the timeout
+/// passes short of the number asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_followers_counts_each_one_that_flushed() -> Result<(), Error> {
+    let c = Cluster::new(1 << 20);
+    let leader = c.leader(
+        c.log("leader"),
+        SyncPolicy::Any {
+            k: 1,
+            of: names(&["f1", "f2"]),
+        },
+    );
+    let (f1, _) = c.follower("f1", c.log("f1"), &leader);
+    let (f2, _) = c.follower("f2", c.log("f2"), &leader);
+    // Acknowledgements wake the waits: a wait that slept out its timeout would take
+    // 100 x 30 s here, against well under a second.
+    let loop_start = std::time::Instant::now();
+    for i in 0..100u32 {
+        // Committed locally only: nothing but the wait itself waits for the followers.
+        let lsn = leader.log().append(&i.to_le_bytes())?;
+        leader.commit(lsn, Durability::Local).await?;
+        let have = leader.wait_for_flushed(lsn, 2, WAIT).await;
+        assert_eq!(have, 2, "both followers flush record {i} at {lsn}");
+        for f in [&f1, &f2] {
+            assert!(
+                f.log().watermarks().flushed >= lsn,
+                "counted only once flushed"
+            );
+        }
+        assert!(
+            loop_start.elapsed() < WAIT,
+            "the waits answered as the acknowledgements came, not at their timeouts"
+        );
+    }
+    f2.shutdown().await;
+    let lsn = leader.log().append(b"after f2 left")?;
+    leader.commit(lsn, Durability::Local).await?;
+    let start = std::time::Instant::now();
+    let have = leader
+        .wait_for_flushed(lsn, 2, Duration::from_millis(300))
+        .await;
+    assert_eq!(have, 1, "f1 alone has it once the timeout passed");
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "waited the timeout"
+    );
+    assert_eq!(leader.wait_for_flushed(lsn, 1, WAIT).await, 1);
+    assert_eq!(
+        leader.wait_for_flushed(lsn, 0, Duration::ZERO).await,
+        1,
+        "asking for none answers at once with the count"
+    );
+    f1.shutdown().await;
+    leader.shutdown().await;
+    Ok(())
+}

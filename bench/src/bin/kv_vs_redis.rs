@@ -8,7 +8,8 @@
 //! - a closed-loop client (this program, N threads, one connection each) doing `SET` then
 //!   `WAIT 1 <timeout>` per operation, with HDR histograms: Redis against walship-kv at
 //!   `remote-flush` (the `SET` reply waits for the follower's flush; `WAIT 1` then finds
-//!   it flushed);
+//!   it flushed) and at `local` (as an unmodified Redis client has it: `WAIT 1` itself
+//!   waits for the follower's flush);
 //! - `redis-benchmark -t get` on each replica, over keys written first.
 //!
 //! Prints a table with the ratios the targets use. Needs `redis-server` and
@@ -39,6 +40,11 @@ struct Args {
     /// Closed-loop client counts
     #[arg(long, value_delimiter = ',', default_value = "1,50")]
     clients: Vec<usize>,
+    /// walship-kv durabilities for the `SET` + `WAIT 1` rows: `remote-flush` (the reply
+    /// waits for the follower; `WAIT` finds it done) and `local` (what an unmodified
+    /// Redis client gets: `WAIT` itself waits for the follower's flush)
+    #[arg(long, value_delimiter = ',', default_value = "remote-flush,local")]
+    wait_levels: Vec<String>,
     /// redis-benchmark's connections
     #[arg(long, default_value_t = 50)]
     bench_clients: usize,
@@ -341,14 +347,16 @@ fn main() -> Res<()> {
     );
     for &clients in &args.clients {
         let (r_ops, r_h) = set_wait(rp, clients, args.seconds, None)?;
-        let (k_ops, k_h) = set_wait(kv_ports[0], clients, args.seconds, Some("remote-flush"))?;
         let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-        println!(
-            "| SET + WAIT 1, {clients} clients, kv at `remote-flush`: ops/s (p50 / p99 / p99.9 ms) | {r_ops:.0} ({:.2} / {:.2} / {:.2}) | {k_ops:.0} ({:.2} / {:.2} / {:.2}) | {:.2}× (p99 {:.2}×) |",
-            ms(&r_h, 0.5), ms(&r_h, 0.99), ms(&r_h, 0.999),
-            ms(&k_h, 0.5), ms(&k_h, 0.99), ms(&k_h, 0.999),
-            k_ops / r_ops, ms(&k_h, 0.99) / ms(&r_h, 0.99),
-        );
+        for level in &args.wait_levels {
+            let (k_ops, k_h) = set_wait(kv_ports[0], clients, args.seconds, Some(level))?;
+            println!(
+                "| SET + WAIT 1, {clients} clients, kv at `{level}`: ops/s (p50 / p99 / p99.9 ms) | {r_ops:.0} ({:.2} / {:.2} / {:.2}) | {k_ops:.0} ({:.2} / {:.2} / {:.2}) | {:.2}× (p99 {:.2}×) |",
+                ms(&r_h, 0.5), ms(&r_h, 0.99), ms(&r_h, 0.999),
+                ms(&k_h, 0.5), ms(&k_h, 0.99), ms(&k_h, 0.999),
+                k_ops / r_ops, ms(&k_h, 0.99) / ms(&r_h, 0.99),
+            );
+        }
     }
     let r = redis_benchmark(rr, "get", args.requests, args.bench_clients)?;
     let k = redis_benchmark(kv_ports[1], "get", args.requests, args.bench_clients)?;

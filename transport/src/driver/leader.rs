@@ -188,6 +188,9 @@ struct Shared {
     /// first refused.
     ahead_since: Mutex<Option<(Instant, String)>>,
     confirm_timeout: Duration,
+    /// Bumped at every follower acknowledgement while somebody waits on individual
+    /// followers ([`Leader::wait_for_flushed`]); nothing is sent when nobody listens.
+    acks: watch::Sender<()>,
 }
 
 impl Shared {
@@ -317,6 +320,32 @@ impl Shared {
 
     fn progress(&self, node: &str, session: SessionId, p: Progress, now: Instant) {
         self.with_registry(|r| r.progress(node, session, p, now));
+        if self.acks.receiver_count() > 0 {
+            self.acks.send_replace(());
+        }
+    }
+
+    /// Waits until `replicas` followers have flushed `lsn`, or `deadline`; returns how
+    /// many have. Woken by each acknowledgement: subscribed before the first count, so
+    /// one that lands between the count and the wait is not missed.
+    async fn wait_for_flushed(
+        &self,
+        lsn: Lsn,
+        replicas: usize,
+        deadline: tokio::time::Instant,
+    ) -> usize {
+        let mut acks = self.acks.subscribe();
+        loop {
+            let have = self.registry().flushed_count(lsn);
+            if have >= replicas {
+                return have;
+            }
+            match tokio::time::timeout_at(deadline, acks.changed()).await {
+                Ok(Ok(())) => {}
+                // The deadline, or the leader is gone (the sender with it).
+                _ => return self.registry().flushed_count(lsn),
+            }
+        }
     }
 
     fn shipped(
@@ -507,6 +536,7 @@ impl Leader {
             ahead_since: Mutex::new(None),
             confirm_timeout: opts.confirm_timeout,
             registry: Mutex::new(registry),
+            acks: watch::channel(()).0,
         });
         // At start, before anything is shipped: the one save made on the caller's thread.
         if let Some(job) = shared.maintain() {
@@ -673,6 +703,31 @@ impl Leader {
         self.slot_control().drop_slot(node).await
     }
 
+    /// Waits until `replicas` followers have flushed `lsn`, or `timeout` passes, and
+    /// returns how many have: Redis's `WAIT numreplicas timeout`, counted as
+    /// [`status`](Leader::status) counts a follower's `flush` (its acknowledgement, or
+    /// its slot's restart point). Each follower acknowledgement wakes the wait, so it
+    /// answers as soon as the follower's ack arrives, without polling.
+    ///
+    /// ```no_run
+    /// # async fn demo(leader: &walship_transport::Leader) {
+    /// use std::time::Duration;
+    /// let lsn = leader.log().end_lsn();
+    /// let have = leader.wait_for_flushed(lsn, 1, Duration::from_secs(1)).await;
+    /// println!("{have} followers flushed {lsn}");
+    /// # }
+    /// ```
+    pub async fn wait_for_flushed(&self, lsn: Lsn, replicas: usize, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.shared.wait_for_flushed(lsn, replicas, deadline).await
+    }
+
+    /// A handle that waits on followers' flushes without borrowing the leader (the node
+    /// keeps its leader behind a lock that must not be held across the wait).
+    pub(crate) fn flush_waiter(&self) -> FlushWaiter {
+        FlushWaiter(Arc::clone(&self.shared))
+    }
+
     /// A handle that drops slots without borrowing the leader (the node keeps its leader
     /// behind a lock that must not be held across the save).
     pub(crate) fn slot_control(&self) -> SlotControl {
@@ -742,6 +797,20 @@ impl SlotControl {
             save_slots(&self.0, job).await?;
         }
         Ok(had)
+    }
+}
+
+/// Waits on followers' flushes of a running leader; see [`Leader::flush_waiter`].
+pub(crate) struct FlushWaiter(Arc<Shared>);
+
+impl FlushWaiter {
+    pub(crate) async fn wait(
+        &self,
+        lsn: Lsn,
+        replicas: usize,
+        deadline: tokio::time::Instant,
+    ) -> usize {
+        self.0.wait_for_flushed(lsn, replicas, deadline).await
     }
 }
 

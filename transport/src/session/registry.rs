@@ -328,6 +328,24 @@ impl Registry {
             .map(|e| e.acked.flushed)
     }
 
+    /// How many followers have flushed `lsn`, each counted as
+    /// [`followers`](Self::followers) reports its `flush` (its acknowledgement, or its
+    /// slot's restart point), without building that report.
+    pub fn flushed_count(&self, lsn: Lsn) -> usize {
+        let restart = |n: &str| self.slots.get(n).map_or(Lsn::ZERO, |s| s.restart);
+        let connected = self
+            .followers
+            .iter()
+            .filter(|(n, e)| e.acked.flushed.max(restart(n)) >= lsn)
+            .count();
+        let slot_only = self
+            .slots
+            .iter()
+            .filter(|(n, s)| !self.followers.contains_key(*n) && s.restart >= lsn)
+            .count();
+        connected + slot_only
+    }
+
     /// Every follower that connected since start or holds a slot, as
     /// `pg_stat_replication` shows them, against the log's `end`.
     pub fn followers(&self, end: Lsn) -> Vec<FollowerInfo> {

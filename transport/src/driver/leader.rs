@@ -325,29 +325,6 @@ impl Shared {
         }
     }
 
-    /// Waits until `replicas` followers have flushed `lsn`, or `deadline`; returns how
-    /// many have. Woken by each acknowledgement: subscribed before the first count, so
-    /// one that lands between the count and the wait is not missed.
-    async fn wait_for_flushed(
-        &self,
-        lsn: Lsn,
-        replicas: usize,
-        deadline: tokio::time::Instant,
-    ) -> usize {
-        let mut acks = self.acks.subscribe();
-        loop {
-            let have = self.registry().flushed_count(lsn);
-            if have >= replicas {
-                return have;
-            }
-            match tokio::time::timeout_at(deadline, acks.changed()).await {
-                Ok(Ok(())) => {}
-                // The deadline, or the leader is gone (the sender with it).
-                _ => return self.registry().flushed_count(lsn),
-            }
-        }
-    }
-
     fn shipped(
         &self,
         node: &str,
@@ -719,7 +696,7 @@ impl Leader {
     /// ```
     pub async fn wait_for_flushed(&self, lsn: Lsn, replicas: usize, timeout: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + timeout;
-        self.shared.wait_for_flushed(lsn, replicas, deadline).await
+        self.flush_waiter().wait(lsn, replicas, deadline).await
     }
 
     /// A handle that waits on followers' flushes without borrowing the leader (the node
@@ -804,13 +781,27 @@ impl SlotControl {
 pub(crate) struct FlushWaiter(Arc<Shared>);
 
 impl FlushWaiter {
+    /// Waits until `replicas` followers have flushed `lsn`, or `deadline`; returns how
+    /// many have. Woken by each acknowledgement: subscribed before the first count, so
+    /// one that lands between the count and the wait is not missed.
     pub(crate) async fn wait(
         &self,
         lsn: Lsn,
         replicas: usize,
         deadline: tokio::time::Instant,
     ) -> usize {
-        self.0.wait_for_flushed(lsn, replicas, deadline).await
+        let mut acks = self.0.acks.subscribe();
+        loop {
+            let have = self.0.registry().flushed_count(lsn);
+            if have >= replicas {
+                return have;
+            }
+            match tokio::time::timeout_at(deadline, acks.changed()).await {
+                Ok(Ok(())) => {}
+                // The deadline, or the leader is gone (the sender with it).
+                _ => return self.0.registry().flushed_count(lsn),
+            }
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 //! there. A dead follower cannot fill the disk: once a slot is more than
 //! `max_retained_bytes` behind the end of the log it is marked lost, stops holding
 //! segments, and its follower is refused with `SlotLost` on every later connect, never
-//! streamed a gap. Dropping the slot (an operator decision) lets it start afresh.
+//! streamed a gap. Dropping the slot (an operator decision) lets it start afresh, and so
+//! does a snapshot sent to it ([`Slots::hold`]): the snapshot stands in for everything
+//! the slot failed to keep.
 //!
 //! Slots survive restarts in `replication.slots` in the log directory, written to a new
 //! file, fsynced and renamed over the old one. The file is saved when a slot is created,
@@ -69,7 +71,9 @@ impl Slot {
         self.lost_at.map(|end| {
             format!(
                 "it needed the log from {} but the leader's end was {end}, more than \
-                 max_retained_bytes = {max_retained_bytes} behind; drop the slot and rebuild the follower",
+                 max_retained_bytes = {max_retained_bytes} behind; a follower that installs \
+                 snapshots bootstraps from the leader's, any other needs its slot dropped \
+                 and a rebuild",
                 self.restart
             )
         })
@@ -155,12 +159,21 @@ impl Slots {
     }
 
     /// Holds the log from `at` for `node`, which is being sent a snapshot and will
-    /// stream from there: creates its slot at `at`, or moves a live one back to it (a
-    /// lost slot stays lost).
+    /// stream from there: creates its slot at `at`, moves a live one back to it, or makes
+    /// a lost one live again at `at`. A slot is lost because the log it held is gone; the
+    /// snapshot replaces everything before `at`, so nothing the follower will stream is
+    /// missing any more.
     pub fn hold(&mut self, node: &str, at: Lsn) {
         match self.slots.get_mut(node) {
             None => self.accept(node, at),
-            Some(s) if s.lost_at.is_none() && s.restart > at => {
+            Some(s) if s.lost_at.is_some() => {
+                *s = Slot {
+                    restart: at,
+                    lost_at: None,
+                };
+                self.dirty = true;
+            }
+            Some(s) if s.restart > at => {
                 s.restart = at;
                 self.dirty = true;
             }
@@ -412,6 +425,34 @@ mod tests {
         assert_eq!(again.slots, s.slots);
         assert!(s.drop_slot("c"));
         assert!(!s.drop_slot("c"));
+    }
+
+    #[test]
+    fn a_snapshot_makes_a_lost_slot_live_again_where_it_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Slots::load(&walship_engine::storage::os(), dir.path(), CAP).unwrap();
+        s.accept("c", Lsn::new(100));
+        s.enforce_cap(Lsn::new(3 * CAP), 2 * CAP);
+        assert!(s.get("c").unwrap().lost_at.is_some());
+        s.save().unwrap();
+        // The snapshot's segment starts at 2 * CAP: held from there, no longer lost.
+        s.hold("c", Lsn::new(2 * CAP));
+        assert!(s.is_dirty(), "the revived slot is saved");
+        assert_eq!(
+            s.get("c"),
+            Some(&Slot {
+                restart: Lsn::new(2 * CAP),
+                lost_at: None
+            })
+        );
+        assert!(s.lost(2 * CAP).is_empty());
+        assert_eq!(s.floor(), Some(Lsn::new(2 * CAP)));
+        // A live slot is only ever moved back by a hold, never forward.
+        s.hold("c", Lsn::new(3 * CAP));
+        assert_eq!(s.get("c").unwrap().restart, Lsn::new(2 * CAP));
+        s.save().unwrap();
+        let again = Slots::load(&walship_engine::storage::os(), dir.path(), CAP).unwrap();
+        assert_eq!(again.slots, s.slots);
     }
 
     #[test]

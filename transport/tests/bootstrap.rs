@@ -329,3 +329,97 @@ async fn an_embedder_whose_state_lies_outside_its_log_bootstraps_before_streamin
     f.shutdown().await;
     leader.shutdown().await;
 }
+
+/// A follower away for longer than its slot may hold the log (`max_retained_bytes`) is
+/// refused with `SlotLost`; one that installs snapshots then asks for the leader's, which
+/// makes its slot live again, and it streams on from the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_slot_was_lost_is_bootstrapped_and_its_slot_lives_again() {
+    let c = Cluster::new(CAP);
+    let source = Arc::new(Source::default());
+    let log = c.log("leader");
+    let leader = c.leader_with(
+        Arc::clone(&log),
+        LeaderOptions {
+            snapshots: Some(Arc::clone(&source) as Arc<dyn SnapshotSource>),
+            max_retained_bytes: 2 * CAP,
+            ..LeaderOptions::default()
+        },
+    );
+    let slot_lost = |leader: &walship_transport::Leader| {
+        leader
+            .status()
+            .followers
+            .iter()
+            .find(|f| f.node_id == "n2")
+            .map(|f| f.slot_lost)
+    };
+    // n2 streams a little, then goes away: its slot stays, at what it flushed.
+    let e = Embedder::default();
+    let f_log = c.log("n2");
+    let f = start(&c, Arc::clone(&f_log), c.follower_opts(&leader), &e);
+    let first = log.append(b"before").unwrap();
+    log.commit(first, Durability::Local).wait().unwrap();
+    eventually(
+        "n2 applies the first record",
+        Duration::from_secs(20),
+        || f.applied() >= first,
+    )
+    .await;
+    let applied = f.applied();
+    f.shutdown().await;
+    assert_eq!(slot_lost(&leader), Some(false));
+
+    // Three segments more than the slot may hold: lost. The embedder snapshots and
+    // checkpoints, so the log n2 would need goes.
+    let mut last = first;
+    for i in 0..300u32 {
+        last = log.append(&[(i % 251) as u8; 1000]).unwrap();
+    }
+    log.commit(last, Durability::Local).wait().unwrap();
+    let covered = records(&log);
+    *source.snap.lock().unwrap() = Some((last, encode(&covered)));
+    log.set_checkpoint(last);
+    eventually("n2's slot to be lost", Duration::from_secs(20), || {
+        slot_lost(&leader) == Some(true)
+    })
+    .await;
+    eventually(
+        "the leader recycles what n2 needed",
+        Duration::from_secs(20),
+        || log.start_lsn() > f_log.end_lsn(),
+    )
+    .await;
+    let mut after = last;
+    for i in 0..50u32 {
+        after = log.append(format!("after {i}").as_bytes()).unwrap();
+    }
+    log.commit(after, Durability::Local).wait().unwrap();
+
+    // Back with its state: refused, bootstrapped, streaming, and its slot live again.
+    let opts = FollowerOptions {
+        apply_from: Some(applied),
+        ..c.follower_opts(&leader)
+    };
+    let f = start(&c, Arc::clone(&f_log), opts, &e);
+    eventually(
+        "n2 applies everything after the snapshot",
+        Duration::from_secs(20),
+        || f.applied() >= after,
+    )
+    .await;
+    assert_eq!(*e.installs.lock().unwrap(), vec![last], "one snapshot");
+    let mut expected = covered;
+    expected.extend(records(&log).into_iter().filter(|(l, _)| *l > last));
+    assert_eq!(*e.state.lock().unwrap(), expected);
+    assert_eq!(slot_lost(&leader), Some(false), "the slot lives again");
+    // And it holds the log again: n2 keeps streaming new records.
+    let more = log.append(b"more").unwrap();
+    log.commit(more, Durability::Local).wait().unwrap();
+    eventually("n2 streams on", Duration::from_secs(20), || {
+        f.applied() >= more
+    })
+    .await;
+    f.shutdown().await;
+    leader.shutdown().await;
+}

@@ -739,9 +739,11 @@ async fn connect_loop(
             }
         } else {
             let result = session(&shared, &endpoint, &client, &opts, &mut stop).await;
-            if shared.bootstraps && is_not_retained(&result) {
-                tracing::info!(leader = %opts.leader, "the leader no longer retains this follower's log: bootstrapping from its snapshot");
-                bootstrap_first = true;
+            if shared.bootstraps {
+                if let Some(why) = snapshot_needed(&result) {
+                    tracing::info!(leader = %opts.leader, "{why}: bootstrapping from its snapshot");
+                    bootstrap_first = true;
+                }
             }
             if !finished(&shared, &opts, result) {
                 break;
@@ -769,18 +771,22 @@ async fn connect_loop(
     });
 }
 
-/// Whether a session ended with the leader's `NotRetained`.
-fn is_not_retained(result: &Result<(), TransportError>) -> bool {
-    matches!(
-        result,
+/// Why only a snapshot lets this follower stream again, if a session ended so: the
+/// leader no longer retains its position (`NotRetained`), or stopped holding the log for
+/// it (`SlotLost`; sending the snapshot makes the slot live again).
+fn snapshot_needed(result: &Result<(), TransportError>) -> Option<&'static str> {
+    use crate::wire::RejectCode;
+    match result {
         Err(TransportError::Session {
-            source: crate::session::SessionError::Rejected {
-                code: crate::wire::RejectCode::NotRetained,
-                ..
-            },
+            source: crate::session::SessionError::Rejected { code, .. },
             ..
-        })
-    )
+        }) => match code {
+            RejectCode::NotRetained => Some("the leader no longer retains this follower's log"),
+            RejectCode::SlotLost => Some("the leader lost this follower's retention slot"),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Records how a session ended; `false` if the follower is stopping.

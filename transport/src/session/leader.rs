@@ -305,7 +305,14 @@ impl LeaderSession {
         r: crate::wire::SnapshotRequest,
         log: &LogView,
     ) -> Result<(), SessionError> {
-        self.admit(now, &r.cluster_id, &r.node_id, r.segment_capacity, log)?;
+        self.admit(
+            now,
+            &r.cluster_id,
+            &r.node_id,
+            r.segment_capacity,
+            log,
+            true,
+        )?;
         self.state = State::Snapshot;
         self.events.push_back(LeaderEvent::SnapshotWanted {
             follower: r.node_id,
@@ -314,7 +321,9 @@ impl LeaderSession {
     }
 
     /// The checks every opening frame passes: the cluster, the certificate's identity,
-    /// the node's slot, the segment capacity.
+    /// the node's slot, the segment capacity. A lost slot refuses streaming but not a
+    /// `snapshot`: the snapshot replaces the log the slot failed to keep, and sending it
+    /// makes the slot live again.
     fn admit(
         &mut self,
         now: Instant,
@@ -322,6 +331,7 @@ impl LeaderSession {
         node_id: &str,
         segment_capacity: u64,
         log: &LogView,
+        snapshot: bool,
     ) -> Result<(), SessionError> {
         if cluster_id != self.cfg.cluster_id {
             let why = format!(
@@ -335,7 +345,7 @@ impl LeaderSession {
                 format!("the request names node {node_id:?} but the certificate is node {peer:?}");
             return Err(self.refuse(RejectCode::Identity, Lsn::ZERO, why, now));
         }
-        if let Some(reason) = log.lost_slots.get(node_id) {
+        if let Some(reason) = log.lost_slots.get(node_id).filter(|_| !snapshot) {
             let why = format!("the retention slot of {node_id:?} was lost: {reason}");
             return Err(self.refuse(RejectCode::SlotLost, log.start, why, now));
         }
@@ -350,7 +360,14 @@ impl LeaderSession {
     }
 
     fn handle_hello(&mut self, now: Instant, h: Hello, log: &LogView) -> Result<(), SessionError> {
-        self.admit(now, &h.cluster_id, &h.node_id, h.segment_capacity, log)?;
+        self.admit(
+            now,
+            &h.cluster_id,
+            &h.node_id,
+            h.segment_capacity,
+            log,
+            false,
+        )?;
         let seen = h.seen_epoch.max(h.last_epoch);
         if seen > self.cfg.epoch {
             let why = format!(
@@ -727,6 +744,50 @@ mod tests {
         header.extend_from_slice(&(crate::wire::CONTROL_FRAME_LIMIT + 1).to_le_bytes());
         let err = s.handle_bytes(now, &header, &log).unwrap_err();
         assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    }
+
+    /// A follower whose slot was lost may not stream, but may ask for a snapshot: the
+    /// snapshot replaces the log its slot failed to keep.
+    #[test]
+    fn a_lost_slot_refuses_streaming_but_not_a_snapshot() {
+        let now = Instant::now();
+        let log = LogView {
+            start: Lsn::new(64),
+            end: Lsn::new(64),
+            history: EpochHistory::default(),
+            lost_slots: Arc::new(
+                [("n2".to_string(), "3 GiB behind".to_string())]
+                    .into_iter()
+                    .collect(),
+            ),
+            confirmed: true,
+        };
+        let request = |node: &str| {
+            frame_bytes(Frame::SnapshotRequest(crate::wire::SnapshotRequest {
+                cluster_id: "c".into(),
+                node_id: node.into(),
+                segment_capacity: 1 << 20,
+            }))
+        };
+        let mut s = LeaderSession::new(config(1), now).expect_peer("n2");
+        s.handle_bytes(now, &request("n2"), &log).unwrap();
+        assert!(matches!(
+            s.poll_event(),
+            Some(LeaderEvent::SnapshotWanted { follower }) if follower == "n2"
+        ));
+        // The other checks still hold: the certificate must name the requester.
+        let mut s = LeaderSession::new(config(1), now).expect_peer("n3");
+        let err = s.handle_bytes(now, &request("n2"), &log).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                SessionError::Refused {
+                    code: RejectCode::Identity,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -203,9 +203,12 @@ impl Registry {
     }
 
     /// `node` is being sent a snapshot and will stream from `at`: its slot holds the log
-    /// from there ([`Slots::hold`](crate::slots::Slots::hold)).
+    /// from there, live again if it was lost ([`Slots::hold`](crate::slots::Slots::hold)).
     pub fn hold_for_snapshot(&mut self, node: &str, at: Lsn) {
         self.slots.hold(node, at);
+        if self.lost.contains_key(node) {
+            self.lost = Arc::new(self.slots.lost(self.max_retained_bytes));
+        }
         self.floor();
         self.save();
     }
@@ -536,5 +539,21 @@ mod tests {
         assert!(r.drop_slot("n3"));
         assert!(!r.lost_slots().contains_key("n3"));
         assert!(!r.drop_slot("n3"));
+    }
+
+    #[test]
+    fn a_snapshot_sent_makes_a_lost_slot_hold_the_log_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = registry(dir.path());
+        r.accept("n3", addr(), Lsn::new(64), p(64, 64, 0));
+        assert_eq!(r.maintain(Lsn::new(10 * CAP)), vec!["n3".to_string()]);
+        let _ = effects(&mut r);
+        r.hold_for_snapshot("n3", Lsn::new(9 * CAP));
+        assert!(!r.lost_slots().contains_key("n3"), "no longer refused");
+        let e = effects(&mut r);
+        assert!(e
+            .iter()
+            .any(|e| matches!(e, Effect::RetentionFloor(Some(f)) if *f == Lsn::new(9 * CAP))));
+        assert!(e.iter().any(|e| matches!(e, Effect::Save(_))), "and saved");
     }
 }

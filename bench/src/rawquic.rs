@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use walship_transport::tls::{self, ClusterCa, NodeIdentity};
+use walship_transport::udp;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -129,13 +130,16 @@ pub struct Received {
 
 /// A server endpoint on `socket` with the leader's identity: bound, not yet accepting.
 pub fn server(cluster: &Cluster, socket: UdpSocket) -> Result<quinn::Endpoint, BoxError> {
-    let server_cfg =
+    let mut server_cfg =
         tls::server_config(&cluster.leader, cluster.ca.cert_pem(), &cluster.cluster_id)?;
+    // The datagram size a leader listening there would use.
+    let payload = udp::auto_max_udp_payload(socket.local_addr()?.ip());
+    server_cfg.transport_config(Arc::new(tls::transport_config_for(payload)));
     Ok(quinn::Endpoint::new(
-        walship_transport::tls::endpoint_config(),
+        tls::endpoint_config_for(payload),
         Some(server_cfg),
         socket,
-        Arc::new(quinn::TokioRuntime),
+        udp::runtime(payload),
     )?)
 }
 
@@ -176,12 +180,15 @@ pub async fn receive(
     socket: UdpSocket,
     server_addr: SocketAddr,
 ) -> Result<Received, BoxError> {
-    let client_cfg = tls::client_config(identity, ca_pem, identity.cluster_id())?;
+    let mut client_cfg = tls::client_config(identity, ca_pem, identity.cluster_id())?;
+    // As a follower of a leader there would.
+    let payload = udp::auto_max_udp_payload(server_addr.ip());
+    client_cfg.transport_config(Arc::new(tls::transport_config_for(payload)));
     let mut client = quinn::Endpoint::new(
-        walship_transport::tls::endpoint_config(),
+        tls::endpoint_config_for(payload),
         None,
         socket,
-        Arc::new(quinn::TokioRuntime),
+        udp::runtime(payload),
     )?;
     client.set_default_client_config(client_cfg);
     let conn = client.connect(server_addr, "leader")?.await?;

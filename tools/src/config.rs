@@ -83,6 +83,7 @@ struct RawReplication {
     sync: Option<String>,
     remote_commit_timeout_ms: Option<u64>,
     max_retained_bytes: Option<u64>,
+    max_udp_payload: Option<u16>,
     compression_level: Option<i32>,
     compression_adapt: Option<bool>,
     compression_floor: Option<i32>,
@@ -146,6 +147,9 @@ pub struct NodeConfig {
     pub remote_commit_timeout: Duration,
     /// Most log a lagging follower's slot may hold back.
     pub max_retained_bytes: Option<u64>,
+    /// The largest datagram replication sends (MTU discovery's bound); absent: jumbo on
+    /// a loopback path, 1452 elsewhere ([`walship_transport::udp::auto_max_udp_payload`]).
+    pub max_udp_payload: Option<u16>,
     /// How shipped data is compressed: `compression_level` (0 = off; with
     /// `compression_adapt`, where the level starts) and the adaptive range
     /// (`compression_floor`, absent: down to shipping raw; `compression_ceiling`).
@@ -337,6 +341,12 @@ impl NodeConfig {
                 }
             }
         };
+        let max_udp_payload = raw
+            .replication
+            .max_udp_payload
+            .map(walship_transport::udp::check_max_udp_payload)
+            .transpose()
+            .map_err(|e| bad("replication.max_udp_payload", e))?;
         let named = match &sync {
             SyncPolicy::First { of, .. } | SyncPolicy::Any { of, .. } => of,
         };
@@ -366,6 +376,7 @@ impl NodeConfig {
                 raw.replication.remote_commit_timeout_ms.unwrap_or(10_000),
             ),
             max_retained_bytes: raw.replication.max_retained_bytes,
+            max_udp_payload,
             compression,
             segment_bytes: raw.log.segment_bytes,
             backend,
@@ -453,6 +464,21 @@ peers = { n2 = "127.0.0.1:7401", n3 = "127.0.0.1:7402" }
         assert_eq!(c.members.iter().collect::<Vec<_>>(), ["n1", "n2", "n3"]);
         assert!(
             matches!(c.coordinator, CoordinatorConfig::Static { ref leader, .. } if leader == "n1")
+        );
+    }
+
+    #[test]
+    fn the_datagram_bound_is_checked_and_absent_by_default() {
+        let with = |extra: &str| {
+            let text = GOOD.replace("[replication]", &format!("[replication]\n{extra}"));
+            NodeConfig::parse(&text, Path::new("/")).map(|c| c.max_udp_payload)
+        };
+        assert_eq!(with("").unwrap(), None);
+        assert_eq!(with("max_udp_payload = 8952").unwrap(), Some(8952));
+        let err = with("max_udp_payload = 1000").unwrap_err();
+        assert!(
+            err.contains("replication.max_udp_payload") && err.contains("1200"),
+            "{err}"
         );
     }
 

@@ -163,11 +163,16 @@ async fn serve<E: Embedder>(
     if let Some(m) = cfg.max_retained_bytes {
         leader.max_retained_bytes = m;
     }
+    leader.max_udp_payload = cfg.max_udp_payload;
     leader.compression = cfg.compression;
     let (apply, apply_from) = embedder.prepare(&log).map_err(Failure::Error)?;
     leader.snapshots = embedder.snapshots();
     let opts = NodeOptions {
         leader,
+        follower: walship_transport::FollowerOptions {
+            max_udp_payload: cfg.max_udp_payload,
+            ..walship_transport::FollowerOptions::default()
+        },
         advertise: cfg.advertise.clone(),
         apply_from: Some(apply_from),
         ..NodeOptions::default()

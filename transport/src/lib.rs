@@ -16,9 +16,10 @@
 //! - [`compress`]: zstd for shipped data, skipped when it does not pay;
 //! - [`lag`]: write/flush/apply lag in time;
 //! - [`status`]: what `status()` reports;
-//! - [`tls`]: the cluster CA, node certificates and mutual-TLS quinn configurations.
+//! - [`tls`]: the cluster CA, node certificates and mutual-TLS quinn configurations;
+//! - [`udp`]: the endpoints' UDP sockets (large datagrams, each GSO send within 64 KiB).
 //!
-//! Everything but the driver and `tls` does no network I/O and is tested directly.
+//! Everything but the driver, `tls` and `udp` does no network I/O and is tested directly.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -37,6 +38,7 @@ pub mod slots;
 pub mod snapshot;
 pub mod status;
 pub mod tls;
+pub mod udp;
 pub mod wire;
 
 pub use compress::CompressionOptions;

@@ -152,6 +152,9 @@ pub struct FollowerOptions {
     /// The largest snapshot accepted from the leader for a bootstrap (see
     /// [`Apply::install_snapshot`]); a larger one is refused before a byte is read.
     pub max_snapshot_bytes: u64,
+    /// The largest datagram sent (MTU discovery's upper bound); `None` takes it from the
+    /// leader's address ([`crate::udp::auto_max_udp_payload`]).
+    pub max_udp_payload: Option<u16>,
 }
 
 impl FollowerOptions {
@@ -171,6 +174,16 @@ impl FollowerOptions {
             apply_from: self.apply_from,
             epoch_authority: self.epoch_authority.clone(),
             max_snapshot_bytes: self.max_snapshot_bytes,
+            max_udp_payload: self.max_udp_payload,
+        }
+    }
+
+    /// The largest datagram this follower sends: as configured, else from the leader's
+    /// address.
+    pub(crate) fn udp_payload(&self) -> Result<u16, TransportError> {
+        match self.max_udp_payload {
+            Some(v) => crate::udp::check_max_udp_payload(v).map_err(TransportError::InvalidOptions),
+            None => Ok(crate::udp::auto_max_udp_payload(self.leader.ip())),
         }
     }
 }
@@ -191,6 +204,7 @@ impl Default for FollowerOptions {
             apply_from: None,
             epoch_authority: None,
             max_snapshot_bytes: 64 << 30,
+            max_udp_payload: None,
         }
     }
 }
@@ -300,7 +314,9 @@ impl Follower {
     ) -> Result<Follower, TransportError> {
         security.check_log(&log)?;
         let trust = security.trust()?;
-        let client = security.client_config(trust.as_ref())?;
+        let mut client = security.client_config(trust.as_ref())?;
+        let udp_payload = opts.udp_payload()?;
+        client.transport_config(Arc::new(crate::tls::transport_config_for(udp_payload)));
         let bind = opts.bind.unwrap_or_else(|| match opts.leader {
             SocketAddr::V4(a) if a.ip().is_loopback() => SocketAddr::from(([127, 0, 0, 1], 0)),
             SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -321,7 +337,7 @@ impl Follower {
         } else {
             Some(log.record_reader(apply_from)?)
         };
-        let endpoint = super::endpoint(None, bind, opts.socket.take())?;
+        let endpoint = super::endpoint(None, bind, opts.socket.take(), udp_payload)?;
         let (applied, _) = watch::channel(apply_from);
         let epoch = load_seen_epoch(&**log.storage(), log.dir())?.max(log.epoch());
         let shared = Arc::new(Shared {

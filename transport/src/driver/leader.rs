@@ -82,6 +82,10 @@ pub struct LeaderOptions {
     /// longer retains (it then restarts its log and streams from the snapshot on);
     /// `None` refuses such a follower with `NotRetained`, as before.
     pub snapshots: Option<Arc<dyn crate::snapshot::SnapshotSource>>,
+    /// The largest datagram sent (MTU discovery's upper bound); `None` takes it from the
+    /// address listened on (`socket`'s, else `listen`;
+    /// [`crate::udp::auto_max_udp_payload`]: jumbo on loopback, 1452 elsewhere).
+    pub max_udp_payload: Option<u16>,
 }
 
 impl LeaderOptions {
@@ -105,6 +109,21 @@ impl LeaderOptions {
             write_after_confirmation: self.write_after_confirmation,
             confirm_timeout: self.confirm_timeout,
             snapshots: self.snapshots.clone(),
+            max_udp_payload: self.max_udp_payload,
+        }
+    }
+
+    /// The largest datagram this leader sends: as configured, else from the address it
+    /// listens on.
+    pub(crate) fn udp_payload(&self) -> Result<u16, TransportError> {
+        let listening = self
+            .socket
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(self.listen);
+        match self.max_udp_payload {
+            Some(v) => crate::udp::check_max_udp_payload(v).map_err(TransportError::InvalidOptions),
+            None => Ok(crate::udp::auto_max_udp_payload(listening.ip())),
         }
     }
 }
@@ -132,6 +151,7 @@ impl Default for LeaderOptions {
             write_after_confirmation: false,
             confirm_timeout: Duration::from_secs(2),
             snapshots: None,
+            max_udp_payload: None,
         }
     }
 }
@@ -453,8 +473,10 @@ impl Leader {
         security.check_log(&log)?;
         let slots = Slots::load(log.storage(), log.dir(), log.segment_capacity())?;
         let trust = security.trust()?;
-        let server = security.server_config(trust.as_ref())?;
-        let endpoint = super::endpoint(Some(server), opts.listen, opts.socket)?;
+        let mut server = security.server_config(trust.as_ref())?;
+        let udp_payload = opts.udp_payload()?;
+        server.transport_config(Arc::new(crate::tls::transport_config_for(udp_payload)));
+        let endpoint = super::endpoint(Some(server), opts.listen, opts.socket, udp_payload)?;
         let seen = super::follower::load_seen_epoch(&**log.storage(), log.dir())?.max(log.epoch());
         let epoch = match opts.epoch {
             Some(e) => e,

@@ -336,20 +336,22 @@ pub(crate) fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// An endpoint on `socket` if given, else bound to `addr`.
+/// An endpoint on `socket` if given, else bound to `addr`, sending datagrams of at most
+/// `max_udp_payload` bytes.
 pub(crate) fn endpoint(
     server: Option<quinn::ServerConfig>,
     addr: SocketAddr,
     socket: Option<std::net::UdpSocket>,
+    max_udp_payload: u16,
 ) -> Result<quinn::Endpoint, TransportError> {
     let io = |op| move |source| TransportError::Io { op, addr, source };
     let socket = match socket {
         Some(s) => s,
         None => std::net::UdpSocket::bind(addr).map_err(io("bind"))?,
     };
-    let runtime = Arc::new(quinn::TokioRuntime);
-    quinn::Endpoint::new(crate::tls::endpoint_config(), server, socket, runtime)
-        .map_err(io("start QUIC endpoint on"))
+    let runtime = crate::udp::runtime(max_udp_payload);
+    let config = crate::tls::endpoint_config_for(max_udp_payload);
+    quinn::Endpoint::new(config, server, socket, runtime).map_err(io("start QUIC endpoint on"))
 }
 
 /// Whether work that may block (a disk wait) can run in place on this task's thread:

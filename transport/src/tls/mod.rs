@@ -54,10 +54,10 @@ pub use credentials::Credentials;
 pub use https::{admin_client_config, admin_server_config, peer_of_tls};
 pub use identity::{CertInfo, NodeIdentity};
 pub use quic::{
-    client_config, client_config_with, endpoint_config, insecure_client_config_for_tests_only,
-    insecure_server_config_for_tests_only, server_config, server_config_with, transport_config,
-    CONNECTION_RECEIVE_WINDOW, INITIAL_MTU, KEEP_ALIVE_INTERVAL, MAX_IDLE_TIMEOUT_MS, SEND_WINDOW,
-    STREAM_RECEIVE_WINDOW,
+    client_config, client_config_with, endpoint_config, endpoint_config_for,
+    insecure_client_config_for_tests_only, insecure_server_config_for_tests_only, server_config,
+    server_config_with, transport_config, transport_config_for, CONNECTION_RECEIVE_WINDOW,
+    INITIAL_MTU, KEEP_ALIVE_INTERVAL, MAX_IDLE_TIMEOUT_MS, SEND_WINDOW, STREAM_RECEIVE_WINDOW,
 };
 pub use trust::{MemberSet, Trust, MAX_CRL_BYTES};
 

@@ -52,6 +52,35 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
     quinn::EndpointConfig::default()
 }
 
+/// [`endpoint_config`] accepting datagrams of `max_udp_payload` bytes from peers (quinn
+/// accepts 1472 by default, and a peer never sends more than it is told it may, whatever
+/// its own MTU discovery finds).
+pub fn endpoint_config_for(max_udp_payload: u16) -> quinn::EndpointConfig {
+    let mut c = endpoint_config();
+    let accepted = max_udp_payload.max(DEFAULT_ACCEPTED_UDP_PAYLOAD);
+    if c.max_udp_payload_size(accepted).is_err() {
+        // Outside 1200 ..= 65527: callers check the range first; keep the default.
+        return endpoint_config();
+    }
+    c
+}
+
+/// What quinn accepts from peers by default: a 1500-byte Ethernet frame's UDP payload.
+const DEFAULT_ACCEPTED_UDP_PAYLOAD: u16 = 1472;
+
+/// [`transport_config`] with MTU discovery probing up to `max_udp_payload`: the largest
+/// datagram the endpoint sends once a probe of that size got through (see
+/// [`crate::udp`], whose runtime keeps each send of such datagrams within 64 KiB).
+pub fn transport_config_for(max_udp_payload: u16) -> TransportConfig {
+    let mut config = transport_config();
+    let mut mtud = MtuDiscoveryConfig::default();
+    mtud.upper_bound(max_udp_payload);
+    config
+        .initial_mtu(INITIAL_MTU.min(max_udp_payload))
+        .mtu_discovery_config(Some(mtud));
+    config
+}
+
 /// A quinn server config with mutual TLS: the server presents `identity`, and requires a
 /// client certificate of a node of `cluster_id` issued by the CA in `ca_cert_pem` (any
 /// node: see [`server_config_with`] for members and revocation).

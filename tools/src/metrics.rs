@@ -60,6 +60,8 @@ pub struct Metrics {
     streaming: Family<Follower, Gauge>,
     shipped: Family<FollowerKind, Counter>,
     compression: Family<Follower, F64Gauge>,
+    rtt: Family<Follower, F64Gauge>,
+    path_mtu: Family<Follower, Gauge>,
     received: Family<Kind, Counter>,
     commits: Family<Level, Histogram, fn() -> Histogram>,
     commit_failures: Family<Level, Counter>,
@@ -108,6 +110,8 @@ impl Metrics {
             streaming: Family::default(),
             shipped: Family::default(),
             compression: Family::default(),
+            rtt: Family::default(),
+            path_mtu: Family::default(),
             received: Family::default(),
             commits: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             commit_failures: Family::default(),
@@ -156,6 +160,16 @@ impl Metrics {
             "compression_ratio",
             "Raw log bytes per wire byte shipped to a follower",
             m.compression.clone(),
+        );
+        r.register(
+            "follower_rtt_seconds",
+            "Smoothed QUIC round-trip time to a connected follower",
+            m.rtt.clone(),
+        );
+        r.register(
+            "follower_path_mtu_bytes",
+            "The largest datagram the path to a connected follower carries (QUIC's path MTU)",
+            m.path_mtu.clone(),
         );
         r.register(
             "received_bytes",
@@ -265,6 +279,10 @@ impl Metrics {
                     self.compression
                         .get_or_create(&who)
                         .set(f.bytes_raw as f64 / f.bytes_wire as f64);
+                }
+                if let (Some(rtt), Some(mtu)) = (f.rtt, f.path_mtu) {
+                    self.rtt.get_or_create(&who).set(rtt.as_secs_f64());
+                    self.path_mtu.get_or_create(&who).set(i64::from(mtu));
                 }
             }
         }

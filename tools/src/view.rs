@@ -113,6 +113,12 @@ pub struct FollowerRow {
     pub slot_lost: bool,
     /// The last error of its session.
     pub last_error: Option<String>,
+    /// While connected: the largest datagram its path carries (QUIC's path MTU).
+    #[serde(default)]
+    pub path_mtu: Option<u16>,
+    /// While connected: the smoothed round-trip time to it, milliseconds.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
 }
 
 /// A follower's view of its leader, as `pg_stat_wal_receiver`.
@@ -178,6 +184,8 @@ impl From<&FollowerInfo> for FollowerRow {
             slot_restart_lsn: f.slot_restart.map(lsn),
             slot_lost: f.slot_lost,
             last_error: f.last_error.clone(),
+            path_mtu: f.path_mtu,
+            rtt_ms: f.rtt.map(|d| d.as_secs_f64() * 1000.0),
         }
     }
 }

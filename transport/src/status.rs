@@ -94,6 +94,11 @@ pub struct FollowerInfo {
     pub slot_lost: bool,
     /// Why its last session ended, if one did.
     pub last_error: Option<String>,
+    /// While connected: the largest datagram the path carries, as QUIC's MTU discovery
+    /// found it (8952 on loopback, at most 1452 on a plain Ethernet path).
+    pub path_mtu: Option<u16>,
+    /// While connected: QUIC's smoothed round-trip time to it.
+    pub rtt: Option<std::time::Duration>,
 }
 
 /// A leader's view of replication.

@@ -96,6 +96,23 @@ impl Apply for Embedder {
     }
 }
 
+/// A leader of `c`'s log "leader" serving `source`'s snapshots, with `opts` otherwise.
+fn serving(
+    c: &Cluster,
+    source: &Arc<Source>,
+    opts: LeaderOptions,
+) -> (walship_transport::Leader, Arc<walship_engine::Log>) {
+    let log = c.log("leader");
+    let leader = c.leader_with(
+        Arc::clone(&log),
+        LeaderOptions {
+            snapshots: Some(Arc::clone(source) as Arc<dyn SnapshotSource>),
+            ..opts
+        },
+    );
+    (leader, log)
+}
+
 /// A leader that recycled the start of its log behind a snapshot at `P`, with more
 /// records after it; returns the leader's records from the start (what the snapshot
 /// covers, then the rest) and `P`.
@@ -103,14 +120,7 @@ async fn recycled_leader(
     c: &Cluster,
     source: &Arc<Source>,
 ) -> (walship_transport::Leader, Vec<(Lsn, Vec<u8>)>, Lsn) {
-    let log = c.log("leader");
-    let leader = c.leader_with(
-        Arc::clone(&log),
-        LeaderOptions {
-            snapshots: Some(Arc::clone(source) as Arc<dyn SnapshotSource>),
-            ..LeaderOptions::default()
-        },
-    );
+    let (leader, log) = serving(c, source, LeaderOptions::default());
     let mut last = Lsn::ZERO;
     for i in 0..300u32 {
         last = log.append(&[(i % 251) as u8; 1000]).unwrap();
@@ -289,14 +299,7 @@ async fn a_leader_without_snapshots_says_so() {
 async fn an_embedder_whose_state_lies_outside_its_log_bootstraps_before_streaming() {
     let c = Cluster::new(CAP);
     let source = Arc::new(Source::default());
-    let log = c.log("leader");
-    let leader = c.leader_with(
-        Arc::clone(&log),
-        LeaderOptions {
-            snapshots: Some(Arc::clone(&source) as Arc<dyn SnapshotSource>),
-            ..LeaderOptions::default()
-        },
-    );
+    let (leader, log) = serving(&c, &source, LeaderOptions::default());
     let mut last = Lsn::ZERO;
     for i in 0..100u32 {
         last = log.append(format!("r{i}").as_bytes()).unwrap();
@@ -337,15 +340,11 @@ async fn an_embedder_whose_state_lies_outside_its_log_bootstraps_before_streamin
 async fn a_follower_whose_slot_was_lost_is_bootstrapped_and_its_slot_lives_again() {
     let c = Cluster::new(CAP);
     let source = Arc::new(Source::default());
-    let log = c.log("leader");
-    let leader = c.leader_with(
-        Arc::clone(&log),
-        LeaderOptions {
-            snapshots: Some(Arc::clone(&source) as Arc<dyn SnapshotSource>),
-            max_retained_bytes: 2 * CAP,
-            ..LeaderOptions::default()
-        },
-    );
+    let opts = LeaderOptions {
+        max_retained_bytes: 2 * CAP,
+        ..LeaderOptions::default()
+    };
+    let (leader, log) = serving(&c, &source, opts);
     let slot_lost = |leader: &walship_transport::Leader| {
         leader
             .status()

@@ -202,6 +202,15 @@ async fn status_reports_positions_lag_and_states() -> Result<(), walship_engine:
         assert!(f.addr.is_some() && f.slot_restart == Some(lsn));
     }
     assert!(st.watermarks.remote_applied >= lsn);
+    // The QUIC path of each: loopback, so MTU discovery goes past Ethernet's 1452.
+    eventually("the path MTU and RTT of both", WAIT, || {
+        leader
+            .status()
+            .followers
+            .iter()
+            .all(|f| f.path_mtu.is_some_and(|m| m > 1452) && f.rtt.is_some_and(|r| !r.is_zero()))
+    })
+    .await;
     let fs = f1.status();
     assert_eq!(fs.role.as_str(), "follower");
     assert!(fs.connected);

@@ -13,7 +13,8 @@ use walship_tools::view::{FollowerRow, NodeView};
 /// One row per follower, as PostgreSQL's pg_stat_replication: its state (catchup,
 /// streaming, disconnected), sync state (sync, quorum, potential, async), the sent,
 /// write, flush and apply LSNs, how many bytes each is behind the leader's end, and the
-/// write/flush/apply lag in time for recent data. --watch redraws it in place every
+/// write/flush/apply lag in time for recent data, and the QUIC path's round-trip time
+/// and MTU (the largest datagram it carries). --watch redraws it in place every
 /// --interval until interrupted (or --count times).
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -53,6 +54,8 @@ fn table(v: &NodeView) -> Table {
         ("write_time", Align::Right),
         ("flush_time", Align::Right),
         ("apply_time", Align::Right),
+        ("rtt", Align::Right),
+        ("mtu", Align::Right),
     ]);
     let rows: &[FollowerRow] = v.leading.as_ref().map_or(&[], |l| &l.followers);
     for f in rows {
@@ -74,6 +77,8 @@ fn table(v: &NodeView) -> Table {
             ms(f.write_lag_s),
             ms(f.flush_lag_s),
             ms(f.apply_lag_s),
+            f.rtt_ms.map_or("-".into(), |r| format!("{r:.3} ms")),
+            f.path_mtu.map_or("-".into(), |m| m.to_string()),
         ]);
     }
     t

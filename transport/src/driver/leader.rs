@@ -994,6 +994,8 @@ async fn serve(
         cert,
         trust_generation: shared.trust.as_ref().map_or(0, |t| t.generation()),
         snapshot_for: None,
+        conn: conn.clone(),
+        path_reported: None,
     };
     let mut fence = shared.fence.subscribe();
     let result = run
@@ -1116,7 +1118,15 @@ struct Run<'a> {
     trust_generation: u64,
     /// The follower that asked for a snapshot instead of a stream.
     snapshot_for: Option<String>,
+    /// The connection, for its path statistics.
+    conn: quinn::Connection,
+    /// When the path statistics were last put in the registry.
+    path_reported: Option<Instant>,
 }
+
+/// How often a session puts its connection's path MTU and round-trip time in the
+/// registry (for `status`).
+const PATH_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Run<'_> {
     fn session_err(&self, source: SessionError) -> TransportError {
@@ -1155,6 +1165,7 @@ impl Run<'_> {
                 return self.send_snapshot(session, send, &node).await;
             }
             self.account(Wait::Link);
+            self.report_path();
             if let Some(why) = self.no_longer_admitted() {
                 let err = session.refuse(RejectCode::NotMember, Lsn::ZERO, why, Instant::now());
                 return Err(self.session_err(err));
@@ -1270,6 +1281,26 @@ impl Run<'_> {
 
     /// The time since the last call went to `wait`; at the end of a window, the level
     /// may change.
+    /// Puts the connection's path MTU and round-trip time in the registry, at most once
+    /// per [`PATH_REPORT_INTERVAL`].
+    fn report_path(&mut self) {
+        let Some(node) = &self.node else {
+            return;
+        };
+        let now = Instant::now();
+        if self
+            .path_reported
+            .is_some_and(|t| now.duration_since(t) < PATH_REPORT_INTERVAL)
+        {
+            return;
+        }
+        self.path_reported = Some(now);
+        let p = self.conn.stats().path;
+        let (id, mtu, rtt) = (self.id, p.current_mtu, p.rtt);
+        // It queues no effect, so the plain lock does.
+        self.shared.registry().path(node, id, mtu, rtt);
+    }
+
     fn account(&mut self, wait: Wait) {
         let Some(level) = self.level.as_mut() else {
             return;

@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use walship_engine::Lsn;
 
@@ -73,6 +73,8 @@ struct Entry {
     frames: u64,
     last_error: Option<String>,
     kick: Option<String>,
+    /// The path's MTU and round-trip time, as the connection last reported them.
+    path: Option<(u16, Duration)>,
 }
 
 /// See the [module docs](self).
@@ -283,6 +285,7 @@ impl Registry {
         e.state = Some(StreamState::Disconnected);
         e.addr = None;
         e.kick = None;
+        e.path = None;
         e.last_error = error;
         self.quorum.disconnected(node);
     }
@@ -307,6 +310,14 @@ impl Registry {
         self.floor();
         self.save();
         lost
+    }
+
+    /// `node`'s connection reports a path MTU of `mtu` bytes and a round-trip time of
+    /// `rtt` (shown by [`followers`](Self::followers) while it is connected).
+    pub fn path(&mut self, node: &str, session: SessionId, mtu: u16, rtt: Duration) {
+        if let Some(e) = self.current(node, session) {
+            e.path = Some((mtu, rtt));
+        }
     }
 
     /// Drops `node`'s slot; returns whether it had one.
@@ -384,6 +395,8 @@ impl Registry {
                     slot_restart: slot.map(|s| s.restart),
                     slot_lost: slot.is_some_and(|s| s.lost_at.is_some()),
                     last_error: e.and_then(|e| e.last_error.clone()),
+                    path_mtu: e.and_then(|e| e.path).map(|p| p.0),
+                    rtt: e.and_then(|e| e.path).map(|p| p.1),
                 }
             })
             .collect()
@@ -539,6 +552,29 @@ mod tests {
         assert!(r.drop_slot("n3"));
         assert!(!r.lost_slots().contains_key("n3"));
         assert!(!r.drop_slot("n3"));
+    }
+
+    #[test]
+    fn the_path_is_shown_while_its_session_is_connected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = registry(dir.path());
+        let old = r.accept("n2", addr(), Lsn::new(64), p(64, 64, 0));
+        let s = r.accept("n2", addr(), Lsn::new(64), p(64, 64, 0));
+        let row = |r: &Registry| r.followers(Lsn::new(64)).remove(0);
+        assert_eq!((row(&r).path_mtu, row(&r).rtt), (None, None));
+        r.path("n2", old, 1200, Duration::from_millis(9));
+        assert_eq!(
+            row(&r).path_mtu,
+            None,
+            "a superseded session reports nothing"
+        );
+        r.path("n2", s, 8952, Duration::from_micros(250));
+        assert_eq!(
+            (row(&r).path_mtu, row(&r).rtt),
+            (Some(8952), Some(Duration::from_micros(250)))
+        );
+        r.ended("n2", s, None);
+        assert_eq!((row(&r).path_mtu, row(&r).rtt), (None, None));
     }
 
     #[test]

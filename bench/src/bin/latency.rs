@@ -133,6 +133,11 @@ struct Args {
         default_value = "okaywal,raft-engine,device"
     )]
     peers: Vec<String>,
+    /// Where the followers' logs of the remote cells go [default: next to the leader's,
+    /// on the same file system]; e.g. a file system on another device, so the leader's
+    /// and the followers' flushes do not queue on one disk.
+    #[arg(long)]
+    follower_dir: Option<PathBuf>,
 }
 
 /// Settings after defaults.
@@ -147,6 +152,7 @@ struct Config {
     max_pending_bytes: Option<u64>,
     checkpoint_every: Duration,
     quorum_k: usize,
+    follower_dir: Option<PathBuf>,
     fsync_iterations: usize,
     bandwidth_bytes: u64,
     bandwidth_reps: usize,
@@ -172,6 +178,7 @@ impl Config {
             max_pending_bytes: args.max_pending_mib.map(|m| m.max(1) << 20),
             checkpoint_every: Duration::from_millis(args.checkpoint_ms),
             quorum_k: args.quorum_k,
+            follower_dir: args.follower_dir.clone(),
             fsync_iterations: if q { 1_000 } else { 5_000 },
             bandwidth_bytes: if q { 64 << 20 } else { 256 << 20 },
             bandwidth_reps: if q { 2 } else { 3 },
@@ -567,11 +574,15 @@ impl Replicas {
             rt,
         };
         for i in 0..cell.followers {
-            let fdir = dir.with_file_name(format!(
+            let name = format!(
                 "{}-f{i}",
                 dir.file_name()
                     .map_or("log".into(), |n| n.to_string_lossy())
-            ));
+            );
+            let fdir = match &cfg.follower_dir {
+                Some(base) => base.join(name),
+                None => dir.with_file_name(name),
+            };
             r.dirs.push(fdir.clone());
             let flog = Log::open(&fdir, log_options(cfg, cell.backend))
                 .map_err(|e| format!("open follower log in {}: {e}", fdir.display()))?;

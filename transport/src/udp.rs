@@ -130,6 +130,15 @@ pub fn auto_max_udp_payload(peer: std::net::IpAddr) -> u16 {
     }
 }
 
+/// The bound an endpoint uses: `configured`, checked, else the one for a path to or from
+/// `path` ([`auto_max_udp_payload`]).
+///
+/// # Errors
+/// A configured bound outside the range, as [`check_max_udp_payload`].
+pub fn resolve(configured: Option<u16>, path: std::net::IpAddr) -> Result<u16, String> {
+    configured.map_or(Ok(auto_max_udp_payload(path)), check_max_udp_payload)
+}
+
 /// Checks a configured `max_udp_payload`.
 ///
 /// # Errors

@@ -181,10 +181,8 @@ impl FollowerOptions {
     /// The largest datagram this follower sends: as configured, else from the leader's
     /// address.
     pub(crate) fn udp_payload(&self) -> Result<u16, TransportError> {
-        match self.max_udp_payload {
-            Some(v) => crate::udp::check_max_udp_payload(v).map_err(TransportError::InvalidOptions),
-            None => Ok(crate::udp::auto_max_udp_payload(self.leader.ip())),
-        }
+        crate::udp::resolve(self.max_udp_payload, self.leader.ip())
+            .map_err(TransportError::InvalidOptions)
     }
 }
 

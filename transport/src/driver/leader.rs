@@ -121,10 +121,8 @@ impl LeaderOptions {
             .as_ref()
             .and_then(|s| s.local_addr().ok())
             .unwrap_or(self.listen);
-        match self.max_udp_payload {
-            Some(v) => crate::udp::check_max_udp_payload(v).map_err(TransportError::InvalidOptions),
-            None => Ok(crate::udp::auto_max_udp_payload(listening.ip())),
-        }
+        crate::udp::resolve(self.max_udp_payload, listening.ip())
+            .map_err(TransportError::InvalidOptions)
     }
 }
 

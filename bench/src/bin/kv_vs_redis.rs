@@ -54,6 +54,10 @@ struct Args {
     /// Where the data goes (default: a temporary directory; the disk is what is measured)
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// The walship-kv nodes' `replication.compression_level` (0: ship raw; absent: the
+    /// node's default, adaptive from level 1)
+    #[arg(long)]
+    kv_compression_level: Option<i32>,
 }
 
 /// A child process killed and reaped when dropped.
@@ -152,7 +156,7 @@ fn redis_server(dir: &Path, port: u16, primary: Option<u16>) -> Res<Proc> {
 }
 
 /// Certificates and configurations for a two-node walship-kv cluster in `dir`.
-fn kv_configs(dir: &Path, resp: [u16; 2]) -> Res<[PathBuf; 2]> {
+fn kv_configs(dir: &Path, resp: [u16; 2], compression: Option<i32>) -> Res<[PathBuf; 2]> {
     std::fs::create_dir_all(dir)?;
     let ca = walship_transport::tls::ClusterCa::generate("kv-bench")?;
     std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
@@ -173,7 +177,7 @@ cert = "{id}.pem"
 key = "{id}.key"
 [replication]
 sync = "ANY 1 (*)"
-[coordinator]
+{}[coordinator]
 kind = "static"
 leader = "n1"
 peers = {{ n1 = "127.0.0.1:{}", n2 = "127.0.0.1:{}" }}
@@ -183,6 +187,7 @@ durability = "local"
 "#,
             repl[i],
             free_port()?,
+            compression.map_or(String::new(), |l| format!("compression_level = {l}\n")),
             repl[0],
             repl[1],
             resp[i]
@@ -311,7 +316,7 @@ fn main() -> Res<()> {
     let kv_ports = [free_port()?, free_port()?];
     let _redis = redis_server(&dir.join("redis-primary"), rp, None)?;
     let _replica = redis_server(&dir.join("redis-replica"), rr, Some(rp))?;
-    let configs = kv_configs(&dir.join("kv"), kv_ports)?;
+    let configs = kv_configs(&dir.join("kv"), kv_ports, args.kv_compression_level)?;
     let _kv1 = kv_node(&kv_bin, &configs[0])?;
     let _kv2 = kv_node(&kv_bin, &configs[1])?;
     until_writable(rp)?;
